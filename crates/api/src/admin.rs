@@ -1,0 +1,106 @@
+//! Mantle's admin API: users, orgs, tokens, gc, audit.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/admin/users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+}
+
+/// `POST /api/admin/orgs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: String,
+}
+
+/// `POST /api/admin/orgs/{org}/members`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub user: String,
+}
+
+/// A user or org.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub is_admin: bool,
+    pub created_at: String,
+}
+
+/// `POST /api/admin/tokens`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub user: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Like `30d`, `12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// A token's facts; `token` (the secret) only in the create response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Token {
+    pub id: i64,
+    pub user: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /api/admin/gc`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Only objects older than this many seconds are removed (default one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<i64>,
+}
+
+/// `gc` outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcReport {
+    pub blobs_seen: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub temporary_deleted: u64,
+}
+
+/// `GET /api/admin/audit/verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub checked: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One audit row, as exported (JSONL).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}

@@ -1,0 +1,276 @@
+//! The `mantle` binary: `serve` runs the server; every other subcommand is an HTTP client of a
+//! running server (`--url`/`MANTLE_URL`, `--token`/`MANTLE_TOKEN`).
+
+mod client;
+mod transfer;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mantle", version, about = "A self-hosted model hub that is also the runtime")]
+struct Cli {
+    /// URL of the Mantle server.
+    #[arg(long, global = true, env = "MANTLE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Access token.
+    #[arg(long, global = true, env = "MANTLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SQLite + local folder by default).
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage orgs.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Manage tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Upload a folder as one commit (creates the repo if needed).
+    Push {
+        dir: PathBuf,
+        repo: String,
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Repo type: model or dataset.
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Create the repo as private if it does not exist.
+        #[arg(long)]
+        private: bool,
+    },
+    /// Download a repo at a revision into a folder.
+    Pull {
+        /// REPO or REPO@REVISION.
+        repo: String,
+        dir: PathBuf,
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+    },
+    /// List the files of a repo at a revision.
+    Ls {
+        /// REPO or REPO@REVISION.
+        repo: String,
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+    },
+    /// Delete unreferenced blobs older than --min-age.
+    Gc {
+        /// Like 1h, 30m, 0s.
+        #[arg(long, default_value = "1h")]
+        min_age: String,
+    },
+    /// Verify or export the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML); see the defaults in crates/server/src/default.toml.
+    #[arg(long, env = "MANTLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data folder (SQLite database, blobs, admin token).
+    #[arg(long)]
+    data: Option<String>,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long)]
+    addr: Option<String>,
+    /// postgres://... for scale-out metadata.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// s3://BUCKET/PREFIX for scale-out blobs.
+    #[arg(long)]
+    blob_url: Option<String>,
+    /// File holding the admin token.
+    #[arg(long)]
+    admin_token_file: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user.
+    Create {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// List users and orgs.
+    List,
+}
+
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Create an org.
+    Create { name: String },
+    /// Add a user to an org.
+    AddMember { org: String, user: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token; the secret is printed alone on the last line.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Like 30d, 12h.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Revoke a token by id.
+    Revoke { id: i64 },
+    /// List tokens.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit code 1 names the first broken link.
+    Verify,
+    /// Write the log as JSONL.
+    Export {
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let client = || client::Client::new(&cli.url, cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => {
+            let flags = server::FlagOverrides { addr: args.addr, data_dir: args.data, database_url: args.database_url, blob_url: args.blob_url, admin_token_file: args.admin_token_file };
+            let raw = server::RawConfig::load(args.config.as_deref(), &flags)?;
+            let config = server::Config::from_raw(raw)?;
+            server::run(config, shutdown_signal()).await?;
+        }
+        Command::Users(UsersCommand::Create { name, org }) => {
+            let account: api::admin::Account = client()?.post_json("/api/admin/users", &api::admin::CreateUser { name, org }).await?;
+            println!("created user {} (id {})", account.name, account.id);
+        }
+        Command::Users(UsersCommand::List) => {
+            let accounts: Vec<api::admin::Account> = client()?.get_json("/api/admin/users").await?;
+            for a in accounts {
+                println!("{:<6} {:<5} {}{}", a.id, a.kind, a.name, if a.is_admin { " (admin)" } else { "" });
+            }
+        }
+        Command::Orgs(OrgsCommand::Create { name }) => {
+            let account: api::admin::Account = client()?.post_json("/api/admin/orgs", &api::admin::CreateOrg { name }).await?;
+            println!("created org {} (id {})", account.name, account.id);
+        }
+        Command::Orgs(OrgsCommand::AddMember { org, user }) => {
+            let path = format!("/api/admin/orgs/{}/members", client::encode(&org));
+            let _: serde_json::Value = client()?.post_json(&path, &api::admin::AddMember { user: user.clone() }).await?;
+            println!("added {user} to {org}");
+        }
+        Command::Tokens(TokensCommand::Create { user, role, name, expires_in }) => {
+            let token: api::admin::Token = client()?.post_json("/api/admin/tokens", &api::admin::CreateToken { user, role, name, expires_in }).await?;
+            println!("created token {} for {} (role {}, expires {})", token.id, token.user, token.role, token.expires_at.as_deref().unwrap_or("never"));
+            println!("{}", token.token.context("the server returned no token secret")?);
+        }
+        Command::Tokens(TokensCommand::Revoke { id }) => {
+            let token: api::admin::Token = client()?.delete_json(&format!("/api/admin/tokens/{id}")).await?;
+            println!("revoked token {} of {}", token.id, token.user);
+        }
+        Command::Tokens(TokensCommand::List) => {
+            let tokens: Vec<api::admin::Token> = client()?.get_json("/api/admin/tokens").await?;
+            for t in tokens {
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<6} {:<16} {:<6} {:<8} {:<20} expires {}", t.id, t.user, t.role, state, t.name, t.expires_at.as_deref().unwrap_or("never"));
+            }
+        }
+        Command::Push { dir, repo, message, kind, branch, private } => {
+            transfer::push(&client()?, &dir, &repo, &kind, &branch, message.as_deref(), private).await?;
+        }
+        Command::Pull { repo, dir, kind } => transfer::pull(&client()?, &repo, &kind, &dir).await?,
+        Command::Ls { repo, kind } => transfer::ls(&client()?, &repo, &kind).await?,
+        Command::Gc { min_age } => {
+            let min_age = domain_duration_secs(&min_age)?;
+            let report: api::admin::GcReport = client()?.post_json("/api/admin/gc", &api::admin::GcRequest { min_age_secs: Some(min_age) }).await?;
+            println!(
+                "gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed",
+                report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted
+            );
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let report: api::admin::AuditVerify = client()?.get_json("/api/admin/audit/verify").await?;
+            if report.ok {
+                println!("audit chain intact: {} events verified", report.checked);
+            } else {
+                println!("audit chain BROKEN at seq {}: {} ({} events verified before it)", report.broken_seq.unwrap_or(0), report.reason.unwrap_or_default(), report.checked);
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Audit(AuditCommand::Export { since, output }) => transfer::export_audit(&client()?, since.as_deref(), output.as_deref()).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn domain_duration_secs(text: &str) -> anyhow::Result<i64> {
+    if text == "0" || text == "0s" {
+        return Ok(0);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let number: i64 = number.parse().with_context(|| format!("invalid duration {text:?}"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => anyhow::bail!("invalid duration {text:?}: use s, m, h or d"),
+    };
+    Ok(number * factor)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,221 @@
+//! The `MetaStore` port: every metadata operation the platform needs, each one transaction.
+//! Implemented by `store` for SQLite and PostgreSQL; one contract suite checks both.
+
+use std::collections::HashSet;
+
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::auth::Role;
+use crate::ids::{AccountName, CommitId, RepoKind, RepoName, RepoPath};
+use crate::repo::{Commit, FileEntry, GitRef, RefKind, Repo};
+use crate::{Error, Result};
+
+/// Whether an account is a person or an organisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountKind {
+    User,
+    Org,
+}
+
+impl AccountKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::User => "user",
+            AccountKind::Org => "org",
+        }
+    }
+}
+
+/// A user or an org. Users and orgs share one namespace of names, as on the Hub.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: i64,
+    pub name: AccountName,
+    pub kind: AccountKind,
+    pub is_admin: bool,
+    pub created_at: String,
+}
+
+/// A token's stored facts (never its secret).
+#[derive(Clone, Debug)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub user_name: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// What a token hash resolves to, with what authorization needs.
+#[derive(Clone, Debug)]
+pub struct TokenLookup {
+    pub token: TokenInfo,
+    pub user_id: i64,
+    pub is_admin: bool,
+    pub orgs: Vec<String>,
+}
+
+/// A change to the files of a branch.
+#[derive(Clone, Debug)]
+pub struct NewCommit {
+    pub repo_id: i64,
+    pub branch: String,
+    /// When set, the branch head must still be this commit, or the commit is refused as a conflict.
+    pub expected_parent: Option<CommitId>,
+    pub operations: Vec<FileOperation>,
+    pub title: String,
+    pub message: String,
+    pub author: String,
+}
+
+/// One operation of a commit, applied in order.
+#[derive(Clone, Debug)]
+pub enum FileOperation {
+    /// Add or replace a file whose bytes are already in the blob store.
+    Add(FileEntry),
+    /// Remove one file; it must exist.
+    DeleteFile(RepoPath),
+    /// Remove every file under a folder; at least one must exist.
+    DeleteFolder(RepoPath),
+}
+
+/// Applies commit operations to a base tree. Pure: the stores call it inside their transaction.
+pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> Result<Vec<FileEntry>> {
+    let mut files: std::collections::BTreeMap<RepoPath, FileEntry> = base.into_iter().map(|f| (f.path.clone(), f)).collect();
+    for operation in operations {
+        match operation {
+            FileOperation::Add(entry) => {
+                files.insert(entry.path.clone(), entry.clone());
+            }
+            FileOperation::DeleteFile(path) => {
+                if files.remove(path).is_none() {
+                    return Err(Error::entry_not_found(path.as_str(), None));
+                }
+            }
+            FileOperation::DeleteFolder(folder) => {
+                let before = files.len();
+                files.retain(|path, _| !path.is_under(folder.as_str()));
+                if files.len() == before {
+                    return Err(Error::entry_not_found(folder.as_str(), None));
+                }
+            }
+        }
+    }
+    // A file and a folder may not share a name: `a` and `a/b` cannot both exist.
+    let paths: Vec<&RepoPath> = files.keys().collect();
+    for pair in paths.windows(2) {
+        if pair[1].is_under(pair[0].as_str()) {
+            return Err(Error::invalid(format!("{:?} is a file, so {:?} cannot be inside it", pair[0].as_str(), pair[1].as_str())));
+        }
+    }
+    Ok(files.into_values().collect())
+}
+
+/// Metadata persistence. Each method is one transaction; each mutating method takes the audit
+/// event and appends it in that same transaction, so the change and its record land together.
+#[async_trait::async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Makes sure a site admin named `admin_name` exists and holds a token with `token_hash`.
+    /// Returns whether anything was created.
+    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str) -> Result<bool>;
+
+    /// Creates a user or org; a user may be added to `member_of` in the same transaction.
+    async fn create_account(&self, name: &AccountName, kind: AccountKind, member_of: Option<&AccountName>, event: AuditEvent) -> Result<Account>;
+    /// Looks up an account by name.
+    async fn get_account(&self, name: &AccountName) -> Result<Option<Account>>;
+    /// Lists all accounts.
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    /// Adds a user to an org. Conflict if already a member.
+    async fn add_member(&self, org: &AccountName, user: &AccountName, event: AuditEvent) -> Result<()>;
+    /// The orgs a user belongs to.
+    async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>>;
+
+    /// Stores a new token (by hash) for a user.
+    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, event: AuditEvent) -> Result<TokenInfo>;
+    /// Looks up a token by id.
+    async fn get_token(&self, id: i64) -> Result<Option<TokenInfo>>;
+    /// Marks a token revoked. Conflict if it already is.
+    async fn revoke_token(&self, id: i64, event: AuditEvent) -> Result<TokenInfo>;
+    /// Resolves a token hash, whatever its expiry or revocation (the caller checks those).
+    async fn lookup_token(&self, token_hash: &str) -> Result<Option<TokenLookup>>;
+    /// Lists tokens, of one user or of all.
+    async fn list_tokens(&self, user: Option<&AccountName>) -> Result<Vec<TokenInfo>>;
+
+    /// Creates a repo with its first commit on `main`. Conflict if the name is taken.
+    async fn create_repo(&self, kind: RepoKind, name: &RepoName, private: bool, initial: Vec<FileEntry>, author: &str, event: AuditEvent) -> Result<Repo>;
+    /// Looks up a repo.
+    async fn get_repo(&self, kind: RepoKind, name: &RepoName) -> Result<Option<Repo>>;
+    /// Lists repos of a kind, optionally in one namespace.
+    async fn list_repos(&self, kind: RepoKind, namespace: Option<&str>) -> Result<Vec<Repo>>;
+    /// Deletes a repo with its commits and refs (blobs stay until `gc`).
+    async fn delete_repo(&self, repo_id: i64, event: AuditEvent) -> Result<()>;
+    /// Changes a repo's visibility.
+    async fn set_private(&self, repo_id: i64, private: bool, event: AuditEvent) -> Result<()>;
+    /// Moves a repo to a new name (and namespace). Conflict if the name is taken.
+    async fn rename_repo(&self, repo_id: i64, to: &RepoName, event: AuditEvent) -> Result<()>;
+
+    /// Resolves a branch, tag or full commit id of this repo.
+    async fn resolve(&self, repo_id: i64, revision: &str) -> Result<Option<CommitId>>;
+    /// A commit of this repo.
+    async fn get_commit(&self, repo_id: i64, id: &CommitId) -> Result<Option<Commit>>;
+    /// The commits reachable from `head`, newest first.
+    async fn list_commits(&self, repo_id: i64, head: &CommitId) -> Result<Vec<Commit>>;
+    /// Every file of a commit, sorted by path.
+    async fn list_files(&self, commit: &CommitId) -> Result<Vec<FileEntry>>;
+    /// One file of a commit.
+    async fn get_file(&self, commit: &CommitId, path: &RepoPath) -> Result<Option<FileEntry>>;
+    /// Applies a commit to a branch head. The commit id goes into the audit details as `commit`.
+    async fn commit(&self, new: NewCommit, event: AuditEvent) -> Result<Commit>;
+
+    /// Branches and tags of a repo.
+    async fn list_refs(&self, repo_id: i64) -> Result<Vec<GitRef>>;
+    /// Creates a branch or tag. Conflict if it exists.
+    async fn create_ref(&self, repo_id: i64, kind: RefKind, name: &str, target: &CommitId, event: AuditEvent) -> Result<()>;
+    /// Deletes a branch or tag. NotFound if missing.
+    async fn delete_ref(&self, repo_id: i64, kind: RefKind, name: &str, event: AuditEvent) -> Result<()>;
+
+    /// Every sha256 that some commit still references.
+    async fn referenced_blobs(&self) -> Result<HashSet<String>>;
+    /// Whether some commit references this sha256.
+    async fn is_blob_referenced(&self, sha256: &str) -> Result<bool>;
+
+    /// Appends an event that has no other change attached (e.g. a gc run).
+    async fn append_audit(&self, event: AuditEvent) -> Result<()>;
+    /// Audit rows with `seq > after_seq`, oldest first, at most `limit`.
+    async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+
+    /// A persistent server secret: returns the stored value, or stores and returns `candidate`.
+    async fn secret(&self, key: &str, candidate: &str) -> Result<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Digest;
+
+    fn file(path: &str) -> FileEntry {
+        FileEntry { path: RepoPath::parse(path).unwrap(), size: 1, sha256: Digest::parse(&"a".repeat(64)).unwrap(), git_oid: "x".into(), lfs: false }
+    }
+
+    fn check(base: &[&str], operations: Vec<FileOperation>, expect: Result<Vec<&str>, ()>) {
+        let got = apply_operations(base.iter().map(|p| file(p)).collect(), &operations)
+            .map(|files| files.iter().map(|f| f.path.as_str().to_owned()).collect::<Vec<_>>())
+            .map_err(|_| ());
+        assert_eq!(got, expect.map(|v| v.into_iter().map(String::from).collect()));
+    }
+
+    fn path(p: &str) -> RepoPath {
+        RepoPath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn operations_apply_in_order() {
+        check(&["a", "d/x", "d/y", "dz"], vec![FileOperation::DeleteFolder(path("d"))], Ok(vec!["a", "dz"]));
+        check(&["a"], vec![FileOperation::Add(file("b")), FileOperation::DeleteFile(path("a"))], Ok(vec!["b"]));
+        check(&["a"], vec![FileOperation::DeleteFile(path("missing"))], Err(()));
+        check(&["a"], vec![FileOperation::DeleteFolder(path("nothing"))], Err(()));
+        check(&["a"], vec![FileOperation::Add(file("a/b"))], Err(()));
+    }
+}

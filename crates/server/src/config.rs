@@ -1,0 +1,206 @@
+//! Configuration: built-in defaults (`default.toml`), then a file, then `MANTLE__SECTION__KEY`
+//! environment variables, then flags. `RawConfig` is plain data; `Config::from_raw` validates it
+//! and reports every problem before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+const DEFAULTS: &str = include_str!("default.toml");
+
+/// Plain configuration data as layered from all sources.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub storage: RawStorage,
+    pub hub: RawHub,
+    pub auth: RawAuth,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub addr: String,
+    pub public_url: String,
+    pub max_json_body: u64,
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub data_dir: String,
+    pub database_url: String,
+    pub blob_url: String,
+}
+
+/// `[hub]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHub {
+    pub lfs_threshold: u64,
+    pub max_inline_file: u64,
+    pub max_lfs_file: u64,
+    pub multipart_threshold: u64,
+    pub multipart_chunk: u64,
+    pub upload_url_ttl: u64,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub admin_name: String,
+    pub admin_token_file: String,
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    pub addr: Option<String>,
+    pub data_dir: Option<String>,
+    pub database_url: Option<String>,
+    pub blob_url: Option<String>,
+    pub admin_token_file: Option<String>,
+}
+
+impl RawConfig {
+    /// Layers defaults, an optional file, `MANTLE__*` environment variables and flags.
+    pub fn load(file: Option<&std::path::Path>, flags: &FlagOverrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            if !file.is_file() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("MANTLE__").split("__").map(|key| key.as_str().to_ascii_lowercase().into()));
+        let mut overrides = serde_json::Map::new();
+        let mut set = |section: &str, key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                let entry = overrides.entry(section.to_owned()).or_insert_with(|| serde_json::json!({}));
+                entry[key] = serde_json::Value::String(value.clone());
+            }
+        };
+        set("server", "addr", &flags.addr);
+        set("storage", "data_dir", &flags.data_dir);
+        set("storage", "database_url", &flags.database_url);
+        set("storage", "blob_url", &flags.blob_url);
+        set("auth", "admin_token_file", &flags.admin_token_file);
+        figment = figment.merge(Serialized::defaults(serde_json::Value::Object(overrides)));
+        figment.extract().map_err(|err| anyhow::anyhow!("invalid configuration: {err}"))
+    }
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub public_url: Option<url::Url>,
+    pub max_json_body: usize,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub blob_url: String,
+    pub hub: domain::hub::HubConfig,
+    pub multipart_threshold: u64,
+    pub multipart_chunk: u64,
+    pub upload_url_ttl: u64,
+    pub admin_name: domain::ids::AccountName,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Validates every field and reports all problems at once.
+    pub fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
+        let mut problems = Vec::new();
+        let addr = raw.server.addr.parse::<SocketAddr>().map_err(|err| problems.push(format!("server.addr {:?}: {err}", raw.server.addr))).ok();
+        let public_url = if raw.server.public_url.is_empty() {
+            None
+        } else {
+            match url::Url::parse(raw.server.public_url.trim_end_matches('/')) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                _ => {
+                    problems.push(format!("server.public_url {:?} is not an http(s) URL", raw.server.public_url));
+                    None
+                }
+            }
+        };
+        if raw.storage.data_dir.is_empty() {
+            problems.push("storage.data_dir must not be empty".to_owned());
+        }
+        let data_dir = PathBuf::from(&raw.storage.data_dir);
+        let database_url = if raw.storage.database_url.is_empty() {
+            format!("sqlite://{}", data_dir.join("mantle.db").display())
+        } else {
+            raw.storage.database_url.clone()
+        };
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            problems.push(format!("storage.database_url {database_url:?}: expected sqlite://PATH or postgres://..."));
+        }
+        let blob_url = if raw.storage.blob_url.is_empty() { data_dir.join("blobs").display().to_string() } else { raw.storage.blob_url.clone() };
+        if blob_url.contains("://") && !(blob_url.starts_with("s3://") || blob_url.starts_with("file://")) {
+            problems.push(format!("storage.blob_url {blob_url:?}: expected a folder, file://PATH or s3://BUCKET/PREFIX"));
+        }
+        let hub = &raw.hub;
+        if hub.max_inline_file < hub.lfs_threshold {
+            problems.push("hub.max_inline_file must be at least hub.lfs_threshold".to_owned());
+        }
+        if hub.multipart_chunk < 5 * 1024 * 1024 {
+            problems.push("hub.multipart_chunk must be at least 5 MiB".to_owned());
+        }
+        if hub.upload_url_ttl == 0 {
+            problems.push("hub.upload_url_ttl must be positive".to_owned());
+        }
+        let admin_name = domain::ids::AccountName::parse(&raw.auth.admin_name).map_err(|err| problems.push(format!("auth.admin_name: {err}"))).ok();
+        if !problems.is_empty() {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(Config {
+            addr: addr.expect("checked above"),
+            public_url,
+            max_json_body: usize::try_from(raw.server.max_json_body).unwrap_or(usize::MAX),
+            data_dir,
+            database_url,
+            blob_url,
+            hub: domain::hub::HubConfig { lfs_threshold: hub.lfs_threshold, max_inline_file: hub.max_inline_file, max_lfs_file: hub.max_lfs_file },
+            multipart_threshold: hub.multipart_threshold,
+            multipart_chunk: hub.multipart_chunk,
+            upload_url_ttl: hub.upload_url_ttl,
+            admin_name: admin_name.expect("checked above"),
+            admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let raw = RawConfig::load(None, &FlagOverrides::default()).unwrap();
+        let config = Config::from_raw(raw).unwrap();
+        assert_eq!(config.addr.port(), 8080);
+        assert!(config.database_url.ends_with("mantle.db"));
+    }
+
+    #[test]
+    fn flags_override_and_errors_are_collected() {
+        let flags = FlagOverrides { addr: Some("nonsense".into()), database_url: Some("mysql://x".into()), ..Default::default() };
+        let err = Config::from_raw(RawConfig::load(None, &flags).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("server.addr") && err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mantle.toml");
+        std::fs::write(&file, "[server]\nadress = \"x\"\n").unwrap();
+        assert!(RawConfig::load(Some(&file), &FlagOverrides::default()).is_err());
+    }
+}

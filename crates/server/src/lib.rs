@@ -1,0 +1,59 @@
+//! The HTTP server: Hugging Face Hub API, Git LFS, and Mantle's admin API over one `Hub`.
+//! `router(state)` builds the routes (tests call it directly); `run` wires storage, bootstraps the
+//! admin token and serves until shutdown.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+mod error;
+mod routes;
+mod signing;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use domain::hub::Hub;
+
+pub use config::{Config, FlagOverrides, RawConfig};
+pub use error::{ApiError, ApiResult};
+pub use signing::Signer;
+
+/// Cheap handles shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub signer: Signer,
+    pub config: Arc<Config>,
+}
+
+/// Builds the whole router.
+pub fn router(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Opens storage from config and builds the state (no port bound).
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    if config.database_url.starts_with("sqlite:") || !config.blob_url.starts_with("s3://") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data folder {}", config.data_dir.display()))?;
+    }
+    let meta = store::SqlMetaStore::connect(&config.database_url).await.context("open the metadata store")?;
+    let blobs = store::open_blob_store(&config.blob_url).context("open the blob store")?;
+    let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
+    let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let hub = Hub { meta, blobs, config: config.hub.clone() };
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config) })
+}
+
+/// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the
+/// listener is bound, so a bad configuration never leaves a half-started server.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = config.addr;
+    let state = build_state(config).await?;
+    bootstrap::admin_token(&state).await.context("bootstrap the admin token")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+    let local = listener.local_addr().context("read the bound address")?;
+    tracing::info!(addr = %local, "mantle is serving");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Mantle's admin API: users, orgs, memberships, tokens, gc and the audit log.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::error::json_rejection;
+use crate::{ApiError, ApiResult, AppState};
+
+fn account(account: domain::meta::Account) -> api::admin::Account {
+    api::admin::Account { id: account.id, name: account.name.to_string(), kind: account.kind.as_str().into(), is_admin: account.is_admin, created_at: account.created_at }
+}
+
+fn token(info: domain::meta::TokenInfo, secret: Option<String>) -> api::admin::Token {
+    api::admin::Token {
+        id: info.id,
+        user: info.user_name,
+        name: info.name,
+        role: info.role.as_str().into(),
+        created_at: info.created_at,
+        expires_at: info.expires_at,
+        revoked_at: info.revoked_at,
+        token: secret,
+    }
+}
+
+pub(crate) async fn list_users(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Account>>> {
+    Ok(Json(state.hub.list_accounts(&principal).await?.into_iter().map(account).collect()))
+}
+
+pub(crate) async fn create_user(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateUser>, JsonRejection>) -> ApiResult<Json<api::admin::Account>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    Ok(Json(account(state.hub.create_user(&principal, &body.name, body.org.as_deref()).await?)))
+}
+
+pub(crate) async fn create_org(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateOrg>, JsonRejection>) -> ApiResult<Json<api::admin::Account>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    Ok(Json(account(state.hub.create_org(&principal, &body.name).await?)))
+}
+
+pub(crate) async fn add_member(State(state): State<AppState>, Path(org): Path<String>, Auth(principal): Auth, body: Result<Json<api::admin::AddMember>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    state.hub.add_member(&principal, &org, &body.user).await?;
+    Ok(Json(serde_json::json!({ "org": org, "user": body.user })))
+}
+
+pub(crate) async fn list_tokens(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Token>>> {
+    Ok(Json(state.hub.list_tokens(&principal).await?.into_iter().map(|t| token(t, None)).collect()))
+}
+
+pub(crate) async fn create_token(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateToken>, JsonRejection>) -> ApiResult<Json<api::admin::Token>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let (info, secret) = state.hub.create_token(&principal, &body.user, &body.role, body.name.as_deref(), body.expires_in.as_deref()).await?;
+    Ok(Json(token(info, Some(secret))))
+}
+
+pub(crate) async fn revoke_token(State(state): State<AppState>, Path(id): Path<i64>, Auth(principal): Auth) -> ApiResult<Json<api::admin::Token>> {
+    Ok(Json(token(state.hub.revoke_token(&principal, id).await?, None)))
+}
+
+pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, body: Option<Json<api::admin::GcRequest>>) -> ApiResult<Json<api::admin::GcReport>> {
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let min_age = request.min_age_secs.unwrap_or(3600);
+    if min_age < 0 {
+        return Err(ApiError::invalid("min_age_secs must not be negative"));
+    }
+    let report = state.hub.gc(&principal, chrono::Duration::seconds(min_age)).await?;
+    Ok(Json(api::admin::GcReport { blobs_seen: report.blobs_seen, blobs_deleted: report.blobs_deleted, bytes_freed: report.bytes_freed, temporary_deleted: report.temporary_deleted }))
+}
+
+pub(crate) async fn verify_audit(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::admin::AuditVerify>> {
+    let report = state.hub.verify_audit(&principal).await?;
+    Ok(Json(api::admin::AuditVerify {
+        ok: report.broken.is_none(),
+        checked: report.checked,
+        broken_seq: report.broken.as_ref().map(|b| b.seq),
+        reason: report.broken.map(|b| b.reason),
+    }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuditQuery {
+    after: Option<i64>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Audit rows after a seq (paging) and optionally at or after a time (RFC 3339).
+pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Query<AuditQuery>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditEntry>>> {
+    let since = match &query.since {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| domain::format_time(t.with_timezone(&chrono::Utc)))
+                .map_err(|err| ApiError::invalid(format!("since {text:?} is not an RFC 3339 time: {err}")))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    // Stored times share one fixed format, so text order is time order. Rows before `since` are
+    // skipped page by page until `limit` rows are found or the log ends.
+    let mut after = query.after.unwrap_or(0);
+    let mut rows = Vec::new();
+    loop {
+        let page = state.hub.audit_page(&principal, after, limit).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        rows.extend(page.into_iter().filter(|row| since.as_ref().is_none_or(|s| row.time >= *s)));
+        if rows.len() >= limit as usize {
+            rows.truncate(limit as usize);
+            break;
+        }
+    }
+    let entries = rows
+        .into_iter()
+        .map(|row| api::admin::AuditEntry {
+            seq: row.seq,
+            time: row.time,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            details: serde_json::from_str(&row.details).unwrap_or(serde_json::Value::String(row.details)),
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        })
+        .collect();
+    Ok(Json(entries))
+}

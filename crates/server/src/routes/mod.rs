@@ -1,0 +1,88 @@
+//! Route table and the helpers handlers share: repo ids from paths, the public base URL.
+
+mod admin;
+mod commit;
+mod files;
+mod lfs;
+mod repos;
+mod tree;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use domain::ids::{RepoKind, RepoName};
+use tower_http::trace::TraceLayer;
+
+use crate::{ApiError, AppState};
+
+/// All routes.
+pub(crate) fn router(state: AppState) -> Router {
+    let json_limit = state.config.max_json_body;
+    let api = Router::new()
+        .route("/api/whoami-v2", get(repos::whoami))
+        .route("/api/repos/create", post(repos::create_repo))
+        .route("/api/repos/delete", delete(repos::delete_repo))
+        .route("/api/repos/move", post(repos::move_repo))
+        .route("/api/{kinds}", get(repos::list_repos))
+        .route("/api/{kinds}/{ns}/{name}", get(repos::repo_info))
+        .route("/api/{kinds}/{ns}/{name}/revision/{rev}", get(repos::repo_info_at))
+        .route("/api/{kinds}/{ns}/{name}/settings", put(repos::update_settings))
+        .route("/api/{kinds}/{ns}/{name}/tree/{rev}", get(tree::list_tree_root))
+        .route("/api/{kinds}/{ns}/{name}/tree/{rev}/{*path}", get(tree::list_tree))
+        .route("/api/{kinds}/{ns}/{name}/paths-info/{rev}", post(tree::paths_info))
+        .route("/api/{kinds}/{ns}/{name}/refs", get(repos::list_refs))
+        .route("/api/{kinds}/{ns}/{name}/commits/{rev}", get(repos::list_commits))
+        .route("/api/{kinds}/{ns}/{name}/branch/{branch}", post(repos::create_branch).delete(repos::delete_branch))
+        .route("/api/{kinds}/{ns}/{name}/tag/{rev}", post(repos::create_tag).delete(repos::delete_tag))
+        .route("/api/{kinds}/{ns}/{name}/preupload/{rev}", post(commit::preupload))
+        .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
+        .route("/api/admin/orgs", post(admin::create_org))
+        .route("/api/admin/orgs/{org}/members", post(admin::add_member))
+        .route("/api/admin/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/api/admin/tokens/{id}", delete(admin::revoke_token))
+        .route("/api/admin/gc", post(admin::gc))
+        .route("/api/admin/audit", get(admin::export_audit))
+        .route("/api/admin/audit/verify", get(admin::verify_audit))
+        .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
+        .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(json_limit));
+    // Streaming routes read their bodies chunk by chunk and enforce their own limits.
+    let streaming = Router::new()
+        .route("/api/{kinds}/{ns}/{name}/commit/{rev}", post(commit::create_commit))
+        .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}", put(lfs::upload_object).post(lfs::complete_multipart))
+        .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/verify", post(lfs::verify_object))
+        .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/{part}", put(lfs::upload_part))
+        .layer(DefaultBodyLimit::disable());
+    let files = Router::new()
+        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model))
+        .route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
+    api.merge(streaming).merge(files).layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+/// Parses `{kinds}/{ns}/{name}` from a path. A malformed name cannot exist, so it reads as not found.
+pub(crate) fn repo_from_path(kinds: &str, ns: &str, name: &str) -> Result<(RepoKind, RepoName), ApiError> {
+    let kind = match kinds {
+        "models" => RepoKind::Model,
+        "datasets" => RepoKind::Dataset,
+        other => return Err(domain::Error::RepoNotFound(format!("unsupported repo type {other:?}")).into()),
+    };
+    let name = RepoName::from_parts(ns, name).map_err(|_| domain::Error::RepoNotFound(format!("repository {ns}/{name} not found")))?;
+    Ok((kind, name))
+}
+
+/// The URL clients reach this server at: the configured public URL, else scheme and Host of the request.
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.config.public_url {
+        return url.as_str().trim_end_matches('/').to_owned();
+    }
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_owned).unwrap_or_else(|| state.config.addr.to_string());
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|s| *s == "https").unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// The web URL of a repo: `{base}/{ns}/{name}` or `{base}/datasets/{ns}/{name}`.
+pub(crate) fn repo_url(base: &str, kind: RepoKind, name: &RepoName) -> String {
+    format!("{base}/{}{name}", kind.url_prefix())
+}

@@ -1,0 +1,747 @@
+//! `MetaStore` over SQLite or PostgreSQL. Both dialects share one SQL text (`$N` placeholders,
+//! `RETURNING`, integers for booleans) through sqlx's Any driver; only DDL differs.
+//!
+//! Writes are serialized: one in-process lock (SQLite has a single writer anyway) plus, on
+//! PostgreSQL, a transaction-scoped advisory lock so replicas append to the audit chain in turn.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
+use domain::auth::Role;
+use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
+use domain::meta::{apply_operations, Account, AccountKind, MetaStore, NewCommit, TokenInfo, TokenLookup};
+use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
+use domain::{now_rfc3339, Error, Result};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Which SQL dialect the pool speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The SQL metadata store.
+pub struct SqlMetaStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    // A tokio mutex: it is held across the awaits of a whole write transaction.
+    write_lock: Mutex<()>,
+}
+
+struct WriteTx<'a> {
+    tx: Transaction<'static, Any>,
+    _guard: MutexGuard<'a, ()>,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, name, kind, is_admin, created_at";
+const TOKEN_COLUMNS: &str = "t.id, a.name AS user_name, t.name, t.role, t.created_at, t.expires_at, t.revoked_at";
+const REPO_COLUMNS: &str = "id, kind, namespace, name, private, created_at";
+const COMMIT_COLUMNS: &str = "id, repo_id, parent, title, message, author, created_at";
+const FILE_COLUMNS: &str = "path, size, sha256, git_oid, lfs";
+
+impl SqlMetaStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`) and applies migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            anyhow::bail!("unsupported database url {url:?}: expected sqlite:// or postgres://");
+        };
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let options = AnyPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(30));
+        let options = if dialect == Dialect::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(&url).await.context("connect to the metadata database")?;
+        crate::migrate::run(&pool, dialect).await.context("migrate the metadata database")?;
+        Ok(SqlMetaStore { pool, dialect, write_lock: Mutex::new(()) })
+    }
+
+    /// The pool, for tests that inspect or tamper with rows directly.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx<'_>> {
+        let guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7240001)").execute(&mut *tx).await.map_err(db_err)?;
+        }
+        Ok(WriteTx { tx, _guard: guard })
+    }
+}
+
+impl WriteTx<'_> {
+    async fn audit(&mut self, event: &AuditEvent) -> Result<()> {
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *self.tx).await.map_err(db_err)?;
+        let (seq, prev_hash) = match last {
+            Some(row) => (row.try_get::<i64, _>("seq").map_err(db_err)? + 1, row.try_get::<String, _>("hash").map_err(db_err)?),
+            None => (1, GENESIS_HASH.to_owned()),
+        };
+        let record = AuditRecord::next(&prev_hash, seq, now_rfc3339(), event);
+        sqlx::query("INSERT INTO audit_log (seq, time, actor, action, target, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(record.seq)
+            .bind(record.time)
+            .bind(record.actor)
+            .bind(record.action)
+            .bind(record.target)
+            .bind(record.details)
+            .bind(record.prev_hash)
+            .bind(record.hash)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(db_err)
+    }
+
+    async fn account(&mut self, name: &AccountName) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1");
+        let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(&mut *self.tx).await.map_err(db_err)?;
+        row.map(|row| account_from_row(&row)).transpose()
+    }
+
+    async fn insert_commit(&mut self, repo_id: i64, parent: Option<&CommitId>, files: &[FileEntry], title: &str, message: &str, author: &str) -> Result<Commit> {
+        let created_at = now_rfc3339();
+        let id = commit_id(repo_id, parent, files, title, message, author, &created_at);
+        sqlx::query("INSERT INTO commits (id, repo_id, parent, title, message, author, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(id.as_str())
+            .bind(repo_id)
+            .bind(parent.map(|p| p.as_str().to_owned()))
+            .bind(title)
+            .bind(message)
+            .bind(author)
+            .bind(&created_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        // Multi-row inserts keep large commits to a few statements; 200 rows x 6 binds stays under every driver's limit.
+        for chunk in files.chunks(200) {
+            let mut sql = String::from("INSERT INTO commit_files (commit_id, path, size, sha256, git_oid, lfs) VALUES ");
+            for i in 0..chunk.len() {
+                let base = i * 6;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6));
+            }
+            let mut query = sqlx::query(&sql);
+            for file in chunk {
+                query = query
+                    .bind(id.as_str())
+                    .bind(file.path.as_str())
+                    .bind(to_i64(file.size)?)
+                    .bind(file.sha256.as_str())
+                    .bind(file.git_oid.as_str())
+                    .bind(i64::from(file.lfs));
+            }
+            query.execute(&mut *self.tx).await.map_err(db_err)?;
+        }
+        Ok(Commit { id, repo_id, parent: parent.cloned(), title: title.to_owned(), message: message.to_owned(), author: author.to_owned(), created_at })
+    }
+
+    async fn files(&mut self, commit: &CommitId) -> Result<Vec<FileEntry>> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM commit_files WHERE commit_id = $1 ORDER BY path");
+        let rows = sqlx::query(&sql).bind(commit.as_str()).fetch_all(&mut *self.tx).await.map_err(db_err)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    async fn ref_target(&mut self, repo_id: i64, kind: RefKind, name: &str) -> Result<Option<CommitId>> {
+        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3")
+            .bind(repo_id)
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        row.map(|row| commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)).transpose()
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqlMetaStore {
+    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT id FROM tokens WHERE hash = $1").bind(token_hash).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        let admin = match tx.account(admin_name).await? {
+            Some(account) if account.kind == AccountKind::User && account.is_admin => account,
+            Some(_) => return Err(Error::conflict(format!("{admin_name} exists but is not a site administrator"))),
+            None => {
+                let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, 'user', 1, $2) RETURNING id")
+                    .bind(admin_name.as_str())
+                    .bind(now_rfc3339())
+                    .fetch_one(&mut *tx.tx)
+                    .await
+                    .map_err(db_err)?;
+                let id: i64 = row.try_get("id").map_err(db_err)?;
+                tx.audit(&AuditEvent::new("system", "user.create", format!("user:{admin_name}"), serde_json::json!({ "admin": true }))).await?;
+                Account { id, name: admin_name.clone(), kind: AccountKind::User, is_admin: true, created_at: now_rfc3339() }
+            }
+        };
+        sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at) VALUES ($1, 'bootstrap', $2, 'admin', $3)")
+            .bind(admin.id)
+            .bind(token_hash)
+            .bind(now_rfc3339())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&AuditEvent::new("system", "token.create", format!("user:{admin_name}"), serde_json::json!({ "name": "bootstrap", "role": "admin" }))).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_account(&self, name: &AccountName, kind: AccountKind, member_of: Option<&AccountName>, event: AuditEvent) -> Result<Account> {
+        let mut tx = self.begin_write().await?;
+        if tx.account(name).await?.is_some() {
+            return Err(Error::conflict(format!("the name {name} is taken")));
+        }
+        let created_at = now_rfc3339();
+        let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, $2, 0, $3) RETURNING id")
+            .bind(name.as_str())
+            .bind(kind.as_str())
+            .bind(&created_at)
+            .fetch_one(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        tx.audit(&event).await?;
+        if let Some(org) = member_of {
+            let org = tx.account(org).await?.filter(|a| a.kind == AccountKind::Org).ok_or_else(|| Error::NotFound(format!("no org named {org}")))?;
+            sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)")
+                .bind(org.id)
+                .bind(id)
+                .bind(&created_at)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db_err)?;
+            tx.audit(&AuditEvent::new(&event.actor, "org.add_member", format!("org:{}", org.name), serde_json::json!({ "user": name.as_str() }))).await?;
+        }
+        tx.commit().await?;
+        Ok(Account { id, name: name.clone(), kind, is_admin: false, created_at })
+    }
+
+    async fn get_account(&self, name: &AccountName) -> Result<Option<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1");
+        let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| account_from_row(&row)).transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn add_member(&self, org: &AccountName, user: &AccountName, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let org_row = tx.account(org).await?.filter(|a| a.kind == AccountKind::Org).ok_or_else(|| Error::NotFound(format!("no org named {org}")))?;
+        let user_row = tx.account(user).await?.filter(|a| a.kind == AccountKind::User).ok_or_else(|| Error::NotFound(format!("no user named {user}")))?;
+        let existing = sqlx::query("SELECT 1 AS one FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org_row.id)
+            .bind(user_row.id)
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if existing.is_some() {
+            return Err(Error::conflict(format!("{user} is already a member of {org}")));
+        }
+        sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(org_row.id)
+            .bind(user_row.id)
+            .bind(now_rfc3339())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT o.name FROM memberships m JOIN accounts o ON o.id = m.org_id JOIN accounts u ON u.id = m.user_id WHERE u.name = $1 ORDER BY o.name")
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(|row| row.try_get::<String, _>("name").map_err(db_err)).collect()
+    }
+
+    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, event: AuditEvent) -> Result<TokenInfo> {
+        let mut tx = self.begin_write().await?;
+        let account = tx.account(user).await?.filter(|a| a.kind == AccountKind::User).ok_or_else(|| Error::NotFound(format!("no user named {user}")))?;
+        let created_at = now_rfc3339();
+        let row = sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+            .bind(account.id)
+            .bind(name)
+            .bind(token_hash)
+            .bind(role.as_str())
+            .bind(&created_at)
+            .bind(expires_at.clone())
+            .fetch_one(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let mut event = event;
+        insert_detail(&mut event, "token_id", serde_json::json!(id));
+        tx.audit(&event).await?;
+        tx.commit().await?;
+        Ok(TokenInfo { id, user_name: user.to_string(), name: name.to_owned(), role, created_at, expires_at, revoked_at: None })
+    }
+
+    async fn get_token(&self, id: i64) -> Result<Option<TokenInfo>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens t JOIN accounts a ON a.id = t.user_id WHERE t.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| token_from_row(&row)).transpose()
+    }
+
+    async fn revoke_token(&self, id: i64, event: AuditEvent) -> Result<TokenInfo> {
+        let mut tx = self.begin_write().await?;
+        let now = now_rfc3339();
+        let updated = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::conflict(format!("token {id} does not exist or is already revoked")));
+        }
+        tx.audit(&event).await?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens t JOIN accounts a ON a.id = t.user_id WHERE t.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_one(&mut *tx.tx).await.map_err(db_err)?;
+        let info = token_from_row(&row)?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    async fn lookup_token(&self, token_hash: &str) -> Result<Option<TokenLookup>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS}, a.id AS user_id, a.is_admin FROM tokens t JOIN accounts a ON a.id = t.user_id WHERE t.hash = $1");
+        let Some(row) = sqlx::query(&sql).bind(token_hash).fetch_optional(&self.pool).await.map_err(db_err)? else {
+            return Ok(None);
+        };
+        let token = token_from_row(&row)?;
+        let user_id: i64 = row.try_get("user_id").map_err(db_err)?;
+        let is_admin = row.try_get::<i64, _>("is_admin").map_err(db_err)? != 0;
+        let orgs = self.orgs_of(&AccountName::parse(&token.user_name)?).await?;
+        Ok(Some(TokenLookup { token, user_id, is_admin, orgs }))
+    }
+
+    async fn list_tokens(&self, user: Option<&AccountName>) -> Result<Vec<TokenInfo>> {
+        let rows = match user {
+            Some(user) => {
+                let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens t JOIN accounts a ON a.id = t.user_id WHERE a.name = $1 ORDER BY t.id");
+                sqlx::query(&sql).bind(user.as_str()).fetch_all(&self.pool).await
+            }
+            None => {
+                let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens t JOIN accounts a ON a.id = t.user_id ORDER BY t.id");
+                sqlx::query(&sql).fetch_all(&self.pool).await
+            }
+        }
+        .map_err(db_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn create_repo(&self, kind: RepoKind, name: &RepoName, private: bool, initial: Vec<FileEntry>, author: &str, event: AuditEvent) -> Result<Repo> {
+        let mut tx = self.begin_write().await?;
+        let existing = sqlx::query("SELECT id FROM repos WHERE kind = $1 AND namespace = $2 AND name = $3")
+            .bind(kind.as_str())
+            .bind(name.namespace.as_str())
+            .bind(name.name.as_str())
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if existing.is_some() {
+            return Err(Error::conflict(format!("You already created this {} repo: {name}", kind.as_str())));
+        }
+        let created_at = now_rfc3339();
+        let row = sqlx::query("INSERT INTO repos (kind, namespace, name, private, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(kind.as_str())
+            .bind(name.namespace.as_str())
+            .bind(name.name.as_str())
+            .bind(i64::from(private))
+            .bind(&created_at)
+            .fetch_one(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let commit = tx.insert_commit(id, None, &initial, "initial commit", "", author).await?;
+        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, 'branch', $2, $3)")
+            .bind(id)
+            .bind(DEFAULT_BRANCH)
+            .bind(commit.id.as_str())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        let mut event = event;
+        insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
+        tx.audit(&event).await?;
+        tx.commit().await?;
+        Ok(Repo { id, kind, name: name.clone(), private, created_at })
+    }
+
+    async fn get_repo(&self, kind: RepoKind, name: &RepoName) -> Result<Option<Repo>> {
+        let sql = format!("SELECT {REPO_COLUMNS} FROM repos WHERE kind = $1 AND namespace = $2 AND name = $3");
+        let row = sqlx::query(&sql)
+            .bind(kind.as_str())
+            .bind(name.namespace.as_str())
+            .bind(name.name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|row| repo_from_row(&row)).transpose()
+    }
+
+    async fn list_repos(&self, kind: RepoKind, namespace: Option<&str>) -> Result<Vec<Repo>> {
+        let rows = match namespace {
+            Some(namespace) => {
+                let sql = format!("SELECT {REPO_COLUMNS} FROM repos WHERE kind = $1 AND namespace = $2 ORDER BY namespace, name");
+                sqlx::query(&sql).bind(kind.as_str()).bind(namespace).fetch_all(&self.pool).await
+            }
+            None => {
+                let sql = format!("SELECT {REPO_COLUMNS} FROM repos WHERE kind = $1 ORDER BY namespace, name");
+                sqlx::query(&sql).bind(kind.as_str()).fetch_all(&self.pool).await
+            }
+        }
+        .map_err(db_err)?;
+        rows.iter().map(repo_from_row).collect()
+    }
+
+    async fn delete_repo(&self, repo_id: i64, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for sql in [
+            "DELETE FROM refs WHERE repo_id = $1",
+            "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo_id = $1)",
+            "DELETE FROM commits WHERE repo_id = $1",
+        ] {
+            sqlx::query(sql).bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        }
+        let deleted = sqlx::query("DELETE FROM repos WHERE id = $1").bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::RepoNotFound("repository not found".into()));
+        }
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn set_private(&self, repo_id: i64, private: bool, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE repos SET private = $1 WHERE id = $2").bind(i64::from(private)).bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn rename_repo(&self, repo_id: i64, to: &RepoName, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let taken = sqlx::query("SELECT r2.id FROM repos r1 JOIN repos r2 ON r2.kind = r1.kind WHERE r1.id = $1 AND r2.namespace = $2 AND r2.name = $3")
+            .bind(repo_id)
+            .bind(to.namespace.as_str())
+            .bind(to.name.as_str())
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if taken.is_some() {
+            return Err(Error::conflict(format!("a repo named {to} already exists")));
+        }
+        sqlx::query("UPDATE repos SET namespace = $1, name = $2 WHERE id = $3")
+            .bind(to.namespace.as_str())
+            .bind(to.name.as_str())
+            .bind(repo_id)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn resolve(&self, repo_id: i64, revision: &str) -> Result<Option<CommitId>> {
+        // Branches win over tags, as in git's ref resolution order for short names.
+        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND name = $2 ORDER BY kind LIMIT 1")
+            .bind(repo_id)
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if let Some(row) = row {
+            return Ok(Some(commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?));
+        }
+        let Some(id) = CommitId::parse(revision) else { return Ok(None) };
+        let row = sqlx::query("SELECT id FROM commits WHERE id = $1 AND repo_id = $2").bind(id.as_str()).bind(repo_id).fetch_optional(&self.pool).await.map_err(db_err)?;
+        Ok(row.map(|_| id))
+    }
+
+    async fn get_commit(&self, repo_id: i64, id: &CommitId) -> Result<Option<Commit>> {
+        let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE id = $1 AND repo_id = $2");
+        let row = sqlx::query(&sql).bind(id.as_str()).bind(repo_id).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| commit_from_row(&row)).transpose()
+    }
+
+    async fn list_commits(&self, repo_id: i64, head: &CommitId) -> Result<Vec<Commit>> {
+        let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE repo_id = $1");
+        let rows = sqlx::query(&sql).bind(repo_id).fetch_all(&self.pool).await.map_err(db_err)?;
+        let mut by_id: HashMap<String, Commit> = HashMap::new();
+        for row in &rows {
+            let commit = commit_from_row(row)?;
+            by_id.insert(commit.id.to_string(), commit);
+        }
+        let mut history = Vec::new();
+        let mut next = Some(head.clone());
+        while let Some(id) = next {
+            let Some(commit) = by_id.remove(id.as_str()) else { break };
+            next = commit.parent.clone();
+            history.push(commit);
+        }
+        Ok(history)
+    }
+
+    async fn list_files(&self, commit: &CommitId) -> Result<Vec<FileEntry>> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM commit_files WHERE commit_id = $1 ORDER BY path");
+        let rows = sqlx::query(&sql).bind(commit.as_str()).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    async fn get_file(&self, commit: &CommitId, path: &RepoPath) -> Result<Option<FileEntry>> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM commit_files WHERE commit_id = $1 AND path = $2");
+        let row = sqlx::query(&sql).bind(commit.as_str()).bind(path.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| file_from_row(&row)).transpose()
+    }
+
+    async fn commit(&self, new: NewCommit, event: AuditEvent) -> Result<Commit> {
+        let mut tx = self.begin_write().await?;
+        let head = tx
+            .ref_target(new.repo_id, RefKind::Branch, &new.branch)
+            .await?
+            .ok_or_else(|| Error::RevisionNotFound(format!("branch {:?} not found", new.branch)))?;
+        if let Some(expected) = &new.expected_parent {
+            if *expected != head {
+                return Err(Error::conflict(format!("parent commit {expected} is not the head of {} (now {head}); fetch and retry", new.branch)));
+            }
+        }
+        let base = tx.files(&head).await?;
+        let files = apply_operations(base, &new.operations)?;
+        let commit = tx.insert_commit(new.repo_id, Some(&head), &files, &new.title, &new.message, &new.author).await?;
+        let moved = sqlx::query("UPDATE refs SET commit_id = $1 WHERE repo_id = $2 AND kind = 'branch' AND name = $3 AND commit_id = $4")
+            .bind(commit.id.as_str())
+            .bind(new.repo_id)
+            .bind(&new.branch)
+            .bind(head.as_str())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if moved.rows_affected() != 1 {
+            return Err(Error::conflict(format!("branch {} moved during the commit; retry", new.branch)));
+        }
+        let mut event = event;
+        insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
+        insert_detail(&mut event, "parent", serde_json::json!(head.as_str()));
+        tx.audit(&event).await?;
+        tx.commit().await?;
+        Ok(commit)
+    }
+
+    async fn list_refs(&self, repo_id: i64) -> Result<Vec<GitRef>> {
+        let rows = sqlx::query("SELECT kind, name, commit_id FROM refs WHERE repo_id = $1 ORDER BY kind, name").bind(repo_id).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let kind = match row.try_get::<String, _>("kind").map_err(db_err)?.as_str() {
+                    "branch" => RefKind::Branch,
+                    _ => RefKind::Tag,
+                };
+                Ok(GitRef { kind, name: row.try_get("name").map_err(db_err)?, commit: commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)? })
+            })
+            .collect()
+    }
+
+    async fn create_ref(&self, repo_id: i64, kind: RefKind, name: &str, target: &CommitId, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if tx.ref_target(repo_id, kind, name).await?.is_some() {
+            return Err(Error::conflict(format!("{} {name:?} already exists", kind.as_str())));
+        }
+        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, $2, $3, $4)")
+            .bind(repo_id)
+            .bind(kind.as_str())
+            .bind(name)
+            .bind(target.as_str())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn delete_ref(&self, repo_id: i64, kind: RefKind, name: &str, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3")
+            .bind(repo_id)
+            .bind(kind.as_str())
+            .bind(name)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::RevisionNotFound(format!("{} {name:?} not found", kind.as_str())));
+        }
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn referenced_blobs(&self) -> Result<HashSet<String>> {
+        let rows = sqlx::query("SELECT DISTINCT sha256 FROM commit_files").fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(|row| row.try_get::<String, _>("sha256").map_err(db_err)).collect()
+    }
+
+    async fn is_blob_referenced(&self, sha256: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?;
+        Ok(row.is_some())
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query("SELECT seq, time, actor, action, target, details, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    seq: row.try_get("seq").map_err(db_err)?,
+                    time: row.try_get("time").map_err(db_err)?,
+                    actor: row.try_get("actor").map_err(db_err)?,
+                    action: row.try_get("action").map_err(db_err)?,
+                    target: row.try_get("target").map_err(db_err)?,
+                    details: row.try_get("details").map_err(db_err)?,
+                    prev_hash: row.try_get("prev_hash").map_err(db_err)?,
+                    hash: row.try_get("hash").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn secret(&self, key: &str, candidate: &str) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
+        if let Some(row) = row {
+            return row.try_get("value").map_err(db_err);
+        }
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)").bind(key).bind(candidate).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.commit().await?;
+        Ok(candidate.to_owned())
+    }
+}
+
+fn db_err(err: sqlx::Error) -> Error {
+    if let Some(db) = err.as_database_error() {
+        if db.is_unique_violation() {
+            return Error::conflict(format!("already exists: {}", db.message()));
+        }
+    }
+    Error::internal(err)
+}
+
+fn to_i64(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::invalid("size out of range"))
+}
+
+fn insert_detail(event: &mut AuditEvent, key: &str, value: serde_json::Value) {
+    if let serde_json::Value::Object(map) = &mut event.details {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+fn commit_from_text(text: &str) -> Result<CommitId> {
+    CommitId::parse(text).ok_or_else(|| Error::internal(format!("stored commit id {text:?} is malformed")))
+}
+
+fn account_from_row(row: &AnyRow) -> Result<Account> {
+    let kind = match row.try_get::<String, _>("kind").map_err(db_err)?.as_str() {
+        "org" => AccountKind::Org,
+        _ => AccountKind::User,
+    };
+    Ok(Account {
+        id: row.try_get("id").map_err(db_err)?,
+        name: AccountName::parse(&row.try_get::<String, _>("name").map_err(db_err)?)?,
+        kind,
+        is_admin: row.try_get::<i64, _>("is_admin").map_err(db_err)? != 0,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: row.try_get("id").map_err(db_err)?,
+        user_name: row.try_get("user_name").map_err(db_err)?,
+        name: row.try_get("name").map_err(db_err)?,
+        role: Role::parse(&row.try_get::<String, _>("role").map_err(db_err)?)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        expires_at: row.try_get("expires_at").map_err(db_err)?,
+        revoked_at: row.try_get("revoked_at").map_err(db_err)?,
+    })
+}
+
+fn repo_from_row(row: &AnyRow) -> Result<Repo> {
+    Ok(Repo {
+        id: row.try_get("id").map_err(db_err)?,
+        kind: RepoKind::parse(&row.try_get::<String, _>("kind").map_err(db_err)?)?,
+        name: RepoName::from_parts(&row.try_get::<String, _>("namespace").map_err(db_err)?, &row.try_get::<String, _>("name").map_err(db_err)?)?,
+        private: row.try_get::<i64, _>("private").map_err(db_err)? != 0,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn commit_from_row(row: &AnyRow) -> Result<Commit> {
+    let parent: Option<String> = row.try_get("parent").map_err(db_err)?;
+    Ok(Commit {
+        id: commit_from_text(&row.try_get::<String, _>("id").map_err(db_err)?)?,
+        repo_id: row.try_get("repo_id").map_err(db_err)?,
+        parent: parent.as_deref().map(commit_from_text).transpose()?,
+        title: row.try_get("title").map_err(db_err)?,
+        message: row.try_get("message").map_err(db_err)?,
+        author: row.try_get("author").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
+    Ok(FileEntry {
+        path: RepoPath::parse(&row.try_get::<String, _>("path").map_err(db_err)?)?,
+        size: u64::try_from(row.try_get::<i64, _>("size").map_err(db_err)?).map_err(|_| Error::internal("negative size stored"))?,
+        sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
+        git_oid: row.try_get("git_oid").map_err(db_err)?,
+        lfs: row.try_get::<i64, _>("lfs").map_err(db_err)? != 0,
+    })
+}
