@@ -31,9 +31,6 @@ pub enum Error {
     /// The change conflicts with the current state: the name exists, the parent moved (409).
     #[error("{0}")]
     Conflict(String),
-    /// A body or file is larger than allowed (413).
-    #[error("{0}")]
-    TooLarge(String),
     /// A backend failed; the details go to the log, not to the caller (500).
     #[error("internal error: {0}")]
     Internal(String),

@@ -291,7 +291,7 @@ impl Hub {
     /// Stores inline file bytes from a commit body and returns their entry.
     pub async fn store_inline(&self, path: RepoPath, bytes: Bytes) -> Result<FileEntry> {
         if bytes.len() as u64 > self.config.max_inline_file {
-            return Err(Error::TooLarge(format!("{path} is larger than the inline limit of {} bytes; upload it through LFS", self.config.max_inline_file)));
+            return Err(Error::Invalid(format!("{path} is larger than the inline limit of {} bytes; upload it through LFS", self.config.max_inline_file)));
         }
         let (stored, git_oid) = self.blobs.put_bytes(bytes).await?;
         Ok(FileEntry { path, size: stored.size, sha256: stored.sha256, git_oid, lfs: false })

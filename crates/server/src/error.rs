@@ -36,7 +36,6 @@ impl IntoResponse for ApiError {
             Error::EntryNotFound { commit, .. } => (StatusCode::NOT_FOUND, Some("EntryNotFound"), commit.clone()),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, None, None),
             Error::Conflict(_) => (StatusCode::CONFLICT, None, None),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None, None),
             Error::Internal(detail) => {
                 tracing::error!("failed to serve request: {detail}");
                 (StatusCode::INTERNAL_SERVER_ERROR, None, None)

@@ -168,7 +168,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>, 
             None => (available, false),
         };
         if line.len() + chunk.len() > max {
-            return Err(domain::Error::TooLarge(format!("a commit line is longer than {max} bytes; upload large files through LFS")).into());
+            return Err(ApiError::invalid(format!("a commit line is longer than {max} bytes; upload large files through LFS")));
         }
         line.extend_from_slice(chunk);
         let consumed = chunk.len() + usize::from(found);

@@ -1,0 +1,120 @@
+//! A test server: state on a temp folder, an admin token, helpers to send requests.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use server::{AppState, Config, FlagOverrides, RawConfig};
+use tower::ServiceExt as _;
+
+pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
+
+pub(crate) struct TestServer {
+    pub(crate) router: Router,
+    pub(crate) state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+}
+
+impl TestServer {
+    pub(crate) async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub(crate) async fn with(tweak: impl FnOnce(&mut RawConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, ADMIN).unwrap();
+        let flags = FlagOverrides {
+            addr: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().join("data").display().to_string()),
+            admin_token_file: Some(token_file.display().to_string()),
+            ..Default::default()
+        };
+        let mut raw = RawConfig::load(None, &flags).unwrap();
+        tweak(&mut raw);
+        let state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();
+        server::bootstrap::admin_token(&state).await.unwrap();
+        TestServer { router: server::router(state.clone()), state, _dir: dir }
+    }
+
+    pub(crate) async fn send(&self, method: &str, uri: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri).header("host", "mantle.test");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
+        Reply { status, headers, body }
+    }
+
+    pub(crate) async fn json(&self, method: &str, uri: &str, token: Option<&str>, body: serde_json::Value) -> Reply {
+        self.send(method, uri, token, Some("application/json"), serde_json::to_vec(&body).unwrap()).await
+    }
+
+    pub(crate) async fn get(&self, uri: &str, token: Option<&str>) -> Reply {
+        self.send("GET", uri, token, None, Vec::new()).await
+    }
+
+    /// Creates a user and returns a token of the given role for them.
+    pub(crate) async fn user(&self, name: &str, org: Option<&str>, role: &str) -> String {
+        let reply = self.json("POST", "/api/admin/users", Some(ADMIN), serde_json::json!({ "name": name, "org": org })).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+        self.token(name, role).await
+    }
+
+    pub(crate) async fn token(&self, name: &str, role: &str) -> String {
+        let reply = self.json("POST", "/api/admin/tokens", Some(ADMIN), serde_json::json!({ "user": name, "role": role })).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+        reply.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn create_repo(&self, token: &str, name: &str, private: bool) -> Reply {
+        self.json("POST", "/api/repos/create", Some(token), serde_json::json!({ "name": name, "private": private })).await
+    }
+
+    pub(crate) async fn commit(&self, token: &str, repo: &str, lines: &[serde_json::Value]) -> Reply {
+        let mut body = Vec::new();
+        for line in lines {
+            body.extend(serde_json::to_vec(line).unwrap());
+            body.push(b'\n');
+        }
+        self.send("POST", &format!("/api/models/{repo}/commit/main"), Some(token), Some("application/x-ndjson"), body).await
+    }
+
+    pub(crate) async fn head(&self, repo: &str, token: &str) -> String {
+        self.get(&format!("/api/models/{repo}"), Some(token)).await.json()["sha"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn audit_actions(&self) -> Vec<String> {
+        let reply = self.get("/api/admin/audit?limit=10000", Some(ADMIN)).await;
+        reply.json().as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+pub(crate) fn header(summary: &str) -> serde_json::Value {
+    serde_json::json!({ "key": "header", "value": { "summary": summary, "description": "" } })
+}
+
+pub(crate) fn file(path: &str, content: &[u8]) -> serde_json::Value {
+    serde_json::json!({ "key": "file", "value": { "path": path, "content": base64::engine::general_purpose::STANDARD.encode(content), "encoding": "base64" } })
+}

@@ -1,0 +1,6 @@
+//! API tests: the router driven in-process with `oneshot`, one fresh SQLite + local-folder state
+//! per test. They cover access rules, bad input (nothing written), and the audit trail.
+
+mod access;
+mod bad_input;
+mod harness;

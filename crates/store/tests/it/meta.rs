@@ -1,0 +1,214 @@
+//! The MetaStore contract.
+
+use std::sync::Arc;
+
+use domain::audit::{AuditEvent, ChainVerifier};
+use domain::auth::Role;
+use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
+use domain::meta::{AccountKind, FileOperation, MetaStore, NewCommit};
+use domain::repo::{FileEntry, RefKind};
+use domain::Error;
+use store::SqlMetaStore;
+
+fn event(action: &str) -> AuditEvent {
+    AuditEvent::new("tester", action, "target", serde_json::json!({}))
+}
+
+fn name(text: &str) -> AccountName {
+    AccountName::parse(text).unwrap()
+}
+
+fn file(path: &str, byte: char) -> FileEntry {
+    FileEntry { path: RepoPath::parse(path).unwrap(), size: 3, sha256: Digest::parse(&byte.to_string().repeat(64)).unwrap(), git_oid: "0".repeat(40), lfs: false }
+}
+
+fn add(path: &str, byte: char) -> FileOperation {
+    FileOperation::Add(file(path, byte))
+}
+
+fn new_commit(repo_id: i64, operations: Vec<FileOperation>, expected_parent: Option<CommitId>) -> NewCommit {
+    NewCommit { repo_id, branch: "main".into(), expected_parent, operations, title: "t".into(), message: String::new(), author: "alice".into() }
+}
+
+/// A fresh PostgreSQL database per call, so suites never see each other's rows.
+async fn postgres_url() -> Option<String> {
+    let base = std::env::var("TEST_DATABASE_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let db = format!("mantle_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.expect("connect to TEST_DATABASE_URL");
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {db}").as_str()).await.expect("create test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database url has a path");
+    Some(format!("{prefix}/{db}"))
+}
+
+async fn sqlite() -> (SqlMetaStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    (SqlMetaStore::connect(&url).await.unwrap(), dir)
+}
+
+async fn verify_chain(store: &dyn MetaStore) -> Result<u64, domain::audit::BrokenLink> {
+    let mut verifier = ChainVerifier::default();
+    for row in store.audit_after(0, 100_000).await.unwrap() {
+        verifier.check(&row)?;
+    }
+    Ok(verifier.checked)
+}
+
+async fn check_meta_store(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+
+    // Bootstrap is idempotent and creates a site admin.
+    assert!(meta.ensure_admin_token(&name("admin"), &"f".repeat(64)).await.unwrap());
+    assert!(!meta.ensure_admin_token(&name("admin"), &"f".repeat(64)).await.unwrap());
+    let admin = meta.lookup_token(&"f".repeat(64)).await.unwrap().unwrap();
+    assert!(admin.is_admin);
+    assert_eq!(admin.token.role, Role::Admin);
+
+    // Accounts share one namespace.
+    meta.create_account(&name("acme"), AccountKind::Org, None, event("org.create")).await.unwrap();
+    let alice = meta.create_account(&name("alice"), AccountKind::User, Some(&name("acme")), event("user.create")).await.unwrap();
+    assert_eq!(alice.kind, AccountKind::User);
+    assert!(matches!(meta.create_account(&name("alice"), AccountKind::Org, None, event("x")).await, Err(Error::Conflict(_))));
+    meta.create_account(&name("bob"), AccountKind::User, None, event("user.create")).await.unwrap();
+    meta.add_member(&name("acme"), &name("bob"), event("org.add_member")).await.unwrap();
+    assert!(matches!(meta.add_member(&name("acme"), &name("bob"), event("x")).await, Err(Error::Conflict(_))));
+    assert!(matches!(meta.add_member(&name("nope"), &name("bob"), event("x")).await, Err(Error::NotFound(_))));
+    assert_eq!(meta.orgs_of(&name("bob")).await.unwrap(), vec!["acme".to_owned()]);
+
+    // Tokens: stored by hash, revocable once.
+    let token = meta.create_token(&name("alice"), "laptop", Role::Write, &"a".repeat(64), Some("2099-01-01T00:00:00.000Z".into()), event("token.create")).await.unwrap();
+    let found = meta.lookup_token(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(found.token.id, token.id);
+    assert_eq!(found.orgs, vec!["acme".to_owned()]);
+    assert!(meta.lookup_token(&"b".repeat(64)).await.unwrap().is_none());
+    let revoked = meta.revoke_token(token.id, event("token.revoke")).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(matches!(meta.revoke_token(token.id, event("x")).await, Err(Error::Conflict(_))));
+    assert!(matches!(meta.create_token(&name("ghost"), "x", Role::Read, &"c".repeat(64), None, event("x")).await, Err(Error::NotFound(_))));
+
+    // Repos start with one commit on main.
+    let repo_name = RepoName::parse("acme/bert").unwrap();
+    let repo = meta.create_repo(RepoKind::Model, &repo_name, true, vec![file(".gitattributes", 'a')], "alice", event("repo.create")).await.unwrap();
+    assert!(matches!(meta.create_repo(RepoKind::Model, &repo_name, false, vec![], "alice", event("x")).await, Err(Error::Conflict(_))));
+    // The same name as a dataset is a different repo.
+    meta.create_repo(RepoKind::Dataset, &repo_name, false, vec![], "alice", event("repo.create")).await.unwrap();
+    let initial = meta.resolve(repo.id, "main").await.unwrap().unwrap();
+    assert_eq!(initial.as_str().len(), 40);
+    assert_eq!(meta.list_files(&initial).await.unwrap().len(), 1);
+
+    // Commits apply on the head, atomically; a stale parent is a conflict and changes nothing.
+    let c1 = meta.commit(new_commit(repo.id, vec![add("config.json", 'b'), add("w/model.bin", 'c')], Some(initial.clone())), event("repo.commit")).await.unwrap();
+    assert_eq!(c1.parent.as_ref(), Some(&initial));
+    let stale = meta.commit(new_commit(repo.id, vec![add("x", 'd')], Some(initial.clone())), event("repo.commit")).await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let missing = meta.commit(new_commit(repo.id, vec![FileOperation::DeleteFile(RepoPath::parse("ghost").unwrap())], None), event("repo.commit")).await;
+    assert!(matches!(missing, Err(Error::EntryNotFound { .. })), "{missing:?}");
+    assert_eq!(meta.resolve(repo.id, "main").await.unwrap().unwrap(), c1.id);
+    let c2 = meta.commit(new_commit(repo.id, vec![FileOperation::DeleteFolder(RepoPath::parse("w").unwrap())], None), event("repo.commit")).await.unwrap();
+    let paths: Vec<String> = meta.list_files(&c2.id).await.unwrap().iter().map(|f| f.path.to_string()).collect();
+    assert_eq!(paths, vec![".gitattributes", "config.json"]);
+    // Old commits are immutable.
+    assert_eq!(meta.list_files(&c1.id).await.unwrap().len(), 3);
+    assert!(meta.get_file(&c1.id, &RepoPath::parse("w/model.bin").unwrap()).await.unwrap().is_some());
+    let history: Vec<CommitId> = meta.list_commits(repo.id, &c2.id).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(history, vec![c2.id.clone(), c1.id.clone(), initial.clone()]);
+
+    // Refs: tags and branches; commit ids resolve only within their repo.
+    meta.create_ref(repo.id, RefKind::Tag, "v1", &c1.id, event("tag.create")).await.unwrap();
+    assert!(matches!(meta.create_ref(repo.id, RefKind::Tag, "v1", &c2.id, event("x")).await, Err(Error::Conflict(_))));
+    assert_eq!(meta.resolve(repo.id, "v1").await.unwrap(), Some(c1.id.clone()));
+    assert_eq!(meta.resolve(repo.id, c1.id.as_str()).await.unwrap(), Some(c1.id.clone()));
+    let other = meta.create_repo(RepoKind::Model, &RepoName::parse("alice/other").unwrap(), false, vec![], "alice", event("repo.create")).await.unwrap();
+    assert_eq!(meta.resolve(other.id, c1.id.as_str()).await.unwrap(), None);
+    meta.delete_ref(repo.id, RefKind::Tag, "v1", event("tag.delete")).await.unwrap();
+    assert!(matches!(meta.delete_ref(repo.id, RefKind::Tag, "v1", event("x")).await, Err(Error::RevisionNotFound(_))));
+
+    // Blob references follow commits; deleting a repo drops them.
+    assert!(meta.is_blob_referenced(&"c".repeat(64)).await.unwrap());
+    meta.set_private(repo.id, false, event("repo.visibility")).await.unwrap();
+    assert!(!meta.get_repo(RepoKind::Model, &repo_name).await.unwrap().unwrap().private);
+    let moved = RepoName::parse("alice/bert2").unwrap();
+    meta.rename_repo(repo.id, &moved, event("repo.move")).await.unwrap();
+    assert!(meta.get_repo(RepoKind::Model, &repo_name).await.unwrap().is_none());
+    meta.delete_repo(repo.id, event("repo.delete")).await.unwrap();
+    assert!(meta.get_repo(RepoKind::Model, &moved).await.unwrap().is_none());
+    assert!(!meta.is_blob_referenced(&"c".repeat(64)).await.unwrap());
+
+    // Concurrent commits to one branch all land, in a single line of history.
+    let busy = meta.create_repo(RepoKind::Model, &RepoName::parse("bob/busy").unwrap(), false, vec![], "bob", event("repo.create")).await.unwrap();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let meta = meta.clone();
+            tokio::spawn(async move { meta.commit(new_commit(busy.id, vec![add(&format!("f{i}"), 'e')], None), event("repo.commit")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let head = meta.resolve(busy.id, "main").await.unwrap().unwrap();
+    assert_eq!(meta.list_commits(busy.id, &head).await.unwrap().len(), 13);
+    assert_eq!(meta.list_files(&head).await.unwrap().len(), 12);
+
+    // The audit chain holds, and a row edited behind the store's back is caught at its seq.
+    let checked = verify_chain(meta.as_ref()).await.unwrap();
+    assert!(checked > 20, "{checked}");
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 5").execute(store.pool()).await.unwrap();
+    assert_eq!(verify_chain(meta.as_ref()).await.unwrap_err().seq, 5);
+
+    // Secrets are created once.
+    assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
+    assert_eq!(meta.secret("k", "two").await.unwrap(), "one");
+}
+
+#[tokio::test]
+async fn sqlite_meta_store() {
+    let (store, _dir) = sqlite().await;
+    check_meta_store(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_meta_store() {
+    let Some(url) = postgres_url().await else {
+        eprintln!("TEST_DATABASE_URL not set: PostgreSQL contract skipped");
+        return;
+    };
+    check_meta_store(Arc::new(SqlMetaStore::connect(&url).await.unwrap())).await;
+}
+
+/// Two stores on one PostgreSQL database stand for two replicas: their concurrent writes keep one
+/// unbroken audit chain and one line of history.
+#[tokio::test]
+async fn postgres_replicas_share_one_chain() {
+    let Some(url) = postgres_url().await else {
+        eprintln!("TEST_DATABASE_URL not set: PostgreSQL replica test skipped");
+        return;
+    };
+    let a: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
+    let b: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
+    let repo = a.create_repo(RepoKind::Model, &RepoName::parse("team/shared").unwrap(), false, vec![], "x", event("repo.create")).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { meta.commit(new_commit(repo.id, vec![add(&format!("f{i}"), 'e')], None), event("repo.commit")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(verify_chain(b.as_ref()).await.unwrap(), 21);
+    let head = b.resolve(repo.id, "main").await.unwrap().unwrap();
+    assert_eq!(a.list_commits(repo.id, &head).await.unwrap().len(), 21);
+}
+
+/// Migrations run once, also when a second process opens the same database.
+#[tokio::test]
+async fn reopening_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let first = SqlMetaStore::connect(&url).await.unwrap();
+    first.create_account(&name("carol"), AccountKind::User, None, event("user.create")).await.unwrap();
+    drop(first);
+    let second = SqlMetaStore::connect(&url).await.unwrap();
+    assert!(second.get_account(&name("carol")).await.unwrap().is_some());
+}
