@@ -329,3 +329,26 @@ pub struct PathsInfoRequest {
     #[serde(default)]
     pub expand: Option<serde_json::Value>,
 }
+
+/// `POST /api/validate-yaml`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ValidateYamlRequest {
+    pub content: String,
+    #[serde(default, rename = "repoType")]
+    pub repo_type: Option<String>,
+}
+
+/// Validation outcome; `error` repeats the first error for generic clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValidateYamlResponse {
+    pub errors: Vec<YamlMessage>,
+    pub warnings: Vec<YamlMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct YamlMessage {
+    pub message: String,
+}

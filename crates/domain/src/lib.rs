@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod blobs;
+pub mod card;
 pub mod error;
 pub mod hub;
 pub mod ids;

@@ -24,6 +24,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/repos/create", post(repos::create_repo))
         .route("/api/repos/delete", delete(repos::delete_repo))
         .route("/api/repos/move", post(repos::move_repo))
+        .route("/api/validate-yaml", post(repos::validate_yaml))
         .route("/api/{kinds}", get(repos::list_repos))
         .route("/api/{kinds}/{ns}/{name}", get(repos::repo_info))
         .route("/api/{kinds}/{ns}/{name}/revision/{rev}", get(repos::repo_info_at))

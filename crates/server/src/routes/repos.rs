@@ -2,7 +2,8 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::Json;
 use domain::auth::Principal;
 use domain::ids::{RepoKind, RepoName};
@@ -86,15 +87,19 @@ pub(crate) async fn create_repo(
     headers: HeaderMap,
     Auth(principal): Auth,
     body: Result<Json<api::hub::CreateRepoRequest>, JsonRejection>,
-) -> ApiResult<Json<api::hub::CreateRepoResponse>> {
+) -> ApiResult<Response> {
     let Json(body) = body.map_err(json_rejection)?;
     principal.user()?;
     let kind = kind_from_body(body.kind.as_deref())?;
     let name = name_from_body(&principal, body.organization.as_deref(), &body.name)?;
     let private = private_from(body.private, body.visibility.as_deref())?.unwrap_or(false);
-    state.hub.create_repo(&principal, kind, &name, private).await?;
     let url = repo_url(&base_url(&state, &headers), kind, &name);
-    Ok(Json(api::hub::CreateRepoResponse { url, name: name.to_string(), id: name.to_string() }))
+    match state.hub.create_repo(&principal, kind, &name, private).await {
+        Ok(_) => Ok(Json(api::hub::CreateRepoResponse { url, name: name.to_string(), id: name.to_string() }).into_response()),
+        // The Hub's 409 carries the repo URL too; `create_repo(exist_ok=True)` reads it.
+        Err(domain::Error::Conflict(message)) => Ok((StatusCode::CONFLICT, Json(serde_json::json!({ "error": message, "url": url }))).into_response()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 pub(crate) async fn delete_repo(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::hub::DeleteRepoRequest>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
@@ -307,4 +312,15 @@ pub(crate) async fn delete_tag(State(state): State<AppState>, Path(p): Path<Repo
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     state.hub.delete_ref(&principal, &repo, RefKind::Tag, &p.rev).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// `POST /api/validate-yaml`: the client checks a README's metadata before uploading it.
+pub(crate) async fn validate_yaml(body: Result<Json<api::hub::ValidateYamlRequest>, JsonRejection>) -> ApiResult<Response> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let check = domain::card::check_card(&body.content);
+    let messages = |items: Vec<String>| items.into_iter().map(|message| api::hub::YamlMessage { message }).collect::<Vec<_>>();
+    let status = if check.errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let error = check.errors.first().cloned();
+    let reply = api::hub::ValidateYamlResponse { errors: messages(check.errors), warnings: messages(check.warnings), error };
+    Ok((status, Json(reply)).into_response())
 }
