@@ -1,0 +1,122 @@
+"""Upload and download a large file through the real huggingface_hub client against Mantle, and
+compare with a plain local copy of the same file on the same disk (the physical limit here).
+
+Usage: python bench/transfer.py [--size-mib 1024] [--rounds 3]
+Prints a table of medians and the ratios to copy speed.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child(code, env):
+    """Runs client code in a fresh interpreter (HF_* variables are read at import) and returns its
+    last stdout line, the seconds it measured."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"client failed:\n{res.stdout}\n{res.stderr}")
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bin", default=os.environ.get("MANTLE_BIN", str(ROOT / "target" / "release" / "mantle")))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mantle-bench-", dir=os.environ.get("MANTLE_BENCH_DIR")))
+    source = work / "src" / "weights.bin"
+    source.parent.mkdir()
+    with open(source, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(1024 * 1024))
+    size = source.stat().st_size
+
+    token = "bench-admin-token-" + uuid.uuid4().hex
+    port = free_port()
+    data = work / "data"
+    server = subprocess.Popen(
+        [args.bin, "serve", "--data", str(data), "--addr", f"127.0.0.1:{port}"],
+        env=dict(os.environ, MANTLE_ADMIN_TOKEN=token, RUST_LOG="warn"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(endpoint + "/healthz", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.1)
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN=token, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+
+    copies, uploads, downloads = [], [], []
+    try:
+        for round_no in range(args.rounds):
+            # Peer: a plain copy of the same file on the same disk, flushed like the server's writes.
+            target = work / f"copy-{round_no}.bin"
+            start = time.perf_counter()
+            shutil.copyfile(source, target)
+            with open(target, "rb+") as f:
+                os.fsync(f.fileno())
+            copies.append(time.perf_counter() - start)
+            target.unlink()
+
+            repo = f"admin/bench-{round_no}-{uuid.uuid4().hex[:6]}"
+            uploads.append(child(f"""
+import time
+from huggingface_hub import HfApi
+api = HfApi()
+api.create_repo({repo!r})
+start = time.perf_counter()
+api.upload_file(path_or_fileobj={str(source)!r}, path_in_repo="weights.bin", repo_id={repo!r})
+print(time.perf_counter() - start)
+""", env))
+            cache = work / f"cache-{round_no}"
+            downloads.append(child(f"""
+import time
+from huggingface_hub import hf_hub_download
+start = time.perf_counter()
+hf_hub_download({repo!r}, "weights.bin", cache_dir={str(cache)!r})
+print(time.perf_counter() - start)
+""", env))
+            downloaded = next(cache.rglob("weights.bin"))
+            assert downloaded.stat().st_size == size
+            shutil.rmtree(cache)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    mib = size / (1024 * 1024)
+    copy, up, down = statistics.median(copies), statistics.median(uploads), statistics.median(downloads)
+    print(f"\nTransfer of a {mib:.0f} MiB file, median of {args.rounds} rounds (huggingface_hub, HF_HUB_DISABLE_XET=1, LFS path)\n")
+    print(f"| {'operation':<34} | {'seconds':>8} | {'MiB/s':>8} | {'ratio to copy':>13} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 15}|")
+    print(f"| {'local copy (cp + fsync), the peer':<34} | {copy:>8.2f} | {mib / copy:>8.0f} | {1.0:>13.2f} |")
+    print(f"| {'upload_file through Mantle':<34} | {up:>8.2f} | {mib / up:>8.0f} | {copy / up:>13.2f} |")
+    print(f"| {'hf_hub_download from Mantle':<34} | {down:>8.2f} | {mib / down:>8.0f} | {copy / down:>13.2f} |")
+    print("\nTargets: download >= 0.50 of copy speed, upload >= 0.30.")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
