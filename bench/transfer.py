@@ -69,7 +69,7 @@ def main():
             time.sleep(0.1)
     env = dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN=token, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
-    copies, uploads, downloads = [], [], []
+    copies, uploads, downloads, raw = [], [], [], []
     try:
         for round_no in range(args.rounds):
             # Peer: a plain copy of the same file on the same disk, flushed like the server's writes.
@@ -79,8 +79,10 @@ def main():
             with open(target, "rb+") as f:
                 os.fsync(f.fileno())
             copies.append(time.perf_counter() - start)
-            target.unlink()
 
+            # Fresh content each round, so the upload is never skipped as already stored.
+            with open(source, "rb+") as f:
+                f.write(os.urandom(1024 * 1024))
             repo = f"admin/bench-{round_no}-{uuid.uuid4().hex[:6]}"
             uploads.append(child(f"""
 import time
@@ -101,7 +103,13 @@ print(time.perf_counter() - start)
 """, env))
             downloaded = next(cache.rglob("weights.bin"))
             assert downloaded.stat().st_size == size
-            shutil.rmtree(cache)
+            # The server alone: the same GET with curl into /dev/null (no client-side disk or Python cost).
+            if shutil.which("curl"):
+                start = time.perf_counter()
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"authorization: Bearer {token}", f"{endpoint}/{repo}/resolve/main/weights.bin"], check=True)
+                raw.append(time.perf_counter() - start)
+        # Files are removed only at the end: on this disk, deleting a large file right before a timed
+        # write slows that write (discard), which would skew whichever side came next.
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -114,6 +122,9 @@ print(time.perf_counter() - start)
     print(f"| {'local copy (cp + fsync), the peer':<34} | {copy:>8.2f} | {mib / copy:>8.0f} | {1.0:>13.2f} |")
     print(f"| {'upload_file through Mantle':<34} | {up:>8.2f} | {mib / up:>8.0f} | {copy / up:>13.2f} |")
     print(f"| {'hf_hub_download from Mantle':<34} | {down:>8.2f} | {mib / down:>8.0f} | {copy / down:>13.2f} |")
+    if raw:
+        server_only = statistics.median(raw)
+        print(f"| {'server alone: curl GET to /dev/null':<34} | {server_only:>8.2f} | {mib / server_only:>8.0f} | {copy / server_only:>13.2f} |")
     print("\nTargets: download >= 0.50 of copy speed, upload >= 0.30.")
     shutil.rmtree(work, ignore_errors=True)
 

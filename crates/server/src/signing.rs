@@ -24,23 +24,22 @@ impl Signer {
 
     /// The signature over `fields` (joined with newlines, each length-prefixed).
     pub fn sign(&self, fields: &[&str]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        for field in fields {
-            mac.update(&(field.len() as u64).to_be_bytes());
-            mac.update(field.as_bytes());
-        }
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(self.mac(fields).finalize().into_bytes())
     }
 
     /// Checks a signature in constant time.
     pub fn verify(&self, fields: &[&str], signature: &str) -> bool {
         let Ok(signature) = hex::decode(signature) else { return false };
+        self.mac(fields).verify_slice(&signature).is_ok()
+    }
+
+    fn mac(&self, fields: &[&str]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         for field in fields {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field.as_bytes());
         }
-        mac.verify_slice(&signature).is_ok()
+        mac
     }
 }
 

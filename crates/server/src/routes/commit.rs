@@ -14,18 +14,10 @@ use futures::TryStreamExt as _;
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
 
-use super::{base_url, repo_from_path, repo_url};
+use super::{base_url, repo_url, RevParams};
 use crate::auth::Auth;
 use crate::error::json_rejection;
 use crate::{ApiError, ApiResult, AppState};
-
-#[derive(Deserialize)]
-pub(crate) struct RevParams {
-    kinds: String,
-    ns: String,
-    name: String,
-    rev: String,
-}
 
 #[derive(Deserialize)]
 pub(crate) struct CommitQuery {
@@ -41,7 +33,7 @@ pub(crate) async fn preupload(
     Auth(principal): Auth,
     body: Result<Json<api::hub::PreuploadRequest>, JsonRejection>,
 ) -> ApiResult<Json<api::hub::PreuploadResponse>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let Json(body) = body.map_err(json_rejection)?;
     if body.files.len() > 1000 {
@@ -83,7 +75,7 @@ pub(crate) async fn create_commit(
     Auth(principal): Auth,
     body: Body,
 ) -> ApiResult<Json<api::hub::CommitResponse>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     // Rights are checked before a single byte of the body is read or stored.
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     if query.create_pr.as_deref().is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {

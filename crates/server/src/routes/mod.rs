@@ -62,6 +62,35 @@ pub(crate) fn router(state: AppState) -> Router {
     api.merge(streaming).merge(files).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
+/// `/api/{kinds}/{ns}/{name}/...` path parameters.
+#[derive(serde::Deserialize)]
+pub(crate) struct RepoParams {
+    pub(crate) kinds: String,
+    pub(crate) ns: String,
+    pub(crate) name: String,
+}
+
+/// `/api/{kinds}/{ns}/{name}/.../{rev}` path parameters.
+#[derive(serde::Deserialize)]
+pub(crate) struct RevParams {
+    pub(crate) kinds: String,
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) rev: String,
+}
+
+impl RepoParams {
+    pub(crate) fn repo(&self) -> Result<(RepoKind, RepoName), ApiError> {
+        repo_from_path(&self.kinds, &self.ns, &self.name)
+    }
+}
+
+impl RevParams {
+    pub(crate) fn repo(&self) -> Result<(RepoKind, RepoName), ApiError> {
+        repo_from_path(&self.kinds, &self.ns, &self.name)
+    }
+}
+
 /// Parses `{kinds}/{ns}/{name}` from a path. A malformed name cannot exist, so it reads as not found.
 pub(crate) fn repo_from_path(kinds: &str, ns: &str, name: &str) -> Result<(RepoKind, RepoName), ApiError> {
     let kind = match kinds {

@@ -10,25 +10,10 @@ use domain::ids::{RepoKind, RepoName};
 use domain::repo::{FileEntry, RefKind};
 use serde::Deserialize;
 
-use super::{base_url, repo_from_path, repo_url};
+use super::{base_url, repo_from_path, repo_url, RepoParams, RevParams};
 use crate::auth::Auth;
 use crate::error::json_rejection;
 use crate::{ApiError, ApiResult, AppState};
-
-#[derive(Deserialize)]
-pub(crate) struct RepoParams {
-    kinds: String,
-    ns: String,
-    name: String,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct RepoRevParams {
-    kinds: String,
-    ns: String,
-    name: String,
-    rev: String,
-}
 
 #[derive(Deserialize)]
 pub(crate) struct BranchParams {
@@ -36,6 +21,12 @@ pub(crate) struct BranchParams {
     ns: String,
     name: String,
     branch: String,
+}
+
+impl BranchParams {
+    fn repo(&self) -> ApiResult<(RepoKind, RepoName)> {
+        repo_from_path(&self.kinds, &self.ns, &self.name)
+    }
 }
 
 pub(crate) async fn whoami(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::hub::WhoAmI>> {
@@ -125,7 +116,7 @@ pub(crate) async fn update_settings(
     Auth(principal): Auth,
     body: Result<Json<api::hub::RepoSettingsRequest>, JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let Json(body) = body.map_err(json_rejection)?;
     if body.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false)) {
         return Err(ApiError::invalid("gated repos are not supported"));
@@ -180,7 +171,7 @@ pub(crate) async fn repo_info(State(state): State<AppState>, Path(p): Path<RepoP
     info(&state, &principal, &p.kinds, &p.ns, &p.name, domain::repo::DEFAULT_BRANCH).await
 }
 
-pub(crate) async fn repo_info_at(State(state): State<AppState>, Path(p): Path<RepoRevParams>, Auth(principal): Auth) -> ApiResult<Json<api::hub::RepoInfo>> {
+pub(crate) async fn repo_info_at(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth) -> ApiResult<Json<api::hub::RepoInfo>> {
     info(&state, &principal, &p.kinds, &p.ns, &p.name, &p.rev).await
 }
 
@@ -217,7 +208,7 @@ fn sibling(file: &FileEntry) -> api::hub::Sibling {
 }
 
 pub(crate) async fn list_refs(State(state): State<AppState>, Path(p): Path<RepoParams>, Auth(principal): Auth) -> ApiResult<Json<api::hub::Refs>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let refs = state.hub.refs(&repo).await?;
     let entry = |r: &domain::repo::GitRef, prefix: &str| api::hub::RefEntry { name: r.name.clone(), git_ref: format!("{prefix}{}", r.name), target_commit: r.commit.to_string() };
@@ -237,12 +228,12 @@ pub(crate) struct PageQuery {
 
 pub(crate) async fn list_commits(
     State(state): State<AppState>,
-    Path(p): Path<RepoRevParams>,
+    Path(p): Path<RevParams>,
     Query(page): Query<PageQuery>,
     headers: HeaderMap,
     Auth(principal): Auth,
 ) -> ApiResult<(HeaderMap, Json<Vec<api::hub::CommitEntry>>)> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let commits = state.hub.commits(&repo, &p.rev).await?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
@@ -277,7 +268,7 @@ pub(crate) async fn create_branch(
     Auth(principal): Auth,
     body: Option<Json<api::hub::CreateBranchRequest>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     if body.empty_branch == Some(true) {
@@ -288,7 +279,7 @@ pub(crate) async fn create_branch(
 }
 
 pub(crate) async fn delete_branch(State(state): State<AppState>, Path(p): Path<BranchParams>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     state.hub.delete_ref(&principal, &repo, RefKind::Branch, &p.branch).await?;
     Ok(Json(serde_json::json!({})))
@@ -296,19 +287,19 @@ pub(crate) async fn delete_branch(State(state): State<AppState>, Path(p): Path<B
 
 pub(crate) async fn create_tag(
     State(state): State<AppState>,
-    Path(p): Path<RepoRevParams>,
+    Path(p): Path<RevParams>,
     Auth(principal): Auth,
     body: Result<Json<api::hub::CreateTagRequest>, JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let Json(body) = body.map_err(json_rejection)?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     state.hub.create_ref(&principal, &repo, RefKind::Tag, &body.tag, Some(&p.rev)).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-pub(crate) async fn delete_tag(State(state): State<AppState>, Path(p): Path<RepoRevParams>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+pub(crate) async fn delete_tag(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
+    let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     state.hub.delete_ref(&principal, &repo, RefKind::Tag, &p.rev).await?;
     Ok(Json(serde_json::json!({})))

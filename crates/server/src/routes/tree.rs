@@ -10,7 +10,7 @@ use base64::Engine as _;
 use domain::repo::{git_blob_oid, FileEntry};
 use serde::Deserialize;
 
-use super::{base_url, repo_from_path};
+use super::{base_url, repo_from_path, RevParams};
 use crate::auth::Auth;
 use crate::{ApiError, ApiResult, AppState};
 
@@ -133,18 +133,10 @@ fn folder_entry(path: &str, contents: &[&FileEntry]) -> api::hub::TreeEntry {
     api::hub::TreeEntry { kind: "directory".into(), oid: git_blob_oid(listing.as_bytes()), size: 0, path: path.to_owned(), lfs: None }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct RevParams {
-    kinds: String,
-    ns: String,
-    name: String,
-    rev: String,
-}
-
 /// `POST .../paths-info/{rev}`: the client sends a form (`paths=a&paths=b&expand=...`); JSON works too.
 /// Missing paths are left out, as on the Hub.
 pub(crate) async fn paths_info(State(state): State<AppState>, Path(p): Path<RevParams>, headers: HeaderMap, Auth(principal): Auth, body: Bytes) -> ApiResult<Json<Vec<api::hub::TreeEntry>>> {
-    let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
+    let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let is_json = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     let paths: Vec<String> = if is_json {

@@ -140,3 +140,27 @@ async fn malformed_and_oversized_bodies_get_clear_400s() {
     assert_eq!(modes.json()["files"][1]["uploadMode"], "lfs");
     let _ = ADMIN;
 }
+
+#[tokio::test]
+async fn a_dropped_connection_mid_commit_changes_nothing() {
+    let (server, token) = setup().await;
+    let before = server.head("frank/m", &token).await;
+    let mut first = serde_json::to_vec(&header("cut")).unwrap();
+    first.push(b'\n');
+    first.extend(serde_json::to_vec(&file("a.txt", b"complete line")).unwrap());
+    first.extend(b"\n{\"key\":\"file\",\"value\":{\"path\":\"b.txt\",\"cont");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(first), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away"))];
+    let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/api/models/frank/m/commit/main")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(server.router.clone(), request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.head("frank/m", &token).await, before);
+    let files = server.get("/api/models/frank/m/tree/main", None).await.json();
+    assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+}

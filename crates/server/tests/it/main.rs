@@ -4,3 +4,4 @@
 mod access;
 mod bad_input;
 mod harness;
+mod tidy;
