@@ -45,11 +45,12 @@ pub(crate) async fn preupload(
         Err(domain::Error::RevisionNotFound(_)) => (String::new(), Vec::new()),
         Err(err) => return Err(err.into()),
     };
+    let existing_by_path: std::collections::HashMap<&RepoPath, &domain::repo::FileEntry> = files.iter().map(|f| (&f.path, f)).collect();
     let mut answers = Vec::with_capacity(body.files.len());
     for file in body.files {
         let path = RepoPath::parse(&file.path)?;
         let mode = state.hub.upload_mode(file.size);
-        let existing = files.iter().find(|f| f.path == path);
+        let existing = existing_by_path.get(&path);
         answers.push(api::hub::PreuploadAnswer {
             path: file.path,
             upload_mode: match mode {

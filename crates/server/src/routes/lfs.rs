@@ -189,6 +189,7 @@ pub(crate) async fn complete_multipart(
         return Err(ApiError::invalid(format!("expected {n_parts} parts, got {}", body.parts.len())));
     }
     state.hub.blobs.complete_parts(&digest, q.size, n_parts).await?;
+    tracing::info!(oid = %digest, size = q.size, parts = n_parts, "multipart upload completed");
     Ok(Json(serde_json::json!({ "oid": digest.to_string(), "size": q.size })))
 }
 
