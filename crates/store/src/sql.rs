@@ -67,7 +67,8 @@ impl SqlMetaStore {
                     use sqlx::Executor as _;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // FULL: a committed change (and its audit row) survives power loss, not only a crash.
+                    conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })

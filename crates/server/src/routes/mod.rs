@@ -37,6 +37,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/{kinds}/{ns}/{name}/branch/{branch}", post(repos::create_branch).delete(repos::delete_branch))
         .route("/api/{kinds}/{ns}/{name}/tag/{rev}", post(repos::create_tag).delete(repos::delete_tag))
         .route("/api/{kinds}/{ns}/{name}/preupload/{rev}", post(commit::preupload))
+        .route("/api/{kinds}/{ns}/{name}/xet-write-token/{rev}", get(commit::xet_unsupported))
+        .route("/api/{kinds}/{ns}/{name}/xet-read-token/{rev}", get(commit::xet_unsupported))
         .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
         .route("/api/admin/orgs", post(admin::create_org))
         .route("/api/admin/orgs/{org}/members", post(admin::add_member))
@@ -59,7 +61,19 @@ pub(crate) fn router(state: AppState) -> Router {
     let files = Router::new()
         .route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model))
         .route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
-    api.merge(streaming).merge(files).layer(TraceLayer::new_for_http()).with_state(state)
+    api.merge(streaming).merge(files).fallback(not_found).layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+/// Unknown paths. Repo-shaped ones (a repo id without namespace, say) answer `RepoNotFound`, so
+/// clients raise the same error as for any other missing repo.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    let repo_shaped = path.starts_with("/api/models/") || path.starts_with("/api/datasets/") || path.contains("/resolve/");
+    if repo_shaped {
+        domain::Error::RepoNotFound(format!("repository not found for {path}")).into()
+    } else {
+        domain::Error::NotFound(format!("no such endpoint: {path}")).into()
+    }
 }
 
 /// `/api/{kinds}/{ns}/{name}/...` path parameters.

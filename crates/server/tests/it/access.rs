@@ -153,3 +153,35 @@ async fn resolve_serves_ranges_and_hf_headers() {
     let no_repo = server.get("/erin/none/resolve/main/data.bin", None).await;
     assert_eq!(no_repo.header("x-error-code").as_deref(), Some("RepoNotFound"));
 }
+
+#[tokio::test]
+async fn tree_pages_follow_link_headers() {
+    let server = TestServer::new().await;
+    let token = server.user("hank", None, "write").await;
+    server.create_repo(&token, "many", false).await;
+    let mut lines = vec![header("many files")];
+    for i in 0..7 {
+        lines.push(file(&format!("dir/f{i}.txt"), format!("{i}").as_bytes()));
+    }
+    assert_eq!(server.commit(&token, "hank/many", &lines).await.status, StatusCode::OK);
+    let mut next = Some("/api/models/hank/many/tree/main?recursive=true&limit=3".to_owned());
+    let mut paths = Vec::new();
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        let reply = server.get(&url, None).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        pages += 1;
+        paths.extend(reply.json().as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_owned()));
+        next = reply.header("link").map(|link| {
+            assert!(link.ends_with("rel=\"next\""), "{link}");
+            link.split_once('<').unwrap().1.split_once('>').unwrap().0.replace("http://mantle.test", "")
+        });
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paths.len(), 9, "{paths:?}");
+    assert!(paths.contains(&"dir".to_owned()) && paths.contains(&"dir/f6.txt".to_owned()));
+    let mut sorted = paths.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), paths.len(), "no entry twice");
+}
