@@ -118,8 +118,9 @@ pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> R
 #[async_trait::async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     /// Makes sure a site admin named `admin_name` exists and holds a token with `token_hash`.
+    /// With `rotate`, a newly registered token revokes the admin's earlier bootstrap tokens.
     /// Returns whether anything was created.
-    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str) -> Result<bool>;
+    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str, rotate: bool) -> Result<bool>;
 
     /// Creates a user or org; a user may be added to `member_of` in the same transaction.
     async fn create_account(&self, name: &AccountName, kind: AccountKind, member_of: Option<&AccountName>, event: AuditEvent) -> Result<Account>;

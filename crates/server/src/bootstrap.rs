@@ -8,9 +8,12 @@ use domain::auth::{generate_token, hash_token};
 use crate::AppState;
 
 /// Where the admin token comes from, in order: `--admin-token-file`, `MANTLE_ADMIN_TOKEN`, an
-/// existing `DATA_DIR/admin-token`, or a new token written there with mode 0600.
+/// existing `DATA_DIR/admin-token`, or a new token written there with mode 0600. A configured token
+/// that changed revokes the previous configured one, so rotating the secret really rotates it.
 pub async fn admin_token(state: &AppState) -> anyhow::Result<()> {
     let config = &state.config;
+    // A token the operator configured replaces earlier ones; generated tokens (one per data folder) do not.
+    let configured = config.admin_token_file.is_some() || std::env::var("MANTLE_ADMIN_TOKEN").is_ok();
     let secret = if let Some(file) = &config.admin_token_file {
         std::fs::read_to_string(file).with_context(|| format!("read admin token file {}", file.display()))?.trim().to_owned()
     } else if let Ok(token) = std::env::var("MANTLE_ADMIN_TOKEN") {
@@ -30,7 +33,7 @@ pub async fn admin_token(state: &AppState) -> anyhow::Result<()> {
     if secret.len() < 16 {
         anyhow::bail!("the admin token must be at least 16 characters");
     }
-    let created = state.hub.meta.ensure_admin_token(&config.admin_name, &hash_token(&secret)).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let created = state.hub.meta.ensure_admin_token(&config.admin_name, &hash_token(&secret), configured).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     if created {
         tracing::info!(admin = %config.admin_name, "admin token registered");
     }

@@ -188,7 +188,7 @@ impl WriteTx<'_> {
 
 #[async_trait]
 impl MetaStore for SqlMetaStore {
-    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str) -> Result<bool> {
+    async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str, rotate: bool) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT id FROM tokens WHERE hash = $1").bind(token_hash).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
         if exists.is_some() {
@@ -217,6 +217,20 @@ impl MetaStore for SqlMetaStore {
             .await
             .map_err(db_err)?;
         tx.audit(&AuditEvent::new("system", "token.create", format!("user:{admin_name}"), serde_json::json!({ "name": "bootstrap", "role": "admin" }))).await?;
+        if rotate {
+            let now = now_rfc3339();
+            let rows = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND name = 'bootstrap' AND hash <> $3 AND revoked_at IS NULL RETURNING id")
+                .bind(&now)
+                .bind(admin.id)
+                .bind(token_hash)
+                .fetch_all(&mut *tx.tx)
+                .await
+                .map_err(db_err)?;
+            for row in rows {
+                let id: i64 = row.try_get("id").map_err(db_err)?;
+                tx.audit(&AuditEvent::new("system", "token.revoke", format!("token:{id}"), serde_json::json!({ "user": admin_name.as_str(), "reason": "admin token rotated" }))).await?;
+            }
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -59,9 +59,13 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     let meta: Arc<dyn MetaStore> = store.clone();
 
     // Bootstrap is idempotent and creates a site admin.
-    assert!(meta.ensure_admin_token(&name("admin"), &"f".repeat(64)).await.unwrap());
-    assert!(!meta.ensure_admin_token(&name("admin"), &"f".repeat(64)).await.unwrap());
+    assert!(meta.ensure_admin_token(&name("admin"), &"e".repeat(64), true).await.unwrap());
+    assert!(meta.ensure_admin_token(&name("admin"), &"f".repeat(64), true).await.unwrap());
+    assert!(!meta.ensure_admin_token(&name("admin"), &"f".repeat(64), true).await.unwrap());
+    // Rotating the configured admin token revokes the one it replaces.
+    assert!(meta.lookup_token(&"e".repeat(64)).await.unwrap().unwrap().token.revoked_at.is_some());
     let admin = meta.lookup_token(&"f".repeat(64)).await.unwrap().unwrap();
+    assert!(admin.token.revoked_at.is_none());
     assert!(admin.is_admin);
     assert_eq!(admin.token.role, Role::Admin);
 
