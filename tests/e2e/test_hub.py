@@ -303,3 +303,26 @@ print(api.dataset_info({user!r} + "/corpus").sha)
     # A dataset and a model of the same name are different repos.
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=server.endpoint, token=token).model_info(f"{user}/corpus")
+
+
+def test_hf_command_line(server, alice, tmp_path):
+    """The `hf` command that ships with huggingface_hub: upload a folder, download it back."""
+    import subprocess
+    import sys
+
+    user, token = alice
+    hf = str(Path(sys.executable).parent / "hf")
+    env = dict(os.environ, HF_ENDPOINT=server.endpoint, HF_TOKEN=token)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.json").write_text('{"b": 2}')
+    run = lambda *args: subprocess.run([hf, *args], env=env, capture_output=True, text=True, timeout=300)
+    res = run("auth", "whoami")
+    assert res.returncode == 0 and user in res.stdout, res.stderr
+    res = run("upload", f"{user}/via-hf", str(src), ".")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run("download", f"{user}/via-hf", "--local-dir", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rel in ["a.txt", "sub/b.json"]:
+        assert filecmp.cmp(src / rel, tmp_path / "out" / rel, shallow=False)
