@@ -2,6 +2,7 @@
 //! running server (`--url`/`MANTLE_URL`, `--token`/`MANTLE_TOKEN`).
 
 mod client;
+mod scan;
 mod transfer;
 
 use std::path::PathBuf;
@@ -74,6 +75,14 @@ enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Scan local files or folders offline; exit code 1 when anything is unsafe.
+    Scan {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -236,6 +245,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Audit(AuditCommand::Export { since, output }) => transfer::export_audit(&client()?, since.as_deref(), output.as_deref()).await?,
+        Command::Scan { paths, json } => {
+            let unsafe_found = tokio::task::spawn_blocking(move || scan::scan_paths(&paths, json)).await??;
+            if unsafe_found {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
