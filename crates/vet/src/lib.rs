@@ -3,8 +3,10 @@
 //! is a finding. The pipeline that runs them, policies and overrides live elsewhere.
 
 pub mod archive;
+pub mod gguf;
 pub mod pickle;
 pub mod safetensors;
+pub mod template;
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
@@ -69,6 +71,7 @@ pub enum Format {
     Numpy,
     NumpyZip,
     Safetensors,
+    Gguf,
     Other,
 }
 
@@ -82,6 +85,7 @@ impl Format {
             Format::Numpy => "npy",
             Format::NumpyZip => "npz",
             Format::Safetensors => "safetensors",
+            Format::Gguf => "gguf",
             Format::Other => "other",
         }
     }
@@ -127,6 +131,9 @@ pub fn scan_file<R: Read + Seek>(name: &str, reader: &mut R, limits: &Limits) ->
     let lower = name.to_ascii_lowercase();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Ok(archive::scan_zip(reader, &lower, limits));
+    }
+    if head.starts_with(b"GGUF") || lower.ends_with(".gguf") {
+        return Ok(gguf::scan(reader));
     }
     if lower.ends_with(".safetensors") {
         return Ok(safetensors::scan(reader));

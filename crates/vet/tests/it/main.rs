@@ -1,0 +1,40 @@
+//! The scanners on real model files, fetched by `scripts/fetch-models.sh` into `$MANTLE_MODELS`
+//! (skipped with a message when that is unset): no false alarms on ordinary checkpoints.
+
+use std::path::PathBuf;
+
+fn models() -> Option<PathBuf> {
+    match std::env::var("MANTLE_MODELS") {
+        Ok(dir) => Some(PathBuf::from(dir)),
+        Err(_) => {
+            eprintln!("MANTLE_MODELS not set: real-model checks skipped (run scripts/fetch-models.sh)");
+            None
+        }
+    }
+}
+
+#[test]
+fn smollm2_gguf_is_safe_and_its_template_renders() {
+    let Some(dir) = models() else { return };
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut file = std::fs::File::open(&path).expect("fetched model");
+    let report = vet::scan_file(path.to_str().unwrap(), &mut file, &vet::Limits::default()).unwrap();
+    assert_eq!(report.format, vet::Format::Gguf);
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    let chat = vet::gguf::chat_templates(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    let (key, source) = &chat.templates[0];
+    assert_eq!(key, "tokenizer.chat_template");
+    let rendered = vet::template::render_sample(source, &chat.bos_token, &chat.eos_token).unwrap();
+    assert!(rendered.contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>"), "{rendered}");
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+}
+
+#[test]
+fn minilm_safetensors_is_safe() {
+    let Some(dir) = models() else { return };
+    let path = dir.join("all-MiniLM-L6-v2/model.safetensors");
+    let mut file = std::fs::File::open(&path).expect("fetched model");
+    let report = vet::scan_file(path.to_str().unwrap(), &mut file, &vet::Limits::default()).unwrap();
+    assert_eq!(report.format, vet::Format::Safetensors);
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+}
