@@ -11,6 +11,7 @@ pub mod hub;
 pub mod ids;
 pub mod meta;
 pub mod repo;
+pub mod vetting;
 
 pub use error::{Error, Result};
 

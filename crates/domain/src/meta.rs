@@ -7,6 +7,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::Role;
 use crate::ids::{AccountName, CommitId, RepoKind, RepoName, RepoPath};
 use crate::repo::{Commit, FileEntry, GitRef, RefKind, Repo};
+use crate::vetting::{Override, Policy, ScanJob, ScanResult};
 use crate::{Error, Result};
 
 /// Whether an account is a person or an organisation.
@@ -189,6 +190,28 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// A persistent server secret: returns the stored value, or stores and returns `candidate`.
     async fn secret(&self, key: &str, candidate: &str) -> Result<String>;
+
+    /// Queues scans of `(sha256, hint)` pairs not queued yet (commits do this in their own transaction).
+    async fn enqueue_scans(&self, keys: &[(String, String)]) -> Result<()>;
+    /// Claims the next due scan job for `lease_secs`; a job whose lease ran out is claimable again.
+    async fn claim_scan_job(&self, lease_secs: i64) -> Result<Option<ScanJob>>;
+    /// Stores a scan result and removes its job, in one transaction.
+    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()>;
+    /// Puts a failed job back for `run_after` (RFC 3339), or marks it failed for good when `None`.
+    async fn retry_scan_job(&self, job_id: i64, error: &str, run_after: Option<String>) -> Result<()>;
+    /// Stored results of one scanner version for these blobs.
+    async fn scan_results(&self, sha256s: &[String], scanner_version: &str) -> Result<Vec<ScanResult>>;
+    /// Jobs that failed for good, by `(sha256, hint)`, with their last error.
+    async fn failed_scans(&self, sha256s: &[String]) -> Result<Vec<(String, String, String)>>;
+
+    /// A namespace's policy, if one was set.
+    async fn get_policy(&self, namespace: &str) -> Result<Option<Policy>>;
+    /// Sets a namespace's policy.
+    async fn set_policy(&self, namespace: &str, policy: &Policy, event: AuditEvent) -> Result<()>;
+    /// Records an override.
+    async fn add_override(&self, item: &Override, event: AuditEvent) -> Result<Override>;
+    /// Overrides of a namespace.
+    async fn list_overrides(&self, namespace: &str) -> Result<Vec<Override>>;
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, MetaStore, NewCommit, TokenInfo, TokenLookup};
+use domain::meta::{apply_operations, Account, AccountKind, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
+use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
@@ -166,6 +167,21 @@ impl WriteTx<'_> {
             query.execute(&mut *self.tx).await.map_err(db_err)?;
         }
         Ok(Commit { id, repo_id, parent: parent.cloned(), title: title.to_owned(), message: message.to_owned(), author: author.to_owned(), created_at })
+    }
+
+    /// Queues scans for files, skipping pairs already queued.
+    async fn enqueue(&mut self, keys: &[(String, String)]) -> Result<()> {
+        let now = now_rfc3339();
+        for (sha256, hint) in keys {
+            sqlx::query("INSERT INTO scan_jobs (sha256, hint, state, attempts, run_after, created_at) VALUES ($1, $2, 'queued', 0, $3, $3) ON CONFLICT (sha256, hint) DO NOTHING")
+                .bind(sha256)
+                .bind(hint)
+                .bind(&now)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
     }
 
     async fn files(&mut self, commit: &CommitId) -> Result<Vec<FileEntry>> {
@@ -416,6 +432,7 @@ impl MetaStore for SqlMetaStore {
             .execute(&mut *tx.tx)
             .await
             .map_err(db_err)?;
+        tx.enqueue(&scan_keys(&initial)).await?;
         let mut event = event;
         insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
         tx.audit(&event).await?;
@@ -574,6 +591,8 @@ impl MetaStore for SqlMetaStore {
         if moved.rows_affected() != 1 {
             return Err(Error::conflict(format!("branch {} moved during the commit; retry", new.branch)));
         }
+        let added: Vec<FileEntry> = new.operations.iter().filter_map(|op| if let FileOperation::Add(entry) = op { Some(entry.clone()) } else { None }).collect();
+        tx.enqueue(&scan_keys(&added)).await?;
         let mut event = event;
         insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
         insert_detail(&mut event, "parent", serde_json::json!(head.as_str()));
@@ -677,6 +696,216 @@ impl MetaStore for SqlMetaStore {
         tx.commit().await?;
         Ok(candidate.to_owned())
     }
+
+    async fn enqueue_scans(&self, keys: &[(String, String)]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.enqueue(keys).await?;
+        tx.commit().await
+    }
+
+    async fn claim_scan_job(&self, lease_secs: i64) -> Result<Option<ScanJob>> {
+        let mut tx = self.begin_write().await?;
+        let now = now_rfc3339();
+        // The write lock (and on PostgreSQL the advisory lock) already serializes claims; SKIP LOCKED
+        // keeps a claim from waiting on a row another transaction holds.
+        let lock = if self.dialect == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!("SELECT id, sha256, hint, attempts FROM scan_jobs WHERE (state = 'queued' AND run_after <= $1) OR (state = 'running' AND lease_until < $1) ORDER BY id LIMIT 1{lock}");
+        let Some(row) = sqlx::query(&sql).bind(&now).fetch_optional(&mut *tx.tx).await.map_err(db_err)? else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let lease = domain::format_time(chrono::Utc::now() + chrono::Duration::seconds(lease_secs));
+        sqlx::query("UPDATE scan_jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 WHERE id = $2").bind(&lease).bind(id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        let job = ScanJob {
+            id,
+            sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
+            hint: row.try_get("hint").map_err(db_err)?,
+            attempts: row.try_get::<i64, _>("attempts").map_err(db_err)? + 1,
+        };
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO scan_results (sha256, hint, scanner_version, format, findings, scanned_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (sha256, hint, scanner_version) DO UPDATE SET format = excluded.format, findings = excluded.findings, scanned_at = excluded.scanned_at",
+        )
+        .bind(result.sha256.as_str())
+        .bind(&result.hint)
+        .bind(&result.scanner_version)
+        .bind(&result.format)
+        .bind(findings_to_json(&result.findings))
+        .bind(&result.scanned_at)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("DELETE FROM scan_jobs WHERE id = $1").bind(job_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.commit().await
+    }
+
+    async fn retry_scan_job(&self, job_id: i64, error: &str, run_after: Option<String>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let (state, run_after) = match run_after {
+            Some(at) => ("queued", at),
+            None => ("failed", now_rfc3339()),
+        };
+        sqlx::query("UPDATE scan_jobs SET state = $1, run_after = $2, lease_until = NULL, last_error = $3 WHERE id = $4")
+            .bind(state)
+            .bind(run_after)
+            .bind(error)
+            .bind(job_id)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await
+    }
+
+    async fn scan_results(&self, sha256s: &[String], scanner_version: &str) -> Result<Vec<ScanResult>> {
+        let mut out = Vec::new();
+        for chunk in sha256s.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!("SELECT sha256, hint, scanner_version, format, findings, scanned_at FROM scan_results WHERE scanner_version = $1 AND sha256 IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(&sql).bind(scanner_version);
+            for sha in chunk {
+                query = query.bind(sha);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(db_err)? {
+                out.push(ScanResult {
+                    sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
+                    hint: row.try_get("hint").map_err(db_err)?,
+                    scanner_version: row.try_get("scanner_version").map_err(db_err)?,
+                    format: row.try_get("format").map_err(db_err)?,
+                    findings: findings_from_json(&row.try_get::<String, _>("findings").map_err(db_err)?)?,
+                    scanned_at: row.try_get("scanned_at").map_err(db_err)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn failed_scans(&self, sha256s: &[String]) -> Result<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for chunk in sha256s.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+            let sql = format!("SELECT sha256, hint, COALESCE(last_error, '') AS last_error FROM scan_jobs WHERE state = 'failed' AND sha256 IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(&sql);
+            for sha in chunk {
+                query = query.bind(sha);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(db_err)? {
+                out.push((row.try_get("sha256").map_err(db_err)?, row.try_get("hint").map_err(db_err)?, row.try_get("last_error").map_err(db_err)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_policy(&self, namespace: &str) -> Result<Option<Policy>> {
+        let row = sqlx::query("SELECT allow_pickle, allowed_licenses, suspicious_blocks FROM policies WHERE namespace = $1").bind(namespace).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| {
+            let licenses: Option<String> = row.try_get("allowed_licenses").map_err(db_err)?;
+            Ok(Policy {
+                allow_pickle: row.try_get::<i64, _>("allow_pickle").map_err(db_err)? != 0,
+                allowed_licenses: licenses.map(|l| l.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+                suspicious_blocks: row.try_get::<i64, _>("suspicious_blocks").map_err(db_err)? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_policy(&self, namespace: &str, policy: &Policy, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO policies (namespace, allow_pickle, allowed_licenses, suspicious_blocks, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (namespace) DO UPDATE SET allow_pickle = excluded.allow_pickle, allowed_licenses = excluded.allowed_licenses, suspicious_blocks = excluded.suspicious_blocks, updated_at = excluded.updated_at",
+        )
+        .bind(namespace)
+        .bind(i64::from(policy.allow_pickle))
+        .bind(policy.allowed_licenses.as_ref().map(|l| l.join(",")))
+        .bind(i64::from(policy.suspicious_blocks))
+        .bind(now_rfc3339())
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn add_override(&self, item: &Override, event: AuditEvent) -> Result<Override> {
+        let mut tx = self.begin_write().await?;
+        let created_at = now_rfc3339();
+        let row = sqlx::query("INSERT INTO overrides (namespace, sha256, code, subject, justification, author, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
+            .bind(&item.namespace)
+            .bind(item.sha256.as_str())
+            .bind(&item.code)
+            .bind(&item.subject)
+            .bind(&item.justification)
+            .bind(&item.author)
+            .bind(&created_at)
+            .fetch_one(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let mut event = event;
+        insert_detail(&mut event, "override_id", serde_json::json!(id));
+        tx.audit(&event).await?;
+        tx.commit().await?;
+        Ok(Override { id, created_at, ..item.clone() })
+    }
+
+    async fn list_overrides(&self, namespace: &str) -> Result<Vec<Override>> {
+        let rows = sqlx::query("SELECT id, namespace, sha256, code, subject, justification, author, created_at FROM overrides WHERE namespace = $1 ORDER BY id")
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Override {
+                    id: row.try_get("id").map_err(db_err)?,
+                    namespace: row.try_get("namespace").map_err(db_err)?,
+                    sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
+                    code: row.try_get("code").map_err(db_err)?,
+                    subject: row.try_get("subject").map_err(db_err)?,
+                    justification: row.try_get("justification").map_err(db_err)?,
+                    author: row.try_get("author").map_err(db_err)?,
+                    created_at: row.try_get("created_at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn scan_keys(files: &[FileEntry]) -> Vec<(String, String)> {
+    files.iter().map(|f| (f.sha256.to_string(), scan_hint(f.path.as_str()))).collect()
+}
+
+fn findings_to_json(findings: &[Finding]) -> String {
+    let items: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| serde_json::json!({ "level": f.level.as_str(), "code": f.code, "offset": f.offset, "member": f.member, "subject": f.subject, "reason": f.reason }))
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+fn findings_from_json(text: &str) -> Result<Vec<Finding>> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(Error::internal)?;
+    let items = value.as_array().ok_or_else(|| Error::internal("stored findings are not a list"))?;
+    items
+        .iter()
+        .map(|item| {
+            let text = |key: &str| item[key].as_str().unwrap_or_default().to_owned();
+            Ok(Finding {
+                level: Level::parse(item["level"].as_str().unwrap_or_default()).ok_or_else(|| Error::internal("stored finding has no level"))?,
+                code: text("code"),
+                offset: item["offset"].as_u64(),
+                member: item["member"].as_str().map(str::to_owned),
+                subject: text("subject"),
+                reason: text("reason"),
+            })
+        })
+        .collect()
 }
 
 fn db_err(err: sqlx::Error) -> Error {

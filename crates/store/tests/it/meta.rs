@@ -160,6 +160,8 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 5").execute(store.pool()).await.unwrap();
     assert_eq!(verify_chain(meta.as_ref()).await.unwrap_err().seq, 5);
 
+    check_scan_queue(meta.as_ref()).await;
+
     // Secrets are created once.
     assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
     assert_eq!(meta.secret("k", "two").await.unwrap(), "one");
@@ -215,4 +217,85 @@ async fn reopening_keeps_data() {
     drop(first);
     let second = SqlMetaStore::connect(&url).await.unwrap();
     assert!(second.get_account(&name("carol")).await.unwrap().is_some());
+}
+
+async fn check_scan_queue(meta: &dyn MetaStore) {
+    use domain::vetting::{Finding, Level, Override, Policy, ScanResult};
+    // Commits queued scans for every added file (earlier commits in this suite added some).
+    let mut claimed = Vec::new();
+    while let Some(job) = meta.claim_scan_job(60).await.unwrap() {
+        assert_eq!(job.attempts, 1);
+        claimed.push(job);
+    }
+    assert!(claimed.len() >= 3, "{claimed:?}");
+    // Leased jobs are not handed out twice.
+    assert!(meta.claim_scan_job(60).await.unwrap().is_none());
+    let first = &claimed[0];
+    let result = ScanResult {
+        sha256: first.sha256.clone(),
+        hint: first.hint.clone(),
+        scanner_version: "v1".into(),
+        format: "pickle".into(),
+        findings: vec![Finding { level: Level::Unsafe, code: "pickle.dangerous_global".into(), offset: Some(2), member: None, subject: "os.system".into(), reason: "r".into() }],
+        scanned_at: domain::now_rfc3339(),
+    };
+    meta.finish_scan_job(first.id, &result).await.unwrap();
+    let stored = meta.scan_results(&[first.sha256.to_string()], "v1").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].findings, result.findings);
+    assert!(meta.scan_results(&[first.sha256.to_string()], "v2").await.unwrap().is_empty());
+    // A failed attempt comes back after its backoff; a final failure is reported.
+    let second = &claimed[1];
+    meta.retry_scan_job(second.id, "boom", Some("2000-01-01T00:00:00.000Z".into())).await.unwrap();
+    let again = meta.claim_scan_job(60).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (second.id, 2));
+    meta.retry_scan_job(again.id, "gave up", None).await.unwrap();
+    let failed = meta.failed_scans(&[second.sha256.to_string()]).await.unwrap();
+    assert_eq!(failed[0].2, "gave up");
+    // Re-enqueueing what is queued is a no-op; new pairs queue.
+    meta.enqueue_scans(&[(first.sha256.to_string(), "other".into())]).await.unwrap();
+    assert_eq!(meta.claim_scan_job(60).await.unwrap().unwrap().hint, "other");
+
+    // Policies and overrides, audited.
+    assert!(meta.get_policy("acme").await.unwrap().is_none());
+    let policy = Policy { allow_pickle: false, allowed_licenses: Some(vec!["mit".into(), "apache-2.0".into()]), suspicious_blocks: true };
+    meta.set_policy("acme", &policy, event("policy.set")).await.unwrap();
+    assert_eq!(meta.get_policy("acme").await.unwrap(), Some(policy));
+    let item = Override { id: 0, namespace: "acme".into(), sha256: first.sha256.clone(), code: "pickle.dangerous_global".into(), subject: "os.system".into(), justification: "test fixture".into(), author: "root".into(), created_at: String::new() };
+    let saved = meta.add_override(&item, event("override.add")).await.unwrap();
+    assert!(saved.id > 0);
+    assert_eq!(meta.list_overrides("acme").await.unwrap(), vec![saved]);
+}
+
+/// Two replicas claiming from one queue never get the same job.
+#[tokio::test]
+async fn postgres_replicas_claim_each_job_once() {
+    let Some(url) = postgres_url().await else {
+        eprintln!("TEST_DATABASE_URL not set: PostgreSQL claim test skipped");
+        return;
+    };
+    let a: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
+    let b: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
+    let keys: Vec<(String, String)> = (0..40).map(|i| (format!("{i:064x}"), "bin".to_owned())).collect();
+    a.enqueue_scans(&keys).await.unwrap();
+    let claimers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|meta| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(job) = meta.claim_scan_job(600).await.unwrap() {
+                    got.push(job.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (40, 40));
 }
