@@ -123,6 +123,9 @@ pub struct RepoInfo {
     pub siblings: Vec<Sibling>,
     #[serde(rename = "usedStorage")]
     pub used_storage: u64,
+    /// Vetting status in the Hub's shape: `{scansDone, filesWithIssues: [{path, level}]}`.
+    #[serde(rename = "securityRepoStatus", skip_serializing_if = "Option::is_none", default)]
+    pub security_repo_status: Option<serde_json::Value>,
 }
 
 /// A file in `siblings`.
@@ -155,6 +158,9 @@ pub struct TreeEntry {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lfs: Option<TreeLfs>,
+    /// With `expand=true`: the file's vetting status in the Hub's shape.
+    #[serde(rename = "securityFileStatus", skip_serializing_if = "Option::is_none", default)]
+    pub security_file_status: Option<serde_json::Value>,
 }
 
 /// LFS facts of a tree entry.

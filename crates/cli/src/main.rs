@@ -75,6 +75,29 @@ enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show the vetting verdict of a revision; exit code 1 when it is blocked.
+    Vet {
+        /// REPO or REPO@REVISION.
+        repo: String,
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the CycloneDX 1.6 AI-BOM of a revision.
+    Bom {
+        /// REPO@REVISION.
+        repo: String,
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Show or change a namespace's vetting policy and overrides.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Scan local files or folders offline; exit code 1 when anything is unsafe.
     Scan {
         #[arg(required = true)]
@@ -145,6 +168,35 @@ enum TokensCommand {
     Revoke { id: i64 },
     /// List tokens.
     List,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show a namespace's policy and overrides.
+    Get { namespace: String },
+    /// Change a namespace's policy; unnamed settings keep their value.
+    Set {
+        namespace: String,
+        #[arg(long)]
+        allow_pickle: Option<bool>,
+        /// Comma-separated licence ids, or "any".
+        #[arg(long)]
+        licenses: Option<String>,
+        #[arg(long)]
+        suspicious_blocks: Option<bool>,
+    },
+    /// Accept one finding on one blob, with a written justification.
+    Override {
+        namespace: String,
+        #[arg(long)]
+        sha256: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long, default_value = "")]
+        subject: String,
+        #[arg(long = "why")]
+        justification: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +297,39 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Audit(AuditCommand::Export { since, output }) => transfer::export_audit(&client()?, since.as_deref(), output.as_deref()).await?,
+        Command::Vet { repo, kind, json } => {
+            if !transfer::vet(&client()?, &repo, &kind, json).await? {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Bom { repo, kind, output } => transfer::bom(&client()?, &repo, &kind, output.as_deref()).await?,
+        Command::Policy(PolicyCommand::Get { namespace }) => {
+            let path = format!("/api/policies/{}", client::encode(&namespace));
+            let policy: api::vetting::Policy = client()?.get_json(&path).await?;
+            let overrides: Vec<api::vetting::Override> = client()?.get_json(&format!("{path}/overrides")).await?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "policy": policy, "overrides": overrides }))?);
+        }
+        Command::Policy(PolicyCommand::Set { namespace, allow_pickle, licenses, suspicious_blocks }) => {
+            let path = format!("/api/policies/{}", client::encode(&namespace));
+            let current: api::vetting::Policy = client()?.get_json(&path).await?;
+            let allowed_licenses = match licenses.as_deref() {
+                None => current.allowed_licenses,
+                Some("any") | Some("") => None,
+                Some(list) => Some(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()),
+            };
+            let new = api::vetting::Policy {
+                allow_pickle: allow_pickle.unwrap_or(current.allow_pickle),
+                allowed_licenses,
+                suspicious_blocks: suspicious_blocks.unwrap_or(current.suspicious_blocks),
+            };
+            let saved: api::vetting::Policy = client()?.send(client()?.request(reqwest::Method::PUT, &path).json(&new)).await?.json().await?;
+            println!("{}", serde_json::to_string_pretty(&saved)?);
+        }
+        Command::Policy(PolicyCommand::Override { namespace, sha256, code, subject, justification }) => {
+            let path = format!("/api/policies/{}/overrides", client::encode(&namespace));
+            let saved: api::vetting::Override = client()?.post_json(&path, &api::vetting::CreateOverride { sha256, code, subject, justification }).await?;
+            println!("override {} accepts {} {} on {}", saved.id, saved.code, saved.subject, saved.sha256);
+        }
         Command::Scan { paths, json } => {
             let unsafe_found = tokio::task::spawn_blocking(move || scan::scan_paths(&paths, json)).await??;
             if unsafe_found {

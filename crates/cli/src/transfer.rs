@@ -321,3 +321,56 @@ mod tests {
         assert_eq!(parse_next_link("<http://h/a>; rel=\"prev\""), None);
     }
 }
+
+/// Prints a revision's verdict; returns false when the revision is blocked.
+pub(crate) async fn vet(client: &Client, repo_rev: &str, kind: &str, json: bool) -> anyhow::Result<bool> {
+    let (kinds, _) = kind_prefix(kind)?;
+    let (repo, revision) = split_revision(repo_rev);
+    let verdict: api::vetting::RevisionVerdict = client.get_json(&format!("/api/{kinds}/{repo}/vetting/{}", encode(revision))).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+        return Ok(!verdict.blocked);
+    }
+    println!("{repo}@{}  {}{}", verdict.commit, verdict.status.to_uppercase(), if verdict.blocked { "  (blocked)" } else { "" });
+    println!("licence: {}   policy: allow_pickle={} suspicious_blocks={} licences={}", verdict.license.as_deref().unwrap_or("none"), verdict.policy.allow_pickle, verdict.policy.suspicious_blocks, verdict.policy.allowed_licenses.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "any".into()));
+    println!();
+    println!("{:<11} {:<12} {:>12}  {}", "VERDICT", "FORMAT", "SIZE", "FILE");
+    for file in &verdict.files {
+        println!("{:<11} {:<12} {:>12}  {}", file.status, file.format.as_deref().unwrap_or("-"), file.size, file.path);
+        for f in &file.findings {
+            let place = match (&f.member, f.offset) {
+                (Some(m), Some(o)) => format!(" [{m} @{o}]"),
+                (Some(m), None) => format!(" [{m}]"),
+                (None, Some(o)) => format!(" [@{o}]"),
+                (None, None) => String::new(),
+            };
+            println!("    {:<10} {:<28} {}{place}", f.level, f.code, f.reason);
+        }
+        for o in &file.overridden {
+            println!("    {:<10} {:<28} {} (accepted by {}: {})", "overridden", o.finding.code, o.finding.subject, o.accepted_by.author, o.accepted_by.justification);
+        }
+    }
+    for f in &verdict.repo_findings {
+        println!("{:<11} {:<28} {}", f.level, f.code, f.reason);
+    }
+    if !verdict.reasons.is_empty() {
+        println!();
+        for reason in &verdict.reasons {
+            println!("blocked: {reason}");
+        }
+    }
+    Ok(!verdict.blocked)
+}
+
+/// Writes the CycloneDX AI-BOM of a revision.
+pub(crate) async fn bom(client: &Client, repo_rev: &str, kind: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    let (kinds, _) = kind_prefix(kind)?;
+    let (repo, revision) = split_revision(repo_rev);
+    let document: serde_json::Value = client.get_json(&format!("/api/{kinds}/{repo}/bom/{}", encode(revision))).await?;
+    let text = serde_json::to_string_pretty(&document)?;
+    match output {
+        Some(path) => std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod config;
 mod error;
 mod routes;
+pub mod scanner;
 mod signing;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub hub: Hub,
     pub signer: Signer,
     pub config: Arc<Config>,
+    /// Notified after a commit queues scans, so the worker starts at once.
+    pub scan_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the whole router.
@@ -42,7 +45,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     let hub = Hub { meta, blobs, config: config.hub.clone() };
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config) })
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()) })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the
@@ -53,7 +56,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     bootstrap::admin_token(&state).await.context("bootstrap the admin token")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr().context("read the bound address")?;
+    let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped));
     tracing::info!(addr = %local, "mantle is serving");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
+    let _ = stop_workers.send(true);
+    let _ = worker.await;
     Ok(())
 }

@@ -154,6 +154,7 @@ pub(crate) async fn create_commit(
         operations,
     };
     let commit = state.hub.commit(&principal, &repo, request).await?;
+    state.scan_wake.notify_one();
     let commit_url = format!("{}/commit/{}", repo_url(&base_url(&state, &headers), kind, &name), commit.id);
     Ok(Json(api::hub::CommitResponse { success: true, commit_oid: commit.id.to_string(), commit_url, pull_request_url: None }))
 }

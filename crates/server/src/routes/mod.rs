@@ -6,6 +6,7 @@ mod files;
 mod lfs;
 mod repos;
 mod tree;
+mod vetting;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
@@ -39,6 +40,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/{kinds}/{ns}/{name}/preupload/{rev}", post(commit::preupload))
         .route("/api/{kinds}/{ns}/{name}/xet-write-token/{rev}", get(commit::xet_unsupported))
         .route("/api/{kinds}/{ns}/{name}/xet-read-token/{rev}", get(commit::xet_unsupported))
+        .route("/api/{kinds}/{ns}/{name}/vetting/{rev}", get(vetting::revision_verdict))
+        .route("/api/{kinds}/{ns}/{name}/bom/{rev}", get(vetting::bom))
+        .route("/api/policies/{namespace}", get(vetting::get_policy).put(vetting::set_policy))
+        .route("/api/policies/{namespace}/overrides", get(vetting::list_overrides).post(vetting::add_override))
         .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
         .route("/api/admin/orgs", post(admin::create_org))
         .route("/api/admin/orgs/{org}/members", post(admin::add_member))

@@ -179,7 +179,9 @@ async fn info(state: &AppState, principal: &Principal, kinds: &str, ns: &str, na
     let (kind, name) = repo_from_path(kinds, ns, name)?;
     let repo = state.hub.visible_repo(principal, kind, &name).await?;
     let (commit, files) = state.hub.snapshot(&repo, rev).await?;
+    let (_, verdict) = state.hub.vetting(&repo, commit.id.as_str()).await?;
     Ok(Json(api::hub::RepoInfo {
+        security_repo_status: Some(super::vetting::security_repo_status(&verdict)),
         mongo_id: format!("{:024x}", repo.id),
         id: name.to_string(),
         model_id: (kind == RepoKind::Model).then(|| name.to_string()),

@@ -60,7 +60,15 @@ pub(crate) async fn list_tree(
         None => 0,
         Some(cursor) => decode_cursor(cursor).ok_or_else(|| ApiError::invalid("invalid cursor"))?,
     };
-    let page: Vec<_> = entries.iter().skip(start).take(page_size).cloned().collect();
+    let mut page: Vec<_> = entries.iter().skip(start).take(page_size).cloned().collect();
+    if expand {
+        let (_, verdict) = state.hub.vetting(&repo, commit.id.as_str()).await?;
+        for entry in page.iter_mut().filter(|e| e.kind == "file") {
+            if let Some(file) = verdict.files.iter().find(|f| f.path == entry.path) {
+                entry.security_file_status = Some(super::vetting::security_file_status(file));
+            }
+        }
+    }
     let mut out = HeaderMap::new();
     if start + page_size < entries.len() {
         let encoded_path = if folder.is_empty() { String::new() } else { format!("/{}", percent_encoding::utf8_percent_encode(folder, percent_encoding::NON_ALPHANUMERIC)) };
@@ -124,13 +132,14 @@ pub(crate) fn file_entry(file: &FileEntry) -> api::hub::TreeEntry {
         size: file.size,
         path: file.path.to_string(),
         lfs: file.lfs.then(|| api::hub::TreeLfs { oid: file.sha256.to_string(), size: file.size, pointer_size: file.pointer_size() }),
+        security_file_status: None,
     }
 }
 
 /// A folder entry; its oid is a stable digest of what it holds.
 fn folder_entry(path: &str, contents: &[&FileEntry]) -> api::hub::TreeEntry {
     let listing: String = contents.iter().map(|f| format!("{} {}\n", f.git_oid, f.path)).collect();
-    api::hub::TreeEntry { kind: "directory".into(), oid: git_blob_oid(listing.as_bytes()), size: 0, path: path.to_owned(), lfs: None }
+    api::hub::TreeEntry { kind: "directory".into(), oid: git_blob_oid(listing.as_bytes()), size: 0, path: path.to_owned(), lfs: None, security_file_status: None }
 }
 
 /// `POST .../paths-info/{rev}`: the client sends a form (`paths=a&paths=b&expand=...`); JSON works too.
