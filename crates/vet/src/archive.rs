@@ -24,7 +24,10 @@ pub fn scan_zip<R: Read + Seek>(reader: &mut R, name: &str, limits: &Limits) -> 
     let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
     let is_torch = names.iter().any(|n| n.ends_with("/data.pkl") || n == "data.pkl");
     let is_npz = name.ends_with(".npz") || (!names.is_empty() && names.iter().all(|n| n.ends_with(".npy")));
-    let format = if is_torch {
+    let is_keras = names.iter().any(|n| n == "config.json") && (name.ends_with(".keras") || names.iter().any(|n| n == "metadata.json"));
+    let format = if is_keras {
+        Format::Keras
+    } else if is_torch {
         Format::PyTorchZip
     } else if is_npz {
         Format::NumpyZip
@@ -46,6 +49,13 @@ pub fn scan_zip<R: Read + Seek>(reader: &mut R, name: &str, limits: &Limits) -> 
         let (size, compressed) = (member.size(), member.compressed_size());
         if size > 1024 * 1024 && size / compressed.max(1) > limits.max_compression_ratio {
             findings.push(Finding { member: Some(member_name.clone()), ..Finding::new(Verdict::Unsafe, "zip.bomb", Some(member.header_start()), member_name.clone(), format!("member expands {compressed} bytes to a declared {size} (ratio above {})", limits.max_compression_ratio)) });
+            continue;
+        }
+        if format == Format::Keras && member_name == "config.json" {
+            for mut finding in crate::keras::check_config(&mut member) {
+                finding.member = Some(member_name.clone());
+                findings.push(finding);
+            }
             continue;
         }
         let scan_pickle = member_name.ends_with(".pkl") || (format == Format::Zip && member_name.ends_with(".pickle"));
@@ -228,6 +238,15 @@ mod tests {
         assert_eq!(report.format, Format::NumpyZip);
         assert_eq!(report.verdict(), Verdict::Unsafe);
         assert_eq!(scan_npy(&mut &b"\x93NUMPY\x09\x00"[..], None, &Limits::default()).verdict(), Verdict::Error);
+    }
+
+    #[test]
+    fn keras_archives_are_checked_for_lambda_layers() {
+        let config = br#"{"class_name":"Sequential","config":{"layers":[{"class_name":"Lambda","module":"keras.layers","config":{"name":"l","function":"4wE="}}]}}"#;
+        let bytes = zip_of(&[("metadata.json", b"{\"keras_version\":\"3.0\"}"), ("config.json", config), ("model.weights.h5", b"\x89HDF")]);
+        let report = scan_zip(&mut std::io::Cursor::new(bytes), "model.keras", &Limits::default());
+        assert_eq!(report.format, Format::Keras);
+        assert_eq!(codes(&report), vec!["keras.lambda"]);
     }
 
     #[test]

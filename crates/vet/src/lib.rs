@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod gguf;
+pub mod keras;
 pub mod pickle;
 pub mod safetensors;
 pub mod template;
@@ -75,6 +76,8 @@ pub enum Format {
     NumpyZip,
     Safetensors,
     Gguf,
+    Keras,
+    KerasH5,
     Other,
 }
 
@@ -89,6 +92,8 @@ impl Format {
             Format::NumpyZip => "npz",
             Format::Safetensors => "safetensors",
             Format::Gguf => "gguf",
+            Format::Keras => "keras",
+            Format::KerasH5 => "keras-h5",
             Format::Other => "other",
         }
     }
@@ -137,6 +142,9 @@ pub fn scan_file<R: Read + Seek>(name: &str, reader: &mut R, limits: &Limits) ->
     }
     if head.starts_with(b"GGUF") || lower.ends_with(".gguf") {
         return Ok(gguf::scan(reader));
+    }
+    if head.starts_with(b"\x89HDF\r\n\x1a\n") || lower.ends_with(".h5") || lower.ends_with(".hdf5") {
+        return Ok(FileReport { format: Format::KerasH5, findings: keras::check_h5(reader) });
     }
     if lower.ends_with(".safetensors") {
         return Ok(safetensors::scan(reader));
