@@ -49,6 +49,8 @@ pub struct RevisionVerdict {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub license: Option<String>,
     pub scanner_version: String,
+    /// How many files of each format the revision holds (`pending` while unscanned).
+    pub formats: std::collections::BTreeMap<String, u64>,
     pub policy: Policy,
     pub files: Vec<FileVerdict>,
     pub repo_findings: Vec<Finding>,

@@ -418,7 +418,7 @@ impl Hub {
             None => self.small_text(&files, "LICENSE.md").await?,
         };
         let license = declared_license(card.as_deref(), license_file.as_deref());
-        let verdict = judge(&files, &by_key, &overrides, &policy, license, card.is_some());
+        let verdict = judge(&files, &by_key, &overrides, &policy, license, card.as_deref());
         Ok((commit, verdict))
     }
 

@@ -142,7 +142,7 @@ pub struct RevisionVerdict {
 const PICKLE_FORMATS: &[&str] = &["pickle", "pytorch-zip", "npz", "npy"];
 
 /// Combines scan results, overrides and policy into a revision verdict. Pure.
-pub fn judge(files: &[FileEntry], results: &BTreeMap<(String, String), ScanResult>, overrides: &[Override], policy: &Policy, license: Option<String>, card_present: bool) -> RevisionVerdict {
+pub fn judge(files: &[FileEntry], results: &BTreeMap<(String, String), ScanResult>, overrides: &[Override], policy: &Policy, license: Option<String>, card: Option<&str>) -> RevisionVerdict {
     let mut verdicts = Vec::with_capacity(files.len());
     let mut scans_done = true;
     for file in files {
@@ -191,7 +191,16 @@ pub fn judge(files: &[FileEntry], results: &BTreeMap<(String, String), ScanResul
             });
         }
     }
-    if !card_present {
+    if let Some(card) = card {
+        let check = crate::card::check_card(card);
+        for error in check.errors {
+            repo_findings.push(Finding { level: Level::Suspicious, code: "repo.card_invalid".into(), offset: None, member: None, subject: "README.md".into(), reason: format!("the model card's metadata is invalid: {error}") });
+        }
+        for warning in check.warnings {
+            repo_findings.push(Finding { level: Level::Suspicious, code: "repo.card_metadata".into(), offset: None, member: None, subject: "README.md".into(), reason: format!("the model card lacks key fields: {warning}") });
+        }
+    }
+    if card.is_none() {
         repo_findings.push(Finding { level: Level::Suspicious, code: "repo.no_card".into(), offset: None, member: None, subject: "README.md".into(), reason: "the revision has no model card (README.md)".into() });
     } else if license.is_none() {
         repo_findings.push(Finding { level: Level::Suspicious, code: "repo.no_license".into(), offset: None, member: None, subject: "license".into(), reason: "no licence is declared in the model card or a LICENSE file".into() });
@@ -251,6 +260,8 @@ mod tests {
         (key, ScanResult { sha256: file.sha256.clone(), hint: scan_hint(file.path.as_str()), scanner_version: "1".into(), format: format.into(), findings, scanned_at: String::new() })
     }
 
+    const CARD: &str = "---\nlicense: mit\n---\n# Model\n";
+
     #[test]
     fn verdicts_follow_findings_overrides_and_policy() {
         let weights = entry("pytorch_model.bin", 'a');
@@ -258,25 +269,25 @@ mod tests {
         let files = vec![weights.clone(), card.clone()];
         let mut results: BTreeMap<_, _> = [result(&weights, "pickle", vec![(Level::Suspicious, "pickle.unknown_global", "mylib.Net")]), result(&card, "other", vec![])].into_iter().collect();
         let policy = Policy::default();
-        let verdict = judge(&files, &results, &[], &policy, Some("mit".into()), true);
+        let verdict = judge(&files, &results, &[], &policy, Some("mit".into()), Some(CARD));
         assert_eq!(verdict.level, Some(Level::Suspicious));
         assert!(!verdict.blocked);
         let strict = Policy { suspicious_blocks: true, ..Policy::default() };
-        assert!(judge(&files, &results, &[], &strict, Some("mit".into()), true).blocked);
+        assert!(judge(&files, &results, &[], &strict, Some("mit".into()), Some(CARD)).blocked);
         // An override on this blob accepts the finding and shows it.
         let accepted = Override { id: 1, namespace: "acme".into(), sha256: weights.sha256.clone(), code: "pickle.unknown_global".into(), subject: "mylib.Net".into(), justification: "our own class".into(), author: "root".into(), created_at: String::new() };
-        let verdict = judge(&files, &results, &[accepted.clone()], &strict, Some("mit".into()), true);
+        let verdict = judge(&files, &results, &[accepted.clone()], &strict, Some("mit".into()), Some(CARD));
         assert_eq!(verdict.level, Some(Level::Safe));
         assert!(!verdict.blocked);
         assert_eq!(verdict.files[0].overridden.len(), 1);
         // No pickles allowed, and licences limited.
         let no_pickle = Policy { allow_pickle: false, allowed_licenses: Some(vec!["apache-2.0".into()]), suspicious_blocks: false };
-        let verdict = judge(&files, &results, &[accepted], &no_pickle, Some("mit".into()), true);
+        let verdict = judge(&files, &results, &[accepted], &no_pickle, Some("mit".into()), Some(CARD));
         assert_eq!(verdict.level, Some(Level::Unsafe));
         assert!(verdict.reasons.iter().any(|r| r.contains("pickle")) && verdict.reasons.iter().any(|r| r.contains("licence")));
         // A pending scan means no verdict yet, and blocked.
         results.clear();
-        let verdict = judge(&files, &results, &[], &policy, None, true);
+        let verdict = judge(&files, &results, &[], &policy, None, Some(CARD));
         assert!(!verdict.scans_done && verdict.level.is_none() && verdict.blocked);
     }
 

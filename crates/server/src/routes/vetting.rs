@@ -54,6 +54,10 @@ fn to_api(repo: &str, commit: &str, verdict: &RevisionVerdict, active: &Policy, 
         reasons: verdict.reasons.clone(),
         license: verdict.license.clone(),
         scanner_version: scanner_version.to_owned(),
+        formats: verdict.files.iter().fold(std::collections::BTreeMap::new(), |mut counts, f| {
+            *counts.entry(f.format.clone().unwrap_or_else(|| "pending".into())).or_insert(0) += 1;
+            counts
+        }),
         policy: policy(active),
         files: verdict
             .files

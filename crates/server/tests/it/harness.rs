@@ -12,7 +12,7 @@ pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 pub(crate) struct TestServer {
     pub(crate) router: Router,
     pub(crate) state: AppState,
-    _dir: tempfile::TempDir,
+    dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 pub(crate) struct Reply {
@@ -36,7 +36,15 @@ impl TestServer {
     }
 
     pub(crate) async fn with(tweak: impl FnOnce(&mut RawConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::open(std::sync::Arc::new(tempfile::tempdir().unwrap()), tweak).await
+    }
+
+    /// A second server on the same data folder, as after a restart.
+    pub(crate) async fn restart(&self) -> Self {
+        Self::open(self.dir.clone(), |_| {}).await
+    }
+
+    async fn open(dir: std::sync::Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut RawConfig)) -> Self {
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, ADMIN).unwrap();
         let flags = FlagOverrides {
@@ -49,7 +57,7 @@ impl TestServer {
         tweak(&mut raw);
         let state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();
         server::bootstrap::admin_token(&state).await.unwrap();
-        TestServer { router: server::router(state.clone()), state, _dir: dir }
+        TestServer { router: server::router(state.clone()), state, dir }
     }
 
     pub(crate) async fn send(&self, method: &str, uri: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Reply {

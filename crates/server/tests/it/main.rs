@@ -5,3 +5,4 @@ mod access;
 mod bad_input;
 mod harness;
 mod tidy;
+mod vetting;
