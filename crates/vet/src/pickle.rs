@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::rc::Rc;
 
 use crate::{Finding, Verdict};
 
@@ -101,7 +100,8 @@ pub fn classify(module: &str, name: &str) -> Class {
 
 /// Scans every pickle in a stream and returns the findings.
 pub fn scan_stream<R: Read>(reader: R) -> Vec<Finding> {
-    let mut machine = Machine::new(reader);
+    // The machine reads opcode by opcode: buffer, so a file is not one syscall per byte.
+    let mut machine = Machine::new(std::io::BufReader::with_capacity(256 * 1024, reader));
     let mut n_pickles = 0u32;
     loop {
         match machine.run_one() {
@@ -134,22 +134,31 @@ pub fn scan_bytes(bytes: &[u8]) -> Vec<Finding> {
     scan_stream(bytes)
 }
 
-const MAX_STACK: usize = 1_000_000;
-const MAX_MEMO: usize = 1_000_000;
+const MAX_STACK: usize = 4_000_000;
+/// Memo slots; at 8 bytes each this bounds the memo to 64 MiB.
+const MAX_MEMO: usize = 8_000_000;
+/// Bytes of name-like strings kept for resolving `STACK_GLOBAL`.
+const MAX_ARENA: usize = 32 * 1024 * 1024;
+/// Only strings that could be a module or attribute name are kept.
+const MAX_NAME: usize = 256;
 const MAX_PICKLES: u32 = 64;
 const MAX_FINDINGS: usize = 500;
 /// Strings longer than this are skipped, not kept: module and attribute names are short.
 const MAX_KEPT_STRING: u64 = 1024;
 const MAX_LINE: usize = 64 * 1024;
 
-#[derive(Clone, Debug)]
+/// A symbolic stack or memo value: 8 bytes, so millions of memo entries stay cheap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Value {
-    Str(Rc<str>),
+    /// A short name-like string, kept in the machine's string arena.
+    Str { at: u32, len: u16 },
     /// An imported global; it was judged when imported.
     Global,
     /// A value whose origin cannot be named statically (an extension code, an obfuscated global).
     Unresolved,
     Other,
+    /// A memo slot never written.
+    Missing,
 }
 
 enum Outcome {
@@ -167,7 +176,14 @@ struct Machine<R> {
     offset: u64,
     stack: Vec<Value>,
     marks: Vec<usize>,
-    memo: HashMap<u64, Value>,
+    /// Dense memo (keys as pickle writes them: 0, 1, 2, ...).
+    memo: Vec<Value>,
+    /// Keys far beyond the dense range.
+    sparse_memo: HashMap<u64, Value>,
+    memo_entries: usize,
+    arena: String,
+    /// Set once the arena is full: unresolvable globals are then suspicious, not unsafe.
+    arena_full: bool,
     findings: Vec<Finding>,
     seen: std::collections::HashSet<(&'static str, String)>,
 }
@@ -176,7 +192,19 @@ type Step<T> = Result<T, Malformed>;
 
 impl<R: Read> Machine<R> {
     fn new(reader: R) -> Self {
-        Machine { reader, offset: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), findings: Vec::new(), seen: Default::default() }
+        Machine {
+            reader,
+            offset: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Vec::new(),
+            sparse_memo: HashMap::new(),
+            memo_entries: 0,
+            arena: String::new(),
+            arena_full: false,
+            findings: Vec::new(),
+            seen: Default::default(),
+        }
     }
 
     fn malformed<T>(&self, reason: impl Into<String>) -> Step<T> {
@@ -272,24 +300,68 @@ impl<R: Read> Machine<R> {
     fn top(&self) -> Step<Value> {
         let floor = self.marks.last().copied().unwrap_or(0);
         match self.stack.last() {
-            Some(value) if self.stack.len() > floor => Ok(value.clone()),
+            Some(value) if self.stack.len() > floor => Ok(*value),
             _ => self.malformed("empty stack"),
         }
     }
 
     fn memo_put(&mut self, key: u64) -> Step<()> {
         let value = self.top()?;
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
-            return self.malformed("memo larger than 1,000,000 entries");
+        let dense = usize::try_from(key).ok().filter(|k| *k < self.memo.len() + 65_536 && *k < MAX_MEMO);
+        let is_new = match dense {
+            Some(k) => self.memo.get(k).is_none_or(|v| *v == Value::Missing),
+            None => !self.sparse_memo.contains_key(&key),
+        };
+        if is_new {
+            if self.memo_entries >= MAX_MEMO {
+                return self.malformed(format!("memo larger than {MAX_MEMO} entries"));
+            }
+            self.memo_entries += 1;
         }
-        self.memo.insert(key, value);
+        match dense {
+            Some(k) => {
+                if k >= self.memo.len() {
+                    self.memo.resize(k + 1, Value::Missing);
+                }
+                self.memo[k] = value;
+            }
+            None => {
+                self.sparse_memo.insert(key, value);
+            }
+        }
         Ok(())
     }
 
     fn memo_get(&mut self, key: u64) -> Step<()> {
-        match self.memo.get(&key).cloned() {
+        let found = match usize::try_from(key).ok().and_then(|k| self.memo.get(k)) {
+            Some(value) if *value != Value::Missing => Some(*value),
+            _ => self.sparse_memo.get(&key).copied(),
+        };
+        match found {
             Some(value) => self.push(value),
             None => self.malformed(format!("memo key {key} was never stored")),
+        }
+    }
+
+    /// Keeps a name-like string in the arena; anything else is just `Other`.
+    fn intern(&mut self, bytes: &[u8]) -> Value {
+        let name_like = !bytes.is_empty() && bytes.len() <= MAX_NAME && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'<' | b'>'));
+        if !name_like {
+            return Value::Other;
+        }
+        if self.arena.len() + bytes.len() > MAX_ARENA {
+            self.arena_full = true;
+            return Value::Other;
+        }
+        let at = self.arena.len() as u32;
+        self.arena.push_str(std::str::from_utf8(bytes).expect("checked ASCII above"));
+        Value::Str { at, len: bytes.len() as u16 }
+    }
+
+    fn text(&self, value: Value) -> Option<String> {
+        match value {
+            Value::Str { at, len } => Some(self.arena[at as usize..at as usize + len as usize].to_owned()),
+            _ => None,
         }
     }
 
@@ -320,6 +392,10 @@ impl<R: Read> Machine<R> {
         self.stack.clear();
         self.marks.clear();
         self.memo.clear();
+        self.sparse_memo.clear();
+        self.memo_entries = 0;
+        self.arena.clear();
+        self.arena_full = false;
         let mut first = true;
         loop {
             let at = self.offset;
@@ -381,12 +457,13 @@ impl<R: Read> Machine<R> {
                 }
                 b'S' => {
                     let text = self.line()?;
-                    let unquoted = text.trim_matches(|c| c == '\'' || c == '"').to_owned();
-                    self.push(Value::Str(unquoted.into()))?;
+                    let value = self.intern(text.trim_matches(|c| c == '\'' || c == '"').as_bytes());
+                    self.push(value)?;
                 }
                 b'V' => {
                     let text = self.line()?;
-                    self.push(Value::Str(text.into()))?;
+                    let value = self.intern(text.as_bytes());
+                    self.push(value)?;
                 }
                 b'T' | b'X' => {
                     let len = u32::from_le_bytes(self.exact::<4>()?);
@@ -481,8 +558,12 @@ impl<R: Read> Machine<R> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let value = match (module, name) {
-                        (Value::Str(module), Value::Str(name)) => self.global(at, &module, &name, "STACK_GLOBAL"),
+                    let value = match (self.text(module), self.text(name)) {
+                        (Some(module), Some(name)) => self.global(at, &module, &name, "STACK_GLOBAL"),
+                        _ if self.arena_full => {
+                            self.report(Verdict::Suspicious, "pickle.unresolved_global", at, "STACK_GLOBAL".into(), "STACK_GLOBAL operands could not be resolved: the pickle holds more name-like strings than the scanner keeps".into());
+                            Value::Unresolved
+                        }
                         _ => {
                             self.report(Verdict::Unsafe, "pickle.obfuscated_global", at, "STACK_GLOBAL".into(), "STACK_GLOBAL takes its module or name from values that are not literal strings, a way to hide what is imported".into());
                             Value::Unresolved
@@ -577,7 +658,7 @@ impl<R: Read> Machine<R> {
 
     fn string_value(&mut self, len: u64, keep: bool) -> Step<Value> {
         match self.blob(len)? {
-            Some(bytes) if keep => Ok(Value::Str(String::from_utf8_lossy(&bytes).into_owned().into())),
+            Some(bytes) if keep => Ok(self.intern(&bytes)),
             _ => Ok(Value::Other),
         }
     }
