@@ -302,26 +302,6 @@ pub(crate) async fn export_audit(client: &Client, since: Option<&str>, output: O
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unsafe_paths_are_refused() {
-        let dir = Path::new("/tmp/x");
-        assert!(safe_local_path(dir, "a/b.txt").is_ok());
-        assert!(safe_local_path(dir, "../etc/passwd").is_err());
-        assert!(safe_local_path(dir, "/etc/passwd").is_err());
-        assert!(safe_local_path(dir, "a\\b").is_err());
-    }
-
-    #[test]
-    fn next_links() {
-        assert_eq!(parse_next_link("<http://h/api?cursor=x>; rel=\"next\"").as_deref(), Some("http://h/api?cursor=x"));
-        assert_eq!(parse_next_link("<http://h/a>; rel=\"prev\""), None);
-    }
-}
-
 /// Prints a revision's verdict; returns false when the revision is blocked.
 pub(crate) async fn vet(client: &Client, repo_rev: &str, kind: &str, json: bool) -> anyhow::Result<bool> {
     let (kinds, _) = kind_prefix(kind)?;
@@ -334,7 +314,7 @@ pub(crate) async fn vet(client: &Client, repo_rev: &str, kind: &str, json: bool)
     println!("{repo}@{}  {}{}", verdict.commit, verdict.status.to_uppercase(), if verdict.blocked { "  (blocked)" } else { "" });
     println!("licence: {}   policy: allow_pickle={} suspicious_blocks={} licences={}", verdict.license.as_deref().unwrap_or("none"), verdict.policy.allow_pickle, verdict.policy.suspicious_blocks, verdict.policy.allowed_licenses.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "any".into()));
     println!();
-    println!("{:<11} {:<12} {:>12}  {}", "VERDICT", "FORMAT", "SIZE", "FILE");
+    println!("{:<11} {:<12} {:>12}  FILE", "VERDICT", "FORMAT", "SIZE");
     for file in &verdict.files {
         println!("{:<11} {:<12} {:>12}  {}", file.status, file.format.as_deref().unwrap_or("-"), file.size, file.path);
         for f in &file.findings {
@@ -373,4 +353,24 @@ pub(crate) async fn bom(client: &Client, repo_rev: &str, kind: &str, output: Opt
         None => println!("{text}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        let dir = Path::new("/tmp/x");
+        assert!(safe_local_path(dir, "a/b.txt").is_ok());
+        assert!(safe_local_path(dir, "../etc/passwd").is_err());
+        assert!(safe_local_path(dir, "/etc/passwd").is_err());
+        assert!(safe_local_path(dir, "a\\b").is_err());
+    }
+
+    #[test]
+    fn next_links() {
+        assert_eq!(parse_next_link("<http://h/api?cursor=x>; rel=\"next\"").as_deref(), Some("http://h/api?cursor=x"));
+        assert_eq!(parse_next_link("<http://h/a>; rel=\"prev\""), None);
+    }
 }

@@ -276,7 +276,7 @@ mod tests {
         assert!(judge(&files, &results, &[], &strict, Some("mit".into()), Some(CARD)).blocked);
         // An override on this blob accepts the finding and shows it.
         let accepted = Override { id: 1, namespace: "acme".into(), sha256: weights.sha256.clone(), code: "pickle.unknown_global".into(), subject: "mylib.Net".into(), justification: "our own class".into(), author: "root".into(), created_at: String::new() };
-        let verdict = judge(&files, &results, &[accepted.clone()], &strict, Some("mit".into()), Some(CARD));
+        let verdict = judge(&files, &results, std::slice::from_ref(&accepted), &strict, Some("mit".into()), Some(CARD));
         assert_eq!(verdict.level, Some(Level::Safe));
         assert!(!verdict.blocked);
         assert_eq!(verdict.files[0].overridden.len(), 1);

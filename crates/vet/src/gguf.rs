@@ -142,7 +142,7 @@ impl<R: Read + Seek> Parser<'_, R> {
                 let fixed = match elem {
                     0 | 1 | 7 => Some(1),
                     2 | 3 => Some(2),
-                    4 | 5 | 6 => Some(4),
+                    4..=6 => Some(4),
                     10..=12 => Some(8),
                     8 | 9 => None,
                     other => return self.fail(format!("unknown array element type {other}")),
@@ -327,7 +327,7 @@ mod tests {
             out.extend(kind.to_le_bytes());
             out.extend(offset.to_le_bytes());
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(vec![0u8; data_len]);

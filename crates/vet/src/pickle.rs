@@ -86,11 +86,7 @@ pub fn classify(module: &str, name: &str) -> Class {
         return Class::Allowed;
     }
     match module {
-        "torch" => {
-            if TORCH_NAMES.contains(&name) || (name.ends_with("Storage") && name.chars().all(|c| c.is_ascii_alphanumeric())) {
-                return Class::Allowed;
-            }
-        }
+        "torch" if TORCH_NAMES.contains(&name) || (name.ends_with("Storage") && name.chars().all(|c| c.is_ascii_alphanumeric())) => return Class::Allowed,
         "torch._utils" if name.starts_with("_rebuild_") => return Class::Allowed,
         _ if module.starts_with("torch.nn.modules.") => return Class::Allowed,
         _ => {}
@@ -638,7 +634,7 @@ impl<R: Read> Machine<R> {
                 0x95 => {
                     self.exact::<8>()?;
                 }
-                0x82 | 0x83 | 0x84 => {
+                0x82..=0x84 => {
                     match op {
                         0x82 => drop(self.exact::<1>()?),
                         0x83 => drop(self.exact::<2>()?),
