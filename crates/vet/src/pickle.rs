@@ -26,7 +26,9 @@ const DANGEROUS_MODULES: &[&str] = &[
     "threading", "_thread", "signal", "pdb", "bdb", "timeit", "cProfile", "profile", "trace", "requests", "urllib", "urllib2", "httplib",
     "http", "ftplib", "telnetlib", "smtplib", "poplib", "imaplib", "xmlrpc", "socketserver", "ssl", "tempfile", "glob", "pathlib", "io",
     "_io", "fileinput", "types", "inspect", "gc", "builtins.exec", "commands", "popen2", "platform", "sqlite3", "shelve", "dbm", "joblib",
-    "torch.hub", "torch.jit", "torch.package", "numpy.testing", "setuptools", "pip", "distutils",
+    "torch.hub", "torch.jit", "torch.package", "torch.utils.cpp_extension", "torch._inductor", "torch.distributed", "torch.testing",
+    "numpy.testing", "numpy.f2py", "numpy.distutils", "setuptools", "pip", "distutils", "ensurepip", "venv", "cloudpickle", "nntplib",
+    "idlelib", "pydoc", "site", "builtins.breakpoint", "_winapi", "msvcrt", "winreg", "resource", "mmap", "fcntl", "termios",
 ];
 
 /// Single members that are dangerous although their module is not.
@@ -78,9 +80,14 @@ pub fn classify(module: &str, name: &str) -> Class {
     if module_dangerous || DANGEROUS_GLOBALS.iter().any(|(m, n)| *m == module && *n == name) {
         return Class::Dangerous;
     }
-    // Dotted names (`os.path.join` as a name of `posixpath`, `system` reached through a nested attribute).
-    if name.contains('.') || name.starts_with("__") && name != "__newobj__" && name != "__randomstate_ctor" && !name.ends_with("_ctor") {
-        return Class::Unknown;
+    // A dotted name walks attributes at import time (`object.__subclasses__`, `os.system` as an
+    // attribute of another module's object): through a dunder that is an escape gadget.
+    if name.contains('.') {
+        let dunder = name.split('.').any(|part| part.len() > 4 && part.starts_with("__") && part.ends_with("__"));
+        return if dunder { Class::Dangerous } else { Class::Unknown };
+    }
+    if name.starts_with("__") && name.ends_with("__") && name != "__newobj__" && name != "__newobj_ex__" {
+        return Class::Dangerous;
     }
     if ALLOWED_GLOBALS.iter().any(|(m, n)| *m == module && *n == name) {
         return Class::Allowed;
@@ -730,7 +737,7 @@ mod tests {
 
     #[test]
     fn gadgets_are_unsafe() {
-        for (module, name) in [("builtins", "getattr"), ("operator", "attrgetter"), ("operator", "methodcaller"), ("functools", "partial"), ("runpy", "run_path"), ("pty", "spawn"), ("webbrowser", "open"), ("builtins", "eval"), ("__builtin__", "eval"), ("os.path", "join"), ("posix", "system"), ("nt", "system")] {
+        for (module, name) in [("builtins", "object.__subclasses__"), ("builtins", "__import__"), ("torch.utils.cpp_extension", "load_inline"), ("cloudpickle", "loads"), ("collections", "OrderedDict.__init__.__globals__"), ("builtins", "getattr"), ("operator", "attrgetter"), ("operator", "methodcaller"), ("functools", "partial"), ("runpy", "run_path"), ("pty", "spawn"), ("webbrowser", "open"), ("builtins", "eval"), ("__builtin__", "eval"), ("os.path", "join"), ("posix", "system"), ("nt", "system")] {
             let bytes = P::proto(2).global(module, name).raw(b")R").stop();
             assert_eq!(worst(&bytes), Verdict::Unsafe, "{module}.{name}");
         }
