@@ -104,3 +104,55 @@ pub struct AuditEntry {
     pub prev_hash: String,
     pub hash: String,
 }
+
+/// `POST /api/admin/deployments`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    pub name: String,
+    /// `namespace/name`.
+    pub repo: String,
+    /// Branch, tag or commit; pinned to its commit.
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default = "default_context")]
+    pub context: u32,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    #[serde(default = "default_threads")]
+    pub threads: u32,
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+fn default_context() -> u32 {
+    4096
+}
+fn default_max_batch() -> u32 {
+    16
+}
+fn default_threads() -> u32 {
+    2
+}
+
+/// A deployment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deployment {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub repo: String,
+    pub commit: String,
+    pub file: String,
+    pub sha256: String,
+    pub context: u32,
+    pub max_batch: u32,
+    pub threads: u32,
+    pub created_by: String,
+    pub created_at: String,
+}

@@ -95,6 +95,30 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Deploy one file of a vetted revision under a name (pinned to the commit).
+    Deploy {
+        name: String,
+        /// REPO@REVISION (default revision: main).
+        repo: String,
+        #[arg(long = "type", default_value = "model")]
+        kind: String,
+        /// The file to serve (default: the first .gguf, else model.safetensors).
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(long, default_value_t = 4096)]
+        context: u32,
+        #[arg(long, default_value_t = 16)]
+        max_batch: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Seconds to wait for pending scans before giving up.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// List deployments.
+    Deployments,
+    /// Remove a deployment.
+    Undeploy { name: String },
     /// Show or change a namespace's vetting policy and overrides.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -301,6 +325,32 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if !transfer::vet(&client()?, &repo, &kind, json).await? {
                 return Ok(std::process::ExitCode::from(1));
             }
+        }
+        Command::Deploy { name, repo, kind, file, context, max_batch, threads, wait } => {
+            let (repo, revision) = repo.split_once('@').map(|(r, v)| (r.to_owned(), v.to_owned())).unwrap_or((repo.clone(), "main".to_owned()));
+            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let created: api::admin::Deployment = loop {
+                match client()?.post_json("/api/admin/deployments", &body).await {
+                    Ok(created) => break created,
+                    // Scans of a fresh push take a moment: wait for them rather than fail.
+                    Err(err) if format!("{err:#}").contains("scans are still running") && std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            };
+            println!("deployed {} = {}@{} ({}, sha256 {})", created.name, created.repo, created.commit, created.file, created.sha256);
+        }
+        Command::Deployments => {
+            let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;
+            for d in deployments {
+                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
+            }
+        }
+        Command::Undeploy { name } => {
+            let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/deployments/{}", client::encode(&name))).await?;
+            println!("undeployed {name}");
         }
         Command::Bom { repo, kind, output } => transfer::bom(&client()?, &repo, &kind, output.as_deref()).await?,
         Command::Policy(PolicyCommand::Get { namespace }) => {

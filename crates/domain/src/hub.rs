@@ -10,7 +10,7 @@ use crate::audit::{AuditEvent, AuditRecord, ChainVerifier};
 use crate::auth::{generate_token, hash_token, parse_duration, Principal, Role, UserPrincipal};
 use crate::blobs::BlobStore;
 use crate::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use crate::meta::{Account, AccountKind, FileOperation, MetaStore, NewCommit, TokenInfo};
+use crate::meta::{Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo};
 use crate::repo::{check_ref_name, git_blob_oid, lfs_pointer, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH, INITIAL_GITATTRIBUTES};
 use crate::vetting::{declared_license, judge, scan_hint, Finding, Level, Override, Policy, RevisionVerdict};
 use crate::{format_time, Error, Result};
@@ -490,6 +490,62 @@ impl Hub {
             return Err(Error::NotFound(format!("no policy visible for {namespace}")));
         }
         self.meta.list_overrides(namespace).await
+    }
+
+    // ---- deployments -----------------------------------------------------------------------
+
+    /// Deploys one file of a revision under `name` (site admin). The revision is pinned to its
+    /// commit; only a revision whose verdict passes its org's policy deploys, else 403 with the
+    /// verdict's reasons. Without `file`, the first `.gguf`, else `model.safetensors`, is chosen.
+    pub async fn deploy(&self, principal: &Principal, name: &str, kind: RepoKind, repo_name: &RepoName, revision: &str, file: Option<&str>, settings: EngineSettings) -> Result<Deployment> {
+        let admin = principal.site_admin()?;
+        AccountName::parse(name).map_err(|_| Error::invalid(format!("invalid deployment name {name:?}: letters, digits, '-', '_' and '.'")))?;
+        if settings.context == 0 || settings.context > 1 << 20 || settings.max_batch == 0 || settings.max_batch > 1024 || settings.threads == 0 || settings.threads > 256 {
+            return Err(Error::invalid("context must be 1..=1048576, max_batch 1..=1024 and threads 1..=256"));
+        }
+        let repo = self.visible_repo(principal, kind, repo_name).await?;
+        let commit = self.resolve(&repo, revision).await?;
+        let (_, verdict) = self.vetting(&repo, commit.as_str()).await?;
+        if verdict.blocked {
+            return Err(Error::forbidden(format!("{repo_name}@{commit} may not be deployed: {}", verdict.reasons.join("; "))));
+        }
+        let files = self.meta.list_files(&commit).await?;
+        let chosen = match file {
+            Some(path) => files.iter().find(|f| f.path.as_str() == path).ok_or_else(|| Error::entry_not_found(path, Some(commit.to_string())))?,
+            None => files
+                .iter()
+                .find(|f| f.path.as_str().ends_with(".gguf"))
+                .or_else(|| files.iter().find(|f| f.path.as_str() == "model.safetensors"))
+                .ok_or_else(|| Error::invalid("the revision has no .gguf or model.safetensors file; name one with --file"))?,
+        };
+        let deployment = Deployment {
+            name: name.to_owned(),
+            kind,
+            repo: repo_name.clone(),
+            commit: commit.clone(),
+            file_path: chosen.path.clone(),
+            file_sha256: chosen.sha256.clone(),
+            settings: settings.clone(),
+            created_by: admin.name.clone(),
+            created_at: format_time(chrono::Utc::now()),
+        };
+        let details = json!({ "repo": repo_name.to_string(), "commit": commit.as_str(), "file": chosen.path.as_str(), "sha256": chosen.sha256.as_str(), "context": settings.context, "max_batch": settings.max_batch, "threads": settings.threads, "verdict": verdict.level.map(|l| l.as_str()) });
+        let event = AuditEvent::new(&admin.name, "deployment.create", format!("deployment:{name}"), details);
+        self.meta.create_deployment(&deployment, event).await?;
+        Ok(deployment)
+    }
+
+    /// All deployments (site admin).
+    pub async fn deployments(&self, principal: &Principal) -> Result<Vec<Deployment>> {
+        principal.site_admin()?;
+        self.meta.list_deployments().await
+    }
+
+    /// Removes a deployment (site admin).
+    pub async fn undeploy(&self, principal: &Principal, name: &str) -> Result<()> {
+        let admin = principal.site_admin()?;
+        let event = AuditEvent::new(&admin.name, "deployment.delete", format!("deployment:{name}"), json!({}));
+        self.meta.delete_deployment(name, event).await
     }
 
     // ---- operations ----------------------------------------------------------------------

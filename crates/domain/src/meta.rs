@@ -212,6 +212,35 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn add_override(&self, item: &Override, event: AuditEvent) -> Result<Override>;
     /// Overrides of a namespace.
     async fn list_overrides(&self, namespace: &str) -> Result<Vec<Override>>;
+
+    /// Stores a deployment. Conflict if the name is taken.
+    async fn create_deployment(&self, deployment: &Deployment, event: AuditEvent) -> Result<()>;
+    /// All deployments, by name.
+    async fn list_deployments(&self) -> Result<Vec<Deployment>>;
+    /// Removes a deployment. NotFound if missing.
+    async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()>;
+}
+
+/// A name bound to one file of one pinned revision, with engine settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub name: String,
+    pub kind: RepoKind,
+    pub repo: RepoName,
+    pub commit: CommitId,
+    pub file_path: RepoPath,
+    pub file_sha256: crate::ids::Digest,
+    pub settings: EngineSettings,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+/// Engine settings of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub context: u32,
+    pub max_batch: u32,
+    pub threads: u32,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup};
+use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -874,6 +874,65 @@ impl MetaStore for SqlMetaStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_deployment(&self, deployment: &Deployment, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT name FROM deployments WHERE name = $1").bind(&deployment.name).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
+        if exists.is_some() {
+            return Err(Error::conflict(format!("a deployment named {} exists; undeploy it first", deployment.name)));
+        }
+        let settings = serde_json::json!({ "context": deployment.settings.context, "max_batch": deployment.settings.max_batch, "threads": deployment.settings.threads });
+        sqlx::query("INSERT INTO deployments (name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(&deployment.name)
+            .bind(deployment.kind.as_str())
+            .bind(deployment.repo.namespace.as_str())
+            .bind(&deployment.repo.name)
+            .bind(deployment.commit.as_str())
+            .bind(deployment.file_path.as_str())
+            .bind(deployment.file_sha256.as_str())
+            .bind(settings.to_string())
+            .bind(&deployment.created_by)
+            .bind(&deployment.created_at)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn list_deployments(&self) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query("SELECT name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at FROM deployments ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let settings: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>("settings").map_err(db_err)?).map_err(Error::internal)?;
+                let number = |key: &str| settings[key].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+                Ok(Deployment {
+                    name: row.try_get("name").map_err(db_err)?,
+                    kind: RepoKind::parse(&row.try_get::<String, _>("repo_kind").map_err(db_err)?)?,
+                    repo: RepoName::from_parts(&row.try_get::<String, _>("namespace").map_err(db_err)?, &row.try_get::<String, _>("repo_name").map_err(db_err)?)?,
+                    commit: commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?,
+                    file_path: RepoPath::parse(&row.try_get::<String, _>("file_path").map_err(db_err)?)?,
+                    file_sha256: Digest::parse(&row.try_get::<String, _>("file_sha256").map_err(db_err)?)?,
+                    settings: EngineSettings { context: number("context"), max_batch: number("max_batch"), threads: number("threads") },
+                    created_by: row.try_get("created_by").map_err(db_err)?,
+                    created_at: row.try_get("created_at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM deployments WHERE name = $1").bind(name).execute(&mut *tx.tx).await.map_err(db_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("no deployment named {name}")));
+        }
+        tx.audit(&event).await?;
+        tx.commit().await
     }
 }
 

@@ -266,10 +266,11 @@ fn parse<R: Read + Seek>(reader: &mut R, findings: &mut Vec<Finding>) -> Result<
         infos.push((name, numel, kind, offset));
     }
     let data_start = p.offset.div_ceil(alignment) * alignment;
-    if data_start > file_len {
+    // A file without tensors may end right after its metadata, without alignment padding.
+    if data_start > file_len && !infos.is_empty() {
         return p.fail("the tensor data section starts past the end of the file");
     }
-    let data_len = file_len - data_start;
+    let data_len = file_len.saturating_sub(data_start);
     let mut spans = Vec::with_capacity(infos.len());
     for (name, numel, kind, offset) in &infos {
         if offset % alignment != 0 {

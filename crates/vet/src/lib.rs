@@ -12,7 +12,7 @@ pub mod template;
 use std::fmt;
 
 /// Changes whenever a scanner's judgement can change; results of other versions are rescanned.
-pub const SCANNER_VERSION: &str = concat!("mantle-vet/", env!("CARGO_PKG_VERSION"), "+3");
+pub const SCANNER_VERSION: &str = concat!("mantle-vet/", env!("CARGO_PKG_VERSION"), "+4");
 use std::io::{Read, Seek, SeekFrom};
 
 /// How bad a finding or a file is. Ordered: `Safe < Suspicious < Error < Unsafe`; an `Error`

@@ -127,3 +127,37 @@ pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Qu
         .collect();
     Ok(Json(entries))
 }
+
+fn deployment(d: domain::meta::Deployment) -> api::admin::Deployment {
+    api::admin::Deployment {
+        name: d.name,
+        kind: d.kind.as_str().into(),
+        repo: d.repo.to_string(),
+        commit: d.commit.to_string(),
+        file: d.file_path.to_string(),
+        sha256: d.file_sha256.to_string(),
+        context: d.settings.context,
+        max_batch: d.settings.max_batch,
+        threads: d.settings.threads,
+        created_by: d.created_by,
+        created_at: d.created_at,
+    }
+}
+
+pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateDeployment>, JsonRejection>) -> ApiResult<Json<api::admin::Deployment>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let kind = domain::ids::RepoKind::parse(body.kind.as_deref().unwrap_or("model"))?;
+    let repo = domain::ids::RepoName::parse(&body.repo)?;
+    let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads };
+    let created = state.hub.deploy(&principal, &body.name, kind, &repo, &body.revision, body.file.as_deref(), settings).await?;
+    Ok(Json(deployment(created)))
+}
+
+pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Deployment>>> {
+    Ok(Json(state.hub.deployments(&principal).await?.into_iter().map(deployment).collect()))
+}
+
+pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
+    state.hub.undeploy(&principal, &name).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}

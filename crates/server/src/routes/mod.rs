@@ -50,6 +50,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/api/admin/tokens/{id}", delete(admin::revoke_token))
         .route("/api/admin/gc", post(admin::gc))
+        .route("/api/admin/deployments", get(admin::list_deployments).post(admin::create_deployment))
+        .route("/api/admin/deployments/{name}", delete(admin::delete_deployment))
         .route("/api/admin/audit", get(admin::export_audit))
         .route("/api/admin/audit/verify", get(admin::verify_audit))
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))

@@ -66,3 +66,45 @@ fn hex_sha(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[tokio::test]
+async fn only_passing_revisions_deploy_and_deployments_persist() {
+    let server = TestServer::new().await;
+    let token = server.user("lee", None, "write").await;
+    server.create_repo(&token, "model", false).await;
+    let mut gguf = b"GGUF".to_vec();
+    gguf.extend(3u32.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    server.commit(&token, "lee/model", &[header("weights"), file("m.gguf", &gguf), file("README.md", b"---\nlicense: apache-2.0\n---\n")]).await;
+    let deploy = |name: &str, revision: &str| serde_json::json!({ "name": name, "repo": "lee/model", "revision": revision });
+    // Pending scans block a deployment, with the reason.
+    let reply = server.json("POST", "/api/admin/deployments", Some(crate::harness::ADMIN), deploy("chat", "main")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.json()["error"].as_str().unwrap().contains("scans are still running"));
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    // A non-admin cannot deploy.
+    assert_eq!(server.json("POST", "/api/admin/deployments", Some(&token), deploy("chat", "main")).await.status, StatusCode::FORBIDDEN);
+    let reply = server.json("POST", "/api/admin/deployments", Some(crate::harness::ADMIN), deploy("chat", "main")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let created = reply.json();
+    assert_eq!(created["file"], "m.gguf");
+    assert_eq!(created["commit"].as_str().unwrap().len(), 40);
+    assert_eq!(server.json("POST", "/api/admin/deployments", Some(crate::harness::ADMIN), deploy("chat", "main")).await.status, StatusCode::CONFLICT);
+
+    // An unsafe revision cannot deploy; the reasons say why.
+    server.commit(&token, "lee/model", &[header("oops"), file("evil.pkl", EVIL)]).await;
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    let reply = server.json("POST", "/api/admin/deployments", Some(crate::harness::ADMIN), deploy("chat2", "main")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.json()["error"].as_str().unwrap().contains("os.system"), "{:?}", reply.json());
+
+    // Deployments come back after a restart; undeploy is audited.
+    let restarted = server.restart().await;
+    let listed = restarted.get("/api/admin/deployments", Some(crate::harness::ADMIN)).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["commit"], created["commit"]);
+    assert_eq!(restarted.send("DELETE", "/api/admin/deployments/chat", Some(crate::harness::ADMIN), None, vec![]).await.status, StatusCode::OK);
+    let actions = restarted.audit_actions().await;
+    assert!(actions.contains(&"deployment.create".to_owned()) && actions.contains(&"deployment.delete".to_owned()));
+}
