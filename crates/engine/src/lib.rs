@@ -1,0 +1,316 @@
+//! The inference engine. Queueing, admission, continuous batching, sampling, stop handling,
+//! cancellation and streaming are written once here; backends implement the narrow, synchronous,
+//! batch-level `ModelRunner` and live on their own OS thread, reached through channels.
+//!
+//! Only the deterministic `mock` runner exists so far; real backends (llama.cpp for generation,
+//! an embedding runner) plug in behind the same trait.
+
+pub mod mock;
+mod sampler;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub use sampler::{Sampler, SamplingParams};
+
+/// A token id.
+pub type Token = u32;
+
+/// What can go wrong, by what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The queue is full: retry later (429).
+    #[error("the engine is at capacity; retry later")]
+    Overloaded,
+    /// The request cannot be served as asked (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine stopped or the backend failed (500/503).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a runner tells the engine about its model.
+#[derive(Clone, Debug)]
+pub struct RunnerInfo {
+    pub n_vocab: usize,
+    pub n_ctx: usize,
+    pub eos: Token,
+}
+
+/// One sequence's work in a step: tokens to feed (a prefill chunk, or the last sampled token).
+#[derive(Debug)]
+pub struct SeqStep {
+    pub slot: usize,
+    pub tokens: Vec<Token>,
+    /// Filled by the runner: the logits after the last fed token.
+    pub logits: Vec<f32>,
+}
+
+/// A batch-level, synchronous model backend. It owns its KV slots; the engine never touches them.
+pub trait ModelRunner: Send + 'static {
+    /// Facts about the model.
+    fn info(&self) -> RunnerInfo;
+    /// Text to tokens.
+    fn tokenize(&self, text: &str) -> Vec<Token>;
+    /// The bytes one token stands for.
+    fn token_bytes(&self, token: Token) -> Vec<u8>;
+    /// Feeds every sequence its tokens in one batch and fills each `logits`.
+    fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String>;
+    /// Frees a slot's KV state.
+    fn release(&mut self, slot: usize);
+}
+
+/// A generation request, already tokenized and validated.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Vec<Token>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+/// What a stream receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Text produced by one or more tokens (UTF-8 is held back until a character is complete).
+    Text(String),
+    /// The end, with why and the token counts.
+    Done { finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The backend failed mid-stream.
+    Failed(String),
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests waiting beyond the running ones before new ones get `Overloaded`.
+    pub max_queue: usize,
+    /// Prompt tokens fed per sequence per step, so a long prompt does not stall running streams.
+    pub prefill_chunk: usize,
+}
+
+enum Command {
+    Generate { request: GenerateRequest, events: tokio::sync::mpsc::UnboundedSender<Event> },
+}
+
+/// A cheap handle to one engine (one model, one runner thread).
+#[derive(Clone)]
+pub struct Engine {
+    commands: std::sync::mpsc::SyncSender<Command>,
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
+    info: RunnerInfo,
+}
+
+/// The stream of one request; dropping it cancels the request and frees its slot.
+pub struct Generation {
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    _permit: Permit,
+}
+
+struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Engine {
+    /// Starts the runner thread.
+    pub fn start(runner: Box<dyn ModelRunner>, config: EngineConfig) -> Self {
+        let info = runner.info();
+        let capacity = config.max_batch + config.max_queue;
+        let (commands, inbox) = std::sync::mpsc::sync_channel(capacity.max(1));
+        std::thread::Builder::new()
+            .name("mantle-runner".into())
+            .spawn(move || run_loop(runner, config, inbox))
+            .expect("spawn the runner thread");
+        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info }
+    }
+
+    /// The model's facts.
+    pub fn info(&self) -> &RunnerInfo {
+        &self.info
+    }
+
+    /// Queues a generation, or answers `Overloaded` at once when the queue is full.
+    pub fn generate(&self, request: GenerateRequest) -> Result<Generation, InferError> {
+        if request.prompt.is_empty() {
+            return Err(InferError::Invalid("the prompt is empty".into()));
+        }
+        if request.prompt.len() + request.max_tokens > self.info.n_ctx {
+            return Err(InferError::Invalid(format!("prompt ({} tokens) plus max_tokens ({}) exceed the context of {}", request.prompt.len(), request.max_tokens, self.info.n_ctx)));
+        }
+        // Admission is counted here, not in the channel, so a full engine answers at once.
+        let admitted = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(self.admitted.clone());
+        if admitted >= self.capacity {
+            return Err(InferError::Overloaded);
+        }
+        // Unbounded per stream, yet bounded by max_tokens: a slow client never stalls the batch.
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        self.commands.try_send(Command::Generate { request, events: events_tx }).map_err(|err| match err {
+            std::sync::mpsc::TrySendError::Full(_) => InferError::Overloaded,
+            std::sync::mpsc::TrySendError::Disconnected(_) => InferError::Unavailable("the runner thread stopped".into()),
+        })?;
+        Ok(Generation { events, _permit: permit })
+    }
+}
+
+struct Active {
+    slot: usize,
+    request: GenerateRequest,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    sampler: Sampler,
+    fed: usize,
+    generated: Vec<Token>,
+    pending_bytes: Vec<u8>,
+    text: String,
+    next_input: Option<Token>,
+}
+
+fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>) {
+    let info = runner.info();
+    let mut free: Vec<usize> = (0..config.max_batch).rev().collect();
+    let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        // Block only when idle; otherwise take what has arrived and keep decoding.
+        if active.is_empty() && waiting.is_empty() {
+            match inbox.recv() {
+                Ok(command) => waiting.push_back(command),
+                Err(_) => return,
+            }
+        }
+        while let Ok(command) = inbox.try_recv() {
+            waiting.push_back(command);
+        }
+        while let (Some(_), false) = (free.last(), waiting.is_empty()) {
+            let Command::Generate { request, events } = waiting.pop_front().expect("checked non-empty");
+            if events.is_closed() {
+                continue;
+            }
+            let slot = free.pop().expect("checked non-empty");
+            let sampler = Sampler::new(request.params.clone());
+            active.push(Active { slot, request, events, sampler, fed: 0, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), next_input: None });
+        }
+        // Dropped clients cancel their sequences and free their slots.
+        active.retain(|seq| {
+            if seq.events.is_closed() {
+                runner.release(seq.slot);
+                free.push(seq.slot);
+                false
+            } else {
+                true
+            }
+        });
+        if active.is_empty() {
+            continue;
+        }
+        let mut batch: Vec<SeqStep> = active
+            .iter()
+            .map(|seq| {
+                let tokens = match seq.next_input {
+                    Some(token) => vec![token],
+                    None => seq.request.prompt[seq.fed..(seq.fed + config.prefill_chunk).min(seq.request.prompt.len())].to_vec(),
+                };
+                SeqStep { slot: seq.slot, tokens, logits: Vec::new() }
+            })
+            .collect();
+        if let Err(err) = runner.step(&mut batch) {
+            tracing::error!("failed to run a batch step: {err}");
+            for seq in active.drain(..) {
+                let _ = seq.events.send(Event::Failed(err.clone()));
+                runner.release(seq.slot);
+                free.push(seq.slot);
+            }
+            continue;
+        }
+        let mut finished = Vec::new();
+        for (index, (seq, step)) in active.iter_mut().zip(batch).enumerate() {
+            if seq.next_input.is_none() {
+                seq.fed += step.tokens.len();
+                if seq.fed < seq.request.prompt.len() {
+                    continue; // still prefilling: no token sampled yet
+                }
+            }
+            let history: Vec<Token> = seq.request.prompt.iter().chain(seq.generated.iter()).copied().collect();
+            let token = seq.sampler.sample(&step.logits, &history);
+            if token == info.eos {
+                finished.push((index, FinishReason::Stop));
+                continue;
+            }
+            seq.generated.push(token);
+            seq.next_input = Some(token);
+            seq.pending_bytes.extend(runner.token_bytes(token));
+            let piece = take_complete_utf8(&mut seq.pending_bytes);
+            let before = seq.text.len();
+            seq.text.push_str(&piece);
+            // Stop sequences end the stream without sending themselves.
+            if let Some(at) = seq.request.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| seq.text[before.saturating_sub(s.len())..].find(s.as_str()).map(|i| before.saturating_sub(s.len()) + i)).min() {
+                if at > before {
+                    let _ = seq.events.send(Event::Text(seq.text[before..at].to_owned()));
+                }
+                finished.push((index, FinishReason::Stop));
+                continue;
+            }
+            if !piece.is_empty() {
+                // A gone client is noticed and cancelled at the top of the next round.
+                let _ = seq.events.send(Event::Text(piece));
+            }
+            if seq.generated.len() >= seq.request.max_tokens {
+                finished.push((index, FinishReason::Length));
+            }
+        }
+        for (index, reason) in finished.into_iter().rev() {
+            let seq = active.swap_remove(index);
+            let _ = seq.events.send(Event::Done { finish_reason: reason, prompt_tokens: seq.request.prompt.len(), completion_tokens: seq.generated.len() });
+            runner.release(seq.slot);
+            free.push(seq.slot);
+        }
+    }
+}
+
+/// Takes the longest valid UTF-8 prefix out of `bytes`, leaving an incomplete character behind.
+fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(err) => match err.error_len() {
+            // Invalid bytes (not just incomplete) are replaced rather than held forever.
+            Some(_) => {
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                bytes.clear();
+                return text;
+            }
+            None => err.valid_up_to(),
+        },
+    };
+    let rest = bytes.split_off(valid);
+    String::from_utf8(std::mem::replace(bytes, rest)).expect("checked valid UTF-8")
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod utf8_tests {
+    #[test]
+    fn split_characters_are_held_back() {
+        let mut bytes = "hé".as_bytes()[..2].to_vec();
+        assert_eq!(super::take_complete_utf8(&mut bytes), "h");
+        bytes.push(0xa9);
+        assert_eq!(super::take_complete_utf8(&mut bytes), "é");
+        assert!(bytes.is_empty());
+    }
+}

@@ -1,0 +1,63 @@
+//! A deterministic runner for tests: byte tokens, logits that depend only on a sequence's own
+//! history (never on its batch neighbours), and per-slot state like a real KV cache.
+
+use crate::{ModelRunner, RunnerInfo, SeqStep, Token};
+
+/// The end-of-sequence token: one past the 256 byte tokens.
+pub const EOS: Token = 256;
+
+/// The mock model.
+pub struct MockRunner {
+    n_ctx: usize,
+    slots: std::collections::HashMap<usize, Vec<Token>>,
+    /// Every step's batch sizes, for tests that check batching happened.
+    pub steps: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl MockRunner {
+    /// A mock with a context length.
+    pub fn new(n_ctx: usize) -> Self {
+        MockRunner { n_ctx, slots: Default::default(), steps: Default::default() }
+    }
+}
+
+impl ModelRunner for MockRunner {
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS }
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        text.bytes().map(Token::from).collect()
+    }
+
+    fn token_bytes(&self, token: Token) -> Vec<u8> {
+        u8::try_from(token).map(|b| vec![b]).unwrap_or_default()
+    }
+
+    fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String> {
+        self.steps.lock().expect("not poisoned").push(batch.len());
+        for seq in batch.iter_mut() {
+            let history = self.slots.entry(seq.slot).or_default();
+            history.extend(&seq.tokens);
+            if history.len() > self.n_ctx {
+                return Err(format!("slot {} exceeded the context", seq.slot));
+            }
+            // Lowercase letters and spaces, chosen by a hash of the history; EOS grows likelier with length.
+            let mut hash: u64 = 1469598103934665603;
+            for token in history.iter().rev().take(8) {
+                hash = (hash ^ u64::from(*token)).wrapping_mul(1099511628211);
+            }
+            let mut logits = vec![-10.0f32; 257];
+            for (i, letter) in (b'a'..=b'z').chain([b' ']).enumerate() {
+                logits[usize::from(letter)] = ((hash >> (i % 60)) & 0xff) as f32 / 64.0;
+            }
+            logits[EOS as usize] = history.len() as f32 / 40.0 - 2.0;
+            seq.logits = logits;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.slots.remove(&slot);
+    }
+}

@@ -1,0 +1,100 @@
+//! Engine behaviour on the mock runner.
+
+use std::time::Duration;
+
+use crate::mock::MockRunner;
+use crate::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, InferError, ModelRunner as _, SamplingParams};
+
+fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    let runner = MockRunner::new(4096);
+    let steps = runner.steps.clone();
+    (Engine::start(Box::new(runner), EngineConfig { max_batch, max_queue, prefill_chunk: 64 }), steps)
+}
+
+fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateRequest {
+    GenerateRequest { prompt: MockRunner::new(1).tokenize(prompt), params, max_tokens, stop: Vec::new() }
+}
+
+async fn collect(mut generation: crate::Generation) -> (String, Event) {
+    let mut text = String::new();
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            done => return (text, done),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[tokio::test]
+async fn seeded_output_is_the_same_alone_and_in_a_batch() {
+    let (engine, steps) = engine(16, 16);
+    let params = SamplingParams { temperature: 0.9, seed: Some(42), ..Default::default() };
+    let alone = collect(engine.generate(request("hello there", 48, params.clone())).unwrap()).await;
+    let streams: Vec<_> = (0..16).map(|i| engine.generate(request(if i == 5 { "hello there" } else { "another prompt" }, 48, if i == 5 { params.clone() } else { SamplingParams::default() })).unwrap()).collect();
+    let mut results = Vec::new();
+    for stream in streams {
+        results.push(collect(stream).await);
+    }
+    assert_eq!(results[5], alone);
+    assert!(steps.lock().unwrap().iter().any(|n| *n > 1), "requests were batched together");
+    for (_, done) in &results {
+        assert!(matches!(done, Event::Done { completion_tokens, .. } if *completion_tokens <= 48));
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_and_a_dropped_stream_frees_capacity() {
+    let (engine, _) = engine(1, 1);
+    let long = SamplingParams { temperature: 0.0, ..Default::default() };
+    let first = engine.generate(request("a", 2000, long.clone())).unwrap();
+    let second = engine.generate(request("b", 2000, long.clone())).unwrap();
+    assert!(matches!(engine.generate(request("c", 5, long.clone())), Err(InferError::Overloaded)));
+    drop(first);
+    drop(second);
+    // Capacity comes back as soon as the streams are dropped; the runner frees the slot on its next round.
+    let mut next = None;
+    for _ in 0..500 {
+        match engine.generate(request("c", 5, long.clone())) {
+            Ok(generation) => {
+                next = Some(generation);
+                break;
+            }
+            Err(InferError::Overloaded) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let (_, done) = collect(next.expect("capacity came back")).await;
+    assert!(matches!(done, Event::Done { .. }));
+}
+
+#[tokio::test]
+async fn stops_lengths_and_bad_requests() {
+    let (engine, _) = engine(4, 4);
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let (full, _) = collect(engine.generate(request("stop test", 30, greedy.clone())).unwrap()).await;
+    let cut = full.chars().nth(5).unwrap().to_string();
+    let mut with_stop = request("stop test", 30, greedy.clone());
+    with_stop.stop = vec![cut.clone()];
+    let (text, done) = collect(engine.generate(with_stop).unwrap()).await;
+    assert!(!text.contains(&cut) && full.starts_with(&text), "{full:?} / {text:?}");
+    assert!(matches!(done, Event::Done { finish_reason: FinishReason::Stop, .. }));
+    let (_, done) = collect(engine.generate(request("x", 3, greedy.clone())).unwrap()).await;
+    assert!(matches!(done, Event::Done { finish_reason: FinishReason::Length, completion_tokens: 3, prompt_tokens: 1 }));
+    assert!(matches!(engine.generate(request("", 3, greedy.clone())), Err(InferError::Invalid(_))));
+    assert!(matches!(engine.generate(request("x", 5000, greedy)), Err(InferError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn long_prompts_prefill_in_chunks_without_stalling_others() {
+    let (engine, steps) = engine(4, 4);
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let running = engine.generate(request("short", 40, greedy.clone())).unwrap();
+    let long_prompt = "word ".repeat(400);
+    let long = engine.generate(request(&long_prompt, 5, greedy)).unwrap();
+    let ((short_text, _), (_, long_done)) = tokio::join!(collect(running), collect(long));
+    assert!(!short_text.is_empty());
+    assert!(matches!(long_done, Event::Done { prompt_tokens: 2000, .. }));
+    // 2000 prompt tokens at 64 per step: at least 32 steps, shared with the running stream.
+    assert!(steps.lock().unwrap().len() >= 32);
+}
