@@ -53,6 +53,19 @@ pub struct CommitRequest {
     pub operations: Vec<FileOperation>,
 }
 
+/// What to deploy.
+#[derive(Clone, Debug)]
+pub struct DeployRequest {
+    pub name: String,
+    pub kind: RepoKind,
+    pub repo: RepoName,
+    /// Branch, tag or commit; the deployment pins the commit it resolves to.
+    pub revision: String,
+    /// The file to serve; `None` picks the first `.gguf`, else `model.safetensors`.
+    pub file: Option<String>,
+    pub settings: EngineSettings,
+}
+
 /// The outcome of `gc`.
 #[derive(Clone, Debug, Default)]
 pub struct GcReport {
@@ -497,7 +510,9 @@ impl Hub {
     /// Deploys one file of a revision under `name` (site admin). The revision is pinned to its
     /// commit; only a revision whose verdict passes its org's policy deploys, else 403 with the
     /// verdict's reasons. Without `file`, the first `.gguf`, else `model.safetensors`, is chosen.
-    pub async fn deploy(&self, principal: &Principal, name: &str, kind: RepoKind, repo_name: &RepoName, revision: &str, file: Option<&str>, settings: EngineSettings) -> Result<Deployment> {
+    pub async fn deploy(&self, principal: &Principal, request: DeployRequest) -> Result<Deployment> {
+        let DeployRequest { name, kind, repo: repo_name, revision, file, settings } = request;
+        let (name, repo_name, revision, file) = (name.as_str(), &repo_name, revision.as_str(), file.as_deref());
         let admin = principal.site_admin()?;
         AccountName::parse(name).map_err(|_| Error::invalid(format!("invalid deployment name {name:?}: letters, digits, '-', '_' and '.'")))?;
         if settings.context == 0 || settings.context > 1 << 20 || settings.max_batch == 0 || settings.max_batch > 1024 || settings.threads == 0 || settings.threads > 256 {

@@ -149,7 +149,8 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
     let kind = domain::ids::RepoKind::parse(body.kind.as_deref().unwrap_or("model"))?;
     let repo = domain::ids::RepoName::parse(&body.repo)?;
     let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads };
-    let created = state.hub.deploy(&principal, &body.name, kind, &repo, &body.revision, body.file.as_deref(), settings).await?;
+    let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
+    let created = state.hub.deploy(&principal, request).await?;
     Ok(Json(deployment(created)))
 }
 
