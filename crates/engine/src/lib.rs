@@ -5,6 +5,8 @@
 //! Only the deterministic `mock` runner exists so far; real backends (llama.cpp for generation,
 //! an embedding runner) plug in behind the same trait.
 
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod mock;
 mod sampler;
 
@@ -59,6 +61,10 @@ pub trait ModelRunner: Send + 'static {
     fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String>;
     /// Frees a slot's KV state.
     fn release(&mut self, slot: usize);
+    /// Whether a token ends generation (models may have several end-of-generation tokens).
+    fn is_end(&self, token: Token) -> bool {
+        token == self.info().eos
+    }
 }
 
 /// A generation request, already tokenized and validated.
@@ -181,7 +187,6 @@ struct Active {
 }
 
 fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>) {
-    let info = runner.info();
     let mut free: Vec<usize> = (0..config.max_batch).rev().collect();
     let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
@@ -247,7 +252,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             }
             let history: Vec<Token> = seq.request.prompt.iter().chain(seq.generated.iter()).copied().collect();
             let token = seq.sampler.sample(&step.logits, &history);
-            if token == info.eos {
+            if runner.is_end(token) {
                 finished.push((index, FinishReason::Stop));
                 continue;
             }

@@ -1,0 +1,117 @@
+//! The llama.cpp runner (feature `llama`): one context with a KV slot per sequence, every step one
+//! `llama_decode` over all sequences' tokens, logits read back for each sequence's last token.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::{ModelRunner, RunnerInfo, SeqStep, Token};
+
+/// llama.cpp's backend may be initialised once per process.
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// Settings of a llama.cpp runner.
+#[derive(Clone, Debug)]
+pub struct LlamaSettings {
+    pub context: u32,
+    pub max_batch: u32,
+    pub threads: u32,
+    /// Tokens one step may carry in total (prefill chunks of every sequence together).
+    pub max_step_tokens: u32,
+}
+
+/// A loaded GGUF model with its context.
+pub struct LlamaRunner {
+    // The model lives as long as the process: the context borrows it, and a runner is long-lived.
+    model: &'static LlamaModel,
+    ctx: LlamaContext<'static>,
+    batch: LlamaBatch<'static>,
+    positions: std::collections::HashMap<usize, i32>,
+    n_ctx: usize,
+    capacity: usize,
+}
+
+// The context is only ever used from the runner's own thread.
+#[expect(unsafe_code, reason = "LlamaContext holds raw pointers; the runner moves to its thread once and stays there")]
+unsafe impl Send for LlamaRunner {}
+
+impl LlamaRunner {
+    /// Loads a local GGUF file (an approved blob's path, never a URL).
+    pub fn load(path: &Path, settings: &LlamaSettings) -> Result<Self, String> {
+        let backend = match BACKEND.get() {
+            Some(backend) => backend,
+            None => {
+                let mut backend = LlamaBackend::init().map_err(|e| format!("init llama.cpp: {e}"))?;
+                backend.void_logs();
+                BACKEND.get_or_init(|| backend)
+            }
+        };
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| format!("load {}: {e}", path.display()))?;
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        let capacity = settings.max_step_tokens.max(settings.max_batch) as usize;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(settings.context))
+            .with_n_batch(capacity as u32)
+            .with_n_ubatch(capacity as u32)
+            .with_n_seq_max(settings.max_batch)
+            .with_n_threads(settings.threads as i32)
+            .with_n_threads_batch(settings.threads as i32);
+        let ctx = model.new_context(backend, params).map_err(|e| format!("create a context: {e}"))?;
+        let n_ctx = ctx.n_ctx() as usize;
+        Ok(LlamaRunner { model, ctx, batch: LlamaBatch::new(capacity, 1), positions: Default::default(), n_ctx, capacity })
+    }
+}
+
+impl ModelRunner for LlamaRunner {
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token }
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true).into_iter().map(|t| t.0 as Token).collect()
+    }
+
+    fn token_bytes(&self, token: Token) -> Vec<u8> {
+        self.model.vocab().token_to_piece(LlamaToken(token as i32), false, None)
+    }
+
+    fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String> {
+        let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if total > self.capacity {
+            return Err(format!("a step of {total} tokens exceeds the batch capacity {}", self.capacity));
+        }
+        self.batch.clear();
+        let mut outputs = Vec::with_capacity(batch.len());
+        for seq in batch.iter() {
+            let position = self.positions.entry(seq.slot).or_insert(0);
+            for (i, token) in seq.tokens.iter().enumerate() {
+                let last = i + 1 == seq.tokens.len();
+                self.batch.add(LlamaToken(*token as i32), *position, &[seq.slot as i32], last).map_err(|e| e.to_string())?;
+                *position += 1;
+            }
+            outputs.push(self.batch.n_tokens() - 1);
+        }
+        self.ctx.decode(&mut self.batch).map_err(|e| format!("decode failed: {e}"))?;
+        for (seq, index) in batch.iter_mut().zip(outputs) {
+            seq.logits = self.ctx.get_logits_ith(index).to_vec();
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, slot: usize) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        self.positions.remove(&slot);
+    }
+
+    fn is_end(&self, token: Token) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token as i32))
+    }
+}
