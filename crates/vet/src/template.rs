@@ -45,6 +45,18 @@ pub fn check(name: &str, source: &str, bos: &str, eos: &str) -> Vec<Finding> {
 
 /// Renders the template on a short conversation with tools, in the sandbox.
 pub fn render_sample(source: &str, bos: &str, eos: &str) -> Result<String, String> {
+    let messages = serde_json::json!([
+        { "role": "system", "content": "You are a helpful assistant." },
+        { "role": "user", "content": "What is the capital of France?" },
+        { "role": "assistant", "content": "Paris." },
+        { "role": "user", "content": "And of Italy?" },
+    ]);
+    render_chat(source, &messages, true, bos, eos)
+}
+
+/// Renders a chat template on `messages` (OpenAI-shaped JSON) in the sandbox, with the same fuel
+/// and output limits as the vetting check. The runtime builds prompts with this.
+pub fn render_chat(source: &str, messages: &serde_json::Value, add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -52,15 +64,9 @@ pub fn render_sample(source: &str, bos: &str, eos: &str) -> Result<String, Strin
     env.add_function("strftime_now", |_format: String| "27 Nov 2026".to_owned());
     env.add_template("chat", source).map_err(|err| format!("{err:#}"))?;
     let template = env.get_template("chat").map_err(|err| format!("{err:#}"))?;
-    let messages = serde_json::json!([
-        { "role": "system", "content": "You are a helpful assistant." },
-        { "role": "user", "content": "What is the capital of France?" },
-        { "role": "assistant", "content": "Paris." },
-        { "role": "user", "content": "And of Italy?" },
-    ]);
     let context = minijinja::context! {
-        messages => minijinja::Value::from_serialize(&messages),
-        add_generation_prompt => true,
+        messages => minijinja::Value::from_serialize(messages),
+        add_generation_prompt => add_generation_prompt,
         bos_token => bos,
         eos_token => eos,
         tools => minijinja::Value::from(()),
@@ -89,6 +95,13 @@ mod tests {
         assert!(out.contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>"));
         let llama = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}";
         assert_eq!(codes(llama), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn chats_render_with_and_without_a_generation_prompt() {
+        let messages = serde_json::json!([{ "role": "user", "content": "hi" }]);
+        assert_eq!(render_chat(CHATML, &messages, true, "", "").unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(render_chat(CHATML, &messages, false, "", "").unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
     }
 
     #[test]
