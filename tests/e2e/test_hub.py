@@ -56,7 +56,7 @@ def test_upload_folder_and_download_with_default_client(server, alice, tmp_path)
 
     snap = Path(snapshot_download(repo, endpoint=server.endpoint, token=token, cache_dir=str(tmp_path / "cache")))
     assert snap.name == info.oid
-    (snap / ".gitattributes").exists()
+    assert (snap / ".gitattributes").exists()
     for rel in ["config.json", "model.safetensors", "nested/deeper/vocab.txt", "nested/random.bin", "empty.txt", "données/résumé #1 (final).txt"]:
         assert filecmp.cmp(snap / rel, folder / rel, shallow=False), rel
 

@@ -34,7 +34,7 @@ def test_uploads_are_scanned_and_policies_apply(server, tmp_path):
     org = "vet" + uuid.uuid4().hex[:8]
     server.cli("orgs", "create", org)
     user, token = server.new_user(org=org)
-    _, org_admin = (user, server.cli("tokens", "create", "--user", user, "--role", "admin").stdout.strip().splitlines()[-1])
+    org_admin = server.cli("tokens", "create", "--user", user, "--role", "admin").stdout.strip().splitlines()[-1]
     src = tmp_path / "src"
     src.mkdir()
     (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n")

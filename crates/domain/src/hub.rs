@@ -331,11 +331,8 @@ impl Hub {
     /// Commits to a branch of a writable repo.
     pub async fn commit(&self, principal: &Principal, repo: &Repo, request: CommitRequest) -> Result<Commit> {
         let caller = principal.user()?;
+        // The store checks that the branch exists, in the commit's own transaction.
         let branch = request.branch.strip_prefix("refs/heads/").unwrap_or(&request.branch).to_owned();
-        let is_branch = self.meta.list_refs(repo.id).await?.iter().any(|r| r.kind == RefKind::Branch && r.name == branch);
-        if !is_branch {
-            return Err(Error::RevisionNotFound(format!("branch {branch:?} not found in {}: commits go to a branch", repo.name)));
-        }
         let expected_parent = match request.parent_commit.as_deref() {
             None => None,
             Some(text) => Some(CommitId::parse(text).ok_or_else(|| Error::invalid(format!("parentCommit {text:?} is not a 40-hex commit id")))?),
@@ -403,6 +400,12 @@ impl Hub {
     /// the current scanner version is missing are queued again (idempotent).
     pub async fn vetting(&self, repo: &Repo, revision: &str) -> Result<(Commit, RevisionVerdict)> {
         let (commit, files) = self.snapshot(repo, revision).await?;
+        let verdict = self.judge_files(repo, &files).await?;
+        Ok((commit, verdict))
+    }
+
+    /// The verdict of a file list already read (from `snapshot`), so callers holding it do not read it twice.
+    pub async fn judge_files(&self, repo: &Repo, files: &[FileEntry]) -> Result<RevisionVerdict> {
         let mut sha256s: Vec<String> = files.iter().map(|f| f.sha256.to_string()).collect();
         sha256s.sort();
         sha256s.dedup();
@@ -425,14 +428,13 @@ impl Hub {
         let namespace = repo.name.namespace.as_str();
         let policy = self.meta.get_policy(namespace).await?.unwrap_or_default();
         let overrides = self.meta.list_overrides(namespace).await?;
-        let card = self.small_text(&files, "README.md").await?;
-        let license_file = match self.small_text(&files, "LICENSE").await? {
+        let card = self.small_text(files, "README.md").await?;
+        let license_file = match self.small_text(files, "LICENSE").await? {
             Some(text) => Some(text),
-            None => self.small_text(&files, "LICENSE.md").await?,
+            None => self.small_text(files, "LICENSE.md").await?,
         };
         let license = declared_license(card.as_deref(), license_file.as_deref());
-        let verdict = judge(&files, &by_key, &overrides, &policy, license, card.as_deref());
-        Ok((commit, verdict))
+        Ok(judge(files, &by_key, &overrides, &policy, license, card.as_deref()))
     }
 
     async fn small_text(&self, files: &[FileEntry], path: &str) -> Result<Option<String>> {

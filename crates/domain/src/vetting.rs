@@ -134,9 +134,11 @@ pub struct RevisionVerdict {
     pub scans_done: bool,
     /// The worst level over files and repo findings, once every scan is done.
     pub level: Option<Level>,
-    /// Whether the policy blocks this revision (from deployment, later).
+    /// Whether the policy blocks this revision from deployment.
     pub blocked: bool,
     pub reasons: Vec<String>,
+    /// The policy the verdict was judged under.
+    pub policy: Policy,
 }
 
 const PICKLE_FORMATS: &[&str] = &["pickle", "pytorch-zip", "npz", "npy"];
@@ -224,7 +226,7 @@ pub fn judge(files: &[FileEntry], results: &BTreeMap<(String, String), ScanResul
         reasons.push("scans are still running".into());
     }
     let blocked = !reasons.is_empty();
-    RevisionVerdict { files: verdicts, repo_findings, license, scans_done, level, blocked, reasons }
+    RevisionVerdict { files: verdicts, repo_findings, license, scans_done, level, blocked, reasons, policy: policy.clone() }
 }
 
 /// The licence a revision declares: the card's `license:` front matter, else the first line of a

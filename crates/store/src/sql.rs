@@ -571,7 +571,7 @@ impl MetaStore for SqlMetaStore {
         let head = tx
             .ref_target(new.repo_id, RefKind::Branch, &new.branch)
             .await?
-            .ok_or_else(|| Error::RevisionNotFound(format!("branch {:?} not found", new.branch)))?;
+            .ok_or_else(|| Error::RevisionNotFound(format!("branch {:?} not found: commits go to an existing branch", new.branch)))?;
         if let Some(expected) = &new.expected_parent {
             if *expected != head {
                 return Err(Error::conflict(format!("parent commit {expected} is not the head of {} (now {head}); fetch and retry", new.branch)));

@@ -29,9 +29,8 @@ impl BranchParams {
     }
 }
 
-pub(crate) async fn whoami(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::hub::WhoAmI>> {
+pub(crate) async fn whoami(Auth(principal): Auth) -> ApiResult<Json<api::hub::WhoAmI>> {
     let user = principal.user()?;
-    let _ = &state;
     Ok(Json(api::hub::WhoAmI {
         kind: "user".into(),
         name: user.name.clone(),
@@ -179,7 +178,7 @@ async fn info(state: &AppState, principal: &Principal, kinds: &str, ns: &str, na
     let (kind, name) = repo_from_path(kinds, ns, name)?;
     let repo = state.hub.visible_repo(principal, kind, &name).await?;
     let (commit, files) = state.hub.snapshot(&repo, rev).await?;
-    let (_, verdict) = state.hub.vetting(&repo, commit.id.as_str()).await?;
+    let verdict = state.hub.judge_files(&repo, &files).await?;
     Ok(Json(api::hub::RepoInfo {
         security_repo_status: Some(super::vetting::security_repo_status(&verdict)),
         mongo_id: format!("{:024x}", repo.id),

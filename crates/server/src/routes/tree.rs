@@ -62,7 +62,7 @@ pub(crate) async fn list_tree(
     };
     let mut page: Vec<_> = entries.iter().skip(start).take(page_size).cloned().collect();
     if expand {
-        let (_, verdict) = state.hub.vetting(&repo, commit.id.as_str()).await?;
+        let verdict = state.hub.judge_files(&repo, &files).await?;
         for entry in page.iter_mut().filter(|e| e.kind == "file") {
             if let Some(file) = verdict.files.iter().find(|f| f.path == entry.path) {
                 entry.security_file_status = Some(super::vetting::security_file_status(file));

@@ -41,11 +41,10 @@ pub(crate) async fn revision_verdict(State(state): State<AppState>, Path(p): Pat
     let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let (commit, verdict) = state.hub.vetting(&repo, &p.rev).await?;
-    let active = state.hub.meta.get_policy(name.namespace.as_str()).await?.unwrap_or_default();
-    Ok(Json(to_api(&name.to_string(), commit.id.as_str(), &verdict, &active, &state.hub.config.scanner_version)))
+    Ok(Json(to_api(&name.to_string(), commit.id.as_str(), &verdict, &state.hub.config.scanner_version)))
 }
 
-fn to_api(repo: &str, commit: &str, verdict: &RevisionVerdict, active: &Policy, scanner_version: &str) -> api::vetting::RevisionVerdict {
+fn to_api(repo: &str, commit: &str, verdict: &RevisionVerdict, scanner_version: &str) -> api::vetting::RevisionVerdict {
     api::vetting::RevisionVerdict {
         repo: repo.to_owned(),
         commit: commit.to_owned(),
@@ -58,7 +57,7 @@ fn to_api(repo: &str, commit: &str, verdict: &RevisionVerdict, active: &Policy, 
             *counts.entry(f.format.clone().unwrap_or_else(|| "pending".into())).or_insert(0) += 1;
             counts
         }),
-        policy: policy(active),
+        policy: policy(&verdict.policy),
         files: verdict
             .files
             .iter()
