@@ -16,7 +16,11 @@ pub(crate) async fn run(pool: &AnyPool, dialect: Dialect) -> anyhow::Result<()> 
         Dialect::Sqlite => SQLITE,
         Dialect::Postgres => POSTGRES,
     };
-    let mut tx = pool.begin().await?;
+    // IMMEDIATE: two processes opening one SQLite file wait for each other instead of failing.
+    let mut tx = match dialect {
+        Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Dialect::Postgres => pool.begin().await?,
+    };
     if dialect == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock(7240002)").execute(&mut *tx).await?;
     }

@@ -66,8 +66,9 @@ impl SqlMetaStore {
             options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     use sqlx::Executor as _;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    // The busy timeout first, so that even switching the journal mode waits for a lock.
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
                     // FULL: a committed change (and its audit row) survives power loss, not only a crash.
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
@@ -89,10 +90,18 @@ impl SqlMetaStore {
 
     async fn begin_write(&self) -> Result<WriteTx<'_>> {
         let guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7240001)").execute(&mut *tx).await.map_err(db_err)?;
-        }
+        let tx = match self.dialect {
+            // IMMEDIATE takes SQLite's write lock at BEGIN, where the busy timeout applies. A deferred
+            // transaction that reads first and then writes gets SQLITE_BUSY at once, without waiting,
+            // while another connection still holds the lock (e.g. a dropped transaction whose
+            // rollback the pool has not run yet).
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?,
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7240001)").execute(&mut *tx).await.map_err(db_err)?;
+                tx
+            }
+        };
         Ok(WriteTx { tx, _guard: guard })
     }
 }
