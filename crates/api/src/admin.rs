@@ -131,10 +131,10 @@ fn default_revision() -> String {
     "main".into()
 }
 fn default_context() -> u32 {
-    4096
+    2048
 }
 fn default_max_batch() -> u32 {
-    16
+    8
 }
 fn default_threads() -> u32 {
     2

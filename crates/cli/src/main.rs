@@ -105,10 +105,13 @@ enum Command {
         /// The file to serve (default: the first .gguf, else model.safetensors).
         #[arg(long)]
         file: Option<String>,
-        #[arg(long, default_value_t = 4096)]
+        /// Context length of each sequence, in tokens.
+        #[arg(long, default_value_t = 2048)]
         context: u32,
-        #[arg(long, default_value_t = 16)]
+        /// Sequences generated together (each gets its own KV cache of `context` tokens).
+        #[arg(long, default_value_t = 8)]
         max_batch: u32,
+        /// CPU threads of the engine.
         #[arg(long, default_value_t = 2)]
         threads: u32,
         /// Seconds to wait for pending scans before giving up.

@@ -565,6 +565,38 @@ impl Hub {
         self.meta.delete_deployment(name, event).await
     }
 
+    /// The deployments a caller may run: those whose repo it can see. A token is required.
+    pub async fn runnable_deployments(&self, principal: &Principal) -> Result<Vec<Deployment>> {
+        principal.user()?;
+        let mut runnable = Vec::new();
+        for deployment in self.meta.list_deployments().await? {
+            if self.visible_repo(principal, deployment.kind, &deployment.repo).await.is_ok() {
+                runnable.push(deployment);
+            }
+        }
+        Ok(runnable)
+    }
+
+    /// One deployment the caller may run; an invisible one is `NotFound`, like a missing one.
+    pub async fn runnable_deployment(&self, principal: &Principal, name: &str) -> Result<Deployment> {
+        principal.user()?;
+        let missing = || Error::NotFound(format!("The model `{name}` does not exist or you do not have access to it."));
+        let deployment = self.meta.list_deployments().await?.into_iter().find(|d| d.name == name).ok_or_else(missing)?;
+        self.visible_repo(principal, deployment.kind, &deployment.repo).await.map_err(|_| missing())?;
+        Ok(deployment)
+    }
+
+    /// Checks, just before a deployment's bytes are loaded, that its revision still passes its
+    /// org's policy (a policy may have tightened since it was deployed).
+    pub async fn check_loadable(&self, deployment: &Deployment) -> Result<()> {
+        let repo = self.meta.get_repo(deployment.kind, &deployment.repo).await?.ok_or_else(|| Error::NotFound(format!("repository {} is gone", deployment.repo)))?;
+        let (_, verdict) = self.vetting(&repo, deployment.commit.as_str()).await?;
+        if verdict.blocked {
+            return Err(Error::forbidden(format!("{}@{} may no longer run: {}", deployment.repo, deployment.commit, verdict.reasons.join("; "))));
+        }
+        Ok(())
+    }
+
     // ---- operations ----------------------------------------------------------------------
 
     /// Deletes blobs no commit references and abandoned temporary objects, both only when older

@@ -7,12 +7,14 @@
 
 #[cfg(feature = "llama")]
 pub mod llama;
+mod load;
 pub mod mock;
 mod sampler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+pub use load::{load_runner, RunnerConfig};
 pub use sampler::{Sampler, SamplingParams};
 
 /// A token id.
@@ -38,6 +40,15 @@ pub struct RunnerInfo {
     pub n_vocab: usize,
     pub n_ctx: usize,
     pub eos: Token,
+    /// The backend and its version (e.g. `llama.cpp`), part of every response's fingerprint.
+    pub backend: String,
+}
+
+/// Text to tokens, callable from any thread (request handlers count and check prompts before
+/// they reach the runner thread).
+pub trait Tokenizer: Send + Sync {
+    /// Tokens of `text`; special-token markup in it (chat templates) is parsed as such.
+    fn encode(&self, text: &str) -> Vec<Token>;
 }
 
 /// One sequence's work in a step: tokens to feed (a prefill chunk, or the last sampled token).
@@ -53,8 +64,8 @@ pub struct SeqStep {
 pub trait ModelRunner: Send + 'static {
     /// Facts about the model.
     fn info(&self) -> RunnerInfo;
-    /// Text to tokens.
-    fn tokenize(&self, text: &str) -> Vec<Token>;
+    /// The model's tokenizer, shared with request handlers.
+    fn tokenizer(&self) -> Arc<dyn Tokenizer>;
     /// The bytes one token stands for.
     fn token_bytes(&self, token: Token) -> Vec<u8>;
     /// Feeds every sequence its tokens in one batch and fills each `logits`.
@@ -116,6 +127,8 @@ pub struct Engine {
     admitted: Arc<AtomicUsize>,
     capacity: usize,
     info: RunnerInfo,
+    tokenizer: Arc<dyn Tokenizer>,
+    batch_size: Arc<AtomicUsize>,
 }
 
 /// The stream of one request; dropping it cancels the request and frees its slot.
@@ -136,18 +149,36 @@ impl Engine {
     /// Starts the runner thread.
     pub fn start(runner: Box<dyn ModelRunner>, config: EngineConfig) -> Self {
         let info = runner.info();
+        let tokenizer = runner.tokenizer();
         let capacity = config.max_batch + config.max_queue;
         let (commands, inbox) = std::sync::mpsc::sync_channel(capacity.max(1));
+        let batch_size = Arc::new(AtomicUsize::new(0));
+        let batch_size_seen = batch_size.clone();
         std::thread::Builder::new()
             .name("mantle-runner".into())
-            .spawn(move || run_loop(runner, config, inbox))
+            .spawn(move || run_loop(runner, config, inbox, &batch_size_seen))
             .expect("spawn the runner thread");
-        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info }
+        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size }
     }
 
     /// The model's facts.
     pub fn info(&self) -> &RunnerInfo {
         &self.info
+    }
+
+    /// Tokens of `text`, on the caller's thread.
+    pub fn tokenize(&self, text: &str) -> Vec<Token> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Sequences in the latest step (0 when idle).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.load(Ordering::Relaxed)
+    }
+
+    /// Requests admitted and not yet finished (running plus waiting).
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::Acquire).min(self.capacity)
     }
 
     /// Queues a generation, or answers `Overloaded` at once when the queue is full.
@@ -186,13 +217,14 @@ struct Active {
     next_input: Option<Token>,
 }
 
-fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>) {
+fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>, batch_size: &AtomicUsize) {
     let mut free: Vec<usize> = (0..config.max_batch).rev().collect();
     let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     loop {
         // Block only when idle; otherwise take what has arrived and keep decoding.
         if active.is_empty() && waiting.is_empty() {
+            batch_size.store(0, Ordering::Relaxed);
             match inbox.recv() {
                 Ok(command) => waiting.push_back(command),
                 Err(_) => return,
@@ -233,6 +265,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                 SeqStep { slot: seq.slot, tokens, logits: Vec::new() }
             })
             .collect();
+        batch_size.store(batch.len(), Ordering::Relaxed);
         if let Err(err) = runner.step(&mut batch) {
             tracing::error!("failed to run a batch step: {err}");
             for seq in active.drain(..) {

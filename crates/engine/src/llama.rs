@@ -13,7 +13,9 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::{ModelRunner, RunnerInfo, SeqStep, Token};
+use std::sync::Arc;
+
+use crate::{ModelRunner, RunnerInfo, SeqStep, Token, Tokenizer};
 
 /// llama.cpp's backend may be initialised once per process.
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
@@ -57,26 +59,29 @@ impl LlamaRunner {
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| format!("load {}: {e}", path.display()))?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         let capacity = settings.max_step_tokens.max(settings.max_batch) as usize;
+        // `context` is per sequence: llama.cpp splits a non-unified KV cache evenly between the
+        // sequences, so the whole cache holds `context` tokens for each of them.
+        let total = settings.context.saturating_mul(settings.max_batch);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(settings.context))
+            .with_n_ctx(NonZeroU32::new(total))
             .with_n_batch(capacity as u32)
             .with_n_ubatch(capacity as u32)
             .with_n_seq_max(settings.max_batch)
             .with_n_threads(settings.threads as i32)
             .with_n_threads_batch(settings.threads as i32);
         let ctx = model.new_context(backend, params).map_err(|e| format!("create a context: {e}"))?;
-        let n_ctx = ctx.n_ctx() as usize;
+        let n_ctx = (ctx.n_ctx() / settings.max_batch.max(1)) as usize;
         Ok(LlamaRunner { model, ctx, batch: LlamaBatch::new(capacity, 1), positions: Default::default(), n_ctx, capacity })
     }
 }
 
 impl ModelRunner for LlamaRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token }
+        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: "llama.cpp".into() }
     }
 
-    fn tokenize(&self, text: &str) -> Vec<Token> {
-        self.model.vocab().tokenize(text.as_bytes(), true, true).into_iter().map(|t| t.0 as Token).collect()
+    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        Arc::new(LlamaTokenizer { model: self.model })
     }
 
     fn token_bytes(&self, token: Token) -> Vec<u8> {
@@ -113,5 +118,20 @@ impl ModelRunner for LlamaRunner {
 
     fn is_end(&self, token: Token) -> bool {
         self.model.vocab().is_eog(LlamaToken(token as i32))
+    }
+}
+
+/// The model's own tokenizer; the model is shared read-only, which llama.cpp allows across threads.
+struct LlamaTokenizer {
+    model: &'static LlamaModel,
+}
+
+impl Tokenizer for LlamaTokenizer {
+    fn encode(&self, text: &str) -> Vec<Token> {
+        let vocab = self.model.vocab();
+        // A rendered chat template may already begin with the BOS text; do not add a second one.
+        let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
+        let has_bos = !bos_text.is_empty() && text.as_bytes().starts_with(&bos_text);
+        vocab.tokenize(text.as_bytes(), !has_bos, true).into_iter().map(|t| t.0 as Token).collect()
     }
 }

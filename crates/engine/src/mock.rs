@@ -1,7 +1,9 @@
 //! A deterministic runner for tests: byte tokens, logits that depend only on a sequence's own
 //! history (never on its batch neighbours), and per-slot state like a real KV cache.
 
-use crate::{ModelRunner, RunnerInfo, SeqStep, Token};
+use std::sync::Arc;
+
+use crate::{ModelRunner, RunnerInfo, SeqStep, Token, Tokenizer};
 
 /// The end-of-sequence token: one past the 256 byte tokens.
 pub const EOS: Token = 256;
@@ -23,11 +25,11 @@ impl MockRunner {
 
 impl ModelRunner for MockRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS }
+        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS, backend: "mock".into() }
     }
 
-    fn tokenize(&self, text: &str) -> Vec<Token> {
-        text.bytes().map(Token::from).collect()
+    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        Arc::new(ByteTokenizer)
     }
 
     fn token_bytes(&self, token: Token) -> Vec<u8> {
@@ -59,5 +61,14 @@ impl ModelRunner for MockRunner {
 
     fn release(&mut self, slot: usize) {
         self.slots.remove(&slot);
+    }
+}
+
+/// The mock's tokenizer: one token per byte.
+pub struct ByteTokenizer;
+
+impl Tokenizer for ByteTokenizer {
+    fn encode(&self, text: &str) -> Vec<Token> {
+        text.bytes().map(Token::from).collect()
     }
 }

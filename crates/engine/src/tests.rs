@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::mock::MockRunner;
-use crate::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, InferError, ModelRunner as _, SamplingParams};
+use crate::mock::{ByteTokenizer, MockRunner};
+use crate::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, InferError, SamplingParams, Tokenizer as _};
 
 fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
     let runner = MockRunner::new(4096);
@@ -12,7 +12,7 @@ fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sy
 }
 
 fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt: MockRunner::new(1).tokenize(prompt), params, max_tokens, stop: Vec::new() }
+    GenerateRequest { prompt: ByteTokenizer.encode(prompt), params, max_tokens, stop: Vec::new() }
 }
 
 async fn collect(mut generation: crate::Generation) -> (String, Event) {

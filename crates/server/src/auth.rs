@@ -2,6 +2,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use domain::auth::Principal;
 
 use crate::{ApiError, AppState};
@@ -13,17 +14,22 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = match parts.headers.get(axum::http::header::AUTHORIZATION) {
-            None => None,
-            Some(value) => {
-                let text = value.to_str().map_err(|_| domain::Error::Unauthenticated("malformed Authorization header".into()))?;
-                let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
-                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-                    return Err(domain::Error::Unauthenticated("expected Authorization: Bearer <token>".into()).into());
-                }
-                Some(token.trim().to_owned())
-            }
-        };
-        Ok(Auth(state.hub.authenticate(secret.as_deref()).await?))
+        Ok(Auth(principal(state, &parts.headers).await?))
     }
+}
+
+/// The caller named by the request's Bearer token, `Anonymous` without one, 401 for a bad one.
+pub(crate) async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, domain::Error> {
+    let secret = match headers.get(axum::http::header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| domain::Error::Unauthenticated("malformed Authorization header".into()))?;
+            let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(domain::Error::Unauthenticated("expected Authorization: Bearer <token>".into()));
+            }
+            Some(token.trim().to_owned())
+        }
+    };
+    state.hub.authenticate(secret.as_deref()).await
 }

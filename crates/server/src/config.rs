@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub hub: RawHub,
     pub auth: RawAuth,
+    pub runtime: RawRuntime,
 }
 
 /// `[server]`.
@@ -57,6 +58,15 @@ pub struct RawHub {
 pub struct RawAuth {
     pub admin_name: String,
     pub admin_token_file: String,
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub max_queue: u64,
+    pub prefill_chunk: u64,
+    pub models_dir: String,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -112,6 +122,18 @@ pub struct Config {
     pub upload_url_ttl: u64,
     pub admin_name: domain::ids::AccountName,
     pub admin_token_file: Option<PathBuf>,
+    pub runtime: RuntimeConfig,
+}
+
+/// Validated `[runtime]`.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Requests per deployment that may wait beyond the running ones.
+    pub max_queue: usize,
+    /// Prompt tokens fed per sequence per step.
+    pub prefill_chunk: usize,
+    /// Where approved model files are copied (verified) for the engine to load.
+    pub models_dir: PathBuf,
 }
 
 impl Config {
@@ -156,6 +178,14 @@ impl Config {
         if hub.upload_url_ttl == 0 {
             problems.push("hub.upload_url_ttl must be positive".to_owned());
         }
+        let runtime = &raw.runtime;
+        if !(1..=100_000).contains(&runtime.max_queue) {
+            problems.push("runtime.max_queue must be 1..=100000".to_owned());
+        }
+        if !(1..=8192).contains(&runtime.prefill_chunk) {
+            problems.push("runtime.prefill_chunk must be 1..=8192".to_owned());
+        }
+        let models_dir = if runtime.models_dir.is_empty() { data_dir.join("models") } else { PathBuf::from(&runtime.models_dir) };
         let admin_name = domain::ids::AccountName::parse(&raw.auth.admin_name).map_err(|err| problems.push(format!("auth.admin_name: {err}"))).ok();
         if !problems.is_empty() {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
@@ -173,6 +203,7 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
+            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, models_dir },
         })
     }
 }

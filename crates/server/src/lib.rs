@@ -6,7 +6,9 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 mod error;
+pub mod metrics;
 mod routes;
+pub mod runtime;
 pub mod scanner;
 mod signing;
 
@@ -28,6 +30,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Notified after a commit queues scans, so the worker starts at once.
     pub scan_wake: Arc<tokio::sync::Notify>,
+    /// Loaded deployments.
+    pub runtime: runtime::Runtime,
+    /// Serving metrics.
+    pub metrics: metrics::Metrics,
 }
 
 /// Builds the whole router.
@@ -45,7 +51,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     let hub = Hub { meta, blobs, config: config.hub.clone() };
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()) })
+    let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default() })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the

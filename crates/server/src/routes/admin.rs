@@ -160,5 +160,6 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(princip
 
 pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
     state.hub.undeploy(&principal, &name).await?;
+    state.runtime.unload(&name);
     Ok(Json(serde_json::json!({ "deleted": name })))
 }

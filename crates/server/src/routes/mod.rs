@@ -4,6 +4,7 @@ mod admin;
 mod commit;
 mod files;
 mod lfs;
+mod openai;
 mod repos;
 mod tree;
 mod vetting;
@@ -57,6 +58,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{model}", get(openai::retrieve_model))
+        .route("/v1/chat/completions", post(openai::create_chat_completion))
+        .route("/v1/completions", post(openai::create_completion))
         .layer(DefaultBodyLimit::max(json_limit));
     // Streaming routes read their bodies chunk by chunk and enforce their own limits.
     let streaming = Router::new()
@@ -71,16 +77,22 @@ pub(crate) fn router(state: AppState) -> Router {
     api.merge(streaming).merge(files).fallback(not_found).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&state.runtime))
+}
+
 /// Unknown paths. Repo-shaped ones (a repo id without namespace, say) answer `RepoNotFound`, so
 /// clients raise the same error as for any other missing repo.
-async fn not_found(uri: axum::http::Uri) -> ApiError {
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     let path = uri.path();
-    let repo_shaped = path.starts_with("/api/models/") || path.starts_with("/api/datasets/") || path.contains("/resolve/");
-    if repo_shaped {
-        domain::Error::RepoNotFound(format!("repository not found for {path}")).into()
-    } else {
-        domain::Error::NotFound(format!("no such endpoint: {path}")).into()
+    if path.starts_with("/v1/") {
+        return openai::OpenAiError::not_found(format!("no such endpoint: {path}")).into_response();
     }
+    let repo_shaped = path.starts_with("/api/models/") || path.starts_with("/api/datasets/") || path.contains("/resolve/");
+    let err = if repo_shaped { domain::Error::RepoNotFound(format!("repository not found for {path}")) } else { domain::Error::NotFound(format!("no such endpoint: {path}")) };
+    ApiError::from(err).into_response()
 }
 
 /// `/api/{kinds}/{ns}/{name}/...` path parameters.

@@ -55,7 +55,9 @@ impl TestServer {
         };
         let mut raw = RawConfig::load(None, &flags).unwrap();
         tweak(&mut raw);
-        let state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();
+        let mut state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();
+        // Deployments run on the deterministic mock runner (a byte tokenizer), whatever the file.
+        state.runtime = server::runtime::Runtime::new(state.config.runtime.clone(), std::sync::Arc::new(|_: &engine::RunnerConfig| Ok(Box::new(engine::mock::MockRunner::new(4096)) as Box<dyn engine::ModelRunner>)));
         server::bootstrap::admin_token(&state).await.unwrap();
         TestServer { router: server::router(state.clone()), state, dir }
     }
@@ -73,6 +75,12 @@ impl TestServer {
         let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
         Reply { status, headers, body }
+    }
+
+    /// Sends a request and returns the response with its body unread (a stream the test holds).
+    pub(crate) async fn open_stream(&self, uri: &str, token: &str, body: serde_json::Value) -> axum::response::Response {
+        let request = Request::builder().method("POST").uri(uri).header("host", "mantle.test").header("authorization", format!("Bearer {token}")).header("content-type", "application/json");
+        self.router.clone().oneshot(request.body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()).await.unwrap()
     }
 
     pub(crate) async fn json(&self, method: &str, uri: &str, token: Option<&str>, body: serde_json::Value) -> Reply {

@@ -4,5 +4,6 @@
 mod access;
 mod bad_input;
 mod harness;
+mod openai;
 mod tidy;
 mod vetting;

@@ -219,6 +219,26 @@ async fn reopening_keeps_data() {
     assert!(second.get_account(&name("carol")).await.unwrap().is_some());
 }
 
+/// Regression (CI of stop 7, "database is locked"): a write waits for SQLite's write lock while
+/// another connection (here a second process on the same file) holds it, instead of failing at once.
+#[tokio::test]
+async fn sqlite_writers_wait_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let store = SqlMetaStore::connect(&url).await.unwrap();
+    let other = SqlMetaStore::connect(&url).await.unwrap();
+    let mut holder = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'x')").execute(&mut *holder).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+    });
+    // Reads first, then writes: a deferred transaction would get SQLITE_BUSY here without waiting.
+    store.create_account(&name("dora"), AccountKind::User, None, event("user.create")).await.unwrap();
+    release.await.unwrap();
+    assert!(store.get_account(&name("dora")).await.unwrap().is_some());
+}
+
 async fn check_scan_queue(meta: &dyn MetaStore) {
     use domain::vetting::{Finding, Level, Override, Policy, ScanResult};
     // Commits queued scans for every added file (earlier commits in this suite added some).

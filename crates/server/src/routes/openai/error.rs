@@ -1,0 +1,90 @@
+//! OpenAI's error shape, `{"error": {message, type, param, code}}`, for every failure on `/v1`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use engine::InferError;
+
+/// An error on its way out of an OpenAI route.
+#[derive(Debug)]
+pub(crate) struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl OpenAiError {
+    /// A 400 about one request field.
+    pub(crate) fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: param.map(str::to_owned), code: None }
+    }
+
+    /// A 400 for a field or value Mantle does not serve (yet), rather than silently ignoring it.
+    pub(crate) fn unsupported(param: &str, what: &str) -> Self {
+        OpenAiError { code: Some("unsupported_parameter"), ..Self::invalid(format!("{what} is not supported by this server"), Some(param)) }
+    }
+
+    /// A 404 for a path that is no OpenAI endpoint.
+    pub(crate) fn not_found(message: String) -> Self {
+        OpenAiError { status: StatusCode::NOT_FOUND, message, kind: "invalid_request_error", param: None, code: Some("unknown_url") }
+    }
+
+    /// A request body that is not the JSON this route expects.
+    pub(crate) fn from_rejection(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        OpenAiError { status: StatusCode::BAD_REQUEST, ..Self::invalid(format!("invalid request body: {}", rejection.body_text()), None) }
+    }
+
+    /// A prompt that does not fit the model's context.
+    pub(crate) fn context_exceeded(message: String) -> Self {
+        OpenAiError { code: Some("context_length_exceeded"), ..Self::invalid(message, Some("messages")) }
+    }
+}
+
+impl From<domain::Error> for OpenAiError {
+    fn from(err: domain::Error) -> Self {
+        use domain::Error;
+        let (status, kind, code) = match &err {
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", None),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Error::RepoNotFound(_) | Error::RevisionNotFound(_) | Error::EntryNotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", None),
+            Error::Internal(detail) => {
+                tracing::error!("failed to serve an OpenAI request: {detail}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+            }
+        };
+        let message = match &err {
+            Error::Internal(_) => "internal error; see the server log".to_owned(),
+            Error::Unauthenticated(_) => format!("{err}: pass a Mantle token as the API key (Authorization: Bearer <token>)"),
+            other => other.to_string(),
+        };
+        OpenAiError { status, message, kind, param: None, code }
+    }
+}
+
+impl From<InferError> for OpenAiError {
+    fn from(err: InferError) -> Self {
+        match err {
+            InferError::Overloaded => OpenAiError { status: StatusCode::TOO_MANY_REQUESTS, message: err.to_string(), kind: "rate_limit_error", param: None, code: Some("rate_limit_exceeded") },
+            InferError::Invalid(message) => OpenAiError::context_exceeded(message),
+            InferError::Unavailable(message) => {
+                tracing::error!("failed to reach an engine: {message}");
+                OpenAiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the model is unavailable; see the server log".into(), kind: "server_error", param: None, code: None }
+            }
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = api::openai::OpenAiErrorBody { error: api::openai::OpenAiError { message: self.message, kind: self.kind.to_owned(), param: self.param, code: self.code.map(str::to_owned) } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

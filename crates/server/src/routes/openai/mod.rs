@@ -1,0 +1,322 @@
+//! The OpenAI API over deployments: `/v1/models`, `/v1/chat/completions` and `/v1/completions`,
+//! plain and streamed (SSE). Mantle tokens are the API keys; a deployment is a model the caller
+//! may use when it can see the deployment's repo.
+
+mod error;
+mod params;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use api::openai as wire;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::auth::Principal;
+use engine::{Event, FinishReason, GenerateRequest, Generation, Token};
+use futures::stream::{BoxStream, SelectAll};
+use futures::StreamExt as _;
+
+pub(crate) use error::OpenAiError;
+use params::{Endpoint, Options};
+
+use crate::metrics::RequestTimer;
+use crate::runtime::Served;
+use crate::AppState;
+
+/// `GET /v1/models`: the deployments the caller may use.
+pub(crate) async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::ModelList>, OpenAiError> {
+    let principal = authenticate(&state, &headers).await?;
+    let deployments = state.hub.runnable_deployments(&principal).await?;
+    let data = deployments.iter().map(model_entry).collect();
+    Ok(Json(wire::ModelList { object: "list".into(), data }))
+}
+
+/// `GET /v1/models/{model}`.
+pub(crate) async fn retrieve_model(State(state): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> Result<Json<wire::Model>, OpenAiError> {
+    let principal = authenticate(&state, &headers).await?;
+    let deployment = state.hub.runnable_deployment(&principal, &model).await?;
+    Ok(Json(model_entry(&deployment)))
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn create_chat_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::ChatCompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
+    let principal = authenticate(&state, &headers).await?;
+    let Json(request) = body.map_err(OpenAiError::from_rejection)?;
+    let options = Options::parse(&request.sampling, Endpoint::Chat)?;
+    let messages = params::template_messages(&request.messages)?;
+    let served = serve(&state, &principal, &request.model).await?;
+    let Some(chat) = &served.chat else {
+        return Err(OpenAiError::invalid(format!("model {} has no chat template; use /v1/completions", request.model), Some("model")));
+    };
+    let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
+    let prompt = served.engine.tokenize(&prompt_text);
+    let timer = state.metrics.start(&served.deployment.name);
+    let run = Run::start(&served, vec![prompt], &options, Endpoint::Chat, timer)?;
+    Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn create_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::CompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
+    let principal = authenticate(&state, &headers).await?;
+    let Json(request) = body.map_err(OpenAiError::from_rejection)?;
+    let options = Options::parse(&request.sampling, Endpoint::Completions)?;
+    if request.best_of.is_some_and(|b| b as usize != options.n) {
+        return Err(OpenAiError::unsupported("best_of", "best_of other than n"));
+    }
+    if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(OpenAiError::unsupported("suffix", "suffix (fill-in-the-middle)"));
+    }
+    if request.echo == Some(true) {
+        return Err(OpenAiError::unsupported("echo", "echo"));
+    }
+    let served = serve(&state, &principal, &request.model).await?;
+    let n_vocab = served.engine.info().n_vocab;
+    let check_tokens = |tokens: &[u32]| -> Result<Vec<Token>, OpenAiError> {
+        match tokens.iter().find(|t| **t as usize >= n_vocab) {
+            Some(bad) => Err(OpenAiError::invalid(format!("token {bad} is outside the vocabulary of {n_vocab}"), Some("prompt"))),
+            None => Ok(tokens.to_vec()),
+        }
+    };
+    let prompts: Vec<Vec<Token>> = match &request.prompt {
+        wire::Prompt::Text(text) => vec![served.engine.tokenize(text)],
+        wire::Prompt::Texts(texts) => texts.iter().map(|t| served.engine.tokenize(t)).collect(),
+        wire::Prompt::Tokens(tokens) => vec![check_tokens(tokens)?],
+        wire::Prompt::TokenLists(lists) => lists.iter().map(|l| check_tokens(l)).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() || prompts.len() * options.n > 64 {
+        return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
+    }
+    let timer = state.metrics.start(&served.deployment.name);
+    let run = Run::start(&served, prompts, &options, Endpoint::Completions, timer)?;
+    Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
+}
+
+/// The Bearer token's principal; `/v1` always needs one.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, OpenAiError> {
+    let principal = crate::auth::principal(state, headers).await?;
+    principal.user()?;
+    Ok(principal)
+}
+
+/// The loaded model behind `name`, if the caller may use it. A deployment that is gone
+/// (undeployed, perhaps by another replica) is unloaded here.
+async fn serve(state: &AppState, principal: &Principal, name: &str) -> Result<Arc<Served>, OpenAiError> {
+    match state.hub.runnable_deployment(principal, name).await {
+        Ok(deployment) => Ok(state.runtime.get(&state.hub, deployment).await?),
+        Err(err) => {
+            if matches!(err, domain::Error::NotFound(_)) {
+                state.runtime.unload(name);
+            }
+            Err(err.into())
+        }
+    }
+}
+
+fn model_entry(deployment: &domain::meta::Deployment) -> wire::Model {
+    let created = chrono::DateTime::parse_from_rfc3339(&deployment.created_at).map(|t| t.timestamp()).unwrap_or(0);
+    wire::Model { id: deployment.name.clone(), object: "model".into(), created, owned_by: deployment.repo.namespace.to_string() }
+}
+
+/// One request's generations: every prompt times `n` choices, started together so they batch.
+struct Run {
+    endpoint: Endpoint,
+    id: String,
+    created: i64,
+    prompt_tokens: usize,
+    n_choices: usize,
+    events: SelectAll<BoxStream<'static, (usize, Event)>>,
+    timer: RequestTimer,
+}
+
+impl Run {
+    fn start(served: &Served, prompts: Vec<Vec<Token>>, options: &Options, endpoint: Endpoint, timer: RequestTimer) -> Result<Run, OpenAiError> {
+        let n_ctx = served.engine.info().n_ctx;
+        let mut streams = Vec::new();
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        for (p, prompt) in prompts.into_iter().enumerate() {
+            if prompt.len() >= n_ctx {
+                return Err(OpenAiError::context_exceeded(format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
+            }
+            let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len());
+            for j in 0..options.n {
+                let index = p * options.n + j;
+                let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone() };
+                // A failure drops the generations already started, which cancels them.
+                let generation = served.engine.generate(request).map_err(|err| {
+                    timer.reject(&err);
+                    OpenAiError::from(err)
+                })?;
+                streams.push(events_of(index, generation));
+            }
+        }
+        let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+        let n_choices = streams.len();
+        Ok(Run { endpoint, id: format!("{prefix}-{}", random_id()), created: chrono::Utc::now().timestamp(), prompt_tokens, n_choices, events: futures::stream::select_all(streams), timer })
+    }
+
+    async fn respond(self, served: &Served, model: String, stream: bool, include_usage: bool) -> Response {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(&served.revision) {
+            headers.insert("x-mantle-revision", value);
+        }
+        let head = Head { id: self.id.clone(), created: self.created, model, fingerprint: served.fingerprint.clone(), endpoint: self.endpoint };
+        if stream {
+            let chunks = stream_chunks(self, head, include_usage);
+            (headers, Sse::new(chunks)).into_response()
+        } else {
+            match self.collect(head).await {
+                Ok(body) => (headers, body).into_response(),
+                Err(err) => err.into_response(),
+            }
+        }
+    }
+
+    async fn collect(mut self, head: Head) -> Result<Response, OpenAiError> {
+        let mut texts = vec![String::new(); self.n_choices];
+        let mut reasons = vec![None; self.n_choices];
+        let mut completion_tokens = 0;
+        while let Some((index, event)) = self.events.next().await {
+            match event {
+                Event::Text(piece) => {
+                    self.timer.token();
+                    texts[index].push_str(&piece);
+                }
+                Event::Done { finish_reason, completion_tokens: n, .. } => {
+                    completion_tokens += n;
+                    reasons[index] = Some(finish_reason);
+                }
+                Event::Failed(err) => {
+                    self.timer.fail();
+                    return Err(domain::Error::Internal(format!("generation failed: {err}")).into());
+                }
+            }
+        }
+        let usage = usage(self.prompt_tokens, completion_tokens);
+        self.timer.finish(self.prompt_tokens, completion_tokens);
+        let finish = |i: usize| reason_text(reasons[i].unwrap_or(FinishReason::Stop)).to_owned();
+        Ok(match head.endpoint {
+            Endpoint::Chat => {
+                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::ChatChoice { index: i as u32, message: wire::AssistantMessage { role: "assistant".into(), content: text, refusal: None }, logprobs: None, finish_reason: finish(i) }).collect();
+                Json(wire::ChatCompletion { id: head.id, object: "chat.completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage }).into_response()
+            }
+            Endpoint::Completions => {
+                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::CompletionChoice { index: i as u32, text, logprobs: None, finish_reason: Some(finish(i)) }).collect();
+                Json(wire::Completion { id: head.id, object: "text_completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage: Some(Some(usage)) }).into_response()
+            }
+        })
+    }
+}
+
+/// What every chunk of one response repeats.
+#[derive(Clone)]
+struct Head {
+    id: String,
+    created: i64,
+    model: String,
+    fingerprint: String,
+    endpoint: Endpoint,
+}
+
+impl Head {
+    /// One chunk with one choice's delta (or, for the usage chunk, no choices).
+    fn chunk(&self, choice: Option<(usize, Option<&str>, Option<String>, Option<FinishReason>)>, usage: Option<Option<wire::Usage>>) -> SseEvent {
+        let finish = |r: Option<FinishReason>| r.map(|r| reason_text(r).to_owned());
+        let json = match self.endpoint {
+            Endpoint::Chat => {
+                let choices = choice.into_iter().map(|(index, role, content, reason)| wire::ChunkChoice { index: index as u32, delta: wire::Delta { role: role.map(str::to_owned), content }, logprobs: None, finish_reason: finish(reason) }).collect();
+                serde_json::to_string(&wire::ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
+            }
+            Endpoint::Completions => {
+                let choices = choice.into_iter().map(|(index, _, content, reason)| wire::CompletionChoice { index: index as u32, text: content.unwrap_or_default(), logprobs: None, finish_reason: finish(reason) }).collect();
+                serde_json::to_string(&wire::Completion { id: self.id.clone(), object: "text_completion".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
+            }
+        };
+        SseEvent::default().data(json.expect("chunks serialize"))
+    }
+}
+
+/// The SSE body: a role chunk per chat choice, content chunks as text arrives, a finish chunk
+/// per choice, the usage chunk when asked for, then `[DONE]`. Dropping it (a client that went
+/// away) drops the generations, which cancels them in the engine.
+fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static, Result<SseEvent, Infallible>> {
+    struct State {
+        run: Run,
+        head: Head,
+        include_usage: bool,
+        queue: VecDeque<SseEvent>,
+        completion_tokens: usize,
+        done: bool,
+    }
+    let usage_field = |include: bool| include.then_some(None);
+    let mut queue = VecDeque::new();
+    if head.endpoint == Endpoint::Chat {
+        for index in 0..run.n_choices {
+            queue.push_back(head.chunk(Some((index, Some("assistant"), Some(String::new()), None)), usage_field(include_usage)));
+        }
+    }
+    let state = State { run, head, include_usage, queue, completion_tokens: 0, done: false };
+    futures::stream::unfold(state, move |mut state| async move {
+        loop {
+            if let Some(event) = state.queue.pop_front() {
+                return Some((Ok(event), state));
+            }
+            if state.done {
+                return None;
+            }
+            let usage_field = state.include_usage.then_some(None);
+            match state.run.events.next().await {
+                Some((index, Event::Text(piece))) => {
+                    state.run.timer.token();
+                    state.queue.push_back(state.head.chunk(Some((index, None, Some(piece), None)), usage_field));
+                }
+                Some((index, Event::Done { finish_reason, completion_tokens, .. })) => {
+                    state.completion_tokens += completion_tokens;
+                    let empty = (state.head.endpoint == Endpoint::Completions).then(String::new);
+                    state.queue.push_back(state.head.chunk(Some((index, None, empty, Some(finish_reason))), usage_field));
+                }
+                Some((_, Event::Failed(err))) => {
+                    tracing::error!("failed to generate mid-stream: {err}");
+                    state.run.timer.fail();
+                    let body = serde_json::json!({ "error": { "message": "generation failed; see the server log", "type": "server_error", "param": null, "code": null } });
+                    state.queue.push_back(SseEvent::default().data(body.to_string()));
+                    state.done = true;
+                }
+                None => {
+                    let (prompt_tokens, completion_tokens) = (state.run.prompt_tokens, state.completion_tokens);
+                    state.run.timer.finish(prompt_tokens, completion_tokens);
+                    if state.include_usage {
+                        state.queue.push_back(state.head.chunk(None, Some(Some(usage(prompt_tokens, completion_tokens)))));
+                    }
+                    state.queue.push_back(SseEvent::default().data("[DONE]"));
+                    state.done = true;
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn events_of(index: usize, generation: Generation) -> BoxStream<'static, (usize, Event)> {
+    futures::stream::unfold(generation, move |mut generation| async move { generation.events.recv().await.map(|event| ((index, event), generation)) }).boxed()
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> wire::Usage {
+    wire::Usage { prompt_tokens: prompt_tokens as u64, completion_tokens: completion_tokens as u64, total_tokens: (prompt_tokens + completion_tokens) as u64 }
+}
+
+fn reason_text(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn random_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString as _};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
+}

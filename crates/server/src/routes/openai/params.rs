@@ -1,0 +1,165 @@
+//! Request fields checked once and turned into engine settings (parse, don't validate).
+
+use api::openai::{MessageContent, SamplingFields, Stop};
+use engine::SamplingParams;
+
+use super::error::OpenAiError;
+
+/// Which route a request came in on; a few fields differ between them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// Validated generation options of one request.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) params: SamplingParams,
+    /// `None`: up to the end of the context.
+    pub(crate) max_tokens: Option<usize>,
+    pub(crate) stop: Vec<String>,
+    /// Choices per prompt.
+    pub(crate) n: usize,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+}
+
+/// The most choices one request may ask for.
+const MAX_N: u32 = 16;
+/// The most stop sequences, as OpenAI allows.
+const MAX_STOP: usize = 4;
+
+impl Options {
+    /// Checks every field; a value out of range or a feature not served is a 400 naming it.
+    pub(crate) fn parse(fields: &SamplingFields, endpoint: Endpoint) -> Result<Options, OpenAiError> {
+        let stream = fields.stream.unwrap_or(false);
+        if fields.stream_options.is_some() && !stream {
+            return Err(OpenAiError::invalid("stream_options is only allowed when stream is true", Some("stream_options")));
+        }
+        let include_usage = fields.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let temperature = range(fields.temperature, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
+        let top_p = range(fields.top_p, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
+        let min_p = range(fields.min_p, "min_p", 0.0, 1.0)?.unwrap_or(0.0);
+        let frequency_penalty = range(fields.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+        let presence_penalty = range(fields.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+        let repetition_penalty = range(fields.repetition_penalty, "repetition_penalty", 0.0, 10.0)?.unwrap_or(1.0);
+        if repetition_penalty == 0.0 {
+            return Err(OpenAiError::invalid("repetition_penalty must be greater than 0", Some("repetition_penalty")));
+        }
+        let top_k = match fields.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if (1..=1_000_000).contains(&k) => k as usize,
+            Some(k) => return Err(OpenAiError::invalid(format!("top_k must be -1, 0 or a positive count; got {k}"), Some("top_k"))),
+        };
+        // max_completion_tokens is the newer name; a request naming both gets the newer one.
+        let max_tokens = match (fields.max_completion_tokens, fields.max_tokens) {
+            (Some(0), _) | (None, Some(0)) => return Err(OpenAiError::invalid("max_tokens must be at least 1", Some("max_tokens"))),
+            (Some(n), _) | (None, Some(n)) => Some(n as usize),
+            (None, None) => None,
+        };
+        let stop = match &fields.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(list)) => list.clone(),
+        };
+        if stop.len() > MAX_STOP {
+            return Err(OpenAiError::invalid(format!("stop takes at most {MAX_STOP} sequences"), Some("stop")));
+        }
+        if stop.iter().any(|s| s.len() > 1024) {
+            return Err(OpenAiError::invalid("a stop sequence is longer than 1024 bytes", Some("stop")));
+        }
+        let n = fields.n.unwrap_or(1);
+        if !(1..=MAX_N).contains(&n) {
+            return Err(OpenAiError::invalid(format!("n must be between 1 and {MAX_N}"), Some("n")));
+        }
+        let wants_logprobs = match (&fields.logprobs, endpoint) {
+            (None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)), _) => false,
+            (Some(serde_json::Value::Bool(true)), Endpoint::Chat) => true,
+            (Some(serde_json::Value::Number(k)), Endpoint::Completions) => k.as_u64() != Some(0),
+            (Some(_), Endpoint::Chat) => return Err(OpenAiError::invalid("logprobs must be a boolean", Some("logprobs"))),
+            (Some(_), Endpoint::Completions) => return Err(OpenAiError::invalid("logprobs must be an integer", Some("logprobs"))),
+        };
+        if wants_logprobs || fields.top_logprobs.unwrap_or(0) > 0 {
+            return Err(OpenAiError::unsupported("logprobs", "logprobs"));
+        }
+        if fields.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|m| !m.is_empty())) {
+            return Err(OpenAiError::unsupported("logit_bias", "logit_bias"));
+        }
+        match &fields.response_format {
+            None | Some(serde_json::Value::Null) => {}
+            Some(format) if format.get("type").and_then(|t| t.as_str()) == Some("text") => {}
+            Some(_) => return Err(OpenAiError::unsupported("response_format", "response_format other than {\"type\": \"text\"}")),
+        }
+        if fields.tools.as_ref().is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
+            return Err(OpenAiError::unsupported("tools", "tool calling"));
+        }
+        match &fields.tool_choice {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(_) => return Err(OpenAiError::unsupported("tool_choice", "tool_choice other than none or auto")),
+        }
+        let seed = fields.seed.map(|s| s as u64);
+        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, seed };
+        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage })
+    }
+
+    /// The sampling settings of choice `index`: with a seed, each choice gets its own stream.
+    pub(crate) fn params_for(&self, index: usize) -> SamplingParams {
+        let mut params = self.params.clone();
+        params.seed = params.seed.map(|seed| seed.wrapping_add(index as u64));
+        params
+    }
+}
+
+fn range(value: Option<f32>, name: &str, low: f32, high: f32) -> Result<Option<f32>, OpenAiError> {
+    match value {
+        Some(v) if !v.is_finite() || v < low || v > high => Err(OpenAiError::invalid(format!("{name} must be between {low} and {high}; got {v}"), Some(name))),
+        other => Ok(other),
+    }
+}
+
+/// Chat messages as the template sees them (`[{role, content}]`), checked.
+pub(crate) fn template_messages(messages: &[api::openai::ChatMessage]) -> Result<serde_json::Value, OpenAiError> {
+    if messages.is_empty() {
+        return Err(OpenAiError::invalid("messages must not be empty", Some("messages")));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let role = match message.role.as_str() {
+            role @ ("system" | "user" | "assistant" | "tool") => role,
+            "developer" => "system",
+            other => return Err(OpenAiError::invalid(format!("{param}.role {other:?} is not one of system, developer, user, assistant, tool"), Some(&param))),
+        };
+        if message.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(OpenAiError::unsupported(&param, "tool_calls in messages"));
+        }
+        let content = match &message.content {
+            None => {
+                return Err(OpenAiError::invalid(format!("{param}.content is required"), Some(&param)));
+            }
+            Some(MessageContent::Text(text)) => text.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(piece)) => text.push_str(piece),
+                        ("text", None) => return Err(OpenAiError::invalid(format!("{param}: a text part needs text"), Some(&param))),
+                        (other, _) => return Err(OpenAiError::unsupported(&param, &format!("content parts of type {other:?}"))),
+                    }
+                }
+                text
+            }
+        };
+        let mut entry = serde_json::json!({ "role": role, "content": content });
+        if let Some(name) = &message.name {
+            entry["name"] = serde_json::Value::String(name.clone());
+        }
+        if let Some(id) = &message.tool_call_id {
+            entry["tool_call_id"] = serde_json::Value::String(id.clone());
+        }
+        out.push(entry);
+    }
+    Ok(serde_json::Value::Array(out))
+}

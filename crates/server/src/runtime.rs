@@ -1,0 +1,204 @@
+//! Loaded models. A deployment loads on first use: its blob is copied to the models folder and
+//! checked against the digest it was deployed with, its revision's verdict is checked again, and
+//! the engine starts a runner thread on that local file. Later requests share the engine.
+//! A deployment that changed (another replica redeployed it) or vanished is unloaded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use domain::hub::Hub;
+use domain::ids::Digest;
+use domain::meta::Deployment;
+use domain::Error;
+use engine::{Engine, EngineConfig, ModelRunner, RunnerConfig};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::config::RuntimeConfig;
+
+/// Builds a runner for a local model file (the real backends, or a mock in tests).
+pub type LoadRunner = Arc<dyn Fn(&RunnerConfig) -> Result<Box<dyn ModelRunner>, String> + Send + Sync>;
+
+/// A cheap handle to the loaded models of this process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    load: LoadRunner,
+    config: RuntimeConfig,
+    // A std Mutex: it is never held across an await; loads wait on the per-deployment cell.
+    loaded: Mutex<HashMap<String, Slot>>,
+}
+
+struct Slot {
+    identity: String,
+    cell: Arc<tokio::sync::OnceCell<Arc<Served>>>,
+}
+
+/// One deployment, loaded and serving.
+pub struct Served {
+    pub deployment: Deployment,
+    pub engine: Engine,
+    /// The chat template from the model file, with the BOS/EOS texts it uses.
+    pub chat: Option<ChatTemplate>,
+    /// `fp_` and 10 hex digits over commit, file digest, backend and settings.
+    pub fingerprint: String,
+    /// `repo@commit`, sent as `x-mantle-revision`.
+    pub revision: String,
+    /// Unix seconds when it was loaded.
+    pub loaded_at: i64,
+    /// How long loading took (copy, check and backend start).
+    pub load_seconds: f64,
+}
+
+/// A chat template and its special-token texts.
+#[derive(Clone, Debug)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos: String,
+    pub eos: String,
+}
+
+impl Runtime {
+    /// A runtime that loads models with `load`.
+    pub fn new(config: RuntimeConfig, load: LoadRunner) -> Self {
+        Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// The real backends (`engine::load_runner`).
+    pub fn with_engine_backends(config: RuntimeConfig) -> Self {
+        Self::new(config, Arc::new(|config: &RunnerConfig| engine::load_runner(config)))
+    }
+
+    /// The served model of `deployment`, loading it first if needed.
+    pub async fn get(&self, hub: &Hub, deployment: Deployment) -> Result<Arc<Served>, Error> {
+        let identity = identity(&deployment);
+        let cell = {
+            let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
+            let slot = loaded.entry(deployment.name.clone()).or_insert_with(|| Slot { identity: identity.clone(), cell: Arc::default() });
+            if slot.identity != identity {
+                // Redeployed elsewhere: the old engine stops once its last request ends.
+                *slot = Slot { identity: identity.clone(), cell: Arc::default() };
+            }
+            slot.cell.clone()
+        };
+        // Concurrent first requests wait for one load; a failed load is retried by the next request.
+        let served = cell.get_or_try_init(|| self.load(hub, deployment)).await?;
+        Ok(served.clone())
+    }
+
+    /// Forgets a deployment; its engine stops when the last request using it ends.
+    pub fn unload(&self, name: &str) {
+        self.inner.loaded.lock().expect("runtime map not poisoned").remove(name);
+    }
+
+    /// The loaded deployments, by name.
+    pub fn resident(&self) -> Vec<Arc<Served>> {
+        let loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
+        let mut served: Vec<Arc<Served>> = loaded.values().filter_map(|slot| slot.cell.get().cloned()).collect();
+        served.sort_by(|a, b| a.deployment.name.cmp(&b.deployment.name));
+        served
+    }
+
+    async fn load(&self, hub: &Hub, deployment: Deployment) -> Result<Arc<Served>, Error> {
+        let started = std::time::Instant::now();
+        hub.check_loadable(&deployment).await?;
+        let path = materialize(hub, &self.inner.config.models_dir, &deployment.file_sha256).await?;
+        let settings = &deployment.settings;
+        let prefill_chunk = self.inner.config.prefill_chunk;
+        let runner_config = RunnerConfig {
+            path: path.clone(),
+            context: settings.context,
+            max_batch: settings.max_batch,
+            threads: settings.threads,
+            max_step_tokens: (settings.max_batch as usize * prefill_chunk).min(u32::MAX as usize) as u32,
+        };
+        let load = self.inner.load.clone();
+        let name = deployment.name.clone();
+        let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let chat = read_chat_template(&runner_config.path);
+            Ok((load(&runner_config)?, chat))
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(|err| Error::Internal(format!("load deployment {name}: {err}")))?;
+        let backend = runner.info().backend;
+        let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk });
+        let load_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
+        let fingerprint = fingerprint(&deployment, &backend, prefill_chunk);
+        let revision = format!("{}@{}", deployment.repo, deployment.commit);
+        Ok(Arc::new(Served { deployment, engine, chat, fingerprint, revision, loaded_at: chrono::Utc::now().timestamp(), load_seconds }))
+    }
+}
+
+/// What makes two deployments of one name the same loaded model.
+fn identity(deployment: &Deployment) -> String {
+    let s = &deployment.settings;
+    format!("{}|{}|{}|{}|{}|{}", deployment.commit, deployment.file_sha256, deployment.file_path, s.context, s.max_batch, s.threads)
+}
+
+fn fingerprint(deployment: &Deployment, backend: &str, prefill_chunk: usize) -> String {
+    let s = &deployment.settings;
+    let text = format!(
+        "commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}\nprefill_chunk={prefill_chunk}",
+        deployment.commit,
+        deployment.file_sha256,
+        env!("CARGO_PKG_VERSION"),
+        s.context,
+        s.max_batch,
+        s.threads
+    );
+    format!("fp_{}", &hex::encode(Sha256::digest(text.as_bytes()))[..10])
+}
+
+/// The GGUF chat template, when the file is a GGUF that has one.
+fn read_chat_template(path: &Path) -> Option<ChatTemplate> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let templates = vet::gguf::chat_templates(&mut file).ok()?;
+    let source = templates.templates.iter().find(|(key, _)| key == "tokenizer.chat_template").or(templates.templates.first())?.1.clone();
+    Some(ChatTemplate { source, bos: templates.bos_token, eos: templates.eos_token })
+}
+
+/// Copies a blob to `dir/<sha256>` through a temporary file, checking the digest before the
+/// rename; an existing copy of the right size is reused. The engine only ever opens such copies.
+async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, Error> {
+    let path = dir.join(digest.as_str());
+    let expected = hub.blobs.size_of(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
+    if tokio::fs::metadata(&path).await.map(|m| m.len() == expected).unwrap_or(false) {
+        return Ok(path);
+    }
+    tokio::fs::create_dir_all(dir).await.map_err(|err| Error::Internal(format!("create {}: {err}", dir.display())))?;
+    let temp = dir.join(format!(".{}.{}.tmp", digest.as_str(), uuid_like()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&temp).await.map_err(Error::internal)?;
+        let mut hasher = Sha256::new();
+        let mut stream = hub.blobs.get(digest, None).await?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(Error::internal)?;
+        }
+        file.sync_all().await.map_err(Error::internal)?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != digest.as_str() {
+            return Err(Error::Internal(format!("blob {digest} read back as {actual}; refusing to load it")));
+        }
+        tokio::fs::rename(&temp, &path).await.map_err(Error::internal)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&temp).await;
+    }
+    result.map(|()| path)
+}
+
+/// A short random suffix for temporary names.
+fn uuid_like() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
