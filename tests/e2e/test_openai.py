@@ -3,50 +3,25 @@ huggingface_hub like a user would, vetted, deployed and served by llama.cpp insi
 
 import concurrent.futures
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import openai
 import pytest
 
 import conftest
+from conftest import SMOLLM2, models_dir, push_smollm2
 from test_vetting import wait_for_verdict
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The 135M model answers this well with a short system prompt (with the template's long default
 # one, greedy decoding wanders off into French).
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the capital of France?"}]
 
 
-def models_dir():
-    models = os.environ.get("MANTLE_MODELS")
-    if not models:
-        pytest.skip("MANTLE_MODELS not set (scripts/fetch-models.sh)")
-    return Path(models)
-
-
 def push_and_deploy(server, tmp, *deploy_args):
-    """Pushes SmolLM2 as a new user's repo, waits for a safe verdict, deploys it; returns (name, token, repo)."""
-    user, token = server.new_user()
-    src = Path(tmp) / ("smollm2-" + uuid.uuid4().hex[:6])
-    src.mkdir()
-    os.symlink(models_dir() / GGUF, src / GGUF)
-    (src / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct, Q4_1\n")
-    repo = f"{user}/smollm2"
-    server.python(
-        f"""
-from huggingface_hub import HfApi
-api = HfApi(token={token!r})
-api.create_repo({repo!r})
-api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
-""",
-        env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
-    )
+    """Pushes SmolLM2, waits for a safe verdict, deploys it; returns (name, token, repo)."""
+    _, token, repo = push_smollm2(server, tmp)
     verdict = wait_for_verdict(server, repo, token)
     assert verdict["status"] == "safe" and not verdict["blocked"], verdict
     name = "smol-" + uuid.uuid4().hex[:6]
@@ -74,7 +49,7 @@ def test_models_and_plain_chat(server, smol):
     assert answer.choices[0].finish_reason in ("stop", "length")
     assert answer.system_fingerprint.startswith("fp_")
     commit = server.cli("ls", repo, token=token).stdout  # the repo exists and lists for its owner
-    assert GGUF in commit
+    assert SMOLLM2 in commit
     revision = raw.headers["x-mantle-revision"]
     assert revision.startswith(repo + "@") and len(revision.split("@")[1]) == 40
     usage = answer.usage

