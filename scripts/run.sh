@@ -32,7 +32,7 @@ export MANTLE_URL="$URL"
 export MANTLE_TOKEN="${MANTLE_ADMIN_TOKEN:-$(cat "$DATA/admin-token")}"
 if ! "$BIN" deployments | grep -q '^smollm2 '; then
   SRC=$(mktemp -d)
-  ln -s "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$SRC/SmolLM2-135M-Instruct.Q4_1.gguf"
+  cp "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$SRC/"  # push skips symlinks
   printf -- '---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct (Q4_1 GGUF)\n' >"$SRC/README.md"
   "$BIN" push "$SRC" admin/smollm2 -m "SmolLM2-135M-Instruct Q4_1"
   rm -rf "$SRC"

@@ -63,6 +63,9 @@ pub struct SamplingFields {
     pub n: Option<u32>,
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Not OpenAI's; vLLM and llama.cpp accept it: never stop at an end-of-generation token.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Chat: a boolean. Completions: the number of top log probabilities (an integer).
     #[serde(default)]
     pub logprobs: Option<Value>,

@@ -242,6 +242,10 @@ enum AuditCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(missing) = missing_cpu_features() {
+        eprintln!("error: this mantle binary was built for x86-64-v3 (see .cargo/config.toml) and this CPU lacks {missing}; rebuild with RUSTFLAGS=\"-C target-cpu=x86-64\"");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()))
@@ -255,6 +259,28 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The instruction-set extensions the build assumes (from `-C target-cpu`) that this CPU lacks.
+/// Checked first thing, so an old CPU gets a message instead of an illegal-instruction crash.
+fn missing_cpu_features() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut missing = Vec::new();
+        if cfg!(target_feature = "avx2") && !std::arch::is_x86_feature_detected!("avx2") {
+            missing.push("AVX2");
+        }
+        if cfg!(target_feature = "fma") && !std::arch::is_x86_feature_detected!("fma") {
+            missing.push("FMA");
+        }
+        if cfg!(target_feature = "f16c") && !std::arch::is_x86_feature_detected!("f16c") {
+            missing.push("F16C");
+        }
+        if !missing.is_empty() {
+            return Some(missing.join(", "));
+        }
+    }
+    None
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {

@@ -85,6 +85,8 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// `Some(k)`: send each sampled token's log probability and the `k` likeliest alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// What a stream receives.
@@ -92,10 +94,31 @@ pub struct GenerateRequest {
 pub enum Event {
     /// Text produced by one or more tokens (UTF-8 is held back until a character is complete).
     Text(String),
+    /// Log probabilities of the tokens sampled since the last event (when the request asked).
+    /// They arrive before the text those tokens complete.
+    Logprobs(Vec<TokenLogprob>),
     /// The end, with why and the token counts.
     Done { finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
     /// The backend failed mid-stream.
     Failed(String),
+}
+
+/// One sampled token's log probability and its likeliest alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: Token,
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+/// An alternative token at one position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub token: Token,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// Why generation ended.
@@ -214,6 +237,8 @@ struct Active {
     generated: Vec<Token>,
     pending_bytes: Vec<u8>,
     text: String,
+    /// Bytes of `text` already sent; the rest may be the start of a stop sequence.
+    sent: usize,
     next_input: Option<Token>,
 }
 
@@ -221,6 +246,8 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
     let mut free: Vec<usize> = (0..config.max_batch).rev().collect();
     let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
+    // End-of-generation tokens, masked out for requests that ignore them.
+    let end_tokens: Vec<Token> = (0..runner.info().n_vocab as Token).filter(|t| runner.is_end(*t)).collect();
     loop {
         // Block only when idle; otherwise take what has arrived and keep decoding.
         if active.is_empty() && waiting.is_empty() {
@@ -240,7 +267,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             }
             let slot = free.pop().expect("checked non-empty");
             let sampler = Sampler::new(request.params.clone());
-            active.push(Active { slot, request, events, sampler, fed: 0, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), next_input: None });
+            active.push(Active { slot, request, events, sampler, fed: 0, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None });
         }
         // Dropped clients cancel their sequences and free their slots.
         active.retain(|seq| {
@@ -284,28 +311,45 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                 }
             }
             let history: Vec<Token> = seq.request.prompt.iter().chain(seq.generated.iter()).copied().collect();
-            let token = seq.sampler.sample(&step.logits, &history);
+            let raw_logits = step.logits;
+            let mut logits = raw_logits.clone();
+            if seq.request.params.ignore_eos {
+                for end in &end_tokens {
+                    if let Some(logit) = logits.get_mut(*end as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let token = seq.sampler.sample(&logits, &history);
             if runner.is_end(token) {
                 finished.push((index, FinishReason::Stop));
                 continue;
+            }
+            if let Some(top) = seq.request.logprobs {
+                let _ = seq.events.send(Event::Logprobs(vec![token_logprob(runner.as_ref(), &raw_logits, token, top)]));
             }
             seq.generated.push(token);
             seq.next_input = Some(token);
             seq.pending_bytes.extend(runner.token_bytes(token));
             let piece = take_complete_utf8(&mut seq.pending_bytes);
-            let before = seq.text.len();
             seq.text.push_str(&piece);
-            // Stop sequences end the stream without sending themselves.
-            if let Some(at) = seq.request.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| seq.text[before.saturating_sub(s.len())..].find(s.as_str()).map(|i| before.saturating_sub(s.len()) + i)).min() {
-                if at > before {
-                    let _ = seq.events.send(Event::Text(seq.text[before..at].to_owned()));
+            // A stop sequence ends the stream without sending any of itself: text that could be
+            // the start of one is held back until it is known not to be.
+            let unsent = &seq.text[seq.sent..];
+            if let Some(at) = seq.request.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| unsent.find(s.as_str())).min() {
+                if at > 0 {
+                    let _ = seq.events.send(Event::Text(unsent[..at].to_owned()));
                 }
+                seq.sent = seq.text.len();
                 finished.push((index, FinishReason::Stop));
                 continue;
             }
-            if !piece.is_empty() {
+            let hold = seq.request.stop.iter().map(|s| partial_stop_suffix(unsent, s)).max().unwrap_or(0);
+            let ready = unsent.len() - hold;
+            if ready > 0 {
                 // A gone client is noticed and cancelled at the top of the next round.
-                let _ = seq.events.send(Event::Text(piece));
+                let _ = seq.events.send(Event::Text(unsent[..ready].to_owned()));
+                seq.sent += ready;
             }
             if seq.generated.len() >= seq.request.max_tokens {
                 finished.push((index, FinishReason::Length));
@@ -313,10 +357,43 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
         }
         for (index, reason) in finished.into_iter().rev() {
             let seq = active.swap_remove(index);
+            // Held-back text that no stop sequence completed is real output.
+            if reason == FinishReason::Length && seq.sent < seq.text.len() {
+                let _ = seq.events.send(Event::Text(seq.text[seq.sent..].to_owned()));
+            }
             let _ = seq.events.send(Event::Done { finish_reason: reason, prompt_tokens: seq.request.prompt.len(), completion_tokens: seq.generated.len() });
             runner.release(seq.slot);
             free.push(seq.slot);
         }
+    }
+}
+
+/// The length of the longest proper prefix of `stop` that `text` ends with (0 if none), at a
+/// character boundary of `text`.
+fn partial_stop_suffix(text: &str, stop: &str) -> usize {
+    (1..stop.len()).rev().find(|k| text.len() >= *k && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..*k])).unwrap_or(0)
+}
+
+/// The log probability of `token` and the `top` likeliest alternatives, from the model's raw
+/// logits (before temperature, penalties and masks).
+fn token_logprob(runner: &dyn ModelRunner, logits: &[f32], token: Token, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let logprob = |t: Token| logits.get(t as usize).map_or(f32::NEG_INFINITY, |l| l - log_sum);
+    let mut top_tokens: Vec<Token> = Vec::new();
+    if top > 0 {
+        let mut order: Vec<Token> = (0..logits.len() as Token).collect();
+        let k = top.min(order.len());
+        order.select_nth_unstable_by(k.saturating_sub(1), |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        order.truncate(k);
+        order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        top_tokens = order;
+    }
+    TokenLogprob {
+        token,
+        bytes: runner.token_bytes(token),
+        logprob: logprob(token),
+        top: top_tokens.into_iter().map(|t| TopLogprob { token: t, bytes: runner.token_bytes(t), logprob: logprob(t) }).collect(),
     }
 }
 

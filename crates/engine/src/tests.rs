@@ -12,7 +12,7 @@ fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sy
 }
 
 fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt: ByteTokenizer.encode(prompt), params, max_tokens, stop: Vec::new() }
+    GenerateRequest { prompt: ByteTokenizer.encode(prompt), params, max_tokens, stop: Vec::new(), logprobs: None }
 }
 
 async fn collect(mut generation: crate::Generation) -> (String, Event) {
@@ -20,6 +20,7 @@ async fn collect(mut generation: crate::Generation) -> (String, Event) {
     while let Some(event) = generation.events.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
+            Event::Logprobs(_) => {}
             done => return (text, done),
         }
     }
@@ -97,4 +98,73 @@ async fn long_prompts_prefill_in_chunks_without_stalling_others() {
     assert!(matches!(long_done, Event::Done { prompt_tokens: 2000, .. }));
     // 2000 prompt tokens at 64 per step: at least 32 steps, shared with the running stream.
     assert!(steps.lock().unwrap().len() >= 32);
+}
+
+#[tokio::test]
+async fn ignore_eos_runs_to_max_tokens() {
+    let (engine, _) = engine(2, 2);
+    // The mock's end token wins after a few hundred tokens of greedy decoding.
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let (_, done) = collect(engine.generate(request("x", 600, greedy.clone())).unwrap()).await;
+    assert!(matches!(done, Event::Done { finish_reason: FinishReason::Stop, .. }), "{done:?}");
+    let (text, done) = collect(engine.generate(request("x", 600, SamplingParams { ignore_eos: true, ..greedy })).unwrap()).await;
+    assert_eq!(done, Event::Done { finish_reason: FinishReason::Length, prompt_tokens: 1, completion_tokens: 600 });
+    assert_eq!(text.len(), 600);
+}
+
+#[tokio::test]
+async fn no_part_of_a_stop_sequence_is_ever_sent() {
+    let (engine, _) = engine(2, 2);
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let (full, _) = collect(engine.generate(request("stop test", 40, greedy.clone())).unwrap()).await;
+    // A three-byte stop taken from the middle of the output arrives over three tokens (pieces).
+    let stop = full[10..13].to_owned();
+    let mut with_stop = request("stop test", 40, greedy.clone());
+    with_stop.stop = vec![stop.clone(), "never-seen".into()];
+    let mut generation = engine.generate(with_stop).unwrap();
+    let mut pieces = Vec::new();
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            Event::Text(piece) => pieces.push(piece),
+            Event::Done { finish_reason, .. } => {
+                assert_eq!(finish_reason, FinishReason::Stop);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let text: String = pieces.concat();
+    assert_eq!(text, full[..full.find(&stop).unwrap()], "{pieces:?}");
+    // A stop prefix that turns out not to be one is sent in the end, also at the length limit.
+    let mut partial = request("stop test", 12, greedy);
+    partial.stop = vec![format!("{}\u{1}", &full[11..12])];
+    let (text, _) = collect(engine.generate(partial).unwrap()).await;
+    assert_eq!(text, full[..12]);
+}
+
+#[tokio::test]
+async fn logprobs_cover_each_sampled_token() {
+    let (engine, _) = engine(2, 2);
+    let mut asked = request("hello", 6, SamplingParams { temperature: 0.0, ..Default::default() });
+    asked.logprobs = Some(3);
+    let mut generation = engine.generate(asked).unwrap();
+    let (mut text, mut entries) = (String::new(), Vec::new());
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Logprobs(list) => entries.extend(list),
+            Event::Done { .. } => break,
+            Event::Failed(err) => panic!("{err}"),
+        }
+    }
+    assert_eq!(entries.len(), 6);
+    let bytes: Vec<u8> = entries.iter().flat_map(|e| e.bytes.clone()).collect();
+    assert_eq!(bytes, text.as_bytes());
+    for entry in &entries {
+        assert_eq!(entry.top.len(), 3);
+        // Greedy picks the likeliest token, so it heads the alternatives; log probabilities are <= 0 and sorted.
+        assert_eq!(entry.top[0].token, entry.token);
+        assert!((entry.top[0].logprob - entry.logprob).abs() < 1e-6);
+        assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob) && entry.logprob <= 0.0);
+    }
 }

@@ -13,6 +13,7 @@ async fn collect(mut generation: engine::Generation) -> String {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Done { .. } => return text,
+            Event::Logprobs(_) => {}
             Event::Failed(err) => panic!("{err}"),
         }
     }
@@ -30,7 +31,7 @@ async fn smollm2_answers_and_seeds_repeat_inside_a_batch() {
     let runner = LlamaRunner::load(&path, &settings).unwrap();
     let prompt = runner.tokenizer().encode(PROMPT);
     let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 4, max_queue: 4, prefill_chunk: 64 });
-    let request = |params: SamplingParams| GenerateRequest { prompt: prompt.clone(), params, max_tokens: 32, stop: Vec::new() };
+    let request = |params: SamplingParams| GenerateRequest { prompt: prompt.clone(), params, max_tokens: 32, stop: Vec::new(), logprobs: None };
 
     let greedy = collect(engine.generate(request(SamplingParams { temperature: 0.0, ..Default::default() })).unwrap()).await;
     assert!(greedy.contains("Paris"), "{greedy:?}");

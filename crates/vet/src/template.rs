@@ -51,17 +51,26 @@ pub fn render_sample(source: &str, bos: &str, eos: &str) -> Result<String, Strin
         { "role": "assistant", "content": "Paris." },
         { "role": "user", "content": "And of Italy?" },
     ]);
-    render_chat(source, &messages, true, bos, eos)
+    render_chat(source, &messages, true, bos, eos, &sample_clock())
+}
+
+/// Formats the current time for templates' `strftime_now(format)` (Python strftime syntax).
+pub type Clock = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// The vetting check's fixed clock, so a verdict never depends on the day it was computed.
+fn sample_clock() -> Clock {
+    std::sync::Arc::new(|_format: &str| "27 Nov 2026".to_owned())
 }
 
 /// Renders a chat template on `messages` (OpenAI-shaped JSON) in the sandbox, with the same fuel
 /// and output limits as the vetting check. The runtime builds prompts with this.
-pub fn render_chat(source: &str, messages: &serde_json::Value, add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String, String> {
+pub fn render_chat(source: &str, messages: &serde_json::Value, add_generation_prompt: bool, bos: &str, eos: &str, clock: &Clock) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> { Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message)) });
-    env.add_function("strftime_now", |_format: String| "27 Nov 2026".to_owned());
+    let clock = clock.clone();
+    env.add_function("strftime_now", move |format: String| clock(&format));
     env.add_template("chat", source).map_err(|err| format!("{err:#}"))?;
     let template = env.get_template("chat").map_err(|err| format!("{err:#}"))?;
     let context = minijinja::context! {
@@ -100,8 +109,8 @@ mod tests {
     #[test]
     fn chats_render_with_and_without_a_generation_prompt() {
         let messages = serde_json::json!([{ "role": "user", "content": "hi" }]);
-        assert_eq!(render_chat(CHATML, &messages, true, "", "").unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-        assert_eq!(render_chat(CHATML, &messages, false, "", "").unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
+        assert_eq!(render_chat(CHATML, &messages, true, "", "", &sample_clock()).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(render_chat(CHATML, &messages, false, "", "", &sample_clock()).unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
     }
 
     #[test]

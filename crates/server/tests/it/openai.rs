@@ -198,7 +198,9 @@ async fn bad_requests_get_openai_errors() {
         (serde_json::json!({ "n": 0 }), "n"),
         (serde_json::json!({ "max_tokens": 0 }), "max_tokens"),
         (serde_json::json!({ "stop": ["a", "b", "c", "d", "e"] }), "stop"),
-        (serde_json::json!({ "logprobs": true }), "logprobs"),
+        (serde_json::json!({ "logprobs": 3 }), "logprobs"),
+        (serde_json::json!({ "logprobs": true, "top_logprobs": 21 }), "top_logprobs"),
+        (serde_json::json!({ "top_logprobs": 2 }), "top_logprobs"),
         (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f" } }] }), "tools"),
         (serde_json::json!({ "response_format": { "type": "json_object" } }), "response_format"),
         (serde_json::json!({ "stream_options": { "include_usage": true } }), "stream_options"),
@@ -258,4 +260,41 @@ async fn undeploy_unloads_and_a_policy_change_stops_new_loads() {
     let refused = server.json("POST", "/v1/chat/completions", Some(&token), chat("hi", serde_json::json!({}))).await;
     assert_openai_error(&refused, StatusCode::FORBIDDEN, None);
     assert!(server.state.runtime.resident().is_empty());
+}
+
+#[tokio::test]
+async fn logprobs_in_chat_completions_and_streams() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let reply = server.json("POST", "/v1/chat/completions", Some(&token), chat("probe", serde_json::json!({ "logprobs": true, "top_logprobs": 2, "temperature": 0 }))).await.json();
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    let entries = reply["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(entries.len() as u64, reply["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(entries.iter().map(|e| e["token"].as_str().unwrap()).collect::<String>(), content);
+    for entry in entries {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 2);
+        assert_eq!(entry["top_logprobs"][0]["token"], entry["token"], "greedy takes the likeliest");
+        assert_eq!(entry["bytes"].as_array().unwrap().len(), 1);
+    }
+    // Without the flag there are none.
+    let plain = server.json("POST", "/v1/chat/completions", Some(&token), chat("probe", serde_json::json!({}))).await.json();
+    assert!(plain["choices"][0]["logprobs"].is_null());
+
+    // Streamed: every content chunk carries the entries of its own tokens.
+    let events = sse_data(&server.json("POST", "/v1/chat/completions", Some(&token), chat("probe", serde_json::json!({ "logprobs": true, "temperature": 0, "stream": true }))).await.body);
+    let mut streamed = Vec::new();
+    for event in &events[..events.len() - 1] {
+        let chunk: serde_json::Value = serde_json::from_str(event).unwrap();
+        if let Some(list) = chunk["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(list.iter().map(|e| e["token"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert_eq!(streamed.concat(), content);
+
+    // Completions: parallel arrays with text offsets.
+    let done = server.json("POST", "/v1/completions", Some(&token), serde_json::json!({ "model": "tiny", "prompt": "abc", "max_tokens": 5, "logprobs": 1, "temperature": 0 })).await.json();
+    let logprobs = &done["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["text_offset"], serde_json::json!([0, 1, 2, 3, 4]));
+    assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 1);
 }

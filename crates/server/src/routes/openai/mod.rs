@@ -17,7 +17,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::auth::Principal;
-use engine::{Event, FinishReason, GenerateRequest, Generation, Token};
+use engine::{Event, FinishReason, GenerateRequest, Generation, Token, TokenLogprob};
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt as _;
 
@@ -53,7 +53,7 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     let Some(chat) = &served.chat else {
         return Err(OpenAiError::invalid(format!("model {} has no chat template; use /v1/completions", request.model), Some("model")));
     };
-    let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
+    let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
     let prompt = served.engine.tokenize(&prompt_text);
     let timer = state.metrics.start(&served.deployment.name);
     let run = Run::start(&served, vec![prompt], &options, Endpoint::Chat, timer)?;
@@ -129,6 +129,8 @@ struct Run {
     created: i64,
     prompt_tokens: usize,
     n_choices: usize,
+    /// Whether the request asked for log probabilities.
+    logprobs: bool,
     events: SelectAll<BoxStream<'static, (usize, Event)>>,
     timer: RequestTimer,
 }
@@ -145,7 +147,7 @@ impl Run {
             let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len());
             for j in 0..options.n {
                 let index = p * options.n + j;
-                let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone() };
+                let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone(), logprobs: options.logprobs };
                 // A failure drops the generations already started, which cancels them.
                 let generation = served.engine.generate(request).map_err(|err| {
                     timer.reject(&err);
@@ -156,7 +158,8 @@ impl Run {
         }
         let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
         let n_choices = streams.len();
-        Ok(Run { endpoint, id: format!("{prefix}-{}", random_id()), created: chrono::Utc::now().timestamp(), prompt_tokens, n_choices, events: futures::stream::select_all(streams), timer })
+        let logprobs = options.logprobs.is_some();
+        Ok(Run { endpoint, id: format!("{prefix}-{}", random_id()), created: chrono::Utc::now().timestamp(), prompt_tokens, n_choices, logprobs, events: futures::stream::select_all(streams), timer })
     }
 
     async fn respond(self, served: &Served, model: String, stream: bool, include_usage: bool) -> Response {
@@ -179,6 +182,7 @@ impl Run {
     async fn collect(mut self, head: Head) -> Result<Response, OpenAiError> {
         let mut texts = vec![String::new(); self.n_choices];
         let mut reasons = vec![None; self.n_choices];
+        let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); self.n_choices];
         let mut completion_tokens = 0;
         while let Some((index, event)) = self.events.next().await {
             match event {
@@ -186,6 +190,7 @@ impl Run {
                     self.timer.token();
                     texts[index].push_str(&piece);
                 }
+                Event::Logprobs(list) => logprobs[index].extend(list),
                 Event::Done { finish_reason, completion_tokens: n, .. } => {
                     completion_tokens += n;
                     reasons[index] = Some(finish_reason);
@@ -199,13 +204,15 @@ impl Run {
         let usage = usage(self.prompt_tokens, completion_tokens);
         self.timer.finish(self.prompt_tokens, completion_tokens);
         let finish = |i: usize| reason_text(reasons[i].unwrap_or(FinishReason::Stop)).to_owned();
+        let wants = self.logprobs;
+        let logprobs_of = |i: usize| wants.then(|| logprobs_json(head.endpoint, &logprobs[i], 0));
         Ok(match head.endpoint {
             Endpoint::Chat => {
-                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::ChatChoice { index: i as u32, message: wire::AssistantMessage { role: "assistant".into(), content: text, refusal: None }, logprobs: None, finish_reason: finish(i) }).collect();
+                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::ChatChoice { index: i as u32, message: wire::AssistantMessage { role: "assistant".into(), content: text, refusal: None }, logprobs: logprobs_of(i), finish_reason: finish(i) }).collect();
                 Json(wire::ChatCompletion { id: head.id, object: "chat.completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage }).into_response()
             }
             Endpoint::Completions => {
-                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::CompletionChoice { index: i as u32, text, logprobs: None, finish_reason: Some(finish(i)) }).collect();
+                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::CompletionChoice { index: i as u32, text, logprobs: logprobs_of(i), finish_reason: Some(finish(i)) }).collect();
                 Json(wire::Completion { id: head.id, object: "text_completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage: Some(Some(usage)) }).into_response()
             }
         })
@@ -223,21 +230,31 @@ struct Head {
 }
 
 impl Head {
-    /// One chunk with one choice's delta (or, for the usage chunk, no choices).
-    fn chunk(&self, choice: Option<(usize, Option<&str>, Option<String>, Option<FinishReason>)>, usage: Option<Option<wire::Usage>>) -> SseEvent {
+    /// One chunk with one choice's part (or, for the usage chunk, no choices).
+    fn chunk(&self, part: Option<Part>, usage: Option<Option<wire::Usage>>) -> SseEvent {
         let finish = |r: Option<FinishReason>| r.map(|r| reason_text(r).to_owned());
         let json = match self.endpoint {
             Endpoint::Chat => {
-                let choices = choice.into_iter().map(|(index, role, content, reason)| wire::ChunkChoice { index: index as u32, delta: wire::Delta { role: role.map(str::to_owned), content }, logprobs: None, finish_reason: finish(reason) }).collect();
+                let choices = part.into_iter().map(|p| wire::ChunkChoice { index: p.index as u32, delta: wire::Delta { role: p.role.map(str::to_owned), content: p.content }, logprobs: p.logprobs, finish_reason: finish(p.finish) }).collect();
                 serde_json::to_string(&wire::ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
             }
             Endpoint::Completions => {
-                let choices = choice.into_iter().map(|(index, _, content, reason)| wire::CompletionChoice { index: index as u32, text: content.unwrap_or_default(), logprobs: None, finish_reason: finish(reason) }).collect();
+                let choices = part.into_iter().map(|p| wire::CompletionChoice { index: p.index as u32, text: p.content.unwrap_or_default(), logprobs: p.logprobs, finish_reason: finish(p.finish) }).collect();
                 serde_json::to_string(&wire::Completion { id: self.id.clone(), object: "text_completion".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
             }
         };
         SseEvent::default().data(json.expect("chunks serialize"))
     }
+}
+
+/// What one chunk says about one choice.
+#[derive(Default)]
+struct Part {
+    index: usize,
+    role: Option<&'static str>,
+    content: Option<String>,
+    logprobs: Option<serde_json::Value>,
+    finish: Option<FinishReason>,
 }
 
 /// The SSE body: a role chunk per chat choice, content chunks as text arrives, a finish chunk
@@ -250,16 +267,27 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
         include_usage: bool,
         queue: VecDeque<SseEvent>,
         completion_tokens: usize,
+        /// Per choice: log probabilities not yet sent, and the text length sent so far.
+        pending: Vec<Vec<TokenLogprob>>,
+        sent_len: Vec<usize>,
         done: bool,
+    }
+    impl State {
+        /// The log probabilities of the tokens behind the next text piece, when asked for.
+        fn take_logprobs(&mut self, index: usize) -> Option<serde_json::Value> {
+            let entries = std::mem::take(&mut self.pending[index]);
+            self.run.logprobs.then(|| logprobs_json(self.head.endpoint, &entries, self.sent_len[index]))
+        }
     }
     let usage_field = |include: bool| include.then_some(None);
     let mut queue = VecDeque::new();
     if head.endpoint == Endpoint::Chat {
         for index in 0..run.n_choices {
-            queue.push_back(head.chunk(Some((index, Some("assistant"), Some(String::new()), None)), usage_field(include_usage)));
+            queue.push_back(head.chunk(Some(Part { index, role: Some("assistant"), content: Some(String::new()), ..Part::default() }), usage_field(include_usage)));
         }
     }
-    let state = State { run, head, include_usage, queue, completion_tokens: 0, done: false };
+    let n_choices = run.n_choices;
+    let state = State { run, head, include_usage, queue, completion_tokens: 0, pending: vec![Vec::new(); n_choices], sent_len: vec![0; n_choices], done: false };
     futures::stream::unfold(state, move |mut state| async move {
         loop {
             if let Some(event) = state.queue.pop_front() {
@@ -272,12 +300,16 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
             match state.run.events.next().await {
                 Some((index, Event::Text(piece))) => {
                     state.run.timer.token();
-                    state.queue.push_back(state.head.chunk(Some((index, None, Some(piece), None)), usage_field));
+                    let logprobs = state.take_logprobs(index);
+                    state.sent_len[index] += piece.len();
+                    state.queue.push_back(state.head.chunk(Some(Part { index, content: Some(piece), logprobs, ..Part::default() }), usage_field));
                 }
+                Some((index, Event::Logprobs(list))) => state.pending[index].extend(list),
                 Some((index, Event::Done { finish_reason, completion_tokens, .. })) => {
                     state.completion_tokens += completion_tokens;
-                    let empty = (state.head.endpoint == Endpoint::Completions).then(String::new);
-                    state.queue.push_back(state.head.chunk(Some((index, None, empty, Some(finish_reason))), usage_field));
+                    let content = (state.head.endpoint == Endpoint::Completions).then(String::new);
+                    let logprobs = if state.pending[index].is_empty() { None } else { state.take_logprobs(index) };
+                    state.queue.push_back(state.head.chunk(Some(Part { index, content, logprobs, finish: Some(finish_reason), ..Part::default() }), usage_field));
                 }
                 Some((_, Event::Failed(err))) => {
                     tracing::error!("failed to generate mid-stream: {err}");
@@ -305,6 +337,39 @@ fn events_of(index: usize, generation: Generation) -> BoxStream<'static, (usize,
     futures::stream::unfold(generation, move |mut generation| async move { generation.events.recv().await.map(|event| ((index, event), generation)) }).boxed()
 }
 
+/// Log probabilities in the route's shape: chat's `{content: [...]}`, or the completions API's
+/// parallel arrays with text offsets counted from `offset`.
+fn logprobs_json(endpoint: Endpoint, entries: &[TokenLogprob], offset: usize) -> serde_json::Value {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match endpoint {
+        Endpoint::Chat => {
+            let content: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    let top: Vec<serde_json::Value> = e.top.iter().map(|t| serde_json::json!({ "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes })).collect();
+                    serde_json::json!({ "token": text(&e.bytes), "logprob": e.logprob, "bytes": e.bytes, "top_logprobs": top })
+                })
+                .collect();
+            serde_json::json!({ "content": content, "refusal": null })
+        }
+        Endpoint::Completions => {
+            let mut at = offset;
+            let mut offsets = Vec::with_capacity(entries.len());
+            for e in entries {
+                offsets.push(at);
+                at += e.bytes.len();
+            }
+            let top: Vec<serde_json::Value> = entries.iter().map(|e| serde_json::Value::Object(e.top.iter().map(|t| (text(&t.bytes), serde_json::json!(t.logprob))).collect())).collect();
+            serde_json::json!({
+                "tokens": entries.iter().map(|e| text(&e.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> wire::Usage {
     wire::Usage { prompt_tokens: prompt_tokens as u64, completion_tokens: completion_tokens as u64, total_tokens: (prompt_tokens + completion_tokens) as u64 }
 }
@@ -316,7 +381,29 @@ fn reason_text(reason: FinishReason) -> &'static str {
     }
 }
 
+/// Today's date and time for templates' `strftime_now`; an invalid format comes back as given.
+fn wall_clock() -> vet::template::Clock {
+    Arc::new(|format: &str| {
+        let items: Vec<chrono::format::Item<'_>> = chrono::format::StrftimeItems::new(format).collect();
+        if items.iter().any(|item| matches!(item, chrono::format::Item::Error)) {
+            return format.to_owned();
+        }
+        chrono::Utc::now().format_with_items(items.into_iter()).to_string()
+    })
+}
+
 fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString as _};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn templates_see_the_real_date_and_bad_formats_do_not_panic() {
+        let clock = super::wall_clock();
+        assert_eq!(clock("%Y"), chrono::Utc::now().format("%Y").to_string());
+        assert_eq!(clock("%d %b %Y").len(), 11);
+        assert_eq!(clock("100%"), "100%");
+    }
 }

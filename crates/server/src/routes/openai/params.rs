@@ -23,6 +23,8 @@ pub(crate) struct Options {
     pub(crate) n: usize,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// `Some(k)`: report each token's log probability and its `k` likeliest alternatives.
+    pub(crate) logprobs: Option<usize>,
 }
 
 /// The most choices one request may ask for.
@@ -73,15 +75,23 @@ impl Options {
         if !(1..=MAX_N).contains(&n) {
             return Err(OpenAiError::invalid(format!("n must be between 1 and {MAX_N}"), Some("n")));
         }
-        let wants_logprobs = match (&fields.logprobs, endpoint) {
-            (None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)), _) => false,
-            (Some(serde_json::Value::Bool(true)), Endpoint::Chat) => true,
-            (Some(serde_json::Value::Number(k)), Endpoint::Completions) => k.as_u64() != Some(0),
+        // Chat: `logprobs: true` plus `top_logprobs` (0..=20). Completions: `logprobs: k` (0..=5).
+        let logprobs = match (&fields.logprobs, endpoint) {
+            (None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)), _) => None,
+            (Some(serde_json::Value::Bool(true)), Endpoint::Chat) => Some(fields.top_logprobs.unwrap_or(0) as usize),
+            (Some(serde_json::Value::Number(k)), Endpoint::Completions) => match k.as_u64() {
+                Some(k) if k <= 5 => Some(k as usize),
+                _ => return Err(OpenAiError::invalid("logprobs must be an integer from 0 to 5", Some("logprobs"))),
+            },
             (Some(_), Endpoint::Chat) => return Err(OpenAiError::invalid("logprobs must be a boolean", Some("logprobs"))),
-            (Some(_), Endpoint::Completions) => return Err(OpenAiError::invalid("logprobs must be an integer", Some("logprobs"))),
+            (Some(_), Endpoint::Completions) => return Err(OpenAiError::invalid("logprobs must be an integer from 0 to 5", Some("logprobs"))),
         };
-        if wants_logprobs || fields.top_logprobs.unwrap_or(0) > 0 {
-            return Err(OpenAiError::unsupported("logprobs", "logprobs"));
+        match fields.top_logprobs {
+            Some(k) if k > 20 => return Err(OpenAiError::invalid("top_logprobs must be between 0 and 20", Some("top_logprobs"))),
+            Some(k) if k > 0 && endpoint == Endpoint::Chat && logprobs.is_none() => {
+                return Err(OpenAiError::invalid("top_logprobs needs logprobs set to true", Some("top_logprobs")));
+            }
+            _ => {}
         }
         if fields.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|m| !m.is_empty())) {
             return Err(OpenAiError::unsupported("logit_bias", "logit_bias"));
@@ -100,8 +110,9 @@ impl Options {
             Some(_) => return Err(OpenAiError::unsupported("tool_choice", "tool_choice other than none or auto")),
         }
         let seed = fields.seed.map(|s| s as u64);
-        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, seed };
-        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage })
+        let ignore_eos = fields.ignore_eos.unwrap_or(false);
+        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, seed, ignore_eos };
+        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage, logprobs })
     }
 
     /// The sampling settings of choice `index`: with a seed, each choice gets its own stream.
