@@ -32,10 +32,13 @@ pub struct LlamaSettings {
 
 /// A loaded GGUF model with its context.
 pub struct LlamaRunner {
-    // The model lives as long as the process: the context borrows it, and a runner is long-lived.
-    model: &'static LlamaModel,
-    ctx: LlamaContext<'static>,
+    // Invariant: `ctx` borrows the model inside `model`'s Arc (a stable heap address). Fields drop
+    // in declaration order, so the context goes before this Arc; the tokenizer holds another
+    // Arc, so the model is freed when the last of them is gone (the runner thread has ended and
+    // every Engine handle is dropped), not leaked.
     batch: LlamaBatch<'static>,
+    ctx: LlamaContext<'static>,
+    model: Arc<LlamaModel>,
     positions: std::collections::HashMap<usize, i32>,
     n_ctx: usize,
     capacity: usize,
@@ -57,7 +60,7 @@ impl LlamaRunner {
             }
         };
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| format!("load {}: {e}", path.display()))?;
-        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        let model = Arc::new(model);
         let capacity = settings.max_step_tokens.max(settings.max_batch) as usize;
         // `context` is per sequence: llama.cpp splits a non-unified KV cache evenly between the
         // sequences, so the whole cache holds `context` tokens for each of them.
@@ -70,8 +73,11 @@ impl LlamaRunner {
             .with_n_threads(settings.threads as i32)
             .with_n_threads_batch(settings.threads as i32);
         let ctx = model.new_context(backend, params).map_err(|e| format!("create a context: {e}"))?;
+        // See the invariant on `LlamaRunner::ctx`: the Arc outlives the context it lends to.
+        #[expect(unsafe_code, reason = "the context borrows the model in the Arc stored next to it, which drops after it")]
+        let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         let n_ctx = (ctx.n_ctx() / settings.max_batch.max(1)) as usize;
-        Ok(LlamaRunner { model, ctx, batch: LlamaBatch::new(capacity, 1), positions: Default::default(), n_ctx, capacity })
+        Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity })
     }
 }
 
@@ -81,7 +87,7 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
-        Arc::new(LlamaTokenizer { model: self.model })
+        Arc::new(LlamaTokenizer { model: self.model.clone() })
     }
 
     fn token_bytes(&self, token: Token) -> Vec<u8> {
@@ -123,7 +129,7 @@ impl ModelRunner for LlamaRunner {
 
 /// The model's own tokenizer; the model is shared read-only, which llama.cpp allows across threads.
 struct LlamaTokenizer {
-    model: &'static LlamaModel,
+    model: Arc<LlamaModel>,
 }
 
 impl Tokenizer for LlamaTokenizer {

@@ -168,3 +168,22 @@ async fn logprobs_cover_each_sampled_token() {
         assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob) && entry.logprob <= 0.0);
     }
 }
+
+#[tokio::test]
+async fn the_runner_is_dropped_when_the_last_handle_goes() {
+    let (engine, steps) = engine(2, 2);
+    let generation = engine.generate(request("bye", 4, SamplingParams::default())).unwrap();
+    let clone = engine.clone();
+    drop(engine);
+    // A live handle and a running request keep the runner; then it ends and frees the model.
+    collect(generation).await;
+    assert!(std::sync::Arc::strong_count(&steps) > 1);
+    drop(clone);
+    for _ in 0..200 {
+        if std::sync::Arc::strong_count(&steps) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the runner thread kept its runner after every handle was dropped");
+}
