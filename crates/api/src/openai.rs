@@ -261,3 +261,50 @@ pub struct OpenAiError {
     pub param: Option<String>,
     pub code: Option<String>,
 }
+
+/// `POST /v1/embeddings`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    /// Text, texts, tokens or token lists (the same shapes as a completions prompt).
+    pub input: Prompt,
+    /// `float` (the default) or `base64` (little-endian f32 bytes; the `openai` client asks for it).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/embeddings` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// One input's embedding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Embedding {
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+/// Floats, or their little-endian bytes in base64.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+/// Token counts of an embeddings request.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}

@@ -5,16 +5,20 @@
 //! Only the deterministic `mock` runner exists so far; real backends (llama.cpp for generation,
 //! an embedding runner) plug in behind the same trait.
 
+pub mod bert;
+pub mod embed;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod load;
 pub mod mock;
 mod sampler;
+pub mod wordpiece;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use load::{load_runner, RunnerConfig};
+pub use embed::{EmbedConfig, EmbedEngine, EmbedRunner};
+pub use load::{load_embedder, load_runner, EmbedderConfig, RunnerConfig};
 pub use sampler::{Sampler, SamplingParams};
 
 /// A token id.

@@ -43,3 +43,23 @@ fn load_gguf(config: &RunnerConfig) -> Result<Box<dyn ModelRunner>, String> {
 fn load_gguf(_config: &RunnerConfig) -> Result<Box<dyn ModelRunner>, String> {
     Err("this build of mantle has no llama.cpp backend (build with the `llama` feature)".into())
 }
+
+/// What an embedding model needs: its weights and the files beside them in the same commit.
+#[derive(Clone, Debug)]
+pub struct EmbedderConfig {
+    /// `model.safetensors`, a local copy of an approved blob.
+    pub weights: PathBuf,
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// `sentence_bert_config.json`, when the repo has one (its `max_seq_length`).
+    pub sentence_config: Option<PathBuf>,
+    pub threads: u32,
+}
+
+/// Loads a safetensors BERT encoder for embeddings.
+pub fn load_embedder(config: &EmbedderConfig) -> Result<Box<dyn crate::embed::EmbedRunner>, String> {
+    let bert = crate::bert::Bert::load(&config.weights, &config.config, &config.tokenizer, config.sentence_config.as_deref(), config.threads as usize)?;
+    Ok(Box::new(bert))
+}

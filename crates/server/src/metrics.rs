@@ -123,11 +123,11 @@ impl Metrics {
         let _ = writeln!(out, "mantle_loaded_models {}", resident.len());
         family(&mut out, "mantle_queue_depth", "gauge", "Requests admitted and not finished (running and waiting).");
         for served in &resident {
-            let _ = writeln!(out, "mantle_queue_depth{{deployment=\"{}\"}} {}", served.deployment.name, served.engine.in_flight());
+            let _ = writeln!(out, "mantle_queue_depth{{deployment=\"{}\"}} {}", served.deployment.name, served.in_flight());
         }
         family(&mut out, "mantle_batch_size", "gauge", "Sequences in the engine's latest step.");
         for served in &resident {
-            let _ = writeln!(out, "mantle_batch_size{{deployment=\"{}\"}} {}", served.deployment.name, served.engine.batch_size());
+            let _ = writeln!(out, "mantle_batch_size{{deployment=\"{}\"}} {}", served.deployment.name, served.batch_size());
         }
         family(&mut out, "mantle_model_load_seconds", "gauge", "How long loading each resident deployment took.");
         for served in &resident {

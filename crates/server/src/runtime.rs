@@ -1,25 +1,44 @@
 //! Loaded models. A deployment loads on first use: its blob is copied to the models folder and
 //! checked against the digest it was deployed with, its revision's verdict is checked again, and
-//! the engine starts a runner thread on that local file. Later requests share the engine.
-//! A deployment that changed (another replica redeployed it) or vanished is unloaded.
+//! an engine starts a runner thread on that local file: a GGUF file generates (llama.cpp), a
+//! safetensors file embeds (the BERT encoder, with `config.json` and `tokenizer.json` from the
+//! same commit). Later requests share the engine. A deployment that changed (another replica
+//! redeployed it) or vanished is unloaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use domain::hub::Hub;
-use domain::ids::Digest;
+use domain::ids::{Digest, RepoPath};
 use domain::meta::Deployment;
 use domain::Error;
-use engine::{Engine, EngineConfig, ModelRunner, RunnerConfig};
+use engine::{EmbedConfig, EmbedEngine, EmbedRunner, EmbedderConfig, Engine, EngineConfig, ModelRunner, RunnerConfig};
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::config::RuntimeConfig;
 
-/// Builds a runner for a local model file (the real backends, or a mock in tests).
-pub type LoadRunner = Arc<dyn Fn(&RunnerConfig) -> Result<Box<dyn ModelRunner>, String> + Send + Sync>;
+/// Builds runners for local model files: the real backends, or mocks in tests.
+pub trait Loader: Send + Sync {
+    /// A generation runner for a GGUF file.
+    fn generator(&self, config: &RunnerConfig) -> Result<Box<dyn ModelRunner>, String>;
+    /// An embedding runner for a safetensors encoder.
+    fn embedder(&self, config: &EmbedderConfig) -> Result<Box<dyn EmbedRunner>, String>;
+}
+
+/// The engine crate's backends.
+pub struct EngineBackends;
+
+impl Loader for EngineBackends {
+    fn generator(&self, config: &RunnerConfig) -> Result<Box<dyn ModelRunner>, String> {
+        engine::load_runner(config)
+    }
+    fn embedder(&self, config: &EmbedderConfig) -> Result<Box<dyn EmbedRunner>, String> {
+        engine::load_embedder(config)
+    }
+}
 
 /// A cheap handle to the loaded models of this process.
 #[derive(Clone)]
@@ -28,7 +47,7 @@ pub struct Runtime {
 }
 
 struct Inner {
-    load: LoadRunner,
+    load: Arc<dyn Loader>,
     config: RuntimeConfig,
     // A std Mutex: it is never held across an await; loads wait on the per-deployment cell.
     loaded: Mutex<HashMap<String, Slot>>,
@@ -42,7 +61,7 @@ struct Slot {
 /// One deployment, loaded and serving.
 pub struct Served {
     pub deployment: Deployment,
-    pub engine: Engine,
+    pub backend: Backend,
     /// The chat template from the model file, with the BOS/EOS texts it uses.
     pub chat: Option<ChatTemplate>,
     /// `fp_` and 10 hex digits over commit, file digest, backend and settings.
@@ -55,6 +74,32 @@ pub struct Served {
     pub load_seconds: f64,
 }
 
+/// What a loaded deployment does.
+pub enum Backend {
+    /// Text generation (chat and completions).
+    Generate(Engine),
+    /// Embeddings.
+    Embed(EmbedEngine),
+}
+
+impl Served {
+    /// Requests admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        match &self.backend {
+            Backend::Generate(engine) => engine.in_flight(),
+            Backend::Embed(engine) => engine.in_flight(),
+        }
+    }
+
+    /// Sequences in the generation engine's latest step (0 for embedders).
+    pub fn batch_size(&self) -> usize {
+        match &self.backend {
+            Backend::Generate(engine) => engine.batch_size(),
+            Backend::Embed(_) => 0,
+        }
+    }
+}
+
 /// A chat template and its special-token texts.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
@@ -65,13 +110,13 @@ pub struct ChatTemplate {
 
 impl Runtime {
     /// A runtime that loads models with `load`.
-    pub fn new(config: RuntimeConfig, load: LoadRunner) -> Self {
+    pub fn new(config: RuntimeConfig, load: Arc<dyn Loader>) -> Self {
         Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()) }) }
     }
 
-    /// The real backends (`engine::load_runner`).
+    /// The real backends.
     pub fn with_engine_backends(config: RuntimeConfig) -> Self {
-        Self::new(config, Arc::new(|config: &RunnerConfig| engine::load_runner(config)))
+        Self::new(config, Arc::new(EngineBackends))
     }
 
     /// The served model of `deployment`, loading it first if needed.
@@ -107,32 +152,60 @@ impl Runtime {
     async fn load(&self, hub: &Hub, deployment: Deployment) -> Result<Arc<Served>, Error> {
         let started = std::time::Instant::now();
         hub.check_loadable(&deployment).await?;
-        let path = materialize(hub, &self.inner.config.models_dir, &deployment.file_sha256).await?;
-        let settings = &deployment.settings;
-        let prefill_chunk = self.inner.config.prefill_chunk;
-        let runner_config = RunnerConfig {
-            path: path.clone(),
-            context: settings.context,
-            max_batch: settings.max_batch,
-            threads: settings.threads,
-            max_step_tokens: (settings.max_batch as usize * prefill_chunk).min(u32::MAX as usize) as u32,
-        };
+        let models_dir = &self.inner.config.models_dir;
+        let path = materialize(hub, models_dir, &deployment.file_sha256).await?;
+        let settings = deployment.settings.clone();
         let load = self.inner.load.clone();
         let name = deployment.name.clone();
-        let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let chat = read_chat_template(&runner_config.path);
-            Ok((load(&runner_config)?, chat))
-        })
-        .await
-        .map_err(Error::internal)?
-        .map_err(|err| Error::Internal(format!("load deployment {name}: {err}")))?;
-        let backend = runner.info().backend;
-        let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk });
+        let failed = |err: String| Error::Internal(format!("load deployment {name}: {err}"));
+        let (backend, chat, backend_name) = if deployment.file_path.as_str().ends_with(".safetensors") {
+            // An encoder: its config and tokenizer come from the same commit, beside the weights.
+            let folder = deployment.file_path.as_str().rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"));
+            let config = self.sibling(hub, &deployment, &format!("{folder}config.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}config.json beside the weights", deployment.repo)))?;
+            let tokenizer = self.sibling(hub, &deployment, &format!("{folder}tokenizer.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}tokenizer.json beside the weights", deployment.repo)))?;
+            let sentence_config = self.sibling(hub, &deployment, &format!("{folder}sentence_bert_config.json")).await?;
+            let embedder_config = EmbedderConfig { weights: path.clone(), config, tokenizer, sentence_config, threads: settings.threads };
+            let runner = tokio::task::spawn_blocking(move || load.embedder(&embedder_config)).await.map_err(Error::internal)?.map_err(&failed)?;
+            let backend_name = runner.backend();
+            // max_batch counts sequences for generation; for an encoder, a batch holds up to
+            // max_batch sequences of the model's full length.
+            let max_batch_tokens = settings.max_batch as usize * runner.max_tokens();
+            let engine = EmbedEngine::start(runner, EmbedConfig { max_batch_tokens, max_queue: self.inner.config.max_queue });
+            (Backend::Embed(engine), None, backend_name)
+        } else {
+            let prefill_chunk = self.inner.config.prefill_chunk;
+            let runner_config = RunnerConfig {
+                path: path.clone(),
+                context: settings.context,
+                max_batch: settings.max_batch,
+                threads: settings.threads,
+                max_step_tokens: (settings.max_batch as usize * prefill_chunk).min(u32::MAX as usize) as u32,
+            };
+            let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let chat = read_chat_template(&runner_config.path);
+                Ok((load.generator(&runner_config)?, chat))
+            })
+            .await
+            .map_err(Error::internal)?
+            .map_err(&failed)?;
+            let backend_name = runner.info().backend;
+            let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk });
+            (Backend::Generate(engine), chat, backend_name)
+        };
         let load_seconds = started.elapsed().as_secs_f64();
         tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
-        let fingerprint = fingerprint(&deployment, &backend, prefill_chunk);
+        let fingerprint = fingerprint(&deployment, &backend_name, self.inner.config.prefill_chunk);
         let revision = format!("{}@{}", deployment.repo, deployment.commit);
-        Ok(Arc::new(Served { deployment, engine, chat, fingerprint, revision, loaded_at: chrono::Utc::now().timestamp(), load_seconds }))
+        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, loaded_at: chrono::Utc::now().timestamp(), load_seconds }))
+    }
+
+    /// A file of the deployment's commit, copied and checked like the weights; `None` if absent.
+    async fn sibling(&self, hub: &Hub, deployment: &Deployment, path: &str) -> Result<Option<PathBuf>, Error> {
+        let path = RepoPath::parse(path)?;
+        match hub.meta.get_file(&deployment.commit, &path).await? {
+            Some(entry) => Ok(Some(materialize(hub, &self.inner.config.models_dir, &entry.sha256).await?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -63,6 +63,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/models/{model}", get(openai::retrieve_model))
         .route("/v1/chat/completions", post(openai::create_chat_completion))
         .route("/v1/completions", post(openai::create_completion))
+        .route("/v1/embeddings", post(openai::create_embedding))
         .layer(DefaultBodyLimit::max(json_limit));
     // Streaming routes read their bodies chunk by chunk and enforce their own limits.
     let streaming = Router::new()

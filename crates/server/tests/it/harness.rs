@@ -9,6 +9,19 @@ use tower::ServiceExt as _;
 
 pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 
+/// Deployments run on the engine's deterministic mocks, whatever their files hold: the mock
+/// generator (a byte tokenizer) and the mock embedder (16 dimensions, at most 64 tokens).
+struct MockBackends;
+
+impl server::runtime::Loader for MockBackends {
+    fn generator(&self, _: &engine::RunnerConfig) -> Result<Box<dyn engine::ModelRunner>, String> {
+        Ok(Box::new(engine::mock::MockRunner::new(4096)))
+    }
+    fn embedder(&self, _: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {
+        Ok(Box::new(engine::embed::MockEmbedder { dims: 16, max_tokens: 64, calls: Default::default() }))
+    }
+}
+
 pub(crate) struct TestServer {
     pub(crate) router: Router,
     pub(crate) state: AppState,
@@ -56,8 +69,7 @@ impl TestServer {
         let mut raw = RawConfig::load(None, &flags).unwrap();
         tweak(&mut raw);
         let mut state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();
-        // Deployments run on the deterministic mock runner (a byte tokenizer), whatever the file.
-        state.runtime = server::runtime::Runtime::new(state.config.runtime.clone(), std::sync::Arc::new(|_: &engine::RunnerConfig| Ok(Box::new(engine::mock::MockRunner::new(4096)) as Box<dyn engine::ModelRunner>)));
+        state.runtime = server::runtime::Runtime::new(state.config.runtime.clone(), std::sync::Arc::new(MockBackends));
         server::bootstrap::admin_token(&state).await.unwrap();
         TestServer { router: server::router(state.clone()), state, dir }
     }

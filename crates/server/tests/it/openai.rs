@@ -298,3 +298,74 @@ async fn logprobs_in_chat_completions_and_streams() {
     assert_eq!(logprobs["text_offset"], serde_json::json!([0, 1, 2, 3, 4]));
     assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 1);
 }
+
+/// A small, valid safetensors file.
+fn tiny_safetensors() -> Vec<u8> {
+    let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend([0u8; 8]);
+    out
+}
+
+/// `ann/enc` with an encoder's files (the mock embedder stands in for the weights), deployed as `enc`.
+async fn deployed_encoder(server: &TestServer, token: &str, with_tokenizer: bool) {
+    server.create_repo(token, "enc", false).await;
+    let mut lines = vec![header("encoder"), file("model.safetensors", &tiny_safetensors()), file("config.json", b"{}"), file("README.md", b"---\nlicense: apache-2.0\n---\n# enc\n")];
+    if with_tokenizer {
+        lines.push(file("tokenizer.json", b"{}"));
+    }
+    let reply = server.commit(token, "ann/enc", &lines).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), serde_json::json!({ "name": "enc", "repo": "ann/enc" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(reply.json()["file"], "model.safetensors");
+}
+
+#[tokio::test]
+async fn embeddings_as_floats_and_base64() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let reply = server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "enc", "input": ["a cat", "a cat", "quarterly revenue"] })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let body = reply.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["usage"]["prompt_tokens"], 5 + 5 + 17);
+    let vectors: Vec<Vec<f64>> = body["data"].as_array().unwrap().iter().map(|d| d["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
+    assert_eq!(vectors.len(), 3);
+    assert!(vectors.iter().all(|v| v.len() == 16 && (v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-5));
+    assert_eq!(vectors[0], vectors[1]);
+    assert_eq!(body["data"][2]["index"], 2);
+    assert!(reply.header("x-mantle-revision").unwrap().starts_with("ann/enc@"));
+
+    // base64: the little-endian bytes of the same floats.
+    let encoded = server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "enc", "input": "a cat", "encoding_format": "base64" })).await.json();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let floats: Vec<f64> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect();
+    assert_eq!(floats.iter().map(|f| *f as f32).collect::<Vec<_>>(), vectors[0].iter().map(|f| *f as f32).collect::<Vec<_>>());
+
+    // Wrong model kinds, bad fields and inputs: OpenAI errors.
+    assert_openai_error(&server.json("POST", "/v1/chat/completions", Some(&token), serde_json::json!({ "model": "enc", "messages": [{ "role": "user", "content": "hi" }] })).await, StatusCode::BAD_REQUEST, Some("model"));
+    assert_openai_error(&server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "tiny", "input": "hi" })).await, StatusCode::BAD_REQUEST, Some("model"));
+    for (body, param) in [
+        (serde_json::json!({ "model": "enc", "input": "x".repeat(65) }), "input"),
+        (serde_json::json!({ "model": "enc", "input": "" }), "input"),
+        (serde_json::json!({ "model": "enc", "input": [] }), "input"),
+        (serde_json::json!({ "model": "enc", "input": "hi", "encoding_format": "hex" }), "encoding_format"),
+        (serde_json::json!({ "model": "enc", "input": "hi", "dimensions": 8 }), "dimensions"),
+    ] {
+        assert_openai_error(&server.json("POST", "/v1/embeddings", Some(&token), body).await, StatusCode::BAD_REQUEST, Some(param));
+    }
+    assert_openai_error(&server.json("POST", "/v1/embeddings", None, serde_json::json!({ "model": "enc", "input": "hi" })).await, StatusCode::UNAUTHORIZED, None);
+}
+
+#[tokio::test]
+async fn an_encoder_without_its_tokenizer_fails_to_load_with_a_clear_error() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, false).await;
+    let reply = server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "enc", "input": "hi" })).await;
+    assert_openai_error(&reply, StatusCode::BAD_REQUEST, None);
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("tokenizer.json"), "{:?}", reply.json());
+}

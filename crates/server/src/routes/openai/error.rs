@@ -37,7 +37,12 @@ impl OpenAiError {
 
     /// A prompt that does not fit the model's context.
     pub(crate) fn context_exceeded(message: String) -> Self {
-        OpenAiError { code: Some("context_length_exceeded"), ..Self::invalid(message, Some("messages")) }
+        Self::context_exceeded_in("messages", message)
+    }
+
+    /// An input that does not fit the model's context, naming the field.
+    pub(crate) fn context_exceeded_in(param: &str, message: String) -> Self {
+        OpenAiError { code: Some("context_length_exceeded"), ..Self::invalid(message, Some(param)) }
     }
 }
 

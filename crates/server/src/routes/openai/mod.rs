@@ -1,5 +1,5 @@
 //! The OpenAI API over deployments: `/v1/models`, `/v1/chat/completions` and `/v1/completions`,
-//! plain and streamed (SSE). Mantle tokens are the API keys; a deployment is a model the caller
+//! plain and streamed (SSE), and `/v1/embeddings`. Mantle tokens are the API keys; a deployment is a model the caller
 //! may use when it can see the deployment's repo.
 
 mod error;
@@ -16,8 +16,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use domain::auth::Principal;
-use engine::{Event, FinishReason, GenerateRequest, Generation, Token, TokenLogprob};
+use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, Token, TokenLogprob};
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt as _;
 
@@ -25,7 +26,7 @@ pub(crate) use error::OpenAiError;
 use params::{Endpoint, Options};
 
 use crate::metrics::RequestTimer;
-use crate::runtime::Served;
+use crate::runtime::{Backend, Served};
 use crate::AppState;
 
 /// `GET /v1/models`: the deployments the caller may use.
@@ -50,13 +51,14 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     let options = Options::parse(&request.sampling, Endpoint::Chat)?;
     let messages = params::template_messages(&request.messages)?;
     let served = serve(&state, &principal, &request.model).await?;
+    let engine = generator(&served)?;
     let Some(chat) = &served.chat else {
         return Err(OpenAiError::invalid(format!("model {} has no chat template; use /v1/completions", request.model), Some("model")));
     };
     let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
-    let prompt = served.engine.tokenize(&prompt_text);
+    let prompt = engine.tokenize(&prompt_text);
     let timer = state.metrics.start(&served.deployment.name);
-    let run = Run::start(&served, vec![prompt], &options, Endpoint::Chat, timer)?;
+    let run = Run::start(engine, vec![prompt], &options, Endpoint::Chat, timer)?;
     Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
 }
 
@@ -75,7 +77,8 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         return Err(OpenAiError::unsupported("echo", "echo"));
     }
     let served = serve(&state, &principal, &request.model).await?;
-    let n_vocab = served.engine.info().n_vocab;
+    let engine = generator(&served)?;
+    let n_vocab = engine.info().n_vocab;
     let check_tokens = |tokens: &[u32]| -> Result<Vec<Token>, OpenAiError> {
         match tokens.iter().find(|t| **t as usize >= n_vocab) {
             Some(bad) => Err(OpenAiError::invalid(format!("token {bad} is outside the vocabulary of {n_vocab}"), Some("prompt"))),
@@ -83,8 +86,8 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         }
     };
     let prompts: Vec<Vec<Token>> = match &request.prompt {
-        wire::Prompt::Text(text) => vec![served.engine.tokenize(text)],
-        wire::Prompt::Texts(texts) => texts.iter().map(|t| served.engine.tokenize(t)).collect(),
+        wire::Prompt::Text(text) => vec![engine.tokenize(text)],
+        wire::Prompt::Texts(texts) => texts.iter().map(|t| engine.tokenize(t)).collect(),
         wire::Prompt::Tokens(tokens) => vec![check_tokens(tokens)?],
         wire::Prompt::TokenLists(lists) => lists.iter().map(|l| check_tokens(l)).collect::<Result<_, _>>()?,
     };
@@ -92,8 +95,86 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
     }
     let timer = state.metrics.start(&served.deployment.name);
-    let run = Run::start(&served, prompts, &options, Endpoint::Completions, timer)?;
+    let run = Run::start(engine, prompts, &options, Endpoint::Completions, timer)?;
     Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
+}
+
+/// The most inputs one embeddings request may carry (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn create_embedding(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::EmbeddingRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
+    let principal = authenticate(&state, &headers).await?;
+    let Json(request) = body.map_err(OpenAiError::from_rejection)?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(OpenAiError::invalid(format!("encoding_format must be float or base64, not {other:?}"), Some("encoding_format"))),
+    };
+    let served = serve(&state, &principal, &request.model).await?;
+    let Backend::Embed(engine) = &served.backend else {
+        return Err(OpenAiError::invalid(format!("model {} generates text; embeddings need an embedding deployment", request.model), Some("model")));
+    };
+    if request.dimensions.is_some_and(|d| d as usize != engine.dims()) {
+        return Err(OpenAiError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
+    }
+    let inputs: Vec<Vec<Token>> = match &request.input {
+        wire::Prompt::Text(text) => vec![embedding_tokens(engine, text)?],
+        wire::Prompt::Texts(texts) => texts.iter().map(|t| embedding_tokens(engine, t)).collect::<Result<_, _>>()?,
+        wire::Prompt::Tokens(tokens) => vec![tokens.clone()],
+        wire::Prompt::TokenLists(lists) => lists.clone(),
+    };
+    if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
+        return Err(OpenAiError::invalid(format!("input must hold 1 to {MAX_EMBEDDING_INPUTS} items"), Some("input")));
+    }
+    if let Some(long) = inputs.iter().find(|i| i.len() > engine.max_tokens()) {
+        return Err(OpenAiError::context_exceeded_in("input", format!("an input has more than {} tokens, the model's maximum ({} or more)", engine.max_tokens(), long.len())));
+    }
+    if inputs.iter().any(Vec::is_empty) {
+        return Err(OpenAiError::invalid("an input has no tokens", Some("input")));
+    }
+    let prompt_tokens: usize = inputs.iter().map(Vec::len).sum();
+    let mut timer = state.metrics.start(&served.deployment.name);
+    let vectors = engine.embed(inputs).await.map_err(|err| {
+        timer.reject(&err);
+        OpenAiError::from(err)
+    })?;
+    timer.finish(prompt_tokens, 0);
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                wire::EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                wire::EmbeddingVector::Float(vector)
+            };
+            wire::Embedding { object: "embedding".into(), index: index as u32, embedding }
+        })
+        .collect();
+    let usage = wire::EmbeddingUsage { prompt_tokens: prompt_tokens as u64, total_tokens: prompt_tokens as u64 };
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&served.revision) {
+        headers.insert("x-mantle-revision", value);
+    }
+    Ok((headers, Json(wire::EmbeddingList { object: "list".into(), data, model: request.model, usage })).into_response())
+}
+
+/// An embeddings text as tokens; empty text is refused, as OpenAI does.
+fn embedding_tokens(engine: &engine::EmbedEngine, text: &str) -> Result<Vec<Token>, OpenAiError> {
+    if text.is_empty() {
+        return Err(OpenAiError::invalid("input must not contain empty strings", Some("input")));
+    }
+    Ok(engine.tokenize(text))
+}
+
+/// The generation engine of a deployment, or a 400 for an embedding deployment.
+fn generator(served: &Served) -> Result<&Engine, OpenAiError> {
+    match &served.backend {
+        Backend::Generate(engine) => Ok(engine),
+        Backend::Embed(_) => Err(OpenAiError::invalid(format!("model {} serves embeddings; use /v1/embeddings", served.deployment.name), Some("model"))),
+    }
 }
 
 /// The Bearer token's principal; `/v1` always needs one.
@@ -136,8 +217,8 @@ struct Run {
 }
 
 impl Run {
-    fn start(served: &Served, prompts: Vec<Vec<Token>>, options: &Options, endpoint: Endpoint, timer: RequestTimer) -> Result<Run, OpenAiError> {
-        let n_ctx = served.engine.info().n_ctx;
+    fn start(engine: &Engine, prompts: Vec<Vec<Token>>, options: &Options, endpoint: Endpoint, timer: RequestTimer) -> Result<Run, OpenAiError> {
+        let n_ctx = engine.info().n_ctx;
         let mut streams = Vec::new();
         let prompt_tokens = prompts.iter().map(Vec::len).sum();
         for (p, prompt) in prompts.into_iter().enumerate() {
@@ -149,7 +230,7 @@ impl Run {
                 let index = p * options.n + j;
                 let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone(), logprobs: options.logprobs };
                 // A failure drops the generations already started, which cancels them.
-                let generation = served.engine.generate(request).map_err(|err| {
+                let generation = engine.generate(request).map_err(|err| {
                     timer.reject(&err);
                     OpenAiError::from(err)
                 })?;

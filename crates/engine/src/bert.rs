@@ -1,0 +1,435 @@
+//! A BERT encoder for sentence embeddings (sentence-transformers models such as
+//! all-MiniLM-L6-v2), in plain Rust over the `gemm` crate's matrix kernels.
+//!
+//! Sequences are packed without padding: the dense layers run once over all tokens of a batch,
+//! and attention runs per sequence and head, so no work is spent on padding and attention grows
+//! with the square of each sentence, not of the batch. Output: mean pooling over each sequence's
+//! tokens, then L2 normalisation.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::wordpiece::WordPiece;
+use crate::Token;
+
+/// `config.json` fields the encoder needs.
+#[derive(Clone, Debug)]
+pub struct BertConfig {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub max_positions: usize,
+    pub eps: f32,
+}
+
+struct Linear {
+    /// `n_out × n_in`, row-major, as PyTorch stores it.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    n_in: usize,
+    n_out: usize,
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    qkv: Linear,
+    attention_out: Linear,
+    norm1: Norm,
+    up: Linear,
+    down: Linear,
+    norm2: Norm,
+}
+
+/// A loaded encoder with its tokenizer.
+pub struct Bert {
+    pub config: BertConfig,
+    pub tokenizer: std::sync::Arc<WordPiece>,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    norm: Norm,
+    layers: Vec<Layer>,
+    n_vocab: usize,
+    /// The most tokens one input may have, special tokens included.
+    max_len: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl Bert {
+    /// Loads `model.safetensors` with `config.json` and `tokenizer.json` from the same folder
+    /// (and `sentence_bert_config.json`'s `max_seq_length`, when present).
+    pub fn load(weights: &Path, config: &Path, tokenizer: &Path, sentence_config: Option<&Path>, threads: usize) -> Result<Bert, String> {
+        let read = |path: &Path| std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()));
+        let raw: serde_json::Value = serde_json::from_slice(&read(config)?).map_err(|e| format!("config.json: {e}"))?;
+        let field = |key: &str| raw[key].as_u64().map(|v| v as usize).ok_or_else(|| format!("config.json has no {key}"));
+        if raw["hidden_act"].as_str().is_some_and(|a| a != "gelu") {
+            return Err(format!("unsupported hidden_act {}", raw["hidden_act"]));
+        }
+        let config = BertConfig {
+            hidden: field("hidden_size")?,
+            layers: field("num_hidden_layers")?,
+            heads: field("num_attention_heads")?,
+            intermediate: field("intermediate_size")?,
+            max_positions: field("max_position_embeddings")?,
+            eps: raw["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
+        };
+        if config.heads == 0 || config.hidden % config.heads != 0 || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
+            return Err("config.json describes an unsupported shape".into());
+        }
+        let max_len = match sentence_config {
+            Some(path) => serde_json::from_slice::<serde_json::Value>(&read(path)?).ok().and_then(|v| v["max_seq_length"].as_u64()).map_or(config.max_positions, |m| m as usize),
+            None => config.max_positions,
+        }
+        .min(config.max_positions);
+        // One past the limit, so that an input that is too long shows as such.
+        let tokenizer = WordPiece::from_json(&read(tokenizer)?, max_len + 1)?;
+        let mut tensors = Tensors::read(&read(weights)?)?;
+        let h = config.hidden;
+        let word = tensors.take("embeddings.word_embeddings.weight", None)?;
+        let n_vocab = word.len() / h;
+        if word.len() != n_vocab * h || n_vocab < tokenizer.vocab_size() {
+            return Err("the word embeddings do not match the hidden size and vocabulary".into());
+        }
+        let position = tensors.take("embeddings.position_embeddings.weight", Some(config.max_positions * h))?;
+        let token_type = tensors.take("embeddings.token_type_embeddings.weight", None)?;
+        if token_type.len() < h {
+            return Err("token type embeddings are missing".into());
+        }
+        let norm = tensors.norm("embeddings.LayerNorm", h)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("encoder.layer.{i}");
+            let (q, k, v) = (tensors.linear(&format!("{p}.attention.self.query"), h, h)?, tensors.linear(&format!("{p}.attention.self.key"), h, h)?, tensors.linear(&format!("{p}.attention.self.value"), h, h)?);
+            // One fused projection: rows of Q, then K, then V.
+            let qkv = Linear { weight: [q.weight, k.weight, v.weight].concat(), bias: [q.bias, k.bias, v.bias].concat(), n_in: h, n_out: 3 * h };
+            layers.push(Layer {
+                qkv,
+                attention_out: tensors.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                norm1: tensors.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                up: tensors.linear(&format!("{p}.intermediate.dense"), h, config.intermediate)?,
+                down: tensors.linear(&format!("{p}.output.dense"), config.intermediate, h)?,
+                norm2: tensors.norm(&format!("{p}.output.LayerNorm"), h)?,
+            });
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).thread_name(|i| format!("mantle-embed-{i}")).build().map_err(|e| e.to_string())?;
+        Ok(Bert { config, tokenizer: std::sync::Arc::new(tokenizer), word, position, token_type, norm, layers, n_vocab, max_len, pool })
+    }
+
+    /// Unit-length mean-pooled embeddings of token sequences (each as the tokenizer made it).
+    pub fn embed(&self, sequences: &[&[Token]]) -> Result<Vec<Vec<f32>>, String> {
+        for seq in sequences {
+            if seq.is_empty() || seq.len() > self.config.max_positions {
+                return Err(format!("a sequence of {} tokens is outside 1..={}", seq.len(), self.config.max_positions));
+            }
+            if let Some(bad) = seq.iter().find(|t| **t as usize >= self.n_vocab) {
+                return Err(format!("token {bad} is outside the vocabulary"));
+            }
+        }
+        Ok(self.pool.install(|| self.forward(sequences)))
+    }
+
+    fn forward(&self, sequences: &[&[Token]]) -> Vec<Vec<f32>> {
+        let h = self.config.hidden;
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        let spans: Vec<(usize, usize)> = sequences.iter().scan(0, |at, s| {
+            let span = (*at, s.len());
+            *at += s.len();
+            Some(span)
+        }).collect();
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+
+        let mut x = vec![0f32; total * h];
+        for (row, (token, position)) in x.chunks_exact_mut(h).zip(sequences.iter().flat_map(|s| s.iter().enumerate().map(|(p, t)| (*t as usize, p)))) {
+            let (w, p, t) = (&self.word[token * h..][..h], &self.position[position * h..][..h], &self.token_type[..h]);
+            for i in 0..h {
+                row[i] = w[i] + p[i] + t[i];
+            }
+        }
+        layer_norm(&mut x, &self.norm, h, self.config.eps);
+
+        let heads = self.config.heads;
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut qkv = vec![0f32; total * 3 * h];
+        let mut context = vec![0f32; total * h];
+        let mut attended = vec![0f32; total * h];
+        let mut up = vec![0f32; total * self.config.intermediate];
+        let mut down = vec![0f32; total * h];
+        for layer in &self.layers {
+            linear(&mut qkv, &x, &layer.qkv, total, par);
+            // Attention per sequence (in parallel), per head, over that sequence's tokens only.
+            let mut blocks: Vec<(&mut [f32], usize, usize)> = Vec::with_capacity(spans.len());
+            let mut rest = context.as_mut_slice();
+            for &(start, len) in &spans {
+                let (block, tail) = rest.split_at_mut(len * h);
+                blocks.push((block, start, len));
+                rest = tail;
+            }
+            let qkv_ref = &qkv;
+            blocks.into_par_iter().for_each(|(block, start, len)| {
+                let mut scores = vec![0f32; len * len];
+                for head in 0..heads {
+                    let q = &qkv_ref[start * 3 * h + head * d..];
+                    let k = &qkv_ref[start * 3 * h + h + head * d..];
+                    let v = &qkv_ref[start * 3 * h + 2 * h + head * d..];
+                    // scores = q · kᵀ (len × len), scaled.
+                    matmul(&mut scores, len, len, d, (len, 1), q, (3 * h, 1), k, (1, 3 * h), scale, Parallelism::None);
+                    for row in scores.chunks_exact_mut(len) {
+                        softmax(row);
+                    }
+                    // context[:, head] = scores · v (len × d).
+                    matmul(&mut block[head * d..], len, d, len, (h, 1), &scores, (len, 1), v, (3 * h, 1), 1.0, Parallelism::None);
+                }
+            });
+            linear(&mut attended, &context, &layer.attention_out, total, par);
+            add_into(&mut x, &attended);
+            layer_norm(&mut x, &layer.norm1, h, self.config.eps);
+            linear(&mut up, &x, &layer.up, total, par);
+            up.par_chunks_mut(4096).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu(*v)));
+            linear(&mut down, &up, &layer.down, total, par);
+            add_into(&mut x, &down);
+            layer_norm(&mut x, &layer.norm2, h, self.config.eps);
+        }
+        spans
+            .iter()
+            .map(|&(start, len)| {
+                let mut mean = vec![0f32; h];
+                for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                    for (m, v) in mean.iter_mut().zip(row) {
+                        *m += v;
+                    }
+                }
+                let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                mean.iter_mut().for_each(|v| *v /= norm);
+                mean
+            })
+            .collect()
+    }
+}
+
+impl crate::embed::EmbedRunner for Bert {
+    fn dims(&self) -> usize {
+        self.config.hidden
+    }
+    fn max_tokens(&self) -> usize {
+        self.max_len
+    }
+    fn tokenizer(&self) -> std::sync::Arc<dyn crate::Tokenizer> {
+        self.tokenizer.clone()
+    }
+    fn embed(&mut self, inputs: &[&[Token]]) -> Result<Vec<Vec<f32>>, String> {
+        Bert::embed(self, inputs)
+    }
+    fn backend(&self) -> String {
+        "mantle-bert".into()
+    }
+}
+
+/// `out (rows × n_out) = input (rows × n_in) · weightᵀ + bias`.
+fn linear(out: &mut [f32], input: &[f32], layer: &Linear, rows: usize, par: Parallelism) {
+    let (n_in, n_out) = (layer.n_in, layer.n_out);
+    for row in out[..rows * n_out].chunks_exact_mut(n_out) {
+        row.copy_from_slice(&layer.bias);
+    }
+    // weightᵀ as an n_in × n_out matrix: row stride 1, column stride n_in.
+    matmul_acc(out, rows, n_out, n_in, (n_out, 1), input, (n_in, 1), &layer.weight, (1, n_in), par);
+}
+
+/// `dst = alpha · lhs · rhs` for strided matrices (each given as (row stride, column stride)).
+#[allow(clippy::too_many_arguments)]
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), alpha: f32, par: Parallelism) {
+    gemm_checked(dst, m, n, k, dst_s, lhs, lhs_s, rhs, rhs_s, false, alpha, par);
+}
+
+/// `dst += lhs · rhs`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_acc(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), par: Parallelism) {
+    gemm_checked(dst, m, n, k, dst_s, lhs, lhs_s, rhs, rhs_s, true, 1.0, par);
+}
+
+/// The one call into `gemm`, after checking that every strided matrix lies inside its slice.
+#[allow(clippy::too_many_arguments)]
+fn gemm_checked(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), accumulate: bool, alpha: f32, par: Parallelism) {
+    let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    assert!(extent(m, n, dst_s) <= dst.len() && extent(m, k, lhs_s) <= lhs.len() && extent(k, n, rhs_s) <= rhs.len(), "matrix views stay inside their buffers");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    // gemm computes dst = a·dst + b·lhs·rhs, with strides given as (column, row).
+    #[expect(unsafe_code, reason = "gemm takes raw pointers; the extents were checked against the slices just above")]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_s.1 as isize,
+            dst_s.0 as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+fn layer_norm(x: &mut [f32], norm: &Norm, h: usize, eps: f32) {
+    x.par_chunks_mut(h * 64).for_each(|rows| {
+        for row in rows.chunks_exact_mut(h) {
+            let mean = row.iter().sum::<f32>() / h as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    });
+}
+
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// GELU with erf, as BERT defines it; erf by Abramowitz and Stegun 7.1.26 (error below 1.5e-7).
+fn gelu(x: f32) -> f32 {
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * (-a * a).exp();
+    let erf = if z < 0.0 { -erf_abs } else { erf_abs };
+    0.5 * x * (1.0 + erf)
+}
+
+/// Tensors of a safetensors file, converted to f32 and taken by name.
+struct Tensors {
+    by_name: HashMap<String, Vec<f32>>,
+}
+
+impl Tensors {
+    fn read(bytes: &[u8]) -> Result<Tensors, String> {
+        let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("not a safetensors file")?;
+        let header = bytes.get(8..8usize.saturating_add(header_len)).ok_or("the safetensors header runs past the end")?;
+        let data = &bytes[8 + header_len..];
+        let header: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("safetensors header: {e}"))?;
+        let mut by_name = HashMap::new();
+        for (name, info) in header.as_object().ok_or("safetensors header is not an object")? {
+            if name == "__metadata__" {
+                continue;
+            }
+            let offsets = info["data_offsets"].as_array().and_then(|o| Some((o.first()?.as_u64()? as usize, o.get(1)?.as_u64()? as usize))).ok_or_else(|| format!("{name}: no data_offsets"))?;
+            let raw = data.get(offsets.0..offsets.1).ok_or_else(|| format!("{name}: data out of bounds"))?;
+            let values: Vec<f32> = match info["dtype"].as_str() {
+                Some("F32") => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+                Some("F16") => raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+                Some("BF16") => raw.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+                // Integer tensors (position ids) are not needed.
+                _ => continue,
+            };
+            // Checkpoints from BertModel prefix names with "bert."; sentence-transformers does not.
+            by_name.insert(name.strip_prefix("bert.").unwrap_or(name).to_owned(), values);
+        }
+        Ok(Tensors { by_name })
+    }
+
+    fn take(&mut self, name: &str, len: Option<usize>) -> Result<Vec<f32>, String> {
+        let values = self.by_name.remove(name).ok_or_else(|| format!("the weights have no {name}"))?;
+        match len {
+            Some(len) if values.len() != len => Err(format!("{name} has {} values; expected {len}", values.len())),
+            _ => Ok(values),
+        }
+    }
+
+    fn linear(&mut self, prefix: &str, n_in: usize, n_out: usize) -> Result<Linear, String> {
+        Ok(Linear { weight: self.take(&format!("{prefix}.weight"), Some(n_in * n_out))?, bias: self.take(&format!("{prefix}.bias"), Some(n_out))?, n_in, n_out })
+    }
+
+    fn norm(&mut self, prefix: &str, h: usize) -> Result<Norm, String> {
+        // Old checkpoints name LayerNorm parameters gamma/beta.
+        let gamma = self.take(&format!("{prefix}.weight"), Some(h)).or_else(|_| self.take(&format!("{prefix}.gamma"), Some(h)))?;
+        let beta = self.take(&format!("{prefix}.bias"), Some(h)).or_else(|_| self.take(&format!("{prefix}.beta"), Some(h)))?;
+        Ok(Norm { gamma, beta })
+    }
+}
+
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits >> 15) as u32) << 31;
+    let exp = ((bits >> 10) & 0x1f) as u32;
+    let frac = (bits & 0x3ff) as u32;
+    let value = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: renormalise.
+            let shift = frac.leading_zeros() - 21;
+            sign | ((127 - 15 + 1 - shift) << 23) | ((frac << shift) & 0x3ff) << 13
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_erf_values() {
+        // Reference values of 0.5·x·(1 + erf(x/√2)).
+        for (x, expect) in [(0.0f32, 0.0f32), (1.0, 0.841_344_7), (-1.0, -0.158_655_25), (2.5, 2.484_475_8), (-3.0, -0.004_049_694)] {
+            assert!((gelu(x) - expect).abs() < 1e-6, "gelu({x}) = {}", gelu(x));
+        }
+    }
+
+    #[test]
+    fn half_floats_convert() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn strided_matmul_matches_the_naive_product() {
+        let (m, n, k) = (5, 3, 4);
+        let lhs: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let rhs_t: Vec<f32> = (0..n * k).map(|i| (i as f32).sin()).collect(); // n × k, used transposed
+        let mut dst = vec![1.0f32; m * n];
+        matmul_acc(&mut dst, m, n, k, (n, 1), &lhs, (k, 1), &rhs_t, (1, k), Parallelism::None);
+        for i in 0..m {
+            for j in 0..n {
+                let expect = 1.0 + (0..k).map(|p| lhs[i * k + p] * rhs_t[j * k + p]).sum::<f32>();
+                assert!((dst[i * n + j] - expect).abs() < 1e-4);
+            }
+        }
+    }
+}
