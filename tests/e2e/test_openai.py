@@ -56,6 +56,13 @@ def test_models_and_plain_chat(server, smol):
     assert usage.prompt_tokens > 10 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
+    # Log probabilities, as the client parses them.
+    probed = api.chat.completions.create(model=name, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    content = probed.choices[0].logprobs.content
+    assert len(content) == probed.usage.completion_tokens
+    assert "".join(t.token for t in content) == probed.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in content)
+
 
 def test_streamed_chat_equals_plain_and_reports_usage(server, smol):
     name, token, _ = smol
@@ -115,7 +122,7 @@ def test_bad_requests_get_openai_errors_without_disturbing_a_stream(server, smol
         client(server, "not-a-token", max_retries=0).chat.completions.create(model=name, messages=QUESTION)
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="no-such-model", messages=QUESTION)
-    for bad in [dict(temperature=5), dict(n=0), dict(max_tokens=0), dict(top_p=2), dict(logprobs=True), dict(messages=[])]:
+    for bad in [dict(temperature=5), dict(n=0), dict(max_tokens=0), dict(top_p=2), dict(logprobs=True, top_logprobs=25), dict(messages=[]), dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])]:
         args = {"model": name, "messages": QUESTION, **bad}
         with pytest.raises(openai.BadRequestError) as caught:
             api.chat.completions.create(**args)
