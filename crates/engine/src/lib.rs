@@ -141,6 +141,9 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Prompt tokens fed per sequence per step, so a long prompt does not stall running streams.
     pub prefill_chunk: usize,
+    /// Tokens fed per step across all sequences, decoding ones included (prefill gets what is
+    /// left, at least one token).
+    pub max_step_tokens: usize,
 }
 
 enum Command {
@@ -286,16 +289,31 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
         if active.is_empty() {
             continue;
         }
-        let mut batch: Vec<SeqStep> = active
-            .iter()
-            .map(|seq| {
-                let tokens = match seq.next_input {
-                    Some(token) => vec![token],
-                    None => seq.request.prompt[seq.fed..(seq.fed + config.prefill_chunk).min(seq.request.prompt.len())].to_vec(),
-                };
-                SeqStep { slot: seq.slot, tokens, logits: Vec::new() }
-            })
-            .collect();
+        // Every decoding sequence feeds its last token; prefilling ones share what is left of the
+        // step's token budget, oldest first, so a burst of long prompts cannot stall the streams
+        // already running for longer than one budget's worth of prefill.
+        let decoding = active.iter().filter(|seq| seq.next_input.is_some()).count();
+        // The budget counts the decoding tokens too: a step that fits one physical batch of the
+        // backend runs in one pass over the weights.
+        let mut budget = config.max_step_tokens.saturating_sub(decoding).max(1);
+        let mut included: Vec<usize> = Vec::with_capacity(active.len());
+        let mut batch: Vec<SeqStep> = Vec::with_capacity(active.len());
+        for (index, seq) in active.iter().enumerate() {
+            let tokens = match seq.next_input {
+                Some(token) => vec![token],
+                None => {
+                    let n = config.prefill_chunk.min(seq.request.prompt.len() - seq.fed).min(budget);
+                    if n == 0 {
+                        continue;
+                    }
+                    budget -= n;
+                    seq.request.prompt[seq.fed..seq.fed + n].to_vec()
+                }
+            };
+            included.push(index);
+            batch.push(SeqStep { slot: seq.slot, tokens, logits: Vec::new() });
+        }
+        debug_assert!(batch.len() >= decoding);
         batch_size.store(batch.len(), Ordering::Relaxed);
         if let Err(err) = runner.step(&mut batch) {
             tracing::error!("failed to run a batch step: {err}");
@@ -307,7 +325,8 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             continue;
         }
         let mut finished = Vec::new();
-        for (index, (seq, step)) in active.iter_mut().zip(batch).enumerate() {
+        for (index, step) in included.into_iter().zip(batch) {
+            let seq = &mut active[index];
             if seq.next_input.is_none() {
                 seq.fed += step.tokens.len();
                 if seq.fed < seq.request.prompt.len() {

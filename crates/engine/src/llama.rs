@@ -68,7 +68,9 @@ impl LlamaRunner {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(total))
             .with_n_batch(capacity as u32)
-            .with_n_ubatch(capacity as u32)
+            // llama.cpp splits a step into physical batches of at most 512 tokens, as its server does:
+            // larger ones are slower on CPU.
+            .with_n_ubatch(capacity.min(512) as u32)
             .with_n_seq_max(settings.max_batch)
             .with_n_threads(settings.threads as i32)
             .with_n_threads_batch(settings.threads as i32);

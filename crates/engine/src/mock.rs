@@ -14,12 +14,14 @@ pub struct MockRunner {
     slots: std::collections::HashMap<usize, Vec<Token>>,
     /// Every step's batch sizes, for tests that check batching happened.
     pub steps: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    /// Every step's token count.
+    pub step_tokens: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl MockRunner {
     /// A mock with a context length.
     pub fn new(n_ctx: usize) -> Self {
-        MockRunner { n_ctx, slots: Default::default(), steps: Default::default() }
+        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default() }
     }
 }
 
@@ -38,6 +40,7 @@ impl ModelRunner for MockRunner {
 
     fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String> {
         self.steps.lock().expect("not poisoned").push(batch.len());
+        self.step_tokens.lock().expect("not poisoned").push(batch.iter().map(|s| s.tokens.len()).sum());
         for seq in batch.iter_mut() {
             let history = self.slots.entry(seq.slot).or_default();
             history.extend(&seq.tokens);

@@ -8,7 +8,7 @@ use crate::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, InferErr
 fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
     let runner = MockRunner::new(4096);
     let steps = runner.steps.clone();
-    (Engine::start(Box::new(runner), EngineConfig { max_batch, max_queue, prefill_chunk: 64 }), steps)
+    (Engine::start(Box::new(runner), EngineConfig { max_batch, max_queue, prefill_chunk: 64, max_step_tokens: 128 }), steps)
 }
 
 fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateRequest {
@@ -186,4 +186,22 @@ async fn the_runner_is_dropped_when_the_last_handle_goes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the runner thread kept its runner after every handle was dropped");
+}
+
+#[tokio::test]
+async fn a_burst_of_long_prompts_prefills_within_the_step_budget() {
+    let runner = MockRunner::new(4096);
+    let tokens = runner.step_tokens.clone();
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 8, max_queue: 8, prefill_chunk: 64, max_step_tokens: 100 });
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let first = engine.generate(request("short", 40, greedy.clone())).unwrap();
+    let burst: Vec<_> = (0..6).map(|i| engine.generate(request(&format!("{i}{}", "long prompt ".repeat(30)), 4, greedy.clone())).unwrap()).collect();
+    collect(first).await;
+    for generation in burst {
+        collect(generation).await;
+    }
+    // At most 100 tokens per step, decoding ones included.
+    let steps = tokens.lock().unwrap().clone();
+    assert!(steps.iter().all(|n| *n <= 100), "{steps:?}");
+    assert!(steps.iter().any(|n| *n > 64), "the budget is shared between prompts: {steps:?}");
 }

@@ -30,7 +30,7 @@ async fn smollm2_answers_and_seeds_repeat_inside_a_batch() {
     let settings = LlamaSettings { context: 4096, max_batch: 4, threads: 2, max_step_tokens: 256 };
     let runner = LlamaRunner::load(&path, &settings).unwrap();
     let prompt = runner.tokenizer().encode(PROMPT);
-    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 4, max_queue: 4, prefill_chunk: 64 });
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 4, max_queue: 4, prefill_chunk: 64, max_step_tokens: 256 });
     let request = |params: SamplingParams| GenerateRequest { prompt: prompt.clone(), params, max_tokens: 32, stop: Vec::new(), logprobs: None };
 
     let greedy = collect(engine.generate(request(SamplingParams { temperature: 0.0, ..Default::default() })).unwrap()).await;

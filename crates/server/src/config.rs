@@ -66,6 +66,7 @@ pub struct RawAuth {
 pub struct RawRuntime {
     pub max_queue: u64,
     pub prefill_chunk: u64,
+    pub max_step_tokens: u64,
     pub models_dir: String,
 }
 
@@ -132,6 +133,8 @@ pub struct RuntimeConfig {
     pub max_queue: usize,
     /// Prompt tokens fed per sequence per step.
     pub prefill_chunk: usize,
+    /// Tokens fed per engine step across all sequences, decoding ones included.
+    pub max_step_tokens: usize,
     /// Where approved model files are copied (verified) for the engine to load.
     pub models_dir: PathBuf,
 }
@@ -185,6 +188,9 @@ impl Config {
         if !(1..=8192).contains(&runtime.prefill_chunk) {
             problems.push("runtime.prefill_chunk must be 1..=8192".to_owned());
         }
+        if !(runtime.prefill_chunk..=65536).contains(&runtime.max_step_tokens) {
+            problems.push("runtime.max_step_tokens must be at least runtime.prefill_chunk and at most 65536".to_owned());
+        }
         let models_dir = if runtime.models_dir.is_empty() { data_dir.join("models") } else { PathBuf::from(&runtime.models_dir) };
         let admin_name = domain::ids::AccountName::parse(&raw.auth.admin_name).map_err(|err| problems.push(format!("auth.admin_name: {err}"))).ok();
         if !problems.is_empty() {
@@ -203,7 +209,7 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
-            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, models_dir },
+            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir },
         })
     }
 }

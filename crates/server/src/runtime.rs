@@ -173,13 +173,14 @@ impl Runtime {
             let engine = EmbedEngine::start(runner, EmbedConfig { max_batch_tokens, max_queue: self.inner.config.max_queue });
             (Backend::Embed(engine), None, backend_name)
         } else {
-            let prefill_chunk = self.inner.config.prefill_chunk;
+            let (prefill_chunk, max_step_tokens) = (self.inner.config.prefill_chunk, self.inner.config.max_step_tokens);
             let runner_config = RunnerConfig {
                 path: path.clone(),
                 context: settings.context,
                 max_batch: settings.max_batch,
                 threads: settings.threads,
-                max_step_tokens: (settings.max_batch as usize * prefill_chunk).min(u32::MAX as usize) as u32,
+                // A step never holds more than the budget, but at least one token per sequence.
+                max_step_tokens: max_step_tokens.max(settings.max_batch as usize).min(u32::MAX as usize) as u32,
             };
             let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let chat = read_chat_template(&runner_config.path);
@@ -189,12 +190,12 @@ impl Runtime {
             .map_err(Error::internal)?
             .map_err(&failed)?;
             let backend_name = runner.info().backend;
-            let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk });
+            let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk, max_step_tokens });
             (Backend::Generate(engine), chat, backend_name)
         };
         let load_seconds = started.elapsed().as_secs_f64();
         tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
-        let fingerprint = fingerprint(&deployment, &backend_name, self.inner.config.prefill_chunk);
+        let fingerprint = fingerprint(&deployment, &backend_name);
         let revision = format!("{}@{}", deployment.repo, deployment.commit);
         Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, loaded_at: chrono::Utc::now().timestamp(), load_seconds }))
     }
@@ -215,10 +216,10 @@ fn identity(deployment: &Deployment) -> String {
     format!("{}|{}|{}|{}|{}|{}", deployment.commit, deployment.file_sha256, deployment.file_path, s.context, s.max_batch, s.threads)
 }
 
-fn fingerprint(deployment: &Deployment, backend: &str, prefill_chunk: usize) -> String {
+fn fingerprint(deployment: &Deployment, backend: &str) -> String {
     let s = &deployment.settings;
     let text = format!(
-        "commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}\nprefill_chunk={prefill_chunk}",
+        "commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}",
         deployment.commit,
         deployment.file_sha256,
         env!("CARGO_PKG_VERSION"),
