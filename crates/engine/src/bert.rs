@@ -144,8 +144,6 @@ impl Bert {
             *at += s.len();
             Some(span)
         }).collect();
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
 
         let mut x = vec![0f32; total * h];
         for (row, (token, position)) in x.chunks_exact_mut(h).zip(sequences.iter().flat_map(|s| s.iter().enumerate().map(|(p, t)| (*t as usize, p)))) {
@@ -165,7 +163,7 @@ impl Bert {
         let mut up = vec![0f32; total * self.config.intermediate];
         let mut down = vec![0f32; total * h];
         for layer in &self.layers {
-            linear(&mut qkv, &x, &layer.qkv, total, par);
+            linear(&mut qkv, &x, &layer.qkv, total);
             // Attention per sequence (in parallel), per head, over that sequence's tokens only.
             let mut blocks: Vec<(&mut [f32], usize, usize)> = Vec::with_capacity(spans.len());
             let mut rest = context.as_mut_slice();
@@ -190,12 +188,12 @@ impl Bert {
                     matmul(&mut block[head * d..], len, d, len, (h, 1), &scores, (len, 1), v, (3 * h, 1), 1.0, Parallelism::None);
                 }
             });
-            linear(&mut attended, &context, &layer.attention_out, total, par);
+            linear(&mut attended, &context, &layer.attention_out, total);
             add_into(&mut x, &attended);
             layer_norm(&mut x, &layer.norm1, h, self.config.eps);
-            linear(&mut up, &x, &layer.up, total, par);
+            linear(&mut up, &x, &layer.up, total);
             up.par_chunks_mut(4096).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu(*v)));
-            linear(&mut down, &up, &layer.down, total, par);
+            linear(&mut down, &up, &layer.down, total);
             add_into(&mut x, &down);
             layer_norm(&mut x, &layer.norm2, h, self.config.eps);
         }
@@ -237,7 +235,7 @@ impl crate::embed::EmbedRunner for Bert {
 /// `out (rows × n_out) = input (rows × n_in) · weightᵀ + bias`. The rows are split between the
 /// pool's threads, each running the kernel alone on its block: no synchronisation inside the
 /// product, which on these small matrices beats parallelising each product.
-fn linear(out: &mut [f32], input: &[f32], layer: &Linear, rows: usize, _par: Parallelism) {
+fn linear(out: &mut [f32], input: &[f32], layer: &Linear, rows: usize) {
     let (n_in, n_out) = (layer.n_in, layer.n_out);
     let threads = rayon::current_num_threads().max(1);
     let block = rows.div_ceil(threads).max(1);
@@ -252,19 +250,19 @@ fn linear(out: &mut [f32], input: &[f32], layer: &Linear, rows: usize, _par: Par
 }
 
 /// `dst = alpha · lhs · rhs` for strided matrices (each given as (row stride, column stride)).
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a strided matrix product names its three matrices, their strides and sizes")]
 fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), alpha: f32, par: Parallelism) {
     gemm_checked(dst, m, n, k, dst_s, lhs, lhs_s, rhs, rhs_s, false, alpha, par);
 }
 
 /// `dst += lhs · rhs`.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a strided matrix product names its three matrices, their strides and sizes")]
 fn matmul_acc(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), par: Parallelism) {
     gemm_checked(dst, m, n, k, dst_s, lhs, lhs_s, rhs, rhs_s, true, 1.0, par);
 }
 
 /// The one call into `gemm`, after checking that every strided matrix lies inside its slice.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a strided matrix product names its three matrices, their strides and sizes")]
 fn gemm_checked(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, usize), lhs: &[f32], lhs_s: (usize, usize), rhs: &[f32], rhs_s: (usize, usize), accumulate: bool, alpha: f32, par: Parallelism) {
     let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
     assert!(extent(m, n, dst_s) <= dst.len() && extent(m, k, lhs_s) <= lhs.len() && extent(k, n, rhs_s) <= rhs.len(), "matrix views stay inside their buffers");
