@@ -379,7 +379,8 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             }
         }
         for (index, reason) in finished.into_iter().rev() {
-            let seq = active.swap_remove(index);
+            // remove, not swap_remove: the batch keeps its order from step to step.
+            let seq = active.remove(index);
             // Held-back text that no stop sequence completed is real output.
             if reason == FinishReason::Length && seq.sent < seq.text.len() {
                 let _ = seq.events.send(Event::Text(seq.text[seq.sent..].to_owned()));
