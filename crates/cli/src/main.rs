@@ -243,7 +243,7 @@ enum AuditCommand {
 
 fn main() -> std::process::ExitCode {
     if let Some(missing) = missing_cpu_features() {
-        eprintln!("error: this mantle binary was built for x86-64-v3 (see .cargo/config.toml) and this CPU lacks {missing}; rebuild with RUSTFLAGS=\"-C target-cpu=x86-64\"");
+        eprintln!("error: this CPU lacks {missing}; this mantle build (and llama.cpp inside it) needs an x86-64-v3 CPU (AVX2, FMA, F16C), see .cargo/config.toml");
         return std::process::ExitCode::FAILURE;
     }
     let cli = Cli::parse();
