@@ -16,12 +16,14 @@ pub struct MockRunner {
     pub steps: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
     /// Every step's token count.
     pub step_tokens: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    /// Every step's slots, in batch order.
+    pub step_slots: std::sync::Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
 }
 
 impl MockRunner {
     /// A mock with a context length.
     pub fn new(n_ctx: usize) -> Self {
-        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default() }
+        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default(), step_slots: Default::default() }
     }
 }
 
@@ -41,6 +43,7 @@ impl ModelRunner for MockRunner {
     fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String> {
         self.steps.lock().expect("not poisoned").push(batch.len());
         self.step_tokens.lock().expect("not poisoned").push(batch.iter().map(|s| s.tokens.len()).sum());
+        self.step_slots.lock().expect("not poisoned").push(batch.iter().map(|s| s.slot).collect());
         for seq in batch.iter_mut() {
             let history = self.slots.entry(seq.slot).or_default();
             history.extend(&seq.tokens);

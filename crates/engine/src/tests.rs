@@ -205,3 +205,24 @@ async fn a_burst_of_long_prompts_prefills_within_the_step_budget() {
     assert!(steps.iter().all(|n| *n <= 100), "{steps:?}");
     assert!(steps.iter().any(|n| *n > 64), "the budget is shared between prompts: {steps:?}");
 }
+
+#[tokio::test]
+async fn sequences_keep_their_batch_order_when_others_finish() {
+    let runner = MockRunner::new(4096);
+    let slots = runner.step_slots.clone();
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 6, max_queue: 6, prefill_chunk: 64, max_step_tokens: 512 });
+    let greedy = SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() };
+    let generations: Vec<_> = [30, 5, 20, 10, 25, 15].iter().enumerate().map(|(i, n)| engine.generate(request(&format!("p{i}"), *n, greedy.clone())).unwrap()).collect();
+    for generation in generations {
+        collect(generation).await;
+    }
+    // Whatever finished, the sequences still running keep their relative order (llama.cpp then
+    // reuses its compute graph).
+    let steps = slots.lock().unwrap().clone();
+    for pair in steps.windows(2) {
+        let kept: Vec<usize> = pair[0].iter().copied().filter(|s| pair[1].contains(s)).collect();
+        let next: Vec<usize> = pair[1].iter().copied().filter(|s| pair[0].contains(s)).collect();
+        assert_eq!(kept, next, "{pair:?}");
+    }
+    assert!(steps.iter().any(|s| s.len() == 6) && steps.iter().any(|s| s.len() < 6));
+}
