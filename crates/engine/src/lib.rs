@@ -76,6 +76,13 @@ pub trait ModelRunner: Send + 'static {
     fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String>;
     /// Frees a slot's KV state.
     fn release(&mut self, slot: usize);
+    /// Keeps the first `keep` positions of a slot's KV state and drops the rest, so a new
+    /// sequence can start from a shared prompt prefix. `false` if the backend cannot; the engine
+    /// then releases the slot and prefills from the start.
+    fn truncate(&mut self, slot: usize, keep: usize) -> bool {
+        let _ = (slot, keep);
+        false
+    }
     /// Whether a token ends generation (models may have several end-of-generation tokens).
     fn is_end(&self, token: Token) -> bool {
         token == self.info().eos
@@ -241,6 +248,8 @@ struct Active {
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     sampler: Sampler,
     fed: usize,
+    /// The tokens fed into this sequence's KV state so far.
+    kv: Vec<Token>,
     generated: Vec<Token>,
     pending_bytes: Vec<u8>,
     text: String,
@@ -251,6 +260,10 @@ struct Active {
 
 fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>, batch_size: &AtomicUsize) {
     let mut free: Vec<usize> = (0..config.max_batch).rev().collect();
+    // Per slot: the tokens its KV state still holds from the sequence that last used it, so a
+    // new prompt sharing a prefix with them (the chat template, a system prompt, earlier turns)
+    // skips prefilling that prefix.
+    let mut cached: Vec<Vec<Token>> = vec![Vec::new(); config.max_batch];
     let mut waiting: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     // End-of-generation tokens, masked out for requests that ignore them.
@@ -272,14 +285,28 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             if events.is_closed() {
                 continue;
             }
-            let slot = free.pop().expect("checked non-empty");
+            // The free slot whose cached tokens share the longest prefix with this prompt; at
+            // least one prompt token is always fed, for the logits.
+            let limit = request.prompt.len() - 1;
+            let (position, shared) = free.iter().enumerate().map(|(i, slot)| (i, common_prefix(&cached[*slot], &request.prompt).min(limit))).max_by_key(|(i, n)| (*n, *i)).expect("checked non-empty");
+            let slot = free.remove(position);
+            let reused = if shared > 0 && runner.truncate(slot, shared) {
+                shared
+            } else {
+                if !cached[slot].is_empty() {
+                    runner.release(slot);
+                }
+                0
+            };
+            cached[slot].clear();
             let sampler = Sampler::new(request.params.clone());
-            active.push(Active { slot, request, events, sampler, fed: 0, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None });
+            let kv = request.prompt[..reused].to_vec();
+            active.push(Active { slot, request, events, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None });
         }
         // Dropped clients cancel their sequences and free their slots.
-        active.retain(|seq| {
+        active.retain_mut(|seq| {
             if seq.events.is_closed() {
-                runner.release(seq.slot);
+                cached[seq.slot] = std::mem::take(&mut seq.kv);
                 free.push(seq.slot);
                 false
             } else {
@@ -320,6 +347,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             for seq in active.drain(..) {
                 let _ = seq.events.send(Event::Failed(err.clone()));
                 runner.release(seq.slot);
+                cached[seq.slot].clear();
                 free.push(seq.slot);
             }
             continue;
@@ -327,6 +355,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
         let mut finished = Vec::new();
         for (index, step) in included.into_iter().zip(batch) {
             let seq = &mut active[index];
+            seq.kv.extend_from_slice(&step.tokens);
             if seq.next_input.is_none() {
                 seq.fed += step.tokens.len();
                 if seq.fed < seq.request.prompt.len() {
@@ -386,10 +415,15 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                 let _ = seq.events.send(Event::Text(seq.text[seq.sent..].to_owned()));
             }
             let _ = seq.events.send(Event::Done { finish_reason: reason, prompt_tokens: seq.request.prompt.len(), completion_tokens: seq.generated.len() });
-            runner.release(seq.slot);
+            cached[seq.slot] = seq.kv;
             free.push(seq.slot);
         }
     }
+}
+
+/// How many leading tokens two sequences share.
+fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The length of the longest proper prefix of `stop` that `text` ends with (0 if none), at a

@@ -124,6 +124,16 @@ impl ModelRunner for LlamaRunner {
         self.positions.remove(&slot);
     }
 
+    fn truncate(&mut self, slot: usize, keep: usize) -> bool {
+        match self.ctx.clear_kv_cache_seq(Some(slot as u32), Some(keep as u32), None) {
+            Ok(true) => {
+                self.positions.insert(slot, keep as i32);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn is_end(&self, token: Token) -> bool {
         self.model.vocab().is_eog(LlamaToken(token as i32))
     }

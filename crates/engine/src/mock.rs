@@ -68,6 +68,11 @@ impl ModelRunner for MockRunner {
     fn release(&mut self, slot: usize) {
         self.slots.remove(&slot);
     }
+
+    fn truncate(&mut self, slot: usize, keep: usize) -> bool {
+        self.slots.entry(slot).or_default().truncate(keep);
+        true
+    }
 }
 
 /// The mock's tokenizer: one token per byte.

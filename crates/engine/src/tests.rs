@@ -226,3 +226,29 @@ async fn sequences_keep_their_batch_order_when_others_finish() {
     }
     assert!(steps.iter().any(|s| s.len() == 6) && steps.iter().any(|s| s.len() < 6));
 }
+
+#[tokio::test]
+async fn a_shared_prompt_prefix_is_not_prefilled_again() {
+    let runner = MockRunner::new(4096);
+    let tokens = runner.step_tokens.clone();
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 2, max_queue: 2, prefill_chunk: 64, max_step_tokens: 512 });
+    let greedy = SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() };
+    let system = "You are a helpful assistant. Answer briefly and kindly. ";
+    let first = collect(engine.generate(request(&format!("{system}Question one?"), 5, greedy.clone())).unwrap()).await;
+    let steps_before = tokens.lock().unwrap().len();
+    // The same prompt again: everything but its last token comes from the slot's cache, and the
+    // answer is the same as when it was computed from scratch.
+    let again = collect(engine.generate(request(&format!("{system}Question one?"), 5, greedy.clone())).unwrap()).await;
+    assert_eq!(again, first);
+    assert_eq!(tokens.lock().unwrap()[steps_before], 1, "only the last prompt token is fed");
+    // A prompt sharing the system text feeds only what differs.
+    let steps_before = tokens.lock().unwrap().len();
+    let other = format!("{system}Another one?");
+    let fresh = {
+        let reference = Engine::start(Box::new(MockRunner::new(4096)), EngineConfig { max_batch: 2, max_queue: 2, prefill_chunk: 64, max_step_tokens: 512 });
+        collect(reference.generate(request(&other, 5, greedy.clone())).unwrap()).await
+    };
+    let reused = collect(engine.generate(request(&other, 5, greedy)).unwrap()).await;
+    assert_eq!(reused, fresh);
+    assert_eq!(tokens.lock().unwrap()[steps_before], other.len() - system.len());
+}
