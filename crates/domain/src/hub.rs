@@ -581,7 +581,7 @@ impl Hub {
     pub async fn runnable_deployment(&self, principal: &Principal, name: &str) -> Result<Deployment> {
         principal.user()?;
         let missing = || Error::NotFound(format!("The model `{name}` does not exist or you do not have access to it."));
-        let deployment = self.meta.list_deployments().await?.into_iter().find(|d| d.name == name).ok_or_else(missing)?;
+        let deployment = self.meta.get_deployment(name).await?.ok_or_else(missing)?;
         self.visible_repo(principal, deployment.kind, &deployment.repo).await.map_err(|_| missing())?;
         Ok(deployment)
     }

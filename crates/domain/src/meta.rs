@@ -217,6 +217,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn create_deployment(&self, deployment: &Deployment, event: AuditEvent) -> Result<()>;
     /// All deployments, by name.
     async fn list_deployments(&self) -> Result<Vec<Deployment>>;
+    /// One deployment by name.
+    async fn get_deployment(&self, name: &str) -> Result<Option<Deployment>>;
     /// Removes a deployment. NotFound if missing.
     async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()>;
 }

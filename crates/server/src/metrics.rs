@@ -81,7 +81,11 @@ impl Metrics {
 
     fn update(&self, deployment: &str, change: impl FnOnce(&mut DeploymentMetrics)) {
         let mut all = self.inner.lock().expect("metrics not poisoned");
-        change(all.entry(deployment.to_owned()).or_default());
+        // Called per generated token: allocate the key only the first time a deployment is seen.
+        match all.get_mut(deployment) {
+            Some(metrics) => change(metrics),
+            None => change(all.entry(deployment.to_owned()).or_default()),
+        }
     }
 
     /// The Prometheus text exposition.

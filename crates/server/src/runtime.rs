@@ -68,8 +68,6 @@ pub struct Served {
     pub fingerprint: String,
     /// `repo@commit`, sent as `x-mantle-revision`.
     pub revision: String,
-    /// Unix seconds when it was loaded.
-    pub loaded_at: i64,
     /// How long loading took (copy, check and backend start).
     pub load_seconds: f64,
 }
@@ -197,7 +195,7 @@ impl Runtime {
         tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
         let fingerprint = fingerprint(&deployment, &backend_name);
         let revision = format!("{}@{}", deployment.repo, deployment.commit);
-        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, loaded_at: chrono::Utc::now().timestamp(), load_seconds }))
+        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, load_seconds }))
     }
 
     /// A file of the deployment's commit, copied and checked like the weights; `None` if absent.

@@ -45,6 +45,7 @@ const TOKEN_COLUMNS: &str = "t.id, a.name AS user_name, t.name, t.role, t.create
 const REPO_COLUMNS: &str = "id, kind, namespace, name, private, created_at";
 const COMMIT_COLUMNS: &str = "id, repo_id, parent, title, message, author, created_at";
 const FILE_COLUMNS: &str = "path, size, sha256, git_oid, lfs";
+const DEPLOYMENT_COLUMNS: &str = "name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at";
 
 impl SqlMetaStore {
     /// Connects to `url` (`sqlite://PATH` or `postgres://...`) and applies migrations.
@@ -911,27 +912,15 @@ impl MetaStore for SqlMetaStore {
     }
 
     async fn list_deployments(&self) -> Result<Vec<Deployment>> {
-        let rows = sqlx::query("SELECT name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at FROM deployments ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                let settings: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>("settings").map_err(db_err)?).map_err(Error::internal)?;
-                let number = |key: &str| settings[key].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-                Ok(Deployment {
-                    name: row.try_get("name").map_err(db_err)?,
-                    kind: RepoKind::parse(&row.try_get::<String, _>("repo_kind").map_err(db_err)?)?,
-                    repo: RepoName::from_parts(&row.try_get::<String, _>("namespace").map_err(db_err)?, &row.try_get::<String, _>("repo_name").map_err(db_err)?)?,
-                    commit: commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?,
-                    file_path: RepoPath::parse(&row.try_get::<String, _>("file_path").map_err(db_err)?)?,
-                    file_sha256: Digest::parse(&row.try_get::<String, _>("file_sha256").map_err(db_err)?)?,
-                    settings: EngineSettings { context: number("context"), max_batch: number("max_batch"), threads: number("threads") },
-                    created_by: row.try_get("created_by").map_err(db_err)?,
-                    created_at: row.try_get("created_at").map_err(db_err)?,
-                })
-            })
-            .collect()
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn get_deployment(&self, name: &str) -> Result<Option<Deployment>> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = $1");
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(deployment_from_row).transpose()
     }
 
     async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()> {
@@ -1055,5 +1044,21 @@ fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
         sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
         git_oid: row.try_get("git_oid").map_err(db_err)?,
         lfs: row.try_get::<i64, _>("lfs").map_err(db_err)? != 0,
+    })
+}
+
+fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
+    let settings: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>("settings").map_err(db_err)?).map_err(Error::internal)?;
+    let number = |key: &str| settings[key].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    Ok(Deployment {
+        name: row.try_get("name").map_err(db_err)?,
+        kind: RepoKind::parse(&row.try_get::<String, _>("repo_kind").map_err(db_err)?)?,
+        repo: RepoName::from_parts(&row.try_get::<String, _>("namespace").map_err(db_err)?, &row.try_get::<String, _>("repo_name").map_err(db_err)?)?,
+        commit: commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?,
+        file_path: RepoPath::parse(&row.try_get::<String, _>("file_path").map_err(db_err)?)?,
+        file_sha256: Digest::parse(&row.try_get::<String, _>("file_sha256").map_err(db_err)?)?,
+        settings: EngineSettings { context: number("context"), max_batch: number("max_batch"), threads: number("threads") },
+        created_by: row.try_get("created_by").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
     })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use domain::audit::{AuditEvent, ChainVerifier};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{AccountKind, FileOperation, MetaStore, NewCommit};
+use domain::meta::{AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit};
 use domain::repo::{FileEntry, RefKind};
 use domain::Error;
 use store::SqlMetaStore;
@@ -161,6 +161,28 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert_eq!(verify_chain(meta.as_ref()).await.unwrap_err().seq, 5);
 
     check_scan_queue(meta.as_ref()).await;
+
+    // Deployments: by name, listed, a taken name is a conflict, removal is once.
+    let deployment = Deployment {
+        name: "chat".into(),
+        kind: RepoKind::Model,
+        repo: repo_name.clone(),
+        commit: c1.id.clone(),
+        file_path: RepoPath::parse("w/model.bin").unwrap(),
+        file_sha256: Digest::parse(&"c".repeat(64)).unwrap(),
+        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2 },
+        created_by: "admin".into(),
+        created_at: "2026-11-27T00:00:00.000Z".into(),
+    };
+    meta.create_deployment(&deployment, event("deployment.create")).await.unwrap();
+    assert!(matches!(meta.create_deployment(&deployment, event("x")).await, Err(Error::Conflict(_))));
+    let found = meta.get_deployment("chat").await.unwrap().unwrap();
+    assert_eq!((found.commit, found.settings, found.file_path), (deployment.commit.clone(), deployment.settings.clone(), deployment.file_path.clone()));
+    assert!(meta.get_deployment("other").await.unwrap().is_none());
+    assert_eq!(meta.list_deployments().await.unwrap().len(), 1);
+    meta.delete_deployment("chat", event("deployment.delete")).await.unwrap();
+    assert!(meta.get_deployment("chat").await.unwrap().is_none());
+    assert!(matches!(meta.delete_deployment("chat", event("x")).await, Err(Error::NotFound(_))));
 
     // Secrets are created once.
     assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
