@@ -288,7 +288,13 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             // The free slot whose cached tokens share the longest prefix with this prompt; at
             // least one prompt token is always fed, for the logits.
             let limit = request.prompt.len() - 1;
-            let (position, shared) = free.iter().enumerate().map(|(i, slot)| (i, common_prefix(&cached[*slot], &request.prompt).min(limit))).max_by_key(|(i, n)| (*n, *i)).expect("checked non-empty");
+            let candidates = free.iter().enumerate().map(|(i, slot)| (i, common_prefix(&cached[*slot], &request.prompt).min(limit)));
+            // A seeded request prefills its whole prompt, as it would on an idle engine: a
+            // backend's kernels may round differently for a one-token tail than for the whole
+            // prompt (llama.cpp's F16 matrix code does), and the same seed must give the same
+            // text. It takes the slot whose cache is least useful to others.
+            let seeded = request.params.seed.is_some();
+            let (position, shared) = if seeded { candidates.min_by_key(|(i, n)| (*n, *i)).map(|(i, _)| (i, 0)) } else { candidates.max_by_key(|(i, n)| (*n, *i)) }.expect("checked non-empty");
             let slot = free.remove(position);
             let reused = if shared > 0 && runner.truncate(slot, shared) {
                 shared

@@ -17,8 +17,20 @@ use std::sync::Arc;
 
 use crate::{ModelRunner, RunnerInfo, SeqStep, Token, Tokenizer};
 
-/// llama.cpp's backend may be initialised once per process.
-static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+/// llama.cpp's backend may be initialised once per process; concurrent first loads wait for it.
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// The process's llama.cpp backend, initialised on first use.
+fn backend() -> Result<&'static LlamaBackend, String> {
+    BACKEND
+        .get_or_init(|| {
+            let mut backend = LlamaBackend::init().map_err(|e| format!("init llama.cpp: {e}"))?;
+            backend.void_logs();
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
 
 /// Settings of a llama.cpp runner.
 #[derive(Clone, Debug)]
@@ -42,6 +54,8 @@ pub struct LlamaRunner {
     positions: std::collections::HashMap<usize, i32>,
     n_ctx: usize,
     capacity: usize,
+    /// How the weights are held (e.g. `q4_1`, or `q4_1 expanded to f16`), part of the fingerprint.
+    weights: String,
 }
 
 // The context is only ever used from the runner's own thread.
@@ -51,14 +65,7 @@ unsafe impl Send for LlamaRunner {}
 impl LlamaRunner {
     /// Loads a local GGUF file (an approved blob's path, never a URL).
     pub fn load(path: &Path, settings: &LlamaSettings) -> Result<Self, String> {
-        let backend = match BACKEND.get() {
-            Some(backend) => backend,
-            None => {
-                let mut backend = LlamaBackend::init().map_err(|e| format!("init llama.cpp: {e}"))?;
-                backend.void_logs();
-                BACKEND.get_or_init(|| backend)
-            }
-        };
+        let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| format!("load {}: {e}", path.display()))?;
         let model = Arc::new(model);
         let capacity = settings.max_step_tokens.max(settings.max_batch) as usize;
@@ -79,13 +86,20 @@ impl LlamaRunner {
         #[expect(unsafe_code, reason = "the context borrows the model in the Arc stored next to it, which drops after it")]
         let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         let n_ctx = (ctx.n_ctx() / settings.max_batch.max(1)) as usize;
-        Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity })
+        Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity, weights: String::new() })
+    }
+}
+
+impl LlamaRunner {
+    /// Records how the weights are held, for `info().backend`.
+    pub fn set_weights(&mut self, weights: String) {
+        self.weights = weights;
     }
 }
 
 impl ModelRunner for LlamaRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: "llama.cpp".into() }
+        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) } }
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
@@ -102,17 +116,26 @@ impl ModelRunner for LlamaRunner {
             return Err(format!("a step of {total} tokens exceeds the batch capacity {}", self.capacity));
         }
         self.batch.clear();
-        let mut outputs = Vec::with_capacity(batch.len());
-        for seq in batch.iter() {
+        // Sequences go in in slot order: with one KV stream per sequence, llama.cpp splits a batch
+        // into physical batches of consecutive, increasing sequence ids, and every physical batch
+        // is one more pass over the weights. In slot order, a step of decoding sequences in
+        // slots 0..n is one pass; in arrival order it could be one pass per sequence.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|i| batch[*i].slot);
+        let mut outputs = vec![0; batch.len()];
+        for i in order {
+            let seq = &batch[i];
             let position = self.positions.entry(seq.slot).or_insert(0);
-            for (i, token) in seq.tokens.iter().enumerate() {
-                let last = i + 1 == seq.tokens.len();
+            for (j, token) in seq.tokens.iter().enumerate() {
+                let last = j + 1 == seq.tokens.len();
                 self.batch.add(LlamaToken(*token as i32), *position, &[seq.slot as i32], last).map_err(|e| e.to_string())?;
                 *position += 1;
             }
-            outputs.push(self.batch.n_tokens() - 1);
+            outputs[i] = self.batch.n_tokens() - 1;
         }
+        let started = std::time::Instant::now();
         self.ctx.decode(&mut self.batch).map_err(|e| format!("decode failed: {e}"))?;
+        tracing::trace!(tokens = total, sequences = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "step");
         for (seq, index) in batch.iter_mut().zip(outputs) {
             seq.logits = self.ctx.get_logits_ith(index).to_vec();
         }
@@ -152,4 +175,88 @@ impl Tokenizer for LlamaTokenizer {
         let has_bos = !bos_text.is_empty() && text.as_bytes().starts_with(&bos_text);
         vocab.tokenize(text.as_bytes(), !has_bos, true).into_iter().map(|t| t.0 as Token).collect()
     }
+}
+
+/// How a GGUF file stores its weights, read from its tensor table without loading it.
+#[derive(Clone, Debug)]
+pub struct WeightProfile {
+    /// The ggml type holding most weight bytes (e.g. `q4_1`).
+    pub main_type: String,
+    /// Whether that type has no batched matrix kernel on x86 in llama.cpp (only a row-by-row dot
+    /// product), so prompts and batched decoding run several times slower than in F16.
+    pub slow_batched: bool,
+    /// Bytes of the file's tensors, and what they would take with the slow ones in F16.
+    pub bytes: u64,
+    pub expanded_bytes: u64,
+    token_embd_type: Option<llama_cpp_sys_2::ggml_type>,
+    output_type: Option<llama_cpp_sys_2::ggml_type>,
+}
+
+/// Types whose only x86 matrix path in llama.cpp is a per-row dot product (no llamafile sgemm,
+/// no repacked GEMM): Q4_1, Q5_0, Q5_1.
+const SLOW_BATCHED: [llama_cpp_sys_2::ggml_type; 3] = [llama_cpp_sys_2::GGML_TYPE_Q4_1, llama_cpp_sys_2::GGML_TYPE_Q5_0, llama_cpp_sys_2::GGML_TYPE_Q5_1];
+
+/// Reads `path`'s tensor table.
+pub fn weight_profile(path: &Path) -> Result<WeightProfile, String> {
+    use std::ffi::{CStr, CString};
+    let name = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "a model path with a NUL byte".to_owned())?;
+    let params = llama_cpp_sys_2::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    #[expect(unsafe_code, reason = "FFI: gguf reads the header and tensor table only (no_alloc); the context is freed below")]
+    let profile = unsafe {
+        let ctx = llama_cpp_sys_2::gguf_init_from_file(name.as_ptr(), params);
+        if ctx.is_null() {
+            return Err(format!("{} is not a readable GGUF file", path.display()));
+        }
+        let mut by_type: std::collections::BTreeMap<llama_cpp_sys_2::ggml_type, u64> = Default::default();
+        let (mut bytes, mut expanded) = (0u64, 0u64);
+        let (mut token_embd_type, mut output_type) = (None, None);
+        for id in 0..llama_cpp_sys_2::gguf_get_n_tensors(ctx) {
+            let kind = llama_cpp_sys_2::gguf_get_tensor_type(ctx, id);
+            let size = llama_cpp_sys_2::gguf_get_tensor_size(ctx, id) as u64;
+            let tensor = CStr::from_ptr(llama_cpp_sys_2::gguf_get_tensor_name(ctx, id)).to_bytes();
+            match tensor {
+                b"token_embd.weight" => token_embd_type = Some(kind),
+                b"output.weight" => output_type = Some(kind),
+                _ => {}
+            }
+            *by_type.entry(kind).or_default() += size;
+            bytes += size;
+            expanded += if SLOW_BATCHED.contains(&kind) {
+                let type_size = llama_cpp_sys_2::ggml_type_size(kind).max(1) as u64;
+                size / type_size * llama_cpp_sys_2::ggml_blck_size(kind).max(1) as u64 * 2
+            } else {
+                size
+            };
+        }
+        llama_cpp_sys_2::gguf_free(ctx);
+        let main = by_type.iter().max_by_key(|(_, size)| **size).map(|(kind, _)| *kind);
+        let main_type = main.map_or_else(|| "none".to_owned(), |kind| CStr::from_ptr(llama_cpp_sys_2::ggml_type_name(kind)).to_string_lossy().into_owned());
+        WeightProfile { main_type, slow_batched: main.is_some_and(|kind| SLOW_BATCHED.contains(&kind)), bytes, expanded_bytes: expanded, token_embd_type, output_type }
+    };
+    Ok(profile)
+}
+
+/// Writes `dst`: `src` with every matrix of a slow-batched type expanded to F16 by llama.cpp's own
+/// converter. Other tensors (token embeddings and output included) keep their type and bytes.
+/// F16 holds each dequantized weight to within half an F16 step (a relative 2^-11), far inside
+/// the 4-bit quantization step, so the expanded model is the same model, not a re-quantized one.
+pub fn expand_to_f16(src: &Path, dst: &Path, threads: u32, profile: &WeightProfile) -> Result<(), String> {
+    use std::ffi::CString;
+    backend()?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| "a model path with a NUL byte".to_owned());
+    let (src_c, dst_c) = (c(src)?, c(dst)?);
+    #[expect(unsafe_code, reason = "FFI: llama_model_quantize reads src and writes dst; both paths outlive the call")]
+    let status = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.nthread = threads as i32;
+        params.ftype = llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_F16;
+        params.allow_requantize = true;
+        params.token_embedding_type = profile.token_embd_type.unwrap_or(llama_cpp_sys_2::GGML_TYPE_COUNT);
+        params.output_tensor_type = profile.output_type.unwrap_or(llama_cpp_sys_2::GGML_TYPE_COUNT);
+        llama_cpp_sys_2::llama_model_quantize(src_c.as_ptr(), dst_c.as_ptr(), &params)
+    };
+    if status != 0 {
+        return Err(format!("llama.cpp could not expand {} to F16 (status {status})", src.display()));
+    }
+    Ok(())
 }

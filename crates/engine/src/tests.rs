@@ -252,3 +252,17 @@ async fn a_shared_prompt_prefix_is_not_prefilled_again() {
     assert_eq!(reused, fresh);
     assert_eq!(tokens.lock().unwrap()[steps_before], other.len() - system.len());
 }
+
+#[tokio::test]
+async fn a_seeded_request_prefills_its_whole_prompt() {
+    let runner = MockRunner::new(4096);
+    let tokens = runner.step_tokens.clone();
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 2, max_queue: 2, prefill_chunk: 64, max_step_tokens: 512 });
+    let prompt = "You are a helpful assistant. Question one?";
+    let seeded = SamplingParams { temperature: 0.9, seed: Some(7), ignore_eos: true, ..Default::default() };
+    let first = collect(engine.generate(request(prompt, 5, seeded.clone())).unwrap()).await;
+    let steps_before = tokens.lock().unwrap().len();
+    let again = collect(engine.generate(request(prompt, 5, seeded)).unwrap()).await;
+    assert_eq!(again, first);
+    assert_eq!(tokens.lock().unwrap()[steps_before], prompt.len(), "the whole prompt is fed again");
+}

@@ -68,6 +68,7 @@ pub struct RawRuntime {
     pub prefill_chunk: u64,
     pub max_step_tokens: u64,
     pub models_dir: String,
+    pub expand_max_bytes: u64,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -135,8 +136,11 @@ pub struct RuntimeConfig {
     pub prefill_chunk: usize,
     /// Tokens fed per engine step across all sequences, decoding ones included.
     pub max_step_tokens: usize,
-    /// Where approved model files are copied (verified) for the engine to load.
+    /// Where approved model files are copied (verified) for the engine to load; derived forms
+    /// (F16 expansions) go in its `derived` folder.
     pub models_dir: PathBuf,
+    /// The largest F16 expansion of weights without a batched CPU kernel; 0 never expands.
+    pub expand_max_bytes: u64,
 }
 
 impl Config {
@@ -209,7 +213,7 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
-            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir },
+            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir, expand_max_bytes: runtime.expand_max_bytes },
         })
     }
 }

@@ -179,6 +179,8 @@ impl Runtime {
                 threads: settings.threads,
                 // A step never holds more than the budget, but at least one token per sequence.
                 max_step_tokens: max_step_tokens.max(settings.max_batch as usize).min(u32::MAX as usize) as u32,
+                derived_dir: models_dir.join("derived"),
+                expand_max_bytes: self.inner.config.expand_max_bytes,
             };
             let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let chat = read_chat_template(&runner_config.path);
