@@ -208,6 +208,7 @@ def print_table(results, args):
         note = "" if higher_better else " (lower is better)"
         print(f"{label:<34} {ours:>10.2f} {theirs:>13.2f} {ratio:>6.2f}x{note}")
     prompt_tokens = {name: med(name, concurrencies[0], "prompt_tokens") for name in results}
+    print("\nMantle runs a Q4_1/Q5_0/Q5_1 file from its F16 expansion when the deployment batches (runtime.expand_max_bytes); llama-server runs the file as it is.")
     print(f"\nprompt tokens per request (median): mantle {prompt_tokens['mantle']:.0f}, llama-server {prompt_tokens['llama-server']:.0f}")
 
 

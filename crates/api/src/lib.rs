@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod hub;
 pub mod lfs;
+pub mod ollama;
 pub mod openai;
 pub mod vetting;
 

@@ -19,6 +19,8 @@ pub struct SamplingParams {
     /// OpenAI's: subtract `frequency * count` and `presence` once, for tokens already generated.
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
+    /// How many of the latest tokens the penalties look at; 0 means all of them.
+    pub penalty_last_n: usize,
     pub seed: Option<u64>,
     /// Never end on an end-of-generation token (benchmarks use it to fix output lengths).
     pub ignore_eos: bool,
@@ -26,7 +28,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0, seed: None, ignore_eos: false }
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0, penalty_last_n: 0, seed: None, ignore_eos: false }
     }
 }
 
@@ -52,7 +54,8 @@ impl Sampler {
         let p = &self.params;
         if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
             let mut counts = std::collections::HashMap::<Token, u32>::new();
-            for token in history {
+            let window = if p.penalty_last_n > 0 { &history[history.len().saturating_sub(p.penalty_last_n)..] } else { history };
+            for token in window {
                 *counts.entry(*token).or_default() += 1;
             }
             for (token, score) in scores.iter_mut() {

@@ -4,6 +4,7 @@ mod admin;
 mod commit;
 mod files;
 mod lfs;
+mod ollama;
 mod openai;
 mod repos;
 mod tree;
@@ -64,6 +65,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::create_chat_completion))
         .route("/v1/completions", post(openai::create_completion))
         .route("/v1/embeddings", post(openai::create_embedding))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
         .layer(DefaultBodyLimit::max(json_limit));
     // Streaming routes read their bodies chunk by chunk and enforce their own limits.
     let streaming = Router::new()

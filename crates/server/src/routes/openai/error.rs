@@ -35,6 +35,11 @@ impl OpenAiError {
         OpenAiError { status: StatusCode::BAD_REQUEST, ..Self::invalid(format!("invalid request body: {}", rejection.body_text()), None) }
     }
 
+    /// The HTTP status and message, for the other APIs that share these checks (Ollama's).
+    pub(crate) fn parts(&self) -> (StatusCode, &str) {
+        (self.status, &self.message)
+    }
+
     /// A prompt that does not fit the model's context.
     pub(crate) fn context_exceeded(message: String) -> Self {
         Self::context_exceeded_in("messages", message)

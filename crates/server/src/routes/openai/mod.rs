@@ -178,7 +178,7 @@ fn generator(served: &Served) -> Result<&Engine, OpenAiError> {
 }
 
 /// The Bearer token's principal; `/v1` always needs one.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, OpenAiError> {
+pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, OpenAiError> {
     let principal = crate::auth::principal(state, headers).await?;
     principal.user()?;
     Ok(principal)
@@ -186,7 +186,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
 
 /// The loaded model behind `name`, if the caller may use it. A deployment that is gone
 /// (undeployed, perhaps by another replica) is unloaded here.
-async fn serve(state: &AppState, principal: &Principal, name: &str) -> Result<Arc<Served>, OpenAiError> {
+pub(crate) async fn serve(state: &AppState, principal: &Principal, name: &str) -> Result<Arc<Served>, OpenAiError> {
     match state.hub.runnable_deployment(principal, name).await {
         Ok(deployment) => Ok(state.runtime.get(&state.hub, deployment).await?),
         Err(err) => {
@@ -463,7 +463,7 @@ fn reason_text(reason: FinishReason) -> &'static str {
 }
 
 /// Today's date and time for templates' `strftime_now`; an invalid format comes back as given.
-fn wall_clock() -> vet::template::Clock {
+pub(crate) fn wall_clock() -> vet::template::Clock {
     Arc::new(|format: &str| {
         let items: Vec<chrono::format::Item<'_>> = chrono::format::StrftimeItems::new(format).collect();
         if items.iter().any(|item| matches!(item, chrono::format::Item::Error)) {
@@ -473,7 +473,7 @@ fn wall_clock() -> vet::template::Clock {
     })
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString as _};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
 }

@@ -111,7 +111,7 @@ impl Options {
         }
         let seed = fields.seed.map(|s| s as u64);
         let ignore_eos = fields.ignore_eos.unwrap_or(false);
-        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, seed, ignore_eos };
+        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, penalty_last_n: 0, seed, ignore_eos };
         Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage, logprobs })
     }
 

@@ -1,0 +1,574 @@
+//! The Ollama API on the same port as everything else: `/api/chat`, `/api/generate`,
+//! `/api/embed`, `/api/embeddings`, `/api/tags`, `/api/show`, `/api/ps`, `/api/version`. A
+//! deployment is an Ollama model (a `:latest` tag is accepted and ignored); Mantle tokens are the
+//! Bearer keys (the `ollama` client sends `OLLAMA_API_KEY` as one). Streams are NDJSON, one JSON
+//! object per line, durations in nanoseconds. Fields Mantle cannot honour yet (`format`, `tools`,
+//! images, Go templates) are a 400 naming them, never silently ignored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::ollama as wire;
+use api::ErrorBody;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::auth::Principal;
+use domain::meta::Deployment;
+use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, SamplingParams, Token};
+use serde_json::{Map, Value};
+
+use super::openai::{self, OpenAiError};
+use crate::metrics::RequestTimer;
+use crate::runtime::{Backend, Served};
+use crate::AppState;
+
+/// The Ollama API version this server speaks (clients compare it to enable features).
+const OLLAMA_API_VERSION: &str = "0.12.0";
+
+/// An error on its way out of an Ollama route: `{"error": "..."}` with the status Ollama uses.
+#[derive(Debug)]
+pub(crate) struct OllamaError {
+    status: StatusCode,
+    message: String,
+}
+
+impl OllamaError {
+    fn invalid(message: impl Into<String>) -> Self {
+        OllamaError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    fn unsupported(field: &str, what: &str) -> Self {
+        Self::invalid(format!("{field}: {what} is not supported by this server yet"))
+    }
+}
+
+impl From<OpenAiError> for OllamaError {
+    fn from(err: OpenAiError) -> Self {
+        let (status, message) = err.parts();
+        OllamaError { status, message: message.to_owned() }
+    }
+}
+
+impl From<domain::Error> for OllamaError {
+    fn from(err: domain::Error) -> Self {
+        OpenAiError::from(err).into()
+    }
+}
+
+impl From<engine::InferError> for OllamaError {
+    fn from(err: engine::InferError) -> Self {
+        OpenAiError::from(err).into()
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, OllamaError> {
+    body.map(|Json(value)| value).map_err(|rejection| OllamaError::invalid(format!("invalid request body: {}", rejection.body_text())))
+}
+
+/// `GET /api/version`.
+pub(crate) async fn version() -> Json<wire::VersionResponse> {
+    Json(wire::VersionResponse { version: OLLAMA_API_VERSION.to_owned() })
+}
+
+/// `GET /api/tags`: the deployments the caller may use.
+pub(crate) async fn tags(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::TagsResponse>, OllamaError> {
+    let principal = openai::authenticate(&state, &headers).await?;
+    let mut models = Vec::new();
+    for deployment in state.hub.runnable_deployments(&principal).await? {
+        let size = state.hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
+        models.push(wire::TagsModel { name: deployment.name.clone(), model: deployment.name.clone(), modified_at: deployment.created_at.clone(), size, digest: deployment.file_sha256.to_string(), details: details(&deployment) });
+    }
+    Ok(Json(wire::TagsResponse { models }))
+}
+
+/// `GET /api/ps`: the deployments loaded in this process that the caller may use.
+pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::PsResponse>, OllamaError> {
+    let principal = openai::authenticate(&state, &headers).await?;
+    let visible: std::collections::HashSet<String> = state.hub.runnable_deployments(&principal).await?.into_iter().map(|d| d.name).collect();
+    let mut models = Vec::new();
+    for served in state.runtime.resident() {
+        let deployment = &served.deployment;
+        if !visible.contains(&deployment.name) {
+            continue;
+        }
+        let size = state.hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
+        models.push(wire::PsModel {
+            name: deployment.name.clone(),
+            model: deployment.name.clone(),
+            size,
+            digest: deployment.file_sha256.to_string(),
+            details: details(deployment),
+            // Resident models are not unloaded on a timer yet.
+            expires_at: "9999-12-31T23:59:59Z".to_owned(),
+            size_vram: 0,
+            context_length: u64::from(deployment.settings.context),
+        });
+    }
+    Ok(Json(wire::PsResponse { models }))
+}
+
+/// `POST /api/show`.
+pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::ShowRequest>, JsonRejection>) -> Result<Json<wire::ShowResponse>, OllamaError> {
+    let principal = openai::authenticate(&state, &headers).await?;
+    let request = body(request)?;
+    let name = if request.model.is_empty() { request.name } else { request.model };
+    let deployment = state.hub.runnable_deployment(&principal, model_name(&name)).await?;
+    let embeds = deployment.file_path.as_str().ends_with(".safetensors");
+    let template = if embeds { String::new() } else { openai::serve(&state, &principal, &deployment.name).await?.chat.as_ref().map(|c| c.source.clone()).unwrap_or_default() };
+    let s = &deployment.settings;
+    let mut info = Map::new();
+    info.insert("mantle.revision".into(), Value::String(format!("{}@{}", deployment.repo, deployment.commit)));
+    info.insert("mantle.file".into(), Value::String(deployment.file_path.to_string()));
+    info.insert("mantle.context_length".into(), s.context.into());
+    Ok(Json(wire::ShowResponse {
+        modelfile: format!("# Mantle deployment {}\nFROM {}@{}\nPARAMETER num_ctx {}\n", deployment.name, deployment.repo, deployment.commit, s.context),
+        parameters: format!("num_ctx {}", s.context),
+        template,
+        details: details(&deployment),
+        model_info: info,
+        capabilities: vec![if embeds { "embedding" } else { "completion" }.to_owned()],
+        modified_at: deployment.created_at.clone(),
+    }))
+}
+
+/// `POST /api/chat`.
+pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::ChatRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let principal = openai::authenticate(&state, &headers).await?;
+    let request = body(request)?;
+    let options = Options::parse(&request.common)?;
+    if request.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(OllamaError::unsupported("tools", "tool calling"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, message) in request.messages.iter().enumerate() {
+        if !matches!(message.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            return Err(OllamaError::invalid(format!("messages[{i}].role {:?} is not one of system, user, assistant, tool", message.role)));
+        }
+        if message.images.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(OllamaError::unsupported(&format!("messages[{i}].images"), "image input"));
+        }
+        if message.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
+            return Err(OllamaError::unsupported(&format!("messages[{i}].tool_calls"), "tool calling"));
+        }
+        messages.push(serde_json::json!({ "role": message.role, "content": message.content }));
+    }
+    let model = request.model;
+    let (served, load) = load(&state, &principal, &model).await?;
+    let engine = generator(&served)?;
+    if messages.is_empty() {
+        // Ollama's way to load a model: an empty chat answers at once, done because of the load.
+        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats("load", started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        return Ok(with_revision(&served, Json(line).into_response()));
+    }
+    let Some(chat) = &served.chat else {
+        return Err(OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")));
+    };
+    let prompt = vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
+    let run = Run::start(&state, &served, engine, engine.tokenize(&prompt), &options, started, load)?;
+    Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
+}
+
+/// `POST /api/generate`.
+pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::GenerateRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let principal = openai::authenticate(&state, &headers).await?;
+    let request = body(request)?;
+    let options = Options::parse(&request.common)?;
+    if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(OllamaError::unsupported("suffix", "fill-in-the-middle"));
+    }
+    if request.template.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(OllamaError::unsupported("template", "a Go template in the request (the model's own chat template is used)"));
+    }
+    if request.images.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(OllamaError::unsupported("images", "image input"));
+    }
+    if request.context.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err(OllamaError::unsupported("context", "the deprecated context token list (send the conversation to /api/chat)"));
+    }
+    let model = request.model;
+    let (served, load) = load(&state, &principal, &model).await?;
+    let engine = generator(&served)?;
+    let prompt = request.prompt.unwrap_or_default();
+    if prompt.is_empty() {
+        let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats("load", started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        return Ok(with_revision(&served, Json(line).into_response()));
+    }
+    // Raw: the prompt as it is. Otherwise the model's chat template around it, as Ollama does;
+    // a model without one gets the bare prompt (Ollama's default template is `{{ .Prompt }}`).
+    let text = match (&served.chat, request.raw.unwrap_or(false)) {
+        (Some(chat), false) => {
+            let mut messages = Vec::new();
+            if let Some(system) = request.system.filter(|s| !s.is_empty()) {
+                messages.push(serde_json::json!({ "role": "system", "content": system }));
+            }
+            messages.push(serde_json::json!({ "role": "user", "content": prompt }));
+            vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on this prompt: {err}")))?
+        }
+        _ => prompt,
+    };
+    let run = Run::start(&state, &served, engine, engine.tokenize(&text), &options, started, load)?;
+    Ok(with_revision(&served, run.respond(model, options.stream, Shape::Generate).await))
+}
+
+/// `POST /api/embed`.
+pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::EmbedRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let principal = openai::authenticate(&state, &headers).await?;
+    let request = body(request)?;
+    let inputs = match request.input {
+        wire::EmbedInput::One(text) => vec![text],
+        wire::EmbedInput::Many(texts) => texts,
+    };
+    if inputs.is_empty() || inputs.len() > 2048 {
+        return Err(OllamaError::invalid("input must hold 1 to 2048 texts"));
+    }
+    let (served, load) = load(&state, &principal, &request.model).await?;
+    let (vectors, prompt_tokens) = embed_texts(&state, &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
+    let line = wire::EmbedResponse { model: request.model, embeddings: vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(load), prompt_eval_count: prompt_tokens as u64 };
+    Ok(with_revision(&served, Json(line).into_response()))
+}
+
+/// `POST /api/embeddings`, the older one-text form.
+pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::EmbeddingsRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+    let principal = openai::authenticate(&state, &headers).await?;
+    let request = body(request)?;
+    let (served, _) = load(&state, &principal, &request.model).await?;
+    if request.prompt.is_empty() {
+        // Ollama answers an empty prompt with an empty vector (a way to load the model).
+        return Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
+    }
+    let (mut vectors, _) = embed_texts(&state, &served, &[request.prompt], true, None).await?;
+    Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: vectors.remove(0) }).into_response()))
+}
+
+async fn embed_texts(state: &AppState, served: &Served, inputs: &[String], truncate: bool, dimensions: Option<u32>) -> Result<(Vec<Vec<f32>>, usize), OllamaError> {
+    let Backend::Embed(engine) = &served.backend else {
+        return Err(OllamaError::invalid(format!("model {:?} does not support embeddings", served.deployment.name)));
+    };
+    if dimensions.is_some_and(|d| d as usize != engine.dims()) {
+        return Err(OllamaError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
+    }
+    let mut tokens = Vec::with_capacity(inputs.len());
+    for (i, text) in inputs.iter().enumerate() {
+        if text.is_empty() {
+            return Err(OllamaError::invalid(format!("input[{i}] is empty")));
+        }
+        let mut ids = engine.tokenize(text);
+        if ids.len() > engine.max_tokens() {
+            if !truncate {
+                return Err(OllamaError::invalid(format!("input[{i}] has {} tokens, more than the model's {}; send truncate: true to cut it", ids.len(), engine.max_tokens())));
+            }
+            cut_keeping_end(&mut ids, engine.max_tokens());
+        }
+        tokens.push(ids);
+    }
+    let prompt_tokens = tokens.iter().map(Vec::len).sum();
+    let mut timer = state.metrics.start(&served.deployment.name);
+    let vectors = engine.embed(tokens).await.map_err(|err| {
+        timer.reject(&err);
+        OllamaError::from(err)
+    })?;
+    timer.finish(prompt_tokens, 0);
+    Ok((vectors, prompt_tokens))
+}
+
+/// Cuts a tokenized input to `max` tokens, keeping its last one (an encoder's closing special
+/// token, such as BERT's `[SEP]`).
+fn cut_keeping_end(ids: &mut Vec<Token>, max: usize) {
+    if max == 0 {
+        ids.clear();
+        return;
+    }
+    let last = ids.last().copied();
+    ids.truncate(max);
+    if let (Some(last), Some(end)) = (last, ids.last_mut()) {
+        *end = last;
+    }
+}
+
+/// Validated generation options.
+struct Options {
+    params: SamplingParams,
+    max_tokens: Option<usize>,
+    stop: Vec<String>,
+    stream: bool,
+}
+
+impl Options {
+    /// Ollama's defaults (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 over the
+    /// last 64 tokens) with the request's `options` over them. Options about loading (num_ctx,
+    /// num_gpu, num_thread, use_mmap...) are hints a deployment's settings decide; sampling
+    /// options Mantle does not have (mirostat, tfs_z, typical_p) are a 400 when set.
+    fn parse(fields: &wire::GenerateFields) -> Result<Options, OllamaError> {
+        if let Some(format) = fields.format.as_ref().filter(|f| !f.is_null() && f.as_str() != Some("")) {
+            let what = if format.as_str() == Some("json") { "JSON mode" } else { "a JSON schema" };
+            return Err(OllamaError::unsupported("format", &format!("structured output ({what})")));
+        }
+        match &fields.think {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => return Err(OllamaError::invalid("think: this model does not support thinking")),
+        }
+        if fields.logprobs == Some(true) || fields.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(OllamaError::unsupported("logprobs", "log probabilities on the Ollama API (use /v1)"));
+        }
+        let mut params = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1, penalty_last_n: 64, ..SamplingParams::default() };
+        let mut max_tokens = None;
+        let mut stop = Vec::new();
+        let empty = Map::new();
+        for (key, value) in fields.options.as_ref().unwrap_or(&empty) {
+            if value.is_null() {
+                continue;
+            }
+            let number = || value.as_f64().ok_or_else(|| OllamaError::invalid(format!("options.{key} must be a number")));
+            let in_range = |low: f64, high: f64| -> Result<f64, OllamaError> {
+                let n = number()?;
+                if (low..=high).contains(&n) { Ok(n) } else { Err(OllamaError::invalid(format!("options.{key} must be between {low} and {high}"))) }
+            };
+            match key.as_str() {
+                "temperature" => params.temperature = in_range(0.0, 2.0)? as f32,
+                "top_p" => params.top_p = in_range(0.0, 1.0)? as f32,
+                "min_p" => params.min_p = in_range(0.0, 1.0)? as f32,
+                "top_k" => params.top_k = in_range(-1.0, 1e6)?.max(0.0) as usize,
+                "repeat_penalty" => {
+                    params.repetition_penalty = in_range(0.0, 10.0)? as f32;
+                    if params.repetition_penalty == 0.0 {
+                        params.repetition_penalty = 1.0;
+                    }
+                }
+                "repeat_last_n" => {
+                    let n = in_range(-1.0, 1e6)?;
+                    // -1: the whole context; 0: no penalty.
+                    if n == 0.0 {
+                        params.repetition_penalty = 1.0;
+                        params.frequency_penalty = 0.0;
+                        params.presence_penalty = 0.0;
+                    }
+                    params.penalty_last_n = n.max(0.0) as usize;
+                }
+                "presence_penalty" => params.presence_penalty = in_range(-2.0, 2.0)? as f32,
+                "frequency_penalty" => params.frequency_penalty = in_range(-2.0, 2.0)? as f32,
+                "seed" => params.seed = Some(number()? as i64 as u64),
+                "num_predict" => {
+                    let n = number()?;
+                    max_tokens = match n {
+                        n if n < 0.0 => None,
+                        n if n >= 1.0 => Some(n as usize),
+                        _ => return Err(OllamaError::invalid("options.num_predict must be -1, -2 or at least 1")),
+                    };
+                }
+                "stop" => {
+                    stop = match value {
+                        Value::String(s) => vec![s.clone()],
+                        Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(|| OllamaError::invalid("options.stop must be a list of strings"))).collect::<Result<_, _>>()?,
+                        _ => return Err(OllamaError::invalid("options.stop must be a list of strings")),
+                    };
+                    if stop.len() > 16 || stop.iter().any(|s| s.len() > 1024) {
+                        return Err(OllamaError::invalid("options.stop takes at most 16 strings of at most 1024 bytes"));
+                    }
+                }
+                "mirostat" if number()? != 0.0 => return Err(OllamaError::unsupported("options.mirostat", "mirostat sampling")),
+                "tfs_z" if number()? != 1.0 => return Err(OllamaError::unsupported("options.tfs_z", "tail-free sampling")),
+                "typical_p" if number()? != 1.0 => return Err(OllamaError::unsupported("options.typical_p", "locally typical sampling")),
+                // Load-time and hardware hints, decided by the deployment's settings; penalize_newline
+                // is gone from Ollama itself.
+                _ => {}
+            }
+        }
+        Ok(Options { params, max_tokens, stop, stream: fields.stream.unwrap_or(true) })
+    }
+}
+
+/// The deployment's served model and how long getting it took (its load, if this request did it).
+async fn load(state: &AppState, principal: &Principal, model: &str) -> Result<(Arc<Served>, Duration), OllamaError> {
+    let started = Instant::now();
+    let served = openai::serve(state, principal, model_name(model)).await.map_err(|err| {
+        let (status, message) = err.parts();
+        if status == StatusCode::NOT_FOUND {
+            // Ollama's own words, which tools look for.
+            OllamaError { status, message: format!("model {model:?} not found, try pulling it first") }
+        } else {
+            OllamaError { status, message: message.to_owned() }
+        }
+    })?;
+    Ok((served, started.elapsed()))
+}
+
+/// A deployment name from an Ollama model name: `name:latest` is `name`.
+fn model_name(model: &str) -> &str {
+    model.strip_suffix(":latest").unwrap_or(model)
+}
+
+fn generator(served: &Served) -> Result<&Engine, OllamaError> {
+    match &served.backend {
+        Backend::Generate(engine) => Ok(engine),
+        Backend::Embed(_) => Err(OllamaError::invalid(format!("model {:?} does not support generate", served.deployment.name))),
+    }
+}
+
+fn details(deployment: &Deployment) -> wire::ModelDetails {
+    let path = deployment.file_path.as_str();
+    let format = if path.ends_with(".gguf") { "gguf" } else if path.ends_with(".safetensors") { "safetensors" } else { "" };
+    wire::ModelDetails { parent_model: String::new(), format: format.to_owned(), family: String::new(), families: None, parameter_size: String::new(), quantization_level: String::new() }
+}
+
+fn with_revision(served: &Served, mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&served.revision) {
+        response.headers_mut().insert("x-mantle-revision", value);
+    }
+    response
+}
+
+fn assistant(content: String) -> wire::Message {
+    wire::Message { role: "assistant".into(), content, images: None, tool_calls: None, tool_name: None, thinking: None }
+}
+
+/// Now, as Ollama writes it (RFC 3339, nanoseconds, UTC).
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn stats(reason: &str, started: Instant, load: Duration, prompt_tokens: usize, prompt_time: Duration, completion_tokens: usize, eval_time: Duration) -> wire::Stats {
+    wire::Stats {
+        done_reason: reason.to_owned(),
+        total_duration: nanos(started.elapsed()),
+        load_duration: nanos(load),
+        prompt_eval_count: prompt_tokens as u64,
+        prompt_eval_duration: nanos(prompt_time),
+        eval_count: completion_tokens as u64,
+        eval_duration: nanos(eval_time),
+    }
+}
+
+/// Which answer shape a run has.
+#[derive(Clone, Copy)]
+enum Shape {
+    Chat,
+    Generate,
+}
+
+/// One generation and what its last line reports.
+struct Run {
+    generation: Generation,
+    timer: RequestTimer,
+    prompt_tokens: usize,
+    started: Instant,
+    load: Duration,
+    queued: Instant,
+    first: Option<Instant>,
+}
+
+impl Run {
+    fn start(state: &AppState, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration) -> Result<Run, OllamaError> {
+        let n_ctx = engine.info().n_ctx;
+        if prompt.len() >= n_ctx {
+            return Err(OllamaError::invalid(format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
+        }
+        let prompt_tokens = prompt.len();
+        let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
+        let timer = state.metrics.start(&served.deployment.name);
+        let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None };
+        let generation = engine.generate(request).map_err(|err| {
+            timer.reject(&err);
+            OllamaError::from(err)
+        })?;
+        Ok(Run { generation, timer, prompt_tokens, started, load, queued: Instant::now(), first: None })
+    }
+
+    /// The next piece of text, or the end: `Ok(None)` with the finish reason and token count.
+    async fn next(&mut self) -> Result<Step, String> {
+        loop {
+            match self.generation.events.recv().await {
+                Some(Event::Text(piece)) => {
+                    self.timer.token();
+                    self.first.get_or_insert_with(Instant::now);
+                    return Ok(Step::Text(piece));
+                }
+                Some(Event::Logprobs(_)) => {}
+                Some(Event::Done { finish_reason, completion_tokens, .. }) => {
+                    self.timer.finish(self.prompt_tokens, completion_tokens);
+                    let reason = if finish_reason == FinishReason::Length { "length" } else { "stop" };
+                    let first = self.first.unwrap_or_else(Instant::now);
+                    return Ok(Step::Done(stats(reason, self.started, self.load, self.prompt_tokens, first - self.queued, completion_tokens, first.elapsed())));
+                }
+                Some(Event::Failed(err)) => {
+                    self.timer.fail();
+                    tracing::error!("failed to generate: {err}");
+                    return Err("generation failed; see the server log".to_owned());
+                }
+                None => return Err("the engine stopped".to_owned()),
+            }
+        }
+    }
+
+    fn line(model: &str, shape: Shape, text: String, stats: Option<wire::Stats>) -> Bytes {
+        let done = stats.is_some();
+        let mut json = match shape {
+            Shape::Chat => serde_json::to_vec(&wire::ChatResponse { model: model.to_owned(), created_at: now(), message: assistant(text), done, stats }),
+            Shape::Generate => serde_json::to_vec(&wire::GenerateResponse { model: model.to_owned(), created_at: now(), response: text, done, stats }),
+        }
+        .expect("responses serialize");
+        json.push(b'\n');
+        Bytes::from(json)
+    }
+
+    async fn respond(mut self, model: String, stream: bool, shape: Shape) -> Response {
+        if !stream {
+            let mut text = String::new();
+            loop {
+                match self.next().await {
+                    Ok(Step::Text(piece)) => text.push_str(&piece),
+                    Ok(Step::Done(stats)) => {
+                        let body = Self::line(&model, shape, text, Some(stats));
+                        return ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response();
+                    }
+                    Err(message) => return OllamaError { status: StatusCode::INTERNAL_SERVER_ERROR, message }.into_response(),
+                }
+            }
+        }
+        // NDJSON: a line per piece of text, then the done line with the counts; a failure
+        // mid-stream is an `{"error": ...}` line, which the ollama client raises. Dropping the
+        // body (a client that left) drops the generation, which cancels it in the engine.
+        let lines = futures::stream::unfold(Some(self), move |run| {
+            let model = model.clone();
+            async move {
+                let mut run = run?;
+                let line = match run.next().await {
+                    Ok(Step::Text(piece)) => return Some((Ok::<_, std::convert::Infallible>(Self::line(&model, shape, piece, None)), Some(run))),
+                    Ok(Step::Done(stats)) => Self::line(&model, shape, String::new(), Some(stats)),
+                    Err(message) => {
+                        let mut json = serde_json::to_vec(&ErrorBody { error: message }).expect("errors serialize");
+                        json.push(b'\n');
+                        Bytes::from(json)
+                    }
+                };
+                Some((Ok(line), None))
+            }
+        });
+        ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response()
+    }
+}
+
+enum Step {
+    Text(String),
+    Done(wire::Stats),
+}
