@@ -96,6 +96,13 @@ def test_listing_show_ps_version(server, smol):
         client(server, other).chat(model=name, messages=[QUESTION], stream=False)
     assert err.value.status_code == 404 and "not found" in err.value.error
 
+    # keep_alive: pinned for a while, then unloaded by an empty request with keep_alive=0.
+    api.generate(model=name, prompt="", keep_alive="10m")
+    assert {m.model: m for m in api.ps().models}[name].expires_at.year < 9999
+    assert api.generate(model=name, prompt="", keep_alive=0).done_reason == "unload"
+    assert name not in [m.model for m in api.ps().models]
+    assert name in [m.model for m in api.list().models]
+
 
 def test_errors_are_ollama_shaped(server, smol):
     name, token, _ = smol

@@ -155,4 +155,7 @@ pub struct Deployment {
     pub threads: u32,
     pub created_by: String,
     pub created_at: String,
+    /// Loaded in the replica that answered (absent from older servers).
+    #[serde(default)]
+    pub resident: bool,
 }

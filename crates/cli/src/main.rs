@@ -374,7 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Deployments => {
             let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;
             for d in deployments {
-                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
+                let resident = if d.resident { "resident" } else { "not loaded" };
+                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
             }
         }
         Command::Undeploy { name } => {

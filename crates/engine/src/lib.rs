@@ -46,6 +46,8 @@ pub struct RunnerInfo {
     pub eos: Token,
     /// The backend and its version (e.g. `llama.cpp`), part of every response's fingerprint.
     pub backend: String,
+    /// Memory the loaded model holds: weights plus its KV cache (an estimate, for the budget).
+    pub memory_bytes: u64,
 }
 
 /// Text to tokens, callable from any thread (request handlers count and check prompts before

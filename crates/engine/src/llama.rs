@@ -56,6 +56,8 @@ pub struct LlamaRunner {
     capacity: usize,
     /// How the weights are held (e.g. `q4_1`, or `q4_1 expanded to f16`), part of the fingerprint.
     weights: String,
+    /// Weights plus the F16 KV cache of every sequence.
+    memory_bytes: u64,
 }
 
 // The context is only ever used from the runner's own thread.
@@ -86,7 +88,10 @@ impl LlamaRunner {
         #[expect(unsafe_code, reason = "the context borrows the model in the Arc stored next to it, which drops after it")]
         let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         let n_ctx = (ctx.n_ctx() / settings.max_batch.max(1)) as usize;
-        Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity, weights: String::new() })
+        // K and V, F16, per layer and KV head, for every cell of the context.
+        let kv_width = u64::from(model.n_embd().max(0) as u32) / u64::from(model.n_head().max(1)) * u64::from(model.n_head_kv());
+        let memory_bytes = model.size() + u64::from(ctx.n_ctx()) * u64::from(model.n_layer()) * kv_width * 2 * 2;
+        Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity, weights: String::new(), memory_bytes })
     }
 }
 
@@ -99,7 +104,7 @@ impl LlamaRunner {
 
 impl ModelRunner for LlamaRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) } }
+        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) }, memory_bytes: self.memory_bytes }
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {

@@ -18,18 +18,20 @@ pub struct MockRunner {
     pub step_tokens: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
     /// Every step's slots, in batch order.
     pub step_slots: std::sync::Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
+    /// What `info().memory_bytes` reports (0 unless a test sets it).
+    pub memory_bytes: u64,
 }
 
 impl MockRunner {
     /// A mock with a context length.
     pub fn new(n_ctx: usize) -> Self {
-        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default(), step_slots: Default::default() }
+        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default(), step_slots: Default::default(), memory_bytes: 0 }
     }
 }
 
 impl ModelRunner for MockRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS, backend: "mock".into() }
+        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS, backend: "mock".into(), memory_bytes: self.memory_bytes }
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {

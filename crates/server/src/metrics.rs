@@ -137,6 +137,14 @@ impl Metrics {
         for served in &resident {
             let _ = writeln!(out, "mantle_model_load_seconds{{deployment=\"{}\"}} {}", served.deployment.name, served.load_seconds);
         }
+        family(&mut out, "mantle_model_memory_bytes", "gauge", "Memory each resident deployment holds (weights and KV cache, estimated), counted against runtime.memory_budget.");
+        for served in &resident {
+            let _ = writeln!(out, "mantle_model_memory_bytes{{deployment=\"{}\"}} {}", served.deployment.name, served.memory_bytes);
+        }
+        family(&mut out, "mantle_model_evictions_total", "counter", "Deployments unloaded to make room under the memory budget.");
+        for (name, count) in runtime.evictions() {
+            let _ = writeln!(out, "mantle_model_evictions_total{{deployment=\"{name}\"}} {count}");
+        }
         out
     }
 }

@@ -51,11 +51,37 @@ struct Inner {
     config: RuntimeConfig,
     // A std Mutex: it is never held across an await; loads wait on the per-deployment cell.
     loaded: Mutex<HashMap<String, Slot>>,
+    /// Deployments evicted to make room, by name.
+    evictions: Mutex<HashMap<String, u64>>,
 }
 
 struct Slot {
     identity: String,
     cell: Arc<tokio::sync::OnceCell<Arc<Served>>>,
+    /// When a request last asked for it (the LRU order).
+    last_used: std::time::Instant,
+    keep: Keep,
+}
+
+/// How long a resident deployment is kept from eviction (Ollama's `keep_alive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Evicted least-recently-used first when the memory budget needs room.
+    Default,
+    /// Not evicted before this time.
+    Until(std::time::SystemTime),
+    /// Never evicted (only undeploy unloads it).
+    Forever,
+}
+
+impl Keep {
+    fn pinned(self) -> bool {
+        match self {
+            Keep::Default => false,
+            Keep::Until(until) => until > std::time::SystemTime::now(),
+            Keep::Forever => true,
+        }
+    }
 }
 
 /// One deployment, loaded and serving.
@@ -70,6 +96,8 @@ pub struct Served {
     pub revision: String,
     /// How long loading took (copy, check and backend start).
     pub load_seconds: f64,
+    /// Memory it holds (weights and caches, estimated), counted against the budget.
+    pub memory_bytes: u64,
 }
 
 /// What a loaded deployment does.
@@ -109,7 +137,7 @@ pub struct ChatTemplate {
 impl Runtime {
     /// A runtime that loads models with `load`.
     pub fn new(config: RuntimeConfig, load: Arc<dyn Loader>) -> Self {
-        Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()) }) }
+        Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()) }) }
     }
 
     /// The real backends.
@@ -117,26 +145,109 @@ impl Runtime {
         Self::new(config, Arc::new(EngineBackends))
     }
 
-    /// The served model of `deployment`, loading it first if needed.
+    /// The served model of `deployment`, loading it first if needed (and evicting idle ones
+    /// when the memory budget needs the room).
     pub async fn get(&self, hub: &Hub, deployment: Deployment) -> Result<Arc<Served>, Error> {
         let identity = identity(&deployment);
+        let name = deployment.name.clone();
         let cell = {
             let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
-            let slot = loaded.entry(deployment.name.clone()).or_insert_with(|| Slot { identity: identity.clone(), cell: Arc::default() });
+            let now = std::time::Instant::now();
+            let slot = loaded.entry(name.clone()).or_insert_with(|| Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default });
             if slot.identity != identity {
                 // Redeployed elsewhere: the old engine stops once its last request ends.
-                *slot = Slot { identity: identity.clone(), cell: Arc::default() };
+                *slot = Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default };
             }
+            slot.last_used = now;
             slot.cell.clone()
         };
         // Concurrent first requests wait for one load; a failed load is retried by the next request.
-        let served = cell.get_or_try_init(|| self.load(hub, deployment)).await?;
-        Ok(served.clone())
+        let served = cell
+            .get_or_try_init(|| async {
+                // Room for at least the file before loading it; the exact size is known after.
+                let file_bytes = hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
+                self.make_room(&name, file_bytes);
+                let served = self.load(hub, deployment).await?;
+                self.make_room(&name, served.memory_bytes);
+                Ok::<_, Error>(served)
+            })
+            .await?
+            .clone();
+        Ok(served)
+    }
+
+    /// Evicts idle deployments, least recently used first, until the resident ones plus `extra`
+    /// bytes fit the memory budget. Never `keep` itself, never a pinned one, never one serving a
+    /// request; a request that got its model just before the eviction finishes on it (the engine
+    /// stops when the last handle goes), so eviction never cuts a request off.
+    fn make_room(&self, keep: &str, extra: u64) {
+        let budget = self.inner.config.memory_budget;
+        if budget == 0 {
+            return;
+        }
+        let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
+        loop {
+            let resident: u64 = loaded.values().filter_map(|slot| slot.cell.get()).map(|served| served.memory_bytes).sum();
+            if resident.saturating_add(extra) <= budget {
+                return;
+            }
+            let victim = loaded
+                .iter()
+                .filter(|(name, slot)| name.as_str() != keep && !slot.keep.pinned())
+                .filter(|(_, slot)| slot.cell.get().is_some_and(|served| served.in_flight() == 0))
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(name, _)| name.clone());
+            let Some(victim) = victim else {
+                tracing::warn!(resident, extra, budget, "the resident models exceed the memory budget, and none is idle and unpinned to evict");
+                return;
+            };
+            loaded.remove(&victim);
+            tracing::info!(deployment = %victim, resident, budget, "evicted the least recently used deployment to make room");
+            *self.inner.evictions.lock().expect("evictions not poisoned").entry(victim).or_default() += 1;
+        }
+    }
+
+    /// Sets how long a deployment stays resident (Ollama's `keep_alive`); a no-op when it is not loaded.
+    pub fn keep(&self, name: &str, keep: Keep) {
+        if let Some(slot) = self.inner.loaded.lock().expect("runtime map not poisoned").get_mut(name) {
+            slot.keep = keep;
+        }
+    }
+
+    /// Until when a resident deployment is pinned: `None` when it is not pinned to a time (it
+    /// stays until undeployed or, unless pinned forever, evicted for room).
+    pub fn pinned_until(&self, name: &str) -> Option<std::time::SystemTime> {
+        match self.inner.loaded.lock().expect("runtime map not poisoned").get(name).map(|slot| slot.keep) {
+            Some(Keep::Until(until)) => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Deployments evicted so far, by name (for /metrics).
+    pub fn evictions(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self.inner.evictions.lock().expect("evictions not poisoned").iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort();
+        all
+    }
+
+    /// Whether `name` is loaded in this process.
+    pub fn is_resident(&self, name: &str) -> bool {
+        self.inner.loaded.lock().expect("runtime map not poisoned").get(name).is_some_and(|slot| slot.cell.get().is_some())
     }
 
     /// Forgets a deployment; its engine stops when the last request using it ends.
     pub fn unload(&self, name: &str) {
         self.inner.loaded.lock().expect("runtime map not poisoned").remove(name);
+    }
+
+    /// Unloads `name` if no request is using it (Ollama's `keep_alive: 0`); whether it did.
+    pub fn unload_if_idle(&self, name: &str) -> bool {
+        let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
+        let idle = loaded.get(name).is_some_and(|slot| slot.cell.get().is_none_or(|served| served.in_flight() == 0));
+        if idle {
+            loaded.remove(name);
+        }
+        idle
     }
 
     /// The loaded deployments, by name.
@@ -156,7 +267,7 @@ impl Runtime {
         let load = self.inner.load.clone();
         let name = deployment.name.clone();
         let failed = |err: String| Error::Internal(format!("load deployment {name}: {err}"));
-        let (backend, chat, backend_name) = if deployment.file_path.as_str().ends_with(".safetensors") {
+        let (backend, chat, backend_name, memory_bytes) = if deployment.file_path.as_str().ends_with(".safetensors") {
             // An encoder: its config and tokenizer come from the same commit, beside the weights.
             let folder = deployment.file_path.as_str().rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"));
             let config = self.sibling(hub, &deployment, &format!("{folder}config.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}config.json beside the weights", deployment.repo)))?;
@@ -169,7 +280,9 @@ impl Runtime {
             // max_batch sequences of the model's full length.
             let max_batch_tokens = settings.max_batch as usize * runner.max_tokens();
             let engine = EmbedEngine::start(runner, EmbedConfig { max_batch_tokens, max_queue: self.inner.config.max_queue });
-            (Backend::Embed(engine), None, backend_name)
+            // The encoder holds its weights (f32, as in the file) and small per-batch buffers.
+            let memory_bytes = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+            (Backend::Embed(engine), None, backend_name, memory_bytes)
         } else {
             let (prefill_chunk, max_step_tokens) = (self.inner.config.prefill_chunk, self.inner.config.max_step_tokens);
             let runner_config = RunnerConfig {
@@ -191,13 +304,14 @@ impl Runtime {
             .map_err(&failed)?;
             let backend_name = runner.info().backend;
             let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk, max_step_tokens });
-            (Backend::Generate(engine), chat, backend_name)
+            let memory_bytes = engine.info().memory_bytes;
+            (Backend::Generate(engine), chat, backend_name, memory_bytes)
         };
         let load_seconds = started.elapsed().as_secs_f64();
         tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
         let fingerprint = fingerprint(&deployment, &backend_name);
         let revision = format!("{}@{}", deployment.repo, deployment.commit);
-        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, load_seconds }))
+        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, load_seconds, memory_bytes }))
     }
 
     /// A file of the deployment's commit, copied and checked like the weights; `None` if absent.

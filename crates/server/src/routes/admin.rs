@@ -128,7 +128,7 @@ pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Qu
     Ok(Json(entries))
 }
 
-fn deployment(d: domain::meta::Deployment) -> api::admin::Deployment {
+fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deployment {
     api::admin::Deployment {
         name: d.name,
         kind: d.kind.as_str().into(),
@@ -141,6 +141,7 @@ fn deployment(d: domain::meta::Deployment) -> api::admin::Deployment {
         threads: d.settings.threads,
         created_by: d.created_by,
         created_at: d.created_at,
+        resident,
     }
 }
 
@@ -151,11 +152,14 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
     let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;
-    Ok(Json(deployment(created)))
+    Ok(Json(deployment(created, false)))
 }
 
 pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Deployment>>> {
-    Ok(Json(state.hub.deployments(&principal).await?.into_iter().map(deployment).collect()))
+    Ok(Json(state.hub.deployments(&principal).await?.into_iter().map(|d| {
+        let resident = state.runtime.is_resident(&d.name);
+        deployment(d, resident)
+    }).collect()))
 }
 
 pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::openai::{self, OpenAiError};
 use crate::metrics::RequestTimer;
-use crate::runtime::{Backend, Served};
+use crate::runtime::{Backend, Keep, Served};
 use crate::AppState;
 
 /// The Ollama API version this server speaks (clients compare it to enable features).
@@ -112,8 +112,8 @@ pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Res
             size,
             digest: deployment.file_sha256.to_string(),
             details: details(deployment),
-            // Resident models are not unloaded on a timer yet.
-            expires_at: "9999-12-31T23:59:59Z".to_owned(),
+            // Mantle unloads on memory pressure, not on a timer: a pin's end, or never.
+            expires_at: state.runtime.pinned_until(&deployment.name).map_or_else(|| "9999-12-31T23:59:59Z".to_owned(), |t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             size_vram: 0,
             context_length: u64::from(deployment.settings.context),
         });
@@ -167,12 +167,15 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
         }
         messages.push(serde_json::json!({ "role": message.role, "content": message.content }));
     }
+    let keep = keep_alive(request.common.keep_alive.as_ref())?;
     let model = request.model;
     let (served, load) = load(&state, &principal, &model).await?;
     let engine = generator(&served)?;
+    let unloaded = apply_keep_alive(&state, &served.deployment.name, keep, messages.is_empty());
     if messages.is_empty() {
-        // Ollama's way to load a model: an empty chat answers at once, done because of the load.
-        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats("load", started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        // Ollama's way to load (or, with keep_alive 0, unload) a model: an empty chat answers at once.
+        let reason = if unloaded { "unload" } else { "load" };
+        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats(reason, started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
         return Ok(with_revision(&served, Json(line).into_response()));
     }
     let Some(chat) = &served.chat else {
@@ -201,12 +204,15 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
     if request.context.as_ref().is_some_and(|c| !c.is_empty()) {
         return Err(OllamaError::unsupported("context", "the deprecated context token list (send the conversation to /api/chat)"));
     }
+    let keep = keep_alive(request.common.keep_alive.as_ref())?;
     let model = request.model;
     let (served, load) = load(&state, &principal, &model).await?;
     let engine = generator(&served)?;
     let prompt = request.prompt.unwrap_or_default();
+    let unloaded = apply_keep_alive(&state, &served.deployment.name, keep, prompt.is_empty());
     if prompt.is_empty() {
-        let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats("load", started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        let reason = if unloaded { "unload" } else { "load" };
+        let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats(reason, started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
         return Ok(with_revision(&served, Json(line).into_response()));
     }
     // Raw: the prompt as it is. Otherwise the model's chat template around it, as Ollama does;
@@ -238,7 +244,9 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
     if inputs.is_empty() || inputs.len() > 2048 {
         return Err(OllamaError::invalid("input must hold 1 to 2048 texts"));
     }
+    let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, load) = load(&state, &principal, &request.model).await?;
+    apply_keep_alive(&state, &served.deployment.name, keep, false);
     let (vectors, prompt_tokens) = embed_texts(&state, &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
     let line = wire::EmbedResponse { model: request.model, embeddings: vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(load), prompt_eval_count: prompt_tokens as u64 };
     Ok(with_revision(&served, Json(line).into_response()))
@@ -248,7 +256,9 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
 pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::EmbeddingsRequest>, JsonRejection>) -> Result<Response, OllamaError> {
     let principal = openai::authenticate(&state, &headers).await?;
     let request = body(request)?;
+    let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, _) = load(&state, &principal, &request.model).await?;
+    apply_keep_alive(&state, &served.deployment.name, keep, request.prompt.is_empty());
     if request.prompt.is_empty() {
         // Ollama answers an empty prompt with an empty vector (a way to load the model).
         return Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
@@ -391,6 +401,86 @@ impl Options {
             }
         }
         Ok(Options { params, max_tokens, stop, stream: fields.stream.unwrap_or(true) })
+    }
+}
+
+/// What a request's `keep_alive` asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KeepAlive {
+    /// `0`: unload now (an empty request) or as soon as it is idle.
+    Unload,
+    Keep(Keep),
+}
+
+/// Ollama's `keep_alive`: seconds as a number, or a Go duration (`"5m"`, `"1h30m"`, `"-1"`);
+/// negative keeps the model loaded for good.
+fn keep_alive(value: Option<&Value>) -> Result<Option<KeepAlive>, OllamaError> {
+    let bad = || OllamaError::invalid("keep_alive must be a number of seconds or a duration such as \"5m\", \"1h\" or \"-1\"");
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(bad)?,
+        Some(Value::String(text)) => parse_duration(text).ok_or_else(bad)?,
+        Some(_) => return Err(bad()),
+    };
+    Ok(Some(if seconds < 0.0 {
+        KeepAlive::Keep(Keep::Forever)
+    } else if seconds == 0.0 {
+        KeepAlive::Unload
+    } else {
+        let until = std::time::SystemTime::now().checked_add(Duration::from_secs_f64(seconds.min(1e10))).ok_or_else(bad)?;
+        KeepAlive::Keep(Keep::Until(until))
+    }))
+}
+
+/// Seconds in a Go duration (`"1h30m"`, `"90s"`, `"-1m"`, `"250ms"`) or a bare number of seconds.
+fn parse_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Some(seconds);
+    }
+    if text.is_empty() || text == "-" || text == "+" {
+        return None;
+    }
+    let (sign, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(sign * total)
+}
+
+/// Applies a request's `keep_alive` to its deployment; `true` when the request asked to unload
+/// and is empty (it only came to do that).
+fn apply_keep_alive(state: &AppState, name: &str, keep: Option<KeepAlive>, empty: bool) -> bool {
+    match keep {
+        None => false,
+        Some(KeepAlive::Keep(keep)) => {
+            state.runtime.keep(name, keep);
+            false
+        }
+        Some(KeepAlive::Unload) if empty => state.runtime.unload_if_idle(name),
+        Some(KeepAlive::Unload) => {
+            // Evictable from now on; it goes when the budget next needs room.
+            state.runtime.keep(name, Keep::Until(std::time::SystemTime::now()));
+            false
+        }
     }
 }
 
@@ -571,4 +661,19 @@ impl Run {
 enum Step {
     Text(String),
     Done(wire::Stats),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn go_durations() {
+        for (text, seconds) in [("5m", 300.0), ("1h30m", 5400.0), ("-1", -1.0), ("-1m", -60.0), ("0", 0.0), ("250ms", 0.25), ("90s", 90.0), ("1.5h", 5400.0), ("3600", 3600.0)] {
+            assert_eq!(parse_duration(text), Some(seconds), "{text}");
+        }
+        for text in ["", "5x", "m", "1h-", "abc", "5 m"] {
+            assert_eq!(parse_duration(text), None, "{text}");
+        }
+    }
 }

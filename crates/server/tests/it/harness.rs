@@ -14,8 +14,11 @@ pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 struct MockBackends;
 
 impl server::runtime::Loader for MockBackends {
-    fn generator(&self, _: &engine::RunnerConfig) -> Result<Box<dyn engine::ModelRunner>, String> {
-        Ok(Box::new(engine::mock::MockRunner::new(4096)))
+    fn generator(&self, config: &engine::RunnerConfig) -> Result<Box<dyn engine::ModelRunner>, String> {
+        let mut runner = engine::mock::MockRunner::new(4096);
+        // A size tests can choose per deployment, through its context setting.
+        runner.memory_bytes = u64::from(config.context) * 1_000;
+        Ok(Box::new(runner))
     }
     fn embedder(&self, _: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {
         Ok(Box::new(engine::embed::MockEmbedder { dims: 16, max_tokens: 64, calls: Default::default() }))

@@ -5,5 +5,6 @@ mod access;
 mod bad_input;
 mod harness;
 mod openai;
+mod residency;
 mod tidy;
 mod vetting;

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 
 use crate::harness::{file, header, TestServer, ADMIN};
 
-const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+pub(crate) const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// A GGUF v3 file with no tensors and one metadata entry: the chat template.
-fn gguf_with_template(template: &str) -> Vec<u8> {
+pub(crate) fn gguf_with_template(template: &str) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend(0u64.to_le_bytes());
