@@ -125,6 +125,12 @@ pub struct CreateDeployment {
     pub max_batch: u32,
     #[serde(default = "default_threads")]
     pub threads: u32,
+    /// Price of a million prompt tokens (currency units, e.g. 0.15), for usage costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_prompt: Option<f64>,
+    /// Price of a million completion tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_completion: Option<f64>,
 }
 
 fn default_revision() -> String {
@@ -158,4 +164,31 @@ pub struct Deployment {
     /// Loaded in the replica that answered (absent from older servers).
     #[serde(default)]
     pub resident: bool,
+    /// Prices of a million prompt and completion tokens.
+    #[serde(default)]
+    pub price_prompt: f64,
+    #[serde(default)]
+    pub price_completion: f64,
+}
+
+/// `GET /api/usage`: requests, tokens and cost, grouped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// `day`, `token`, `deployment` or `account`.
+    pub by: String,
+    pub rows: Vec<UsageRow>,
+    pub total: UsageRow,
+}
+
+/// One group of a usage report (or the total, with an empty key).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub key: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// In currency units, at each deployment's prices when the requests ran.
+    pub cost: f64,
 }

@@ -114,12 +114,39 @@ enum Command {
         /// CPU threads of the engine.
         #[arg(long, default_value_t = 2)]
         threads: u32,
+        /// Price of a million prompt tokens (for usage costs; default free).
+        #[arg(long)]
+        price_prompt: Option<f64>,
+        /// Price of a million completion tokens.
+        #[arg(long)]
+        price_completion: Option<f64>,
         /// Seconds to wait for pending scans before giving up.
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
     /// List deployments.
     Deployments,
+    /// Requests, tokens and cost: your own, or (with an admin token) anyone's.
+    Usage {
+        /// Only this org's members.
+        #[arg(long)]
+        org: Option<String>,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// From this date or RFC 3339 time on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this date or time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by day, token, deployment or account.
+        #[arg(long, default_value = "day")]
+        by: String,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a deployment.
     Undeploy { name: String },
     /// Show or change a namespace's vetting policy and overrides.
@@ -355,9 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Deploy { name, repo, kind, file, context, max_batch, threads, wait } => {
+        Command::Deploy { name, repo, kind, file, context, max_batch, threads, price_prompt, price_completion, wait } => {
             let (repo, revision) = repo.split_once('@').map(|(r, v)| (r.to_owned(), v.to_owned())).unwrap_or((repo.clone(), "main".to_owned()));
-            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads };
+            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads, price_prompt, price_completion };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
             let created: api::admin::Deployment = loop {
                 match client()?.post_json("/api/admin/deployments", &body).await {
@@ -370,6 +397,23 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             };
             println!("deployed {} = {}@{} ({}, sha256 {})", created.name, created.repo, created.commit, created.file, created.sha256);
+        }
+        Command::Usage { org, account, since, until, by, json } => {
+            let mut query = vec![format!("by={}", client::encode(&by))];
+            for (key, value) in [("org", org), ("account", account), ("since", since), ("until", until)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", client::encode(&value)));
+                }
+            }
+            let report: api::admin::UsageReport = client()?.get_json(&format!("/api/usage?{}", query.join("&"))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{:<24} {:>9} {:>7} {:>14} {:>14} {:>12}", by, "requests", "errors", "prompt tokens", "completion", "cost");
+                for row in report.rows.iter().chain(std::iter::once(&api::admin::UsageRow { key: "total".into(), ..report.total.clone() })) {
+                    println!("{:<24} {:>9} {:>7} {:>14} {:>14} {:>12.6}", row.key, row.requests, row.errors, row.prompt_tokens, row.completion_tokens, row.cost);
+                }
+            }
         }
         Command::Deployments => {
             let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;

@@ -552,6 +552,68 @@ impl Hub {
         Ok(deployment)
     }
 
+    /// Usage grouped as asked. Anyone sees their own; a site admin sees anyone's, by account or
+    /// org. Times are RFC 3339 or dates (UTC).
+    pub async fn usage(&self, principal: &Principal, since: Option<&str>, until: Option<&str>, org: Option<&str>, account: Option<&str>, group: crate::meta::UsageGroup) -> Result<Vec<crate::meta::UsageRow>> {
+        let user = principal.user()?;
+        let admin = user.is_admin && user.role == crate::auth::Role::Admin;
+        let account = match (admin, account, org) {
+            (true, account, _) => account.map(str::to_owned),
+            (false, None | Some(_), Some(_)) => return Err(Error::forbidden("usage by org needs a site admin token")),
+            (false, Some(other), None) if other != user.name => return Err(Error::forbidden("only a site admin sees other accounts' usage")),
+            (false, _, None) => Some(user.name.clone()),
+        };
+        let time = |text: Option<&str>, field: &str| -> Result<Option<String>> {
+            let Some(text) = text else { return Ok(None) };
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+                return Ok(Some(format_time(t.with_timezone(&chrono::Utc))));
+            }
+            match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+                Ok(day) => Ok(Some(format!("{day}T00:00:00.000Z"))),
+                Err(_) => Err(Error::invalid(format!("{field} must be a date (2026-11-01) or an RFC 3339 time, not {text:?}"))),
+            }
+        };
+        let query = crate::meta::UsageQuery { since: time(since, "since")?, until: time(until, "until")?, account, org: org.map(str::to_owned), group };
+        self.meta.usage(&query).await
+    }
+
+    /// Sets a quota (site admin), audited.
+    pub async fn set_quota(&self, principal: &Principal, mut quota: crate::meta::Quota) -> Result<crate::meta::Quota> {
+        let admin = principal.site_admin()?;
+        crate::quota::validate(&quota)?;
+        match &quota.subject {
+            crate::meta::QuotaSubject::Token(id) => {
+                self.meta.get_token(*id).await?.ok_or_else(|| Error::NotFound(format!("no token {id}")))?;
+            }
+            crate::meta::QuotaSubject::Org(org) => {
+                let account = self.meta.get_account(&AccountName::parse(org)?).await?;
+                if !account.is_some_and(|a| a.kind == AccountKind::Org) {
+                    return Err(Error::NotFound(format!("no org {org}")));
+                }
+            }
+        }
+        quota.updated_at = format_time(chrono::Utc::now());
+        let (scope, subject) = quota.subject.key();
+        let details = json!({ "requests_per_minute": quota.requests_per_minute, "tokens_per_minute": quota.tokens_per_minute, "tokens_per_month": quota.tokens_per_month });
+        let event = AuditEvent::new(&admin.name, "quota.set", format!("quota:{scope}:{subject}"), details);
+        self.meta.set_quota(&quota, event).await?;
+        Ok(quota)
+    }
+
+    /// Removes a quota (site admin), audited.
+    pub async fn delete_quota(&self, principal: &Principal, subject: &crate::meta::QuotaSubject) -> Result<()> {
+        let admin = principal.site_admin()?;
+        let (scope, name) = subject.key();
+        let event = AuditEvent::new(&admin.name, "quota.delete", format!("quota:{scope}:{name}"), json!({}));
+        self.meta.delete_quota(subject, event).await
+    }
+
+    /// All quotas (site admin).
+    pub async fn quotas(&self, principal: &Principal) -> Result<Vec<crate::meta::Quota>> {
+        principal.site_admin()?;
+        self.meta.list_quotas().await
+    }
+
     /// All deployments (site admin).
     pub async fn deployments(&self, principal: &Principal) -> Result<Vec<Deployment>> {
         principal.site_admin()?;

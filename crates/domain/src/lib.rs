@@ -10,6 +10,7 @@ pub mod error;
 pub mod hub;
 pub mod ids;
 pub mod meta;
+pub mod quota;
 pub mod repo;
 pub mod vetting;
 

@@ -217,6 +217,23 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn create_deployment(&self, deployment: &Deployment, event: AuditEvent) -> Result<()>;
     /// All deployments, by name.
     async fn list_deployments(&self) -> Result<Vec<Deployment>>;
+
+    /// Sets (creates or replaces) a quota, audited.
+    async fn set_quota(&self, quota: &Quota, event: AuditEvent) -> Result<()>;
+    /// Removes a quota, audited; NotFound if there is none.
+    async fn delete_quota(&self, subject: &QuotaSubject, event: AuditEvent) -> Result<()>;
+    /// All quotas.
+    async fn list_quotas(&self) -> Result<Vec<Quota>>;
+    /// The quotas that apply to a request through `token_id` by a member of `orgs`.
+    async fn quotas_for(&self, token_id: i64, orgs: &[String]) -> Result<Vec<Quota>>;
+    /// Adds to a subject's counters for one period (`m:<minute>` or `M:<month>`), atomically
+    /// across replicas, and returns the new totals (requests, tokens).
+    async fn charge(&self, subject: &QuotaSubject, period: &str, requests: i64, tokens: i64) -> Result<(i64, i64)>;
+
+    /// Appends usage records (one transaction; not audited: they are the audit of use).
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()>;
+    /// Usage grouped as asked, by key.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
     /// One deployment by name.
     async fn get_deployment(&self, name: &str) -> Result<Option<Deployment>>;
     /// Removes a deployment. NotFound if missing.
@@ -237,12 +254,126 @@ pub struct Deployment {
     pub created_at: String,
 }
 
-/// Engine settings of a deployment.
+/// Engine settings of a deployment, and its prices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineSettings {
     pub context: u32,
     pub max_batch: u32,
     pub threads: u32,
+    /// Price of a million prompt tokens, in millionths of the currency unit (0: free).
+    pub price_prompt_micros: u64,
+    /// Price of a million completion tokens, likewise.
+    pub price_completion_micros: u64,
+}
+
+impl EngineSettings {
+    /// What a request costs at these prices, in millionths of the currency unit.
+    pub fn cost_micros(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.price_prompt_micros as f64 + completion_tokens as f64 * self.price_completion_micros as f64) / 1e6
+    }
+}
+
+/// One inference request, as usage accounting keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRecord {
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    pub account: String,
+    pub token_id: i64,
+    pub deployment: String,
+    /// Which API and route: `openai.chat`, `ollama.generate`, ...
+    pub api: String,
+    /// `ok`, `cancelled`, `failed`, `rejected`, `invalid`.
+    pub outcome: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub latency_ms: u64,
+    /// In millionths of the currency unit, at the deployment's prices when it ran.
+    pub cost_micros: f64,
+}
+
+/// Who a quota limits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuotaSubject {
+    /// One API token, by id.
+    Token(i64),
+    /// Every member of an org, together.
+    Org(String),
+}
+
+impl QuotaSubject {
+    /// The (scope, subject) pair rows are keyed by.
+    pub fn key(&self) -> (&'static str, String) {
+        match self {
+            QuotaSubject::Token(id) => ("token", id.to_string()),
+            QuotaSubject::Org(name) => ("org", name.clone()),
+        }
+    }
+
+    pub fn from_key(scope: &str, subject: &str) -> Result<Self> {
+        match scope {
+            "token" => subject.parse().map(QuotaSubject::Token).map_err(|_| Error::invalid(format!("a token quota names a token id, not {subject:?}"))),
+            "org" => Ok(QuotaSubject::Org(subject.to_owned())),
+            other => Err(Error::invalid(format!("a quota is for a token or an org, not {other:?}"))),
+        }
+    }
+}
+
+/// Limits on one subject; `None` is no limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub subject: QuotaSubject,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_month: Option<u64>,
+    pub updated_at: String,
+}
+
+/// How a usage report groups requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageGroup {
+    Day,
+    Token,
+    Deployment,
+    Account,
+}
+
+impl UsageGroup {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "day" => Ok(UsageGroup::Day),
+            "token" => Ok(UsageGroup::Token),
+            "deployment" => Ok(UsageGroup::Deployment),
+            "account" | "user" => Ok(UsageGroup::Account),
+            other => Err(Error::invalid(format!("usage can be grouped by day, token, deployment or account, not {other:?}"))),
+        }
+    }
+}
+
+/// Which requests a usage report covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// From this time on (RFC 3339 or a date), inclusive.
+    pub since: Option<String>,
+    /// Before this time, exclusive.
+    pub until: Option<String>,
+    /// Only this account's requests.
+    pub account: Option<String>,
+    /// Only requests of this org's current members.
+    pub org: Option<String>,
+    pub group: UsageGroup,
+}
+
+/// One group of a usage report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRow {
+    pub key: String,
+    pub requests: u64,
+    /// Requests that did not end `ok`.
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: f64,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod routes;
 pub mod runtime;
 pub mod scanner;
 mod signing;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub runtime: runtime::Runtime,
     /// Serving metrics.
     pub metrics: metrics::Metrics,
+    /// Usage accounting of inference requests.
+    pub usage: usage::UsageLog,
 }
 
 /// Builds the whole router.
@@ -50,9 +53,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let blobs = store::open_blob_store(&config.blob_url).context("open the blob store")?;
     let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let usage = usage::UsageLog::start(meta.clone());
     let hub = Hub { meta, blobs, config: config.hub.clone() };
     let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default() })
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the

@@ -71,12 +71,24 @@ pub struct RequestTimer {
     last_token: Option<Instant>,
     // A Cell: `reject` is called from a closure that only borrows the timer.
     outcome: std::cell::Cell<Option<&'static str>>,
+    /// Who to bill, when the request is accounted for.
+    bill: Option<Bill>,
+    tokens: (usize, usize),
+}
+
+/// The usage record a request leaves when its timer drops.
+struct Bill {
+    log: crate::usage::UsageLog,
+    account: String,
+    token_id: i64,
+    api: &'static str,
+    settings: domain::meta::EngineSettings,
 }
 
 impl Metrics {
     /// Starts timing a request to `deployment`.
     pub fn start(&self, deployment: &str) -> RequestTimer {
-        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None) }
+        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0) }
     }
 
     fn update(&self, deployment: &str, change: impl FnOnce(&mut DeploymentMetrics)) {
@@ -150,6 +162,15 @@ impl Metrics {
 }
 
 impl RequestTimer {
+    /// Accounts the request to `principal` in the usage log when it ends (any outcome), at the
+    /// deployment's prices; `api` names the route (`openai.chat`, `ollama.embed`, ...).
+    pub fn billed(mut self, log: &crate::usage::UsageLog, principal: &domain::auth::Principal, api: &'static str, settings: &domain::meta::EngineSettings) -> Self {
+        if let domain::auth::Principal::User(user) = principal {
+            self.bill = Some(Bill { log: log.clone(), account: user.name.clone(), token_id: user.token_id, api, settings: settings.clone() });
+        }
+        self
+    }
+
     /// A piece of text arrived.
     pub fn token(&mut self) {
         let now = Instant::now();
@@ -163,6 +184,7 @@ impl RequestTimer {
 
     /// The request completed with these token counts.
     pub fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize) {
+        self.tokens = (prompt_tokens, completion_tokens);
         let elapsed = self.started.elapsed().as_secs_f64();
         self.metrics.update(&self.deployment, |m| {
             m.prompt_tokens += prompt_tokens as u64;
@@ -192,5 +214,22 @@ impl Drop for RequestTimer {
     fn drop(&mut self) {
         let outcome = self.outcome.get().unwrap_or("cancelled");
         self.metrics.update(&self.deployment, |m| *m.requests.entry(outcome).or_default() += 1);
+        if let Some(bill) = self.bill.take() {
+            // Tokens are counted for requests that finished; a cancelled or failed one is
+            // recorded with none (its client saw no usage either).
+            let (prompt, completion) = (self.tokens.0 as u64, self.tokens.1 as u64);
+            bill.log.record(domain::meta::UsageRecord {
+                at: domain::format_time(chrono::Utc::now()),
+                account: bill.account,
+                token_id: bill.token_id,
+                deployment: std::mem::take(&mut self.deployment),
+                api: bill.api.to_owned(),
+                outcome: outcome.to_owned(),
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                cost_micros: bill.settings.cost_micros(prompt, completion),
+            });
+        }
     }
 }

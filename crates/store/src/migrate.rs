@@ -6,8 +6,8 @@ use sqlx::Row as _;
 
 use crate::sql::Dialect;
 
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql")), (2, include_str!("../migrations/sqlite/0002_vetting.sql")), (3, include_str!("../migrations/sqlite/0003_deployments.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql")), (2, include_str!("../migrations/postgres/0002_vetting.sql")), (3, include_str!("../migrations/postgres/0003_deployments.sql"))];
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql")), (2, include_str!("../migrations/sqlite/0002_vetting.sql")), (3, include_str!("../migrations/sqlite/0003_deployments.sql")), (4, include_str!("../migrations/sqlite/0004_usage.sql")), (5, include_str!("../migrations/sqlite/0005_quotas.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql")), (2, include_str!("../migrations/postgres/0002_vetting.sql")), (3, include_str!("../migrations/postgres/0003_deployments.sql")), (4, include_str!("../migrations/postgres/0004_usage.sql")), (5, include_str!("../migrations/postgres/0005_quotas.sql"))];
 
 /// Applies every migration not yet applied. On PostgreSQL an advisory lock keeps replicas that
 /// start together from racing.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup};
+use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -892,7 +892,8 @@ impl MetaStore for SqlMetaStore {
         if exists.is_some() {
             return Err(Error::conflict(format!("a deployment named {} exists; undeploy it first", deployment.name)));
         }
-        let settings = serde_json::json!({ "context": deployment.settings.context, "max_batch": deployment.settings.max_batch, "threads": deployment.settings.threads });
+        let s = &deployment.settings;
+        let settings = serde_json::json!({ "context": s.context, "max_batch": s.max_batch, "threads": s.threads, "price_prompt_micros": s.price_prompt_micros, "price_completion_micros": s.price_completion_micros });
         sqlx::query("INSERT INTO deployments (name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&deployment.name)
             .bind(deployment.kind.as_str())
@@ -921,6 +922,138 @@ impl MetaStore for SqlMetaStore {
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = $1");
         let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn set_quota(&self, quota: &Quota, event: AuditEvent) -> Result<()> {
+        let (scope, subject) = quota.subject.key();
+        let limit = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM quotas WHERE scope = $1 AND subject = $2").bind(scope).bind(&subject).execute(&mut *tx.tx).await.map_err(db_err)?;
+        sqlx::query("INSERT INTO quotas (scope, subject, requests_per_minute, tokens_per_minute, tokens_per_month, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(scope)
+            .bind(&subject)
+            .bind(limit(quota.requests_per_minute))
+            .bind(limit(quota.tokens_per_minute))
+            .bind(limit(quota.tokens_per_month))
+            .bind(&quota.updated_at)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn delete_quota(&self, subject: &QuotaSubject, event: AuditEvent) -> Result<()> {
+        let (scope, name) = subject.key();
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM quotas WHERE scope = $1 AND subject = $2").bind(scope).bind(&name).execute(&mut *tx.tx).await.map_err(db_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("no quota for {scope} {name}")));
+        }
+        tx.audit(&event).await?;
+        tx.commit().await
+    }
+
+    async fn list_quotas(&self) -> Result<Vec<Quota>> {
+        let rows = sqlx::query(&format!("SELECT {QUOTA_COLUMNS} FROM quotas ORDER BY scope, subject")).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(quota_from_row).collect()
+    }
+
+    async fn quotas_for(&self, token_id: i64, orgs: &[String]) -> Result<Vec<Quota>> {
+        let rows = sqlx::query(&format!("SELECT {QUOTA_COLUMNS} FROM quotas WHERE (scope = 'token' AND subject = $1) OR scope = 'org' ORDER BY scope, subject")).bind(token_id.to_string()).fetch_all(&self.pool).await.map_err(db_err)?;
+        let quotas: Vec<Quota> = rows.iter().map(quota_from_row).collect::<Result<_>>()?;
+        Ok(quotas.into_iter().filter(|q| match &q.subject { QuotaSubject::Token(_) => true, QuotaSubject::Org(org) => orgs.contains(org) }).collect())
+    }
+
+    async fn charge(&self, subject: &QuotaSubject, period: &str, requests: i64, tokens: i64) -> Result<(i64, i64)> {
+        let (scope, name) = subject.key();
+        // One statement: the row is created or added to atomically, whichever replica gets there first.
+        let row = sqlx::query(
+            "INSERT INTO quota_counters (scope, subject, period, requests, tokens) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (scope, subject, period) DO UPDATE SET requests = quota_counters.requests + excluded.requests, tokens = quota_counters.tokens + excluded.tokens \
+             RETURNING requests, tokens",
+        )
+        .bind(scope)
+        .bind(&name)
+        .bind(period)
+        .bind(requests)
+        .bind(tokens)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok((row.try_get::<i64, _>("requests").map_err(db_err)?, row.try_get::<i64, _>("tokens").map_err(db_err)?))
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // A plain transaction, not `begin_write`: usage rows touch no other table and need no
+        // audit link, so they do not queue behind (or hold up) the serialized metadata writes.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for r in records {
+            sqlx::query("INSERT INTO usage_records (at, account, token_id, deployment, api, outcome, prompt_tokens, completion_tokens, latency_ms, cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .bind(&r.at)
+                .bind(&r.account)
+                .bind(r.token_id)
+                .bind(&r.deployment)
+                .bind(&r.api)
+                .bind(&r.outcome)
+                .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
+                .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
+                .bind(i64::try_from(r.latency_ms).unwrap_or(i64::MAX))
+                .bind(r.cost_micros)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        let key = match query.group {
+            UsageGroup::Day => "substr(at, 1, 10)",
+            UsageGroup::Token => "CAST(token_id AS TEXT)",
+            UsageGroup::Deployment => "deployment",
+            UsageGroup::Account => "account",
+        };
+        // Every filter is bound; only the fixed grouping expression above is spliced in.
+        let mut filters = Vec::new();
+        let mut binds: Vec<&str> = Vec::new();
+        let conditions = [
+            ("at >= ?", query.since.as_deref()),
+            ("at < ?", query.until.as_deref()),
+            ("account = ?", query.account.as_deref()),
+            ("account IN (SELECT u.name FROM accounts u JOIN memberships m ON m.user_id = u.id JOIN accounts o ON o.id = m.org_id WHERE o.name = ?)", query.org.as_deref()),
+        ];
+        for (condition, value) in conditions {
+            if let Some(value) = value {
+                binds.push(value);
+                filters.push(condition.replace('?', &format!("${}", binds.len())));
+            }
+        }
+        let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*) AS requests, CAST(SUM(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END) AS BIGINT) AS errors, CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, SUM(cost_micros) AS cost FROM usage_records {filter} GROUP BY {key} ORDER BY {key}"
+        );
+        let mut statement = sqlx::query(&sql);
+        for value in binds {
+            statement = statement.bind(value);
+        }
+        let rows = statement.fetch_all(&self.pool).await.map_err(db_err)?;
+        let count = |row: &AnyRow, column: &str| -> Result<u64> { Ok(u64::try_from(row.try_get::<i64, _>(column).map_err(db_err)?).unwrap_or(0)) };
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    key: row.try_get("k").map_err(db_err)?,
+                    requests: count(row, "requests")?,
+                    errors: count(row, "errors")?,
+                    prompt_tokens: count(row, "prompt_tokens")?,
+                    completion_tokens: count(row, "completion_tokens")?,
+                    cost_micros: row.try_get::<f64, _>("cost").map_err(db_err)?,
+                })
+            })
+            .collect()
     }
 
     async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()> {
@@ -1047,6 +1180,19 @@ fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
     })
 }
 
+const QUOTA_COLUMNS: &str = "scope, subject, requests_per_minute, tokens_per_minute, tokens_per_month, updated_at";
+
+fn quota_from_row(row: &AnyRow) -> Result<Quota> {
+    let limit = |column: &str| -> Result<Option<u64>> { Ok(row.try_get::<Option<i64>, _>(column).map_err(db_err)?.map(|n| u64::try_from(n).unwrap_or(0))) };
+    Ok(Quota {
+        subject: QuotaSubject::from_key(&row.try_get::<String, _>("scope").map_err(db_err)?, &row.try_get::<String, _>("subject").map_err(db_err)?)?,
+        requests_per_minute: limit("requests_per_minute")?,
+        tokens_per_minute: limit("tokens_per_minute")?,
+        tokens_per_month: limit("tokens_per_month")?,
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+    })
+}
+
 fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
     let settings: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>("settings").map_err(db_err)?).map_err(Error::internal)?;
     let number = |key: &str| settings[key].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
@@ -1057,7 +1203,13 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
         commit: commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?,
         file_path: RepoPath::parse(&row.try_get::<String, _>("file_path").map_err(db_err)?)?,
         file_sha256: Digest::parse(&row.try_get::<String, _>("file_sha256").map_err(db_err)?)?,
-        settings: EngineSettings { context: number("context"), max_batch: number("max_batch"), threads: number("threads") },
+        settings: EngineSettings {
+            context: number("context"),
+            max_batch: number("max_batch"),
+            threads: number("threads"),
+            price_prompt_micros: settings["price_prompt_micros"].as_u64().unwrap_or(0),
+            price_completion_micros: settings["price_completion_micros"].as_u64().unwrap_or(0),
+        },
         created_by: row.try_get("created_by").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
     })

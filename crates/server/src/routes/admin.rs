@@ -142,14 +142,52 @@ fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deploy
         created_by: d.created_by,
         created_at: d.created_at,
         resident,
+        price_prompt: d.settings.price_prompt_micros as f64 / 1e6,
+        price_completion: d.settings.price_completion_micros as f64 / 1e6,
     }
+}
+
+/// A price per million tokens (currency units) as millionths; absent is free.
+fn price_micros(price: Option<f64>, field: &str) -> Result<u64, domain::Error> {
+    match price {
+        None => Ok(0),
+        Some(p) if p.is_finite() && (0.0..=1e6).contains(&p) => Ok((p * 1e6).round() as u64),
+        Some(_) => Err(domain::Error::invalid(format!("{field} must be a price per million tokens between 0 and 1000000"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct UsageParams {
+    since: Option<String>,
+    until: Option<String>,
+    org: Option<String>,
+    account: Option<String>,
+    by: Option<String>,
+}
+
+/// `GET /api/usage`: the caller's own usage; a site admin's token sees everyone's, by org or account.
+pub(crate) async fn usage(State(state): State<AppState>, Auth(principal): Auth, axum::extract::Query(params): axum::extract::Query<UsageParams>) -> ApiResult<Json<api::admin::UsageReport>> {
+    let group = domain::meta::UsageGroup::parse(params.by.as_deref().unwrap_or("day"))?;
+    let rows = state.hub.usage(&principal, params.since.as_deref(), params.until.as_deref(), params.org.as_deref(), params.account.as_deref(), group).await?;
+    let row = |r: &domain::meta::UsageRow| api::admin::UsageRow { key: r.key.clone(), requests: r.requests, errors: r.errors, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens, cost: r.cost_micros / 1e6 };
+    let rows: Vec<api::admin::UsageRow> = rows.iter().map(row).collect();
+    let mut total = api::admin::UsageRow::default();
+    for r in &rows {
+        total.requests += r.requests;
+        total.errors += r.errors;
+        total.prompt_tokens += r.prompt_tokens;
+        total.completion_tokens += r.completion_tokens;
+        total.total_tokens += r.total_tokens;
+        total.cost += r.cost;
+    }
+    Ok(Json(api::admin::UsageReport { by: params.by.unwrap_or_else(|| "day".into()), rows, total }))
 }
 
 pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateDeployment>, JsonRejection>) -> ApiResult<Json<api::admin::Deployment>> {
     let Json(body) = body.map_err(json_rejection)?;
     let kind = domain::ids::RepoKind::parse(body.kind.as_deref().unwrap_or("model"))?;
     let repo = domain::ids::RepoName::parse(&body.repo)?;
-    let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads };
+    let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads, price_prompt_micros: price_micros(body.price_prompt, "price_prompt")?, price_completion_micros: price_micros(body.price_completion, "price_completion")? };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;
     Ok(Json(deployment(created, false)))

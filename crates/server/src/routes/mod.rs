@@ -55,6 +55,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/admin/deployments/{name}", delete(admin::delete_deployment))
         .route("/api/admin/audit", get(admin::export_audit))
+        .route("/api/usage", get(admin::usage))
         .route("/api/admin/audit/verify", get(admin::verify_audit))
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))

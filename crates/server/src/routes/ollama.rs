@@ -182,7 +182,7 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
         return Err(OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")));
     };
     let prompt = vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
-    let run = Run::start(&state, &served, engine, engine.tokenize(&prompt), &options, started, load)?;
+    let run = Run::start(&state, &principal, "ollama.chat", &served, engine, engine.tokenize(&prompt), &options, started, load)?;
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
 }
 
@@ -228,7 +228,7 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
         }
         _ => prompt,
     };
-    let run = Run::start(&state, &served, engine, engine.tokenize(&text), &options, started, load)?;
+    let run = Run::start(&state, &principal, "ollama.generate", &served, engine, engine.tokenize(&text), &options, started, load)?;
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Generate).await))
 }
 
@@ -247,7 +247,7 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
     let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, load) = load(&state, &principal, &request.model).await?;
     apply_keep_alive(&state, &served.deployment.name, keep, false);
-    let (vectors, prompt_tokens) = embed_texts(&state, &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
+    let (vectors, prompt_tokens) = embed_texts(&state, &principal, "ollama.embed", &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
     let line = wire::EmbedResponse { model: request.model, embeddings: vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(load), prompt_eval_count: prompt_tokens as u64 };
     Ok(with_revision(&served, Json(line).into_response()))
 }
@@ -263,11 +263,11 @@ pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap
         // Ollama answers an empty prompt with an empty vector (a way to load the model).
         return Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
     }
-    let (mut vectors, _) = embed_texts(&state, &served, &[request.prompt], true, None).await?;
+    let (mut vectors, _) = embed_texts(&state, &principal, "ollama.embeddings", &served, &[request.prompt], true, None).await?;
     Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: vectors.remove(0) }).into_response()))
 }
 
-async fn embed_texts(state: &AppState, served: &Served, inputs: &[String], truncate: bool, dimensions: Option<u32>) -> Result<(Vec<Vec<f32>>, usize), OllamaError> {
+async fn embed_texts(state: &AppState, principal: &Principal, api: &'static str, served: &Served, inputs: &[String], truncate: bool, dimensions: Option<u32>) -> Result<(Vec<Vec<f32>>, usize), OllamaError> {
     let Backend::Embed(engine) = &served.backend else {
         return Err(OllamaError::invalid(format!("model {:?} does not support embeddings", served.deployment.name)));
     };
@@ -289,7 +289,7 @@ async fn embed_texts(state: &AppState, served: &Served, inputs: &[String], trunc
         tokens.push(ids);
     }
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    let mut timer = state.metrics.start(&served.deployment.name);
+    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings);
     let vectors = engine.embed(tokens).await.map_err(|err| {
         timer.reject(&err);
         OllamaError::from(err)
@@ -568,14 +568,15 @@ struct Run {
 }
 
 impl Run {
-    fn start(state: &AppState, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration) -> Result<Run, OllamaError> {
+    #[allow(clippy::too_many_arguments, reason = "one call per route; a struct would only rename them")]
+    fn start(state: &AppState, principal: &Principal, api: &'static str, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration) -> Result<Run, OllamaError> {
         let n_ctx = engine.info().n_ctx;
         if prompt.len() >= n_ctx {
             return Err(OllamaError::invalid(format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
         }
         let prompt_tokens = prompt.len();
         let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
-        let timer = state.metrics.start(&served.deployment.name);
+        let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings);
         let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None };
         let generation = engine.generate(request).map_err(|err| {
             timer.reject(&err);

@@ -7,4 +7,5 @@ mod harness;
 mod openai;
 mod residency;
 mod tidy;
+mod usage;
 mod vetting;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use domain::audit::{AuditEvent, ChainVerifier};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit};
+use domain::meta::{AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{FileEntry, RefKind};
 use domain::Error;
 use store::SqlMetaStore;
@@ -170,7 +170,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         commit: c1.id.clone(),
         file_path: RepoPath::parse("w/model.bin").unwrap(),
         file_sha256: Digest::parse(&"c".repeat(64)).unwrap(),
-        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2 },
+        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2, price_prompt_micros: 150_000, price_completion_micros: 600_000 },
         created_by: "admin".into(),
         created_at: "2026-11-27T00:00:00.000Z".into(),
     };
@@ -183,6 +183,62 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     meta.delete_deployment("chat", event("deployment.delete")).await.unwrap();
     assert!(meta.get_deployment("chat").await.unwrap().is_none());
     assert!(matches!(meta.delete_deployment("chat", event("x")).await, Err(Error::NotFound(_))));
+
+    // Usage: recorded in one go, grouped by day, deployment, account or token, filtered by time,
+    // account and org membership (alice and bob are in acme; carol is not).
+    meta.create_account(&name("carol"), AccountKind::User, None, event("user.create")).await.unwrap();
+    let record = |at: &str, account: &str, token_id: i64, deployment: &str, outcome: &str, prompt: u64, completion: u64| UsageRecord {
+        at: at.into(),
+        account: account.into(),
+        token_id,
+        deployment: deployment.into(),
+        api: "openai.chat".into(),
+        outcome: outcome.into(),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        latency_ms: 10,
+        cost_micros: (prompt * 150_000 + completion * 600_000) as f64 / 1e6,
+    };
+    meta.record_usage(&[
+        record("2026-11-01T10:00:00.000Z", "alice", 1, "chat", "ok", 100, 20),
+        record("2026-11-01T11:00:00.000Z", "bob", 2, "chat", "ok", 50, 10),
+        record("2026-11-02T09:00:00.000Z", "alice", 1, "embed", "ok", 7, 0),
+        record("2026-11-02T10:00:00.000Z", "carol", 3, "chat", "cancelled", 30, 0),
+    ])
+    .await
+    .unwrap();
+    meta.record_usage(&[]).await.unwrap();
+    let query = |group, since: Option<&str>, account: Option<&str>, org: Option<&str>| UsageQuery { since: since.map(str::to_owned), until: None, account: account.map(str::to_owned), org: org.map(str::to_owned), group };
+    let summary = |rows: Vec<UsageRow>| rows.into_iter().map(|r| (r.key, r.requests, r.errors, r.prompt_tokens, r.completion_tokens)).collect::<Vec<_>>();
+    assert_eq!(summary(meta.usage(&query(UsageGroup::Day, None, None, None)).await.unwrap()), [("2026-11-01".into(), 2, 0, 150, 30), ("2026-11-02".into(), 2, 1, 37, 0)]);
+    assert_eq!(summary(meta.usage(&query(UsageGroup::Deployment, Some("2026-11-01T10:30:00Z"), None, None)).await.unwrap()), [("chat".into(), 2, 1, 80, 10), ("embed".into(), 1, 0, 7, 0)]);
+    assert_eq!(summary(meta.usage(&query(UsageGroup::Account, None, None, Some("acme"))).await.unwrap()), [("alice".into(), 2, 0, 107, 20), ("bob".into(), 1, 0, 50, 10)]);
+    assert_eq!(summary(meta.usage(&query(UsageGroup::Token, None, Some("alice"), None)).await.unwrap()), [("1".into(), 2, 0, 107, 20)]);
+    let cost: f64 = meta.usage(&query(UsageGroup::Account, None, Some("bob"), None)).await.unwrap()[0].cost_micros;
+    assert!((cost - (50.0 * 0.15 + 10.0 * 0.6)).abs() < 1e-9, "{cost}");
+    assert!(meta.usage(&query(UsageGroup::Day, None, Some("nobody"), None)).await.unwrap().is_empty());
+
+    // Quotas: set (replacing), listed, matched to a token and its user's orgs, removed once.
+    let token_quota = Quota { subject: QuotaSubject::Token(7), requests_per_minute: Some(3), tokens_per_minute: None, tokens_per_month: Some(1000), updated_at: "t".into() };
+    let org_quota = Quota { subject: QuotaSubject::Org("acme".into()), requests_per_minute: None, tokens_per_minute: Some(500), tokens_per_month: None, updated_at: "t".into() };
+    meta.set_quota(&token_quota, event("quota.set")).await.unwrap();
+    meta.set_quota(&Quota { requests_per_minute: Some(5), ..token_quota.clone() }, event("quota.set")).await.unwrap();
+    meta.set_quota(&org_quota, event("quota.set")).await.unwrap();
+    assert_eq!(meta.list_quotas().await.unwrap().len(), 2);
+    let applying = meta.quotas_for(7, &["acme".to_owned()]).await.unwrap();
+    assert_eq!(applying.iter().map(|q| (q.subject.clone(), q.requests_per_minute)).collect::<Vec<_>>(), [(QuotaSubject::Org("acme".into()), None), (QuotaSubject::Token(7), Some(5))]);
+    assert_eq!(meta.quotas_for(8, &["other".to_owned()]).await.unwrap(), []);
+    // Counters add atomically, per subject and period, from any number of concurrent callers.
+    let charges = (0..20).map(|_| meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:00", 1, 10));
+    let results = futures::future::join_all(charges).await;
+    let mut seen: Vec<i64> = results.into_iter().map(|r| r.unwrap().0).collect();
+    seen.sort();
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>(), "every caller sees a distinct count");
+    assert_eq!(meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:00", 0, 0).await.unwrap(), (20, 200));
+    assert_eq!(meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:01", -1, 5).await.unwrap(), (-1, 5));
+    assert_eq!(meta.charge(&QuotaSubject::Org("acme".into()), "m:2026-11-27T10:00", 0, 0).await.unwrap(), (0, 0));
+    meta.delete_quota(&QuotaSubject::Org("acme".into()), event("quota.delete")).await.unwrap();
+    assert!(matches!(meta.delete_quota(&QuotaSubject::Org("acme".into()), event("x")).await, Err(Error::NotFound(_))));
 
     // Secrets are created once.
     assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
