@@ -102,7 +102,9 @@ def push_smollm2(server):
     return user, token, repo
 
 
-def start(data_dir, extra_env=None):
+def start(data_dir, extra_env=None, blob_url=None):
+    """Starts `mantle serve`; in scale-out mode on the shared PostgreSQL and a blob prefix of its
+    own, or `blob_url` (a second replica of another server)."""
     port = free_port()
     log = open(Path(data_dir) / "server.log", "w")
     env = dict(os.environ, MANTLE_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="info", **(extra_env or {}))
@@ -110,12 +112,15 @@ def start(data_dir, extra_env=None):
     if os.environ.get("MANTLE_E2E_DATABASE_URL"):
         args += ["--database-url", os.environ["MANTLE_E2E_DATABASE_URL"]]
     if os.environ.get("MANTLE_E2E_BLOB_URL"):
-        args += ["--blob-url", os.environ["MANTLE_E2E_BLOB_URL"] + "/" + uuid.uuid4().hex]
+        blob_url = blob_url or os.environ["MANTLE_E2E_BLOB_URL"] + "/" + uuid.uuid4().hex
+        args += ["--blob-url", blob_url]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, Server(data_dir, port, log)
+            srv = Server(data_dir, port, log)
+            srv.blob_url = blob_url
+            return proc, srv
         except Exception:
             if proc.poll() is not None:
                 raise RuntimeError(open(Path(data_dir) / "server.log").read())

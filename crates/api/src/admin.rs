@@ -192,3 +192,31 @@ pub struct UsageRow {
     /// In currency units, at each deployment's prices when the requests ran.
     pub cost: f64,
 }
+
+/// A quota: limits on one token or one org (all members together); absent limits are unlimited.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Quota {
+    /// `token` or `org`.
+    pub scope: String,
+    /// The token id or the org name.
+    pub subject: String,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default)]
+    pub updated_at: String,
+}
+
+/// `PUT /api/admin/quotas/{scope}/{subject}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetQuota {
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+}

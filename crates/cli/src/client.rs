@@ -52,6 +52,11 @@ impl Client {
         response.json().await.context("read the JSON response")
     }
 
+    pub(crate) async fn put_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let response = self.send(self.request(reqwest::Method::PUT, path).json(body)).await?;
+        response.json().await.context("read the JSON response")
+    }
+
     pub(crate) async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.send(self.request(reqwest::Method::DELETE, path)).await?;
         response.json().await.context("read the JSON response")

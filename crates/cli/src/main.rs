@@ -126,6 +126,9 @@ enum Command {
     },
     /// List deployments.
     Deployments,
+    /// Quotas per token or per org: requests and tokens per minute, tokens per month.
+    #[command(subcommand)]
+    Quotas(QuotaCommand),
     /// Requests, tokens and cost: your own, or (with an admin token) anyone's.
     Usage {
         /// Only this org's members.
@@ -415,6 +418,32 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+        Command::Quotas(command) => {
+            let subject = |token: Option<i64>, org: Option<String>| -> anyhow::Result<String> {
+                match (token, org) {
+                    (Some(id), None) => Ok(format!("token/{id}")),
+                    (None, Some(org)) => Ok(format!("org/{}", client::encode(&org))),
+                    _ => anyhow::bail!("name exactly one of --token-id ID or --org ORG"),
+                }
+            };
+            match command {
+                QuotaCommand::Set { token_id, org, rpm, tpm, monthly_tokens } => {
+                    let body = api::admin::SetQuota { requests_per_minute: rpm, tokens_per_minute: tpm, tokens_per_month: monthly_tokens };
+                    let quota: api::admin::Quota = client()?.put_json(&format!("/api/admin/quotas/{}", subject(token_id, org)?), &body).await?;
+                    print_quota(&quota);
+                }
+                QuotaCommand::List => {
+                    let quotas: Vec<api::admin::Quota> = client()?.get_json("/api/admin/quotas").await?;
+                    for quota in &quotas {
+                        print_quota(quota);
+                    }
+                }
+                QuotaCommand::Clear { token_id, org } => {
+                    let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/quotas/{}", subject(token_id, org)?)).await?;
+                    println!("cleared");
+                }
+            }
+        }
         Command::Deployments => {
             let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;
             for d in deployments {
@@ -497,4 +526,42 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Sets (replaces) the limits of a token or an org; limits not given are unlimited.
+    Set {
+        /// The token's id (`mantle tokens list`).
+        #[arg(long)]
+        token_id: Option<i64>,
+        /// The org's name (its members' requests count together).
+        #[arg(long)]
+        org: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens (prompt and completion) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Tokens per calendar month (UTC).
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
+    },
+    /// Lists every quota.
+    List,
+    /// Removes the quota of a token or an org.
+    Clear {
+        /// The token's id (`mantle tokens list`).
+        #[arg(long)]
+        token_id: Option<i64>,
+        /// The org's name (its members' requests count together).
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+fn print_quota(quota: &api::admin::Quota) {
+    let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    println!("{} {:<20} rpm={} tpm={} monthly_tokens={}", quota.scope, quota.subject, show(quota.requests_per_minute), show(quota.tokens_per_minute), show(quota.tokens_per_month));
 }

@@ -226,12 +226,14 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn list_quotas(&self) -> Result<Vec<Quota>>;
     /// The quotas that apply to a request through `token_id` by a member of `orgs`.
     async fn quotas_for(&self, token_id: i64, orgs: &[String]) -> Result<Vec<Quota>>;
-    /// Adds to a subject's counters for one period (`m:<minute>` or `M:<month>`), atomically
-    /// across replicas, and returns the new totals (requests, tokens).
-    async fn charge(&self, subject: &QuotaSubject, period: &str, requests: i64, tokens: i64) -> Result<(i64, i64)>;
+    /// In one transaction: adds to counters (each atomically across replicas) and reads others;
+    /// returns the new totals (requests, tokens) of the charged ones and the totals of the read
+    /// ones (zero where nothing was counted yet), in order. Periods are `m:<minute>`, `M:<month>`.
+    async fn charge(&self, charges: &[Charge], reads: &[(QuotaSubject, String)]) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64)>)>;
 
-    /// Appends usage records (one transaction; not audited: they are the audit of use).
-    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()>;
+    /// Appends usage records and adds their tokens to quota counters, in one transaction (not
+    /// audited: they are the audit of use).
+    async fn record_usage(&self, records: &[UsageRecord], charges: &[Charge]) -> Result<()>;
     /// Usage grouped as asked, by key.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
     /// One deployment by name.
@@ -317,6 +319,16 @@ impl QuotaSubject {
             other => Err(Error::invalid(format!("a quota is for a token or an org, not {other:?}"))),
         }
     }
+}
+
+/// An addition to one quota counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub subject: QuotaSubject,
+    /// `m:<minute>` or `M:<month>`.
+    pub period: String,
+    pub requests: i64,
+    pub tokens: i64,
 }
 
 /// Limits on one subject; `None` is no limit.

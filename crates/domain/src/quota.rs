@@ -3,19 +3,22 @@
 //! one atomic statement each, so replicas sharing one PostgreSQL enforce one limit, not one each.
 //! Windows are fixed (the calendar minute, the calendar month). Requests per minute are exact:
 //! a request is counted, then refused and uncounted if that went over. Token limits are checked
-//! against what was used before the request (its prompt included); completion tokens are added
-//! when it ends, so requests running together can pass a token limit by what they generate.
+//! against the tokens of requests that have ended plus this request's prompt; a request's
+//! tokens are added when it ends (with its usage record, in one batched write), so requests
+//! running together can pass a token limit by what they use.
 
 use chrono::{Datelike as _, Timelike as _};
 
 use crate::auth::Principal;
-use crate::meta::{MetaStore, Quota, QuotaSubject};
+use crate::meta::{Charge, MetaStore, Quota, QuotaSubject};
 use crate::{Error, Result};
 
 /// Why a request was refused, with what the rate-limit headers say.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exceeded {
     pub message: String,
+    /// The monthly budget is spent (OpenAI's `insufficient_quota`), not a per-minute limit.
+    pub monthly: bool,
     /// Seconds until the window that was full starts again.
     pub retry_after: u64,
     pub limits: Limits,
@@ -30,13 +33,28 @@ pub struct Limits {
     pub reset_seconds: u64,
 }
 
-/// A request admitted under quotas: the subjects to charge its completion tokens to.
+/// A request admitted under quotas: the subjects and windows its tokens count against.
 #[derive(Clone, Debug, Default)]
 pub struct Admission {
     pub subjects: Vec<QuotaSubject>,
     pub minute: String,
     pub month: String,
     pub limits: Limits,
+}
+
+impl Admission {
+    /// The counter additions for a request that used `tokens` (prompt and completion), made
+    /// when it ends, together with its usage record.
+    pub fn token_charges(&self, tokens: u64) -> Vec<Charge> {
+        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        if tokens == 0 {
+            return Vec::new();
+        }
+        self.subjects
+            .iter()
+            .flat_map(|subject| [&self.minute, &self.month].map(|period| Charge { subject: subject.clone(), period: period.clone(), requests: 0, tokens }))
+            .collect()
+    }
 }
 
 /// The period keys of `now`: its minute and its month.
@@ -53,10 +71,18 @@ fn resets(now: chrono::DateTime<chrono::Utc>) -> (u64, u64) {
     (minute, month_left)
 }
 
-/// Admits a request of `prompt_tokens` for `principal`, or says which limit it hit.
-pub async fn admit(meta: &dyn MetaStore, principal: &Principal, prompt_tokens: u64) -> Result<std::result::Result<Admission, Exceeded>> {
+/// Admits a request of `prompt_tokens` for `principal`, or says which limit it hit: one read of
+/// the quotas and one transaction on the counters (a second one to uncount a refused request);
+/// tokens are added when the request ends.
+pub async fn admit(meta: &dyn MetaStore, principal: &Principal, all: &[Quota], prompt_tokens: u64) -> Result<std::result::Result<Admission, Exceeded>> {
     let user = principal.user()?;
-    let quotas = meta.quotas_for(user.token_id, &user.orgs).await?;
+    let quotas: Vec<&Quota> = all
+        .iter()
+        .filter(|q| match &q.subject {
+            QuotaSubject::Token(id) => *id == user.token_id,
+            QuotaSubject::Org(org) => user.orgs.contains(org),
+        })
+        .collect();
     let now = chrono::Utc::now();
     let (minute, month) = periods(now);
     let (minute_left, month_left) = resets(now);
@@ -64,7 +90,7 @@ pub async fn admit(meta: &dyn MetaStore, principal: &Principal, prompt_tokens: u
     if quotas.is_empty() {
         return Ok(Ok(Admission { subjects: Vec::new(), minute, month, limits }));
     }
-    let name = |q: &Quota| match &q.subject {
+    let name = |q: &&Quota| match &q.subject {
         QuotaSubject::Token(id) => format!("token {id}"),
         QuotaSubject::Org(org) => format!("org {org}"),
     };
@@ -74,19 +100,30 @@ pub async fn admit(meta: &dyn MetaStore, principal: &Principal, prompt_tokens: u
             *slot = Some((limit, remaining));
         }
     };
-    // Token limits first (reading the counters), so a refused request costs no request slot.
-    for quota in &quotas {
+    // One transaction: count the request in each minute window that limits requests (the
+    // others are charged nothing, which still returns their totals), read the month windows.
+    let charges: Vec<Charge> = quotas.iter().map(|q| Charge { subject: q.subject.clone(), period: minute.clone(), requests: i64::from(q.requests_per_minute.is_some()), tokens: 0 }).collect();
+    let months: Vec<(QuotaSubject, String)> = quotas.iter().map(|q| (q.subject.clone(), month.clone())).collect();
+    let (minutes, months) = meta.charge(&charges, &months).await?;
+    let refuse = |exceeded: Exceeded| async {
+        let undo: Vec<Charge> = charges.iter().filter(|c| c.requests > 0).map(|c| Charge { requests: -1, ..c.clone() }).collect();
+        if !undo.is_empty() {
+            meta.charge(&undo, &[]).await?;
+        }
+        Ok(Err(exceeded))
+    };
+    for (i, quota) in quotas.iter().enumerate() {
+        let (minute_requests, minute_tokens) = minutes[i];
+        let (_, month_tokens) = months[i];
         if let Some(limit) = quota.tokens_per_month {
-            let (_, used) = meta.charge(&quota.subject, &month, 0, 0).await?;
-            let used = used.max(0) as u64;
+            let used = month_tokens.max(0) as u64;
             if used.saturating_add(prompt_tokens) > limit {
                 let message = format!("{} has used {used} of its {limit} tokens this month; this request needs {prompt_tokens} more", name(quota));
-                return Ok(Err(Exceeded { message, retry_after: month_left, limits }));
+                return refuse(Exceeded { message, monthly: true, retry_after: month_left, limits }).await;
             }
         }
         if let Some(limit) = quota.tokens_per_minute {
-            let (_, used) = meta.charge(&quota.subject, &minute, 0, 0).await?;
-            let used = used.max(0) as u64;
+            let used = minute_tokens.max(0) as u64;
             tighter(&mut limits.tokens, limit, used.saturating_add(prompt_tokens));
             if used.saturating_add(prompt_tokens) > limit {
                 let message = if prompt_tokens > limit {
@@ -94,47 +131,19 @@ pub async fn admit(meta: &dyn MetaStore, principal: &Principal, prompt_tokens: u
                 } else {
                     format!("{} has used {used} of its {limit} tokens this minute", name(quota))
                 };
-                return Ok(Err(Exceeded { message, retry_after: minute_left, limits }));
+                return refuse(Exceeded { message, monthly: false, retry_after: minute_left, limits }).await;
             }
         }
-    }
-    let mut counted: Vec<&Quota> = Vec::new();
-    for quota in &quotas {
         if let Some(limit) = quota.requests_per_minute {
-            let (requests, _) = meta.charge(&quota.subject, &minute, 1, 0).await?;
-            let requests = requests.max(0) as u64;
+            let requests = minute_requests.max(0) as u64;
             tighter(&mut limits.requests, limit, requests);
             if requests > limit {
-                // Uncount it everywhere it was counted, this one included.
-                for undo in counted.iter().chain(std::iter::once(&quota)) {
-                    meta.charge(&undo.subject, &minute, -1, 0).await?;
-                }
                 let message = format!("{} allows {limit} requests per minute", name(quota));
-                return Ok(Err(Exceeded { message, retry_after: minute_left, limits }));
+                return refuse(Exceeded { message, monthly: false, retry_after: minute_left, limits }).await;
             }
-            counted.push(quota);
         }
     }
-    let subjects: Vec<QuotaSubject> = quotas.iter().map(|q| q.subject.clone()).collect();
-    let prompt = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
-    for subject in &subjects {
-        meta.charge(subject, &minute, 0, prompt).await?;
-        meta.charge(subject, &month, 0, prompt).await?;
-    }
-    Ok(Ok(Admission { subjects, minute, month, limits }))
-}
-
-/// Adds a finished request's completion tokens to the windows it was admitted in.
-pub async fn charge_completion(meta: &dyn MetaStore, admission: &Admission, completion_tokens: u64) -> Result<()> {
-    if completion_tokens == 0 {
-        return Ok(());
-    }
-    let tokens = i64::try_from(completion_tokens).unwrap_or(i64::MAX);
-    for subject in &admission.subjects {
-        meta.charge(subject, &admission.minute, 0, tokens).await?;
-        meta.charge(subject, &admission.month, 0, tokens).await?;
-    }
-    Ok(())
+    Ok(Ok(Admission { subjects: quotas.iter().map(|q| q.subject.clone()).collect(), minute, month, limits }))
 }
 
 /// Checks a quota an admin sets: at least one limit, none of them zero.

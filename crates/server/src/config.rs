@@ -70,6 +70,7 @@ pub struct RawRuntime {
     pub models_dir: String,
     pub expand_max_bytes: u64,
     pub memory_budget: u64,
+    pub usage_accounting: bool,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -144,6 +145,8 @@ pub struct RuntimeConfig {
     pub expand_max_bytes: u64,
     /// Bytes the resident models may hold together before idle ones are evicted; 0: no limit.
     pub memory_budget: u64,
+    /// Whether inference requests leave usage records.
+    pub usage_accounting: bool,
 }
 
 impl Config {
@@ -216,9 +219,18 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
-            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir, expand_max_bytes: runtime.expand_max_bytes, memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget } },
+            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir, expand_max_bytes: runtime.expand_max_bytes, memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget }, usage_accounting: runtime.usage_accounting },
         })
     }
+}
+
+/// Three quarters of this machine's memory (`MemTotal` in /proc/meminfo); no limit where that
+/// cannot be read.
+fn default_memory_budget() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("MemTotal:").and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())));
+    total_kib.map_or(0, |kib| kib * 1024 / 4 * 3)
 }
 
 #[cfg(test)]
@@ -249,11 +261,3 @@ mod tests {
     }
 }
 
-/// Three quarters of this machine's memory (`MemTotal` in /proc/meminfo); no limit where that
-/// cannot be read.
-fn default_memory_budget() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("MemTotal:").and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())));
-    total_kib.map_or(0, |kib| kib * 1024 / 4 * 3)
-}

@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod scanner;
 mod signing;
 pub mod usage;
+pub mod quotas;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Usage accounting of inference requests.
     pub usage: usage::UsageLog,
+    /// Quota definitions, re-read every few seconds.
+    pub quotas: quotas::QuotaCache,
 }
 
 /// Builds the whole router.
@@ -53,10 +56,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let blobs = store::open_blob_store(&config.blob_url).context("open the blob store")?;
     let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
-    let usage = usage::UsageLog::start(meta.clone());
+    let usage = usage::UsageLog::start(meta.clone(), config.runtime.usage_accounting);
     let hub = Hub { meta, blobs, config: config.hub.clone() };
     let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage })
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage, quotas: quotas::QuotaCache::default() })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the

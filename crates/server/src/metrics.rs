@@ -83,6 +83,7 @@ struct Bill {
     token_id: i64,
     api: &'static str,
     settings: domain::meta::EngineSettings,
+    admission: Option<domain::quota::Admission>,
 }
 
 impl Metrics {
@@ -164,9 +165,11 @@ impl Metrics {
 impl RequestTimer {
     /// Accounts the request to `principal` in the usage log when it ends (any outcome), at the
     /// deployment's prices; `api` names the route (`openai.chat`, `ollama.embed`, ...).
-    pub fn billed(mut self, log: &crate::usage::UsageLog, principal: &domain::auth::Principal, api: &'static str, settings: &domain::meta::EngineSettings) -> Self {
+    /// `admission` is the quota admission the completion tokens count against.
+    pub fn billed(mut self, log: &crate::usage::UsageLog, principal: &domain::auth::Principal, api: &'static str, settings: &domain::meta::EngineSettings, admission: domain::quota::Admission) -> Self {
         if let domain::auth::Principal::User(user) = principal {
-            self.bill = Some(Bill { log: log.clone(), account: user.name.clone(), token_id: user.token_id, api, settings: settings.clone() });
+            let admission = (!admission.subjects.is_empty()).then_some(admission);
+            self.bill = Some(Bill { log: log.clone(), account: user.name.clone(), token_id: user.token_id, api, settings: settings.clone(), admission });
         }
         self
     }
@@ -229,7 +232,7 @@ impl Drop for RequestTimer {
                 completion_tokens: completion,
                 latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 cost_micros: bill.settings.cost_micros(prompt, completion),
-            });
+            }, bill.admission);
         }
     }
 }

@@ -7,33 +7,50 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use domain::meta::{MetaStore, UsageRecord};
+use domain::meta::{Charge, MetaStore, UsageRecord};
+use domain::quota::Admission;
 
 /// The most records written in one transaction.
 const BATCH: usize = 512;
+/// How long the writer waits for more records before writing what it has.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A cheap handle to the usage writer.
 #[derive(Clone)]
 pub struct UsageLog {
-    queue: tokio::sync::mpsc::UnboundedSender<UsageRecord>,
+    queue: tokio::sync::mpsc::UnboundedSender<(UsageRecord, Option<Admission>)>,
     /// Records queued and not yet written (or given up on).
     pending: Arc<AtomicUsize>,
     written: Arc<tokio::sync::Notify>,
 }
 
 impl UsageLog {
-    /// Starts the writer task.
-    pub fn start(meta: Arc<dyn MetaStore>) -> Self {
-        let (queue, mut inbox) = tokio::sync::mpsc::unbounded_channel::<UsageRecord>();
+    /// Starts the writer task; with `store_records` false it only counts completion tokens
+    /// against quotas.
+    pub fn start(meta: Arc<dyn MetaStore>, store_records: bool) -> Self {
+        let (queue, mut inbox) = tokio::sync::mpsc::unbounded_channel::<(UsageRecord, Option<Admission>)>();
         let pending = Arc::new(AtomicUsize::new(0));
         let written = Arc::new(tokio::sync::Notify::new());
         let (pending_seen, written_seen) = (pending.clone(), written.clone());
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            while inbox.recv_many(&mut batch, BATCH).await > 0 {
+            let mut items = Vec::with_capacity(BATCH);
+            while inbox.recv_many(&mut items, BATCH).await > 0 {
+                // Let a batch gather for a moment: one transaction (one fsync) for many records
+                // rather than one per request.
+                tokio::time::sleep(LINGER).await;
+                while items.len() < BATCH {
+                    match inbox.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
+                }
+                // Tokens go to the quota windows the requests were admitted in, in the same write.
+                let charges: Vec<Charge> = items.iter().filter_map(|(record, admission)| admission.as_ref().map(|a| a.token_charges(record.prompt_tokens + record.completion_tokens))).flatten().collect();
+                let count = items.len();
+                let batch: Vec<UsageRecord> = if store_records { items.drain(..).map(|(record, _)| record).collect() } else { items.clear(); Vec::new() };
                 let mut attempt = 0;
                 loop {
-                    match meta.record_usage(&batch).await {
+                    match meta.record_usage(&batch, &charges).await {
                         Ok(()) => break,
                         Err(err) if attempt < 5 => {
                             attempt += 1;
@@ -46,18 +63,17 @@ impl UsageLog {
                         }
                     }
                 }
-                pending_seen.fetch_sub(batch.len(), Ordering::AcqRel);
-                batch.clear();
+                pending_seen.fetch_sub(count, Ordering::AcqRel);
                 written_seen.notify_waiters();
             }
         });
         UsageLog { queue, pending, written }
     }
 
-    /// Queues one record.
-    pub fn record(&self, record: UsageRecord) {
+    /// Queues one record, with the quota admission its completion tokens count against.
+    pub fn record(&self, record: UsageRecord, admission: Option<Admission>) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.queue.send(record).is_err() {
+        if self.queue.send((record, admission)).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }

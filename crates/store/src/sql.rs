@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup, Charge, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -30,6 +30,8 @@ pub(crate) enum Dialect {
 /// The SQL metadata store.
 pub struct SqlMetaStore {
     pool: AnyPool,
+    /// Quota counters and usage rows (see `connect`).
+    counters: AnyPool,
     dialect: Dialect,
     // A tokio mutex: it is held across the awaits of a whole write transaction.
     write_lock: Mutex<()>,
@@ -81,12 +83,46 @@ impl SqlMetaStore {
         };
         let pool = options.connect(&url).await.context("connect to the metadata database")?;
         crate::migrate::run(&pool, dialect).await.context("migrate the metadata database")?;
-        Ok(SqlMetaStore { pool, dialect, write_lock: Mutex::new(()) })
+        // Quota counters and usage rows are written on (or right after) every inference request.
+        // Their commits need not wait for the disk: on SQLite a second pool commits them with
+        // synchronous = NORMAL (in WAL mode: atomic and safe from a process crash, though the
+        // last ones may be lost to a power cut); on PostgreSQL each such transaction sets
+        // `synchronous_commit = off` (likewise).
+        let counters = match dialect {
+            Dialect::Sqlite => AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        use sqlx::Executor as _;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+                .context("connect to the metadata database")?,
+            Dialect::Postgres => pool.clone(),
+        };
+        Ok(SqlMetaStore { pool, counters, dialect, write_lock: Mutex::new(()) })
     }
 
     /// The pool, for tests that inspect or tamper with rows directly.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction for quota counters and usage rows, committed without waiting for the disk.
+    async fn begin_counters(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>> {
+        match self.dialect {
+            Dialect::Sqlite => self.counters.begin_with("BEGIN IMMEDIATE").await.map_err(db_err),
+            Dialect::Postgres => {
+                let mut tx = self.counters.begin().await.map_err(db_err)?;
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(db_err)?;
+                Ok(tx)
+            }
+        }
     }
 
     async fn begin_write(&self) -> Result<WriteTx<'_>> {
@@ -965,32 +1001,21 @@ impl MetaStore for SqlMetaStore {
         Ok(quotas.into_iter().filter(|q| match &q.subject { QuotaSubject::Token(_) => true, QuotaSubject::Org(org) => orgs.contains(org) }).collect())
     }
 
-    async fn charge(&self, subject: &QuotaSubject, period: &str, requests: i64, tokens: i64) -> Result<(i64, i64)> {
-        let (scope, name) = subject.key();
-        // One statement: the row is created or added to atomically, whichever replica gets there first.
-        let row = sqlx::query(
-            "INSERT INTO quota_counters (scope, subject, period, requests, tokens) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (scope, subject, period) DO UPDATE SET requests = quota_counters.requests + excluded.requests, tokens = quota_counters.tokens + excluded.tokens \
-             RETURNING requests, tokens",
-        )
-        .bind(scope)
-        .bind(&name)
-        .bind(period)
-        .bind(requests)
-        .bind(tokens)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok((row.try_get::<i64, _>("requests").map_err(db_err)?, row.try_get::<i64, _>("tokens").map_err(db_err)?))
+    async fn charge(&self, charges: &[Charge], reads: &[(QuotaSubject, String)]) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64)>)> {
+        let mut tx = self.begin_counters().await?;
+        let totals = add_charges(&mut tx, charges).await?;
+        let read = read_counters(&mut tx, reads).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((totals, read))
     }
 
-    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
-        if records.is_empty() {
+    async fn record_usage(&self, records: &[UsageRecord], charges: &[Charge]) -> Result<()> {
+        if records.is_empty() && charges.is_empty() {
             return Ok(());
         }
-        // A plain transaction, not `begin_write`: usage rows touch no other table and need no
-        // audit link, so they do not queue behind (or hold up) the serialized metadata writes.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Not `begin_write`: usage rows and counters touch no other table and need no audit link,
+        // so they do not queue behind (or hold up) the serialized metadata writes.
+        let mut tx = self.begin_counters().await?;
         for r in records {
             sqlx::query("INSERT INTO usage_records (at, account, token_id, deployment, api, outcome, prompt_tokens, completion_tokens, latency_ms, cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
                 .bind(&r.at)
@@ -1007,6 +1032,7 @@ impl MetaStore for SqlMetaStore {
                 .await
                 .map_err(db_err)?;
         }
+        add_charges(&mut tx, charges).await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -1178,6 +1204,57 @@ fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
         git_oid: row.try_get("git_oid").map_err(db_err)?,
         lfs: row.try_get::<i64, _>("lfs").map_err(db_err)? != 0,
     })
+}
+
+/// Reads quota counters inside `tx`, zero where there is no row yet.
+async fn read_counters(tx: &mut sqlx::Transaction<'_, sqlx::Any>, keys: &[(QuotaSubject, String)]) -> Result<Vec<(i64, i64)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conditions: Vec<String> = (0..keys.len()).map(|i| format!("(scope = ${} AND subject = ${} AND period = ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+    let sql = format!("SELECT scope, subject, period, requests, tokens FROM quota_counters WHERE {}", conditions.join(" OR "));
+    let named: Vec<(&'static str, String, &str)> = keys
+        .iter()
+        .map(|(subject, period)| {
+            let (scope, name) = subject.key();
+            (scope, name, period.as_str())
+        })
+        .collect();
+    let mut query = sqlx::query(&sql);
+    for (scope, name, period) in &named {
+        query = query.bind(*scope).bind(name.as_str()).bind(*period);
+    }
+    let rows = query.fetch_all(&mut **tx).await.map_err(db_err)?;
+    let mut found = std::collections::HashMap::new();
+    for row in &rows {
+        let key: (String, String, String) = (row.try_get("scope").map_err(db_err)?, row.try_get("subject").map_err(db_err)?, row.try_get("period").map_err(db_err)?);
+        found.insert(key, (row.try_get::<i64, _>("requests").map_err(db_err)?, row.try_get::<i64, _>("tokens").map_err(db_err)?));
+    }
+    Ok(named.iter().map(|(scope, name, period)| found.get(&((*scope).to_owned(), name.clone(), (*period).to_owned())).copied().unwrap_or((0, 0))).collect())
+}
+
+/// Adds to quota counters inside `tx`: one upsert each, so whichever replica gets to a row first
+/// creates it and the others add to it.
+async fn add_charges(tx: &mut sqlx::Transaction<'_, sqlx::Any>, charges: &[Charge]) -> Result<Vec<(i64, i64)>> {
+    let mut totals = Vec::with_capacity(charges.len());
+    for charge in charges {
+        let (scope, name) = charge.subject.key();
+        let row = sqlx::query(
+            "INSERT INTO quota_counters (scope, subject, period, requests, tokens) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (scope, subject, period) DO UPDATE SET requests = quota_counters.requests + excluded.requests, tokens = quota_counters.tokens + excluded.tokens \
+             RETURNING requests, tokens",
+        )
+        .bind(scope)
+        .bind(&name)
+        .bind(charge.period.as_str())
+        .bind(charge.requests)
+        .bind(charge.tokens)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        totals.push((row.try_get::<i64, _>("requests").map_err(db_err)?, row.try_get::<i64, _>("tokens").map_err(db_err)?));
+    }
+    Ok(totals)
 }
 
 const QUOTA_COLUMNS: &str = "scope, subject, requests_per_minute, tokens_per_minute, tokens_per_month, updated_at";

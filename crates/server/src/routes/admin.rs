@@ -205,3 +205,27 @@ pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name):
     state.runtime.unload(&name);
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
+
+fn quota_wire(q: domain::meta::Quota) -> api::admin::Quota {
+    let (scope, subject) = q.subject.key();
+    api::admin::Quota { scope: scope.to_owned(), subject, requests_per_minute: q.requests_per_minute, tokens_per_minute: q.tokens_per_minute, tokens_per_month: q.tokens_per_month, updated_at: q.updated_at }
+}
+
+pub(crate) async fn list_quotas(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Quota>>> {
+    Ok(Json(state.hub.quotas(&principal).await?.into_iter().map(quota_wire).collect()))
+}
+
+pub(crate) async fn set_quota(State(state): State<AppState>, Path((scope, subject)): Path<(String, String)>, Auth(principal): Auth, body: Result<Json<api::admin::SetQuota>, JsonRejection>) -> ApiResult<Json<api::admin::Quota>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let quota = domain::meta::Quota { subject: domain::meta::QuotaSubject::from_key(&scope, &subject)?, requests_per_minute: body.requests_per_minute, tokens_per_minute: body.tokens_per_minute, tokens_per_month: body.tokens_per_month, updated_at: String::new() };
+    let quota = state.hub.set_quota(&principal, quota).await?;
+    state.quotas.invalidate();
+    Ok(Json(quota_wire(quota)))
+}
+
+pub(crate) async fn delete_quota(State(state): State<AppState>, Path((scope, subject)): Path<(String, String)>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
+    let subject = domain::meta::QuotaSubject::from_key(&scope, &subject)?;
+    state.hub.delete_quota(&principal, &subject).await?;
+    state.quotas.invalidate();
+    Ok(Json(serde_json::json!({ "deleted": format!("{scope}/{}", subject.key().1) })))
+}

@@ -56,6 +56,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/deployments/{name}", delete(admin::delete_deployment))
         .route("/api/admin/audit", get(admin::export_audit))
         .route("/api/usage", get(admin::usage))
+        .route("/api/admin/quotas", get(admin::list_quotas))
+        .route("/api/admin/quotas/{scope}/{subject}", put(admin::set_quota).delete(admin::delete_quota))
         .route("/api/admin/audit/verify", get(admin::verify_audit))
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))

@@ -34,11 +34,13 @@ const OLLAMA_API_VERSION: &str = "0.12.0";
 pub(crate) struct OllamaError {
     status: StatusCode,
     message: String,
+    /// Quota refusals carry `Retry-After` and `x-ratelimit-*`.
+    headers: Option<Box<HeaderMap>>,
 }
 
 impl OllamaError {
     fn invalid(message: impl Into<String>) -> Self {
-        OllamaError { status: StatusCode::BAD_REQUEST, message: message.into() }
+        OllamaError { status: StatusCode::BAD_REQUEST, message: message.into(), headers: None }
     }
 
     fn unsupported(field: &str, what: &str) -> Self {
@@ -49,7 +51,7 @@ impl OllamaError {
 impl From<OpenAiError> for OllamaError {
     fn from(err: OpenAiError) -> Self {
         let (status, message) = err.parts();
-        OllamaError { status, message: message.to_owned() }
+        OllamaError { status, message: message.to_owned(), headers: None }
     }
 }
 
@@ -65,10 +67,25 @@ impl From<engine::InferError> for OllamaError {
     }
 }
 
+impl From<crate::quotas::Refusal> for OllamaError {
+    fn from(refusal: crate::quotas::Refusal) -> Self {
+        match refusal {
+            crate::quotas::Refusal::Error(err) => err.into(),
+            crate::quotas::Refusal::Exceeded(exceeded) => {
+                let headers = crate::quotas::headers(&exceeded.limits, Some(exceeded.retry_after));
+                OllamaError { status: StatusCode::TOO_MANY_REQUESTS, message: exceeded.message, headers: Some(Box::new(headers)) }
+            }
+        }
+    }
+}
+
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS && !response.headers().contains_key(header::RETRY_AFTER) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -182,7 +199,9 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
         return Err(OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")));
     };
     let prompt = vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
-    let run = Run::start(&state, &principal, "ollama.chat", &served, engine, engine.tokenize(&prompt), &options, started, load)?;
+    let prompt = engine.tokenize(&prompt);
+    let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
+    let run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
 }
 
@@ -228,7 +247,9 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
         }
         _ => prompt,
     };
-    let run = Run::start(&state, &principal, "ollama.generate", &served, engine, engine.tokenize(&text), &options, started, load)?;
+    let prompt = engine.tokenize(&text);
+    let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
+    let run = Run::start(&state, &principal, "ollama.generate", &served, engine, prompt, &options, started, load, admission)?;
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Generate).await))
 }
 
@@ -289,7 +310,8 @@ async fn embed_texts(state: &AppState, principal: &Principal, api: &'static str,
         tokens.push(ids);
     }
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings);
+    let admission = crate::quotas::admit(state, principal, prompt_tokens).await?;
+    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
     let vectors = engine.embed(tokens).await.map_err(|err| {
         timer.reject(&err);
         OllamaError::from(err)
@@ -491,9 +513,9 @@ async fn load(state: &AppState, principal: &Principal, model: &str) -> Result<(A
         let (status, message) = err.parts();
         if status == StatusCode::NOT_FOUND {
             // Ollama's own words, which tools look for.
-            OllamaError { status, message: format!("model {model:?} not found, try pulling it first") }
+            OllamaError { status, message: format!("model {model:?} not found, try pulling it first"), headers: None }
         } else {
-            OllamaError { status, message: message.to_owned() }
+            OllamaError { status, message: message.to_owned(), headers: None }
         }
     })?;
     Ok((served, started.elapsed()))
@@ -569,14 +591,14 @@ struct Run {
 
 impl Run {
     #[allow(clippy::too_many_arguments, reason = "one call per route; a struct would only rename them")]
-    fn start(state: &AppState, principal: &Principal, api: &'static str, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration) -> Result<Run, OllamaError> {
+    fn start(state: &AppState, principal: &Principal, api: &'static str, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration, admission: domain::quota::Admission) -> Result<Run, OllamaError> {
         let n_ctx = engine.info().n_ctx;
         if prompt.len() >= n_ctx {
             return Err(OllamaError::invalid(format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
         }
         let prompt_tokens = prompt.len();
         let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
-        let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings);
+        let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
         let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None };
         let generation = engine.generate(request).map_err(|err| {
             timer.reject(&err);
@@ -632,7 +654,7 @@ impl Run {
                         let body = Self::line(&model, shape, text, Some(stats));
                         return ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response();
                     }
-                    Err(message) => return OllamaError { status: StatusCode::INTERNAL_SERVER_ERROR, message }.into_response(),
+                    Err(message) => return OllamaError { status: StatusCode::INTERNAL_SERVER_ERROR, message, headers: None }.into_response(),
                 }
             }
         }

@@ -5,6 +5,7 @@ mod access;
 mod bad_input;
 mod harness;
 mod openai;
+mod quotas;
 mod residency;
 mod tidy;
 mod usage;

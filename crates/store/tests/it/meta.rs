@@ -5,7 +5,7 @@ use std::sync::Arc;
 use domain::audit::{AuditEvent, ChainVerifier};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{AccountKind, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{FileEntry, RefKind};
 use domain::Error;
 use store::SqlMetaStore;
@@ -204,10 +204,10 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         record("2026-11-01T11:00:00.000Z", "bob", 2, "chat", "ok", 50, 10),
         record("2026-11-02T09:00:00.000Z", "alice", 1, "embed", "ok", 7, 0),
         record("2026-11-02T10:00:00.000Z", "carol", 3, "chat", "cancelled", 30, 0),
-    ])
+    ], &[])
     .await
     .unwrap();
-    meta.record_usage(&[]).await.unwrap();
+    meta.record_usage(&[], &[]).await.unwrap();
     let query = |group, since: Option<&str>, account: Option<&str>, org: Option<&str>| UsageQuery { since: since.map(str::to_owned), until: None, account: account.map(str::to_owned), org: org.map(str::to_owned), group };
     let summary = |rows: Vec<UsageRow>| rows.into_iter().map(|r| (r.key, r.requests, r.errors, r.prompt_tokens, r.completion_tokens)).collect::<Vec<_>>();
     assert_eq!(summary(meta.usage(&query(UsageGroup::Day, None, None, None)).await.unwrap()), [("2026-11-01".into(), 2, 0, 150, 30), ("2026-11-02".into(), 2, 1, 37, 0)]);
@@ -229,14 +229,20 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert_eq!(applying.iter().map(|q| (q.subject.clone(), q.requests_per_minute)).collect::<Vec<_>>(), [(QuotaSubject::Org("acme".into()), None), (QuotaSubject::Token(7), Some(5))]);
     assert_eq!(meta.quotas_for(8, &["other".to_owned()]).await.unwrap(), []);
     // Counters add atomically, per subject and period, from any number of concurrent callers.
-    let charges = (0..20).map(|_| meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:00", 1, 10));
-    let results = futures::future::join_all(charges).await;
-    let mut seen: Vec<i64> = results.into_iter().map(|r| r.unwrap().0).collect();
+    let charge = |subject: QuotaSubject, period: &str, requests: i64, tokens: i64| Charge { subject, period: period.into(), requests, tokens };
+    let token7 = || QuotaSubject::Token(7);
+    let charges: Vec<Vec<Charge>> = (0..20).map(|_| vec![charge(token7(), "m:2026-11-27T10:00", 1, 10)]).collect();
+    let results = futures::future::join_all(charges.iter().map(|c| meta.charge(c, &[]))).await;
+    let mut seen: Vec<i64> = results.into_iter().map(|r| r.unwrap().0[0].0).collect();
     seen.sort();
     assert_eq!(seen, (1..=20).collect::<Vec<_>>(), "every caller sees a distinct count");
-    assert_eq!(meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:00", 0, 0).await.unwrap(), (20, 200));
-    assert_eq!(meta.charge(&QuotaSubject::Token(7), "m:2026-11-27T10:01", -1, 5).await.unwrap(), (-1, 5));
-    assert_eq!(meta.charge(&QuotaSubject::Org("acme".into()), "m:2026-11-27T10:00", 0, 0).await.unwrap(), (0, 0));
+    let keys = [(token7(), "m:2026-11-27T10:00".to_owned()), (QuotaSubject::Org("acme".into()), "m:2026-11-27T10:00".to_owned()), (token7(), "M:2026-11".to_owned())];
+    assert_eq!(meta.charge(&[], &keys).await.unwrap().1, [(20, 200), (0, 0), (0, 0)]);
+    let both = meta.charge(&[charge(token7(), "m:2026-11-27T10:01", -1, 5), charge(token7(), "M:2026-11", 0, 7)], &keys[..1]).await.unwrap();
+    assert_eq!(both, (vec![(-1, 5), (0, 7)], vec![(20, 200)]));
+    // Usage records carry their token charges in the same transaction.
+    meta.record_usage(&[], &[charge(token7(), "M:2026-11", 0, 3)]).await.unwrap();
+    assert_eq!(meta.charge(&[], &keys[2..]).await.unwrap().1, [(0, 10)]);
     meta.delete_quota(&QuotaSubject::Org("acme".into()), event("quota.delete")).await.unwrap();
     assert!(matches!(meta.delete_quota(&QuotaSubject::Org("acme".into()), event("x")).await, Err(Error::NotFound(_))));
 

@@ -12,12 +12,14 @@ pub(crate) struct OpenAiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Headers the response carries besides the body (quota refusals: `x-ratelimit-*`).
+    headers: Option<Box<axum::http::HeaderMap>>,
 }
 
 impl OpenAiError {
     /// A 400 about one request field.
     pub(crate) fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
-        OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: param.map(str::to_owned), code: None }
+        OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: param.map(str::to_owned), code: None, headers: None }
     }
 
     /// A 400 for a field or value Mantle does not serve (yet), rather than silently ignoring it.
@@ -27,7 +29,7 @@ impl OpenAiError {
 
     /// A 404 for a path that is no OpenAI endpoint.
     pub(crate) fn not_found(message: String) -> Self {
-        OpenAiError { status: StatusCode::NOT_FOUND, message, kind: "invalid_request_error", param: None, code: Some("unknown_url") }
+        OpenAiError { status: StatusCode::NOT_FOUND, message, kind: "invalid_request_error", param: None, code: Some("unknown_url"), headers: None }
     }
 
     /// A request body that is not the JSON this route expects.
@@ -71,18 +73,32 @@ impl From<domain::Error> for OpenAiError {
             Error::Unauthenticated(_) => format!("{err}: pass a Mantle token as the API key (Authorization: Bearer <token>)"),
             other => other.to_string(),
         };
-        OpenAiError { status, message, kind, param: None, code }
+        OpenAiError { status, message, kind, param: None, code, headers: None }
     }
 }
 
 impl From<InferError> for OpenAiError {
     fn from(err: InferError) -> Self {
         match err {
-            InferError::Overloaded => OpenAiError { status: StatusCode::TOO_MANY_REQUESTS, message: err.to_string(), kind: "rate_limit_error", param: None, code: Some("rate_limit_exceeded") },
+            InferError::Overloaded => OpenAiError { status: StatusCode::TOO_MANY_REQUESTS, message: err.to_string(), kind: "rate_limit_error", param: None, code: Some("rate_limit_exceeded"), headers: None },
             InferError::Invalid(message) => OpenAiError::context_exceeded(message),
             InferError::Unavailable(message) => {
                 tracing::error!("failed to reach an engine: {message}");
-                OpenAiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the model is unavailable; see the server log".into(), kind: "server_error", param: None, code: None }
+                OpenAiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the model is unavailable; see the server log".into(), kind: "server_error", param: None, code: None, headers: None }
+            }
+        }
+    }
+}
+
+impl From<crate::quotas::Refusal> for OpenAiError {
+    fn from(refusal: crate::quotas::Refusal) -> Self {
+        match refusal {
+            crate::quotas::Refusal::Error(err) => err.into(),
+            crate::quotas::Refusal::Exceeded(exceeded) => {
+                // A monthly budget is OpenAI's `insufficient_quota`; a per-minute limit is a rate limit.
+                let (kind, code) = if exceeded.monthly { ("insufficient_quota", "insufficient_quota") } else { ("rate_limit_error", "rate_limit_exceeded") };
+                let headers = crate::quotas::headers(&exceeded.limits, Some(exceeded.retry_after));
+                OpenAiError { status: StatusCode::TOO_MANY_REQUESTS, message: exceeded.message, kind, param: None, code: Some(code), headers: Some(Box::new(headers)) }
             }
         }
     }
@@ -92,7 +108,10 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let body = api::openai::OpenAiErrorBody { error: api::openai::OpenAiError { message: self.message, kind: self.kind.to_owned(), param: self.param, code: self.code.map(str::to_owned) } };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS && !response.headers().contains_key("retry-after") {
             response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         response

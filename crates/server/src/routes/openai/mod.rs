@@ -57,7 +57,8 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     };
     let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
     let prompt = engine.tokenize(&prompt_text);
-    let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.chat", &served.deployment.settings);
+    let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
+    let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.chat", &served.deployment.settings, admission);
     let run = Run::start(engine, vec![prompt], &options, Endpoint::Chat, timer)?;
     Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
 }
@@ -94,7 +95,8 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
     if prompts.is_empty() || prompts.len() * options.n > 64 {
         return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
     }
-    let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.completions", &served.deployment.settings);
+    let admission = crate::quotas::admit(&state, &principal, prompts.iter().map(Vec::len).sum::<usize>() * options.n).await?;
+    let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.completions", &served.deployment.settings, admission);
     let run = Run::start(engine, prompts, &options, Endpoint::Completions, timer)?;
     Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
 }
@@ -134,7 +136,8 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
         return Err(OpenAiError::invalid("an input has no tokens", Some("input")));
     }
     let prompt_tokens: usize = inputs.iter().map(Vec::len).sum();
-    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.embeddings", &served.deployment.settings);
+    let admission = crate::quotas::admit(&state, &principal, prompt_tokens).await?;
+    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.embeddings", &served.deployment.settings, admission);
     let vectors = engine.embed(inputs).await.map_err(|err| {
         timer.reject(&err);
         OpenAiError::from(err)
