@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use api::ollama as wire;
 use api::ErrorBody;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -92,8 +91,10 @@ impl IntoResponse for OllamaError {
     }
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, OllamaError> {
-    body.map(|Json(value)| value).map_err(|rejection| OllamaError::invalid(format!("invalid request body: {}", rejection.body_text())))
+/// The JSON body, whatever its content type says: Ollama's own examples post JSON with
+/// `curl -d`, which labels it as a form.
+fn body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OllamaError> {
+    serde_json::from_slice(body).map_err(|err| OllamaError::invalid(format!("invalid request body: {err}")))
 }
 
 /// `GET /api/version`.
@@ -139,9 +140,9 @@ pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Res
 }
 
 /// `POST /api/show`.
-pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::ShowRequest>, JsonRejection>) -> Result<Json<wire::ShowResponse>, OllamaError> {
+pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Json<wire::ShowResponse>, OllamaError> {
     let principal = openai::authenticate(&state, &headers).await?;
-    let request = body(request)?;
+    let request: wire::ShowRequest = body(&request)?;
     let name = if request.model.is_empty() { request.name } else { request.model };
     let deployment = state.hub.runnable_deployment(&principal, model_name(&name)).await?;
     let embeds = deployment.file_path.as_str().ends_with(".safetensors");
@@ -163,10 +164,10 @@ pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, requ
 }
 
 /// `POST /api/chat`.
-pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::ChatRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let principal = openai::authenticate(&state, &headers).await?;
-    let request = body(request)?;
+    let request: wire::ChatRequest = body(&request)?;
     let options = Options::parse(&request.common)?;
     if request.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
         return Err(OllamaError::unsupported("tools", "tool calling"));
@@ -206,10 +207,10 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
 }
 
 /// `POST /api/generate`.
-pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::GenerateRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let principal = openai::authenticate(&state, &headers).await?;
-    let request = body(request)?;
+    let request: wire::GenerateRequest = body(&request)?;
     let options = Options::parse(&request.common)?;
     if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(OllamaError::unsupported("suffix", "fill-in-the-middle"));
@@ -254,10 +255,10 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
 }
 
 /// `POST /api/embed`.
-pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::EmbedRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let principal = openai::authenticate(&state, &headers).await?;
-    let request = body(request)?;
+    let request: wire::EmbedRequest = body(&request)?;
     let inputs = match request.input {
         wire::EmbedInput::One(text) => vec![text],
         wire::EmbedInput::Many(texts) => texts,
@@ -274,9 +275,9 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
 }
 
 /// `POST /api/embeddings`, the older one-text form.
-pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, request: Result<Json<wire::EmbeddingsRequest>, JsonRejection>) -> Result<Response, OllamaError> {
+pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let principal = openai::authenticate(&state, &headers).await?;
-    let request = body(request)?;
+    let request: wire::EmbeddingsRequest = body(&request)?;
     let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, _) = load(&state, &principal, &request.model).await?;
     apply_keep_alive(&state, &served.deployment.name, keep, request.prompt.is_empty());

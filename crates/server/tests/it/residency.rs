@@ -57,6 +57,15 @@ async fn the_least_recently_used_idle_model_makes_room() {
     for needle in ["mantle_model_evictions_total{deployment=\"b\"} 1", "mantle_model_memory_bytes{deployment=\"a\"} 1000000", "mantle_loaded_models 2"] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
+    // Ollama's own examples post JSON with `curl -d`, labelled as a form: still JSON.
+    let body = serde_json::to_vec(&serde_json::json!({ "model": "c", "prompt": "hi", "stream": false, "options": { "num_predict": 2 } })).unwrap();
+    let reply = server.send("POST", "/api/generate", Some(&token), Some("application/x-www-form-urlencoded"), body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(reply.json()["done"], true);
+    let bad = server.send("POST", "/api/generate", Some(&token), None, b"{not json".to_vec()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.json()["error"].as_str().unwrap().starts_with("invalid request body"));
+
     // An evicted model loads again on its next request.
     ask(&server, &token, "b", serde_json::json!({})).await;
     assert_eq!(resident(&server), ["b", "c"]);
