@@ -193,24 +193,20 @@ pub struct UsageRow {
     pub cost: f64,
 }
 
-/// A quota: limits on one token or one org (all members together); absent limits are unlimited.
+/// A quota: limits on one token or one org (all members together).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Quota {
     /// `token` or `org`.
     pub scope: String,
     /// The token id or the org name.
     pub subject: String,
-    #[serde(default)]
-    pub requests_per_minute: Option<u64>,
-    #[serde(default)]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default)]
-    pub tokens_per_month: Option<u64>,
+    #[serde(flatten)]
+    pub limits: SetQuota,
     #[serde(default)]
     pub updated_at: String,
 }
 
-/// `PUT /api/admin/quotas/{scope}/{subject}`.
+/// `PUT /api/admin/quotas/{scope}/{subject}`: the limits; absent ones are unlimited.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SetQuota {
     #[serde(default)]

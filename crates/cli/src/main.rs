@@ -563,5 +563,5 @@ enum QuotaCommand {
 
 fn print_quota(quota: &api::admin::Quota) {
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
-    println!("{} {:<20} rpm={} tpm={} monthly_tokens={}", quota.scope, quota.subject, show(quota.requests_per_minute), show(quota.tokens_per_minute), show(quota.tokens_per_month));
+    println!("{} {:<20} rpm={} tpm={} monthly_tokens={}", quota.scope, quota.subject, show(quota.limits.requests_per_minute), show(quota.limits.tokens_per_minute), show(quota.limits.tokens_per_month));
 }

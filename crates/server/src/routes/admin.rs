@@ -208,7 +208,7 @@ pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name):
 
 fn quota_wire(q: domain::meta::Quota) -> api::admin::Quota {
     let (scope, subject) = q.subject.key();
-    api::admin::Quota { scope: scope.to_owned(), subject, requests_per_minute: q.requests_per_minute, tokens_per_minute: q.tokens_per_minute, tokens_per_month: q.tokens_per_month, updated_at: q.updated_at }
+    api::admin::Quota { scope: scope.to_owned(), subject, limits: api::admin::SetQuota { requests_per_minute: q.requests_per_minute, tokens_per_minute: q.tokens_per_minute, tokens_per_month: q.tokens_per_month }, updated_at: q.updated_at }
 }
 
 pub(crate) async fn list_quotas(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Quota>>> {
