@@ -224,8 +224,6 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_quota(&self, subject: &QuotaSubject, event: AuditEvent) -> Result<()>;
     /// All quotas.
     async fn list_quotas(&self) -> Result<Vec<Quota>>;
-    /// The quotas that apply to a request through `token_id` by a member of `orgs`.
-    async fn quotas_for(&self, token_id: i64, orgs: &[String]) -> Result<Vec<Quota>>;
     /// In one transaction: adds to counters (each atomically across replicas) and reads others;
     /// returns the new totals (requests, tokens) of the charged ones and the totals of the read
     /// ones (zero where nothing was counted yet), in order. Periods are `m:<minute>`, `M:<month>`.
@@ -339,6 +337,16 @@ pub struct Quota {
     pub tokens_per_minute: Option<u64>,
     pub tokens_per_month: Option<u64>,
     pub updated_at: String,
+}
+
+impl Quota {
+    /// Whether it limits a request through `token_id` by a member of `orgs`.
+    pub fn applies_to(&self, token_id: i64, orgs: &[String]) -> bool {
+        match &self.subject {
+            QuotaSubject::Token(id) => *id == token_id,
+            QuotaSubject::Org(org) => orgs.contains(org),
+        }
+    }
 }
 
 /// How a usage report groups requests.

@@ -24,7 +24,8 @@ pub struct Exceeded {
     pub limits: Limits,
 }
 
-/// The tightest limits that applied, for `x-ratelimit-*` headers.
+/// The tightest limits that applied (limit, remaining), for the `x-ratelimit-*` headers of a
+/// refusal and of an admitted request alike.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     pub requests: Option<(u64, u64)>,
@@ -76,13 +77,7 @@ fn resets(now: chrono::DateTime<chrono::Utc>) -> (u64, u64) {
 /// tokens are added when the request ends.
 pub async fn admit(meta: &dyn MetaStore, principal: &Principal, all: &[Quota], prompt_tokens: u64) -> Result<std::result::Result<Admission, Exceeded>> {
     let user = principal.user()?;
-    let quotas: Vec<&Quota> = all
-        .iter()
-        .filter(|q| match &q.subject {
-            QuotaSubject::Token(id) => *id == user.token_id,
-            QuotaSubject::Org(org) => user.orgs.contains(org),
-        })
-        .collect();
+    let quotas: Vec<&Quota> = all.iter().filter(|q| q.applies_to(user.token_id, &user.orgs)).collect();
     let now = chrono::Utc::now();
     let (minute, month) = periods(now);
     let (minute_left, month_left) = resets(now);
@@ -161,6 +156,16 @@ pub fn validate(quota: &Quota) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotas_apply_to_their_token_and_the_members_of_their_org() {
+        let quota = |subject| Quota { subject, requests_per_minute: Some(1), tokens_per_minute: None, tokens_per_month: None, updated_at: String::new() };
+        let orgs = ["acme".to_owned()];
+        assert!(quota(QuotaSubject::Token(7)).applies_to(7, &[]));
+        assert!(!quota(QuotaSubject::Token(7)).applies_to(8, &orgs));
+        assert!(quota(QuotaSubject::Org("acme".into())).applies_to(8, &orgs));
+        assert!(!quota(QuotaSubject::Org("other".into())).applies_to(7, &orgs));
+    }
 
     #[test]
     fn windows_and_resets() {

@@ -93,9 +93,7 @@ impl LlamaRunner {
         let memory_bytes = model.size() + u64::from(ctx.n_ctx()) * u64::from(model.n_layer()) * kv_width * 2 * 2;
         Ok(LlamaRunner { batch: LlamaBatch::new(capacity, 1), ctx, model, positions: Default::default(), n_ctx, capacity, weights: String::new(), memory_bytes })
     }
-}
 
-impl LlamaRunner {
     /// Records how the weights are held, for `info().backend`.
     pub fn set_weights(&mut self, weights: String) {
         self.weights = weights;
@@ -190,8 +188,7 @@ pub struct WeightProfile {
     /// Whether that type has no batched matrix kernel on x86 in llama.cpp (only a row-by-row dot
     /// product), so prompts and batched decoding run several times slower than in F16.
     pub slow_batched: bool,
-    /// Bytes of the file's tensors, and what they would take with the slow ones in F16.
-    pub bytes: u64,
+    /// What the file's tensors would take with the slow ones in F16.
     pub expanded_bytes: u64,
     token_embd_type: Option<llama_cpp_sys_2::ggml_type>,
     output_type: Option<llama_cpp_sys_2::ggml_type>,
@@ -213,7 +210,7 @@ pub fn weight_profile(path: &Path) -> Result<WeightProfile, String> {
             return Err(format!("{} is not a readable GGUF file", path.display()));
         }
         let mut by_type: std::collections::BTreeMap<llama_cpp_sys_2::ggml_type, u64> = Default::default();
-        let (mut bytes, mut expanded) = (0u64, 0u64);
+        let mut expanded = 0u64;
         let (mut token_embd_type, mut output_type) = (None, None);
         for id in 0..llama_cpp_sys_2::gguf_get_n_tensors(ctx) {
             let kind = llama_cpp_sys_2::gguf_get_tensor_type(ctx, id);
@@ -225,7 +222,6 @@ pub fn weight_profile(path: &Path) -> Result<WeightProfile, String> {
                 _ => {}
             }
             *by_type.entry(kind).or_default() += size;
-            bytes += size;
             expanded += if SLOW_BATCHED.contains(&kind) {
                 let type_size = llama_cpp_sys_2::ggml_type_size(kind).max(1) as u64;
                 size / type_size * llama_cpp_sys_2::ggml_blck_size(kind).max(1) as u64 * 2
@@ -236,7 +232,7 @@ pub fn weight_profile(path: &Path) -> Result<WeightProfile, String> {
         llama_cpp_sys_2::gguf_free(ctx);
         let main = by_type.iter().max_by_key(|(_, size)| **size).map(|(kind, _)| *kind);
         let main_type = main.map_or_else(|| "none".to_owned(), |kind| CStr::from_ptr(llama_cpp_sys_2::ggml_type_name(kind)).to_string_lossy().into_owned());
-        WeightProfile { main_type, slow_batched: main.is_some_and(|kind| SLOW_BATCHED.contains(&kind)), bytes, expanded_bytes: expanded, token_embd_type, output_type }
+        WeightProfile { main_type, slow_batched: main.is_some_and(|kind| SLOW_BATCHED.contains(&kind)), expanded_bytes: expanded, token_embd_type, output_type }
     };
     Ok(profile)
 }

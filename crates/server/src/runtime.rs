@@ -153,10 +153,11 @@ impl Runtime {
         let cell = {
             let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
             let now = std::time::Instant::now();
-            let slot = loaded.entry(name.clone()).or_insert_with(|| Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default });
+            let fresh = || Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default };
+            let slot = loaded.entry(name.clone()).or_insert_with(fresh);
             if slot.identity != identity {
                 // Redeployed elsewhere: the old engine stops once its last request ends.
-                *slot = Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default };
+                *slot = fresh();
             }
             slot.last_used = now;
             slot.cell.clone()
@@ -230,6 +231,17 @@ impl Runtime {
         all
     }
 
+    /// The chat template of a generating deployment, without starting its engine: from the
+    /// loaded model when it is resident, else from a checked copy of its file.
+    pub async fn chat_template(&self, hub: &Hub, deployment: &Deployment) -> Result<Option<ChatTemplate>, Error> {
+        let resident = self.inner.loaded.lock().expect("runtime map not poisoned").get(&deployment.name).filter(|slot| slot.identity == identity(deployment)).and_then(|slot| slot.cell.get().cloned());
+        if let Some(served) = resident {
+            return Ok(served.chat.clone());
+        }
+        let path = materialize(hub, &self.inner.config.models_dir, &deployment.file_sha256).await?;
+        tokio::task::spawn_blocking(move || read_chat_template(&path)).await.map_err(Error::internal)
+    }
+
     /// Whether `name` is loaded in this process.
     pub fn is_resident(&self, name: &str) -> bool {
         self.inner.loaded.lock().expect("runtime map not poisoned").get(name).is_some_and(|slot| slot.cell.get().is_some())
@@ -267,7 +279,7 @@ impl Runtime {
         let load = self.inner.load.clone();
         let name = deployment.name.clone();
         let failed = |err: String| Error::Internal(format!("load deployment {name}: {err}"));
-        let (backend, chat, backend_name, memory_bytes) = if deployment.file_path.as_str().ends_with(".safetensors") {
+        let (backend, chat, backend_name, memory_bytes) = if is_encoder(&deployment) {
             // An encoder: its config and tokenizer come from the same commit, beside the weights.
             let folder = deployment.file_path.as_str().rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"));
             let config = self.sibling(hub, &deployment, &format!("{folder}config.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}config.json beside the weights", deployment.repo)))?;
@@ -342,6 +354,11 @@ fn fingerprint(deployment: &Deployment, backend: &str) -> String {
         s.threads
     );
     format!("fp_{}", &hex::encode(Sha256::digest(text.as_bytes()))[..10])
+}
+
+/// Whether a deployment embeds (a safetensors encoder) rather than generates (a GGUF file).
+pub fn is_encoder(deployment: &Deployment) -> bool {
+    deployment.file_path.as_str().ends_with(".safetensors")
 }
 
 /// The GGUF chat template, when the file is a GGUF that has one.

@@ -995,12 +995,6 @@ impl MetaStore for SqlMetaStore {
         rows.iter().map(quota_from_row).collect()
     }
 
-    async fn quotas_for(&self, token_id: i64, orgs: &[String]) -> Result<Vec<Quota>> {
-        let rows = sqlx::query(&format!("SELECT {QUOTA_COLUMNS} FROM quotas WHERE (scope = 'token' AND subject = $1) OR scope = 'org' ORDER BY scope, subject")).bind(token_id.to_string()).fetch_all(&self.pool).await.map_err(db_err)?;
-        let quotas: Vec<Quota> = rows.iter().map(quota_from_row).collect::<Result<_>>()?;
-        Ok(quotas.into_iter().filter(|q| match &q.subject { QuotaSubject::Token(_) => true, QuotaSubject::Org(org) => orgs.contains(org) }).collect())
-    }
-
     async fn charge(&self, charges: &[Charge], reads: &[(QuotaSubject, String)]) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64)>)> {
         let mut tx = self.begin_counters().await?;
         let totals = add_charges(&mut tx, charges).await?;

@@ -123,11 +123,11 @@ pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Res
         if !visible.contains(&deployment.name) {
             continue;
         }
-        let size = state.hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
         models.push(wire::PsModel {
             name: deployment.name.clone(),
             model: deployment.name.clone(),
-            size,
+            // As Ollama reports it: the memory the loaded model holds.
+            size: served.memory_bytes,
             digest: deployment.file_sha256.to_string(),
             details: details(deployment),
             // Mantle unloads on memory pressure, not on a timer: a pin's end, or never.
@@ -145,8 +145,9 @@ pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, requ
     let request: wire::ShowRequest = body(&request)?;
     let name = if request.model.is_empty() { request.name } else { request.model };
     let deployment = state.hub.runnable_deployment(&principal, model_name(&name)).await?;
-    let embeds = deployment.file_path.as_str().ends_with(".safetensors");
-    let template = if embeds { String::new() } else { openai::serve(&state, &principal, &deployment.name).await?.chat.as_ref().map(|c| c.source.clone()).unwrap_or_default() };
+    let embeds = crate::runtime::is_encoder(&deployment);
+    // Like Ollama, showing a model does not load it (nor evict another to make room).
+    let template = if embeds { String::new() } else { state.runtime.chat_template(&state.hub, &deployment).await?.map(|c| c.source).unwrap_or_default() };
     let s = &deployment.settings;
     let mut info = Map::new();
     info.insert("mantle.revision".into(), Value::String(format!("{}@{}", deployment.repo, deployment.commit)));

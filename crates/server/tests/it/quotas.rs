@@ -46,8 +46,12 @@ async fn requests_per_minute_per_token() {
     let reply = server.json("PUT", &format!("/api/admin/quotas/token/{id}"), Some(ADMIN), serde_json::json!({ "requests_per_minute": 2 })).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     fresh_minute().await;
-    for _ in 0..2 {
-        assert_eq!(server.json("POST", "/v1/chat/completions", Some(&ann), chat("hi")).await.status, StatusCode::OK);
+    // Admitted requests carry the headers too, counting down.
+    for remaining in ["1", "0"] {
+        let reply = server.json("POST", "/v1/chat/completions", Some(&ann), chat("hi")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("x-ratelimit-limit-requests").as_deref(), Some("2"));
+        assert_eq!(reply.header("x-ratelimit-remaining-requests").as_deref(), Some(remaining));
     }
     let refused = server.json("POST", "/v1/chat/completions", Some(&ann), chat("hi")).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);

@@ -57,6 +57,12 @@ async fn the_least_recently_used_idle_model_makes_room() {
     for needle in ["mantle_model_evictions_total{deployment=\"b\"} 1", "mantle_model_memory_bytes{deployment=\"a\"} 1000000", "mantle_loaded_models 2"] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
+    // Showing an evicted model reads its template without loading it.
+    let shown = server.json("POST", "/api/show", Some(&token), serde_json::json!({ "model": "b" })).await;
+    assert_eq!(shown.status, StatusCode::OK, "{:?}", shown.json());
+    assert!(shown.json()["template"].as_str().unwrap().contains("im_start"));
+    assert_eq!(resident(&server), ["a", "c"]);
+
     // Ollama's own examples post JSON with `curl -d`, labelled as a form: still JSON.
     let body = serde_json::to_vec(&serde_json::json!({ "model": "c", "prompt": "hi", "stream": false, "options": { "num_predict": 2 } })).unwrap();
     let reply = server.send("POST", "/api/generate", Some(&token), Some("application/x-www-form-urlencoded"), body).await;

@@ -58,9 +58,12 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
     let prompt = engine.tokenize(&prompt_text);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
+    let limits = crate::quotas::headers(&admission.limits, None);
     let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.chat", &served.deployment.settings, admission);
     let run = Run::start(engine, vec![prompt], &options, Endpoint::Chat, timer)?;
-    Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
+    let mut response = run.respond(&served, request.model, options.stream, options.include_usage).await;
+    response.headers_mut().extend(limits);
+    Ok(response)
 }
 
 /// `POST /v1/completions`.
@@ -96,9 +99,12 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
     }
     let admission = crate::quotas::admit(&state, &principal, prompts.iter().map(Vec::len).sum::<usize>() * options.n).await?;
+    let limits = crate::quotas::headers(&admission.limits, None);
     let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.completions", &served.deployment.settings, admission);
     let run = Run::start(engine, prompts, &options, Endpoint::Completions, timer)?;
-    Ok(run.respond(&served, request.model, options.stream, options.include_usage).await)
+    let mut response = run.respond(&served, request.model, options.stream, options.include_usage).await;
+    response.headers_mut().extend(limits);
+    Ok(response)
 }
 
 /// The most inputs one embeddings request may carry (OpenAI's limit).
@@ -137,6 +143,7 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
     }
     let prompt_tokens: usize = inputs.iter().map(Vec::len).sum();
     let admission = crate::quotas::admit(&state, &principal, prompt_tokens).await?;
+    let limits = crate::quotas::headers(&admission.limits, None);
     let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.embeddings", &served.deployment.settings, admission);
     let vectors = engine.embed(inputs).await.map_err(|err| {
         timer.reject(&err);
@@ -157,7 +164,7 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
         })
         .collect();
     let usage = wire::EmbeddingUsage { prompt_tokens: prompt_tokens as u64, total_tokens: prompt_tokens as u64 };
-    let mut headers = HeaderMap::new();
+    let mut headers = limits;
     if let Ok(value) = HeaderValue::from_str(&served.revision) {
         headers.insert("x-mantle-revision", value);
     }
