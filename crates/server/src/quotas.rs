@@ -12,14 +12,18 @@ use crate::AppState;
 /// change made through another replica applies here within this time (at once on this one).
 const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Every quota definition, shared by the requests that read it.
+type Quotas = std::sync::Arc<Vec<domain::meta::Quota>>;
+
 /// The quota definitions, read at most every `FRESH_FOR` (one query, not one per request).
 #[derive(Clone, Default)]
 pub struct QuotaCache {
-    inner: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<domain::meta::Quota>>)>>>,
+    /// When they were read, and what.
+    inner: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Quotas)>>>,
 }
 
 impl QuotaCache {
-    async fn get(&self, state: &AppState) -> Result<std::sync::Arc<Vec<domain::meta::Quota>>, domain::Error> {
+    async fn get(&self, state: &AppState) -> Result<Quotas, domain::Error> {
         if let Some((read, quotas)) = self.inner.lock().expect("quota cache not poisoned").as_ref() {
             if read.elapsed() < FRESH_FOR {
                 return Ok(quotas.clone());
