@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod embed;
+pub mod grammar;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod load;
@@ -100,6 +101,10 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: send each sampled token's log probability and the `k` likeliest alternatives.
     pub logprobs: Option<usize>,
+    /// Output constrained to a grammar (structured output, forced tool calls): every sampled
+    /// token keeps the text on a path the grammar accepts, and generation stops when it is
+    /// complete.
+    pub grammar: Option<Arc<grammar::Grammar>>,
 }
 
 /// What a stream receives.
@@ -258,6 +263,7 @@ struct Active {
     /// Bytes of `text` already sent; the rest may be the start of a stop sequence.
     sent: usize,
     next_input: Option<Token>,
+    matcher: Option<grammar::Matcher>,
 }
 
 fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>, batch_size: &AtomicUsize) {
@@ -270,6 +276,9 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
     let mut active: Vec<Active> = Vec::new();
     // End-of-generation tokens, masked out for requests that ignore them.
     let end_tokens: Vec<Token> = (0..runner.info().n_vocab as Token).filter(|t| runner.is_end(*t)).collect();
+    // The vocabulary indexed for grammar masks, built on the first constrained request.
+    let mut vocab: Option<grammar::VocabIndex> = None;
+    let mut mask_scratch = grammar::MaskScratch::default();
     loop {
         // Block only when idle; otherwise take what has arrived and keep decoding.
         if active.is_empty() && waiting.is_empty() {
@@ -309,7 +318,8 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             cached[slot].clear();
             let sampler = Sampler::new(request.params.clone());
             let kv = request.prompt[..reused].to_vec();
-            active.push(Active { slot, request, events, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None });
+            let matcher = request.grammar.as_ref().map(|g| g.start());
+            active.push(Active { slot, request, events, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, matcher });
         }
         // Dropped clients cancel their sequences and free their slots.
         active.retain_mut(|seq| {
@@ -380,6 +390,29 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                     }
                 }
             }
+            if let Some(matcher) = &seq.matcher {
+                let indexed = vocab.get_or_insert_with(|| grammar::VocabIndex::new((0..runner.info().n_vocab as Token).map(|t| if runner.is_end(t) { Vec::new() } else { runner.token_bytes(t) })));
+                let bits = matcher.mask(indexed, &mut mask_scratch);
+                let mut any = false;
+                for (token, logit) in logits.iter_mut().enumerate() {
+                    if grammar::is_allowed(bits, token as Token) {
+                        any |= *logit > f32::NEG_INFINITY;
+                    } else {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+                if matcher.can_end() && !seq.request.params.ignore_eos {
+                    for end in &end_tokens {
+                        logits[*end as usize] = raw_logits[*end as usize];
+                        any = true;
+                    }
+                }
+                if !any {
+                    // Nothing the grammar accepts can follow (a dead end of a recursive schema).
+                    finished.push((index, FinishReason::Stop));
+                    continue;
+                }
+            }
             let token = seq.sampler.sample(&logits, &history);
             if runner.is_end(token) {
                 finished.push((index, FinishReason::Stop));
@@ -390,7 +423,15 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             }
             seq.generated.push(token);
             seq.next_input = Some(token);
-            seq.pending_bytes.extend(runner.token_bytes(token));
+            let bytes = runner.token_bytes(token);
+            let mut complete = false;
+            if let Some(matcher) = &mut seq.matcher {
+                if !matcher.advance(&bytes) {
+                    tracing::error!("a sampled token left the grammar; ending the sequence");
+                }
+                complete = matcher.is_finished();
+            }
+            seq.pending_bytes.extend(bytes);
             let piece = take_complete_utf8(&mut seq.pending_bytes);
             seq.text.push_str(&piece);
             // A stop sequence ends the stream without sending any of itself: text that could be
@@ -411,7 +452,14 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                 let _ = seq.events.send(Event::Text(unsent[..ready].to_owned()));
                 seq.sent += ready;
             }
-            if seq.generated.len() >= seq.request.max_tokens {
+            if complete {
+                // The grammar's output is whole: nothing but the end may follow.
+                if seq.sent < seq.text.len() {
+                    let _ = seq.events.send(Event::Text(seq.text[seq.sent..].to_owned()));
+                    seq.sent = seq.text.len();
+                }
+                finished.push((index, FinishReason::Stop));
+            } else if seq.generated.len() >= seq.request.max_tokens {
                 finished.push((index, FinishReason::Length));
             }
         }

@@ -62,6 +62,10 @@ impl ModelRunner for MockRunner {
                 logits[usize::from(letter)] = ((hash >> (i % 60)) & 0xff) as f32 / 64.0;
             }
             logits[EOS as usize] = history.len() as f32 / 40.0 - 2.0;
+            if let Some(next) = scripted(history) {
+                logits = vec![-10.0; 257];
+                logits[next as usize] = 100.0;
+            }
             seq.logits = logits;
         }
         Ok(())
@@ -75,6 +79,21 @@ impl ModelRunner for MockRunner {
         self.slots.entry(slot).or_default().truncate(keep);
         true
     }
+}
+
+/// A test hook: a history holding `[[say:TEXT]]` answers TEXT exactly, byte by byte from the last
+/// `assistant\n` (the start of a chat template's answer), then ends.
+fn scripted(history: &[Token]) -> Option<Token> {
+    let bytes: Vec<u8> = history.iter().map(|t| u8::try_from(*t).unwrap_or(0)).collect();
+    let find_last = |needle: &[u8]| bytes.windows(needle.len()).rposition(|w| w == needle);
+    let start = find_last(b"[[say:")? + 6;
+    let end = start + bytes[start..].windows(2).position(|w| w == b"]]")?;
+    let answer_at = find_last(b"assistant\n")? + 10;
+    if answer_at < end {
+        return None;
+    }
+    let said = bytes.len() - answer_at;
+    Some(bytes[start..end].get(said).map_or(EOS, |b| Token::from(*b)))
 }
 
 /// The mock's tokenizer: one token per byte.

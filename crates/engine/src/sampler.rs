@@ -71,6 +71,11 @@ impl Sampler {
             // Greedy; ties go to the lowest id, so the choice is stable.
             return scores.iter().fold((0, f32::NEG_INFINITY), |best, (t, s)| if *s > best.1 { (*t, *s) } else { best }).0;
         }
+        // Masked tokens (ignore_eos, grammars) are never candidates, whatever the rounding.
+        scores.retain(|(_, s)| *s > f32::NEG_INFINITY);
+        if scores.is_empty() {
+            return 0;
+        }
         scores.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             scores.truncate(p.top_k.max(1));

@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod scanner;
 mod signing;
 pub mod usage;
+mod tools;
 pub mod quotas;
 
 use std::sync::Arc;

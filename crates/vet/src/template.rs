@@ -65,6 +65,12 @@ fn sample_clock() -> Clock {
 /// Renders a chat template on `messages` (OpenAI-shaped JSON) in the sandbox, with the same fuel
 /// and output limits as the vetting check. The runtime builds prompts with this.
 pub fn render_chat(source: &str, messages: &serde_json::Value, add_generation_prompt: bool, bos: &str, eos: &str, clock: &Clock) -> Result<String, String> {
+    render_chat_with_tools(source, messages, None, add_generation_prompt, bos, eos, clock)
+}
+
+/// [`render_chat`] with `tools` (OpenAI-shaped function definitions) for templates that render
+/// them.
+pub fn render_chat_with_tools(source: &str, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool, bos: &str, eos: &str, clock: &Clock) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -78,7 +84,7 @@ pub fn render_chat(source: &str, messages: &serde_json::Value, add_generation_pr
         add_generation_prompt => add_generation_prompt,
         bos_token => bos,
         eos_token => eos,
-        tools => minijinja::Value::from(()),
+        tools => tools.map_or(minijinja::Value::from(()), minijinja::Value::from_serialize),
     };
     let output = template.render(context).map_err(|err| format!("{err:#}"))?;
     if output.len() > MAX_OUTPUT {

@@ -5,7 +5,7 @@ mod commit;
 mod files;
 mod lfs;
 mod ollama;
-mod openai;
+pub(crate) mod openai;
 mod repos;
 mod tree;
 mod vetting;

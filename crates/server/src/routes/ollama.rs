@@ -2,9 +2,12 @@
 //! `/api/embed`, `/api/embeddings`, `/api/tags`, `/api/show`, `/api/ps`, `/api/version`. A
 //! deployment is an Ollama model (a `:latest` tag is accepted and ignored); Mantle tokens are the
 //! Bearer keys (the `ollama` client sends `OLLAMA_API_KEY` as one). Streams are NDJSON, one JSON
-//! object per line, durations in nanoseconds. Fields Mantle cannot honour yet (`format`, `tools`,
-//! images, Go templates) are a 400 naming them, never silently ignored.
+//! object per line, durations in nanoseconds. `format` constrains decoding to JSON or a schema;
+//! `tools` are offered through the chat template and calls come back with object arguments.
+//! Fields Mantle cannot honour (images, Go templates) are a 400 naming them, never silently
+//! ignored.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +20,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::auth::Principal;
 use domain::meta::Deployment;
+use engine::grammar::Grammar;
 use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, SamplingParams, Token};
 use serde_json::{Map, Value};
 
 use super::openai::{self, OpenAiError};
 use crate::metrics::RequestTimer;
 use crate::runtime::{Backend, Keep, Served};
+use crate::tools::{CallParser, Piece, ToolPlan};
 use crate::AppState;
 
 /// The Ollama API version this server speaks (clients compare it to enable features).
@@ -170,8 +175,9 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     let principal = openai::authenticate(&state, &headers).await?;
     let request: wire::ChatRequest = body(&request)?;
     let options = Options::parse(&request.common)?;
-    if request.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
-        return Err(OllamaError::unsupported("tools", "tool calling"));
+    let plan = ToolPlan::parse(request.tools.as_ref(), None, None).map_err(|err| OllamaError::invalid(err.message))?;
+    if plan.is_some() && options.grammar.is_some() {
+        return Err(OllamaError::unsupported("format", "format together with tools"));
     }
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, message) in request.messages.iter().enumerate() {
@@ -181,10 +187,28 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
         if message.images.as_ref().is_some_and(|i| !i.is_empty()) {
             return Err(OllamaError::unsupported(&format!("messages[{i}].images"), "image input"));
         }
-        if message.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(OllamaError::unsupported(&format!("messages[{i}].tool_calls"), "tool calling"));
+        let mut entry = serde_json::json!({ "role": message.role, "content": message.content });
+        match &message.tool_calls {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(calls)) => {
+                let mut out = Vec::with_capacity(calls.len());
+                for (j, call) in calls.iter().enumerate() {
+                    let name = call.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| OllamaError::invalid(format!("messages[{i}].tool_calls[{j}].function.name is required")))?;
+                    let arguments = match call.pointer("/function/arguments") {
+                        None | Some(Value::Null) => serde_json::json!({}),
+                        Some(Value::String(text)) => serde_json::from_str(text).map_err(|err| OllamaError::invalid(format!("messages[{i}].tool_calls[{j}].function.arguments is not JSON: {err}")))?,
+                        Some(other) => other.clone(),
+                    };
+                    out.push(serde_json::json!({"type": "function", "function": {"name": name, "arguments": arguments}}));
+                }
+                entry["tool_calls"] = Value::Array(out);
+            }
+            Some(_) => return Err(OllamaError::invalid(format!("messages[{i}].tool_calls must be an array"))),
         }
-        messages.push(serde_json::json!({ "role": message.role, "content": message.content }));
+        if let Some(name) = &message.tool_name {
+            entry["name"] = Value::String(name.clone());
+        }
+        messages.push(entry);
     }
     let keep = keep_alive(request.common.keep_alive.as_ref())?;
     let model = request.model;
@@ -200,10 +224,13 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     let Some(chat) = &served.chat else {
         return Err(OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")));
     };
-    let prompt = vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
+    crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
+    let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
+    let prompt = vet::template::render_chat_with_tools(&chat.source, &Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
     let prompt = engine.tokenize(&prompt);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
-    let run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
+    let mut run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
+    run.parser = plan.map(|_| CallParser::new(true));
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
 }
 
@@ -342,6 +369,8 @@ struct Options {
     max_tokens: Option<usize>,
     stop: Vec<String>,
     stream: bool,
+    /// `format`: JSON mode or a JSON schema.
+    grammar: Option<Arc<Grammar>>,
 }
 
 impl Options {
@@ -350,10 +379,12 @@ impl Options {
     /// num_gpu, num_thread, use_mmap...) are hints a deployment's settings decide; sampling
     /// options Mantle does not have (mirostat, tfs_z, typical_p) are a 400 when set.
     fn parse(fields: &wire::GenerateFields) -> Result<Options, OllamaError> {
-        if let Some(format) = fields.format.as_ref().filter(|f| !f.is_null() && f.as_str() != Some("")) {
-            let what = if format.as_str() == Some("json") { "JSON mode" } else { "a JSON schema" };
-            return Err(OllamaError::unsupported("format", &format!("structured output ({what})")));
-        }
+        let grammar = match fields.format.as_ref().filter(|f| !f.is_null() && f.as_str() != Some("")) {
+            None => None,
+            Some(Value::String(s)) if s == "json" => Some(Arc::new(Grammar::json_object())),
+            Some(schema @ Value::Object(_)) => Some(Arc::new(Grammar::from_schema(schema).map_err(|err| OllamaError::invalid(format!("format: {err}")))?)),
+            Some(_) => return Err(OllamaError::invalid("format must be \"json\" or a JSON schema object")),
+        };
         match &fields.think {
             None | Some(Value::Null) | Some(Value::Bool(false)) => {}
             Some(_) => return Err(OllamaError::invalid("think: this model does not support thinking")),
@@ -424,7 +455,7 @@ impl Options {
                 _ => {}
             }
         }
-        Ok(Options { params, max_tokens, stop, stream: fields.stream.unwrap_or(true) })
+        Ok(Options { params, max_tokens, stop, stream: fields.stream.unwrap_or(true), grammar })
     }
 }
 
@@ -589,6 +620,10 @@ struct Run {
     load: Duration,
     queued: Instant,
     first: Option<Instant>,
+    /// Chat with tools: the answer is parsed for calls, sent in a line before the last.
+    parser: Option<CallParser>,
+    calls: Vec<crate::tools::Call>,
+    ready: VecDeque<Step>,
 }
 
 impl Run {
@@ -601,29 +636,45 @@ impl Run {
         let prompt_tokens = prompt.len();
         let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
         let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
-        let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None };
+        let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None, grammar: options.grammar.clone() };
         let generation = engine.generate(request).map_err(|err| {
             timer.reject(&err);
             OllamaError::from(err)
         })?;
-        Ok(Run { generation, timer, prompt_tokens, started, load, queued: Instant::now(), first: None })
+        Ok(Run { generation, timer, prompt_tokens, started, load, queued: Instant::now(), first: None, parser: None, calls: Vec::new(), ready: VecDeque::new() })
     }
 
     /// The next piece of text, or the end: `Ok(None)` with the finish reason and token count.
     async fn next(&mut self) -> Result<Step, String> {
         loop {
+            if let Some(step) = self.ready.pop_front() {
+                return Ok(step);
+            }
             match self.generation.events.recv().await {
                 Some(Event::Text(piece)) => {
                     self.timer.token();
                     self.first.get_or_insert_with(Instant::now);
-                    return Ok(Step::Text(piece));
+                    match &mut self.parser {
+                        Some(parser) => {
+                            let pieces = parser.push(&piece);
+                            self.take_pieces(pieces);
+                        }
+                        None => return Ok(Step::Text(piece)),
+                    }
                 }
                 Some(Event::Logprobs(_)) => {}
                 Some(Event::Done { finish_reason, completion_tokens, .. }) => {
                     self.timer.finish(self.prompt_tokens, completion_tokens);
+                    if let Some(parser) = &mut self.parser {
+                        let pieces = parser.finish();
+                        self.take_pieces(pieces);
+                    }
                     let reason = if finish_reason == FinishReason::Length { "length" } else { "stop" };
                     let first = self.first.unwrap_or_else(Instant::now);
-                    return Ok(Step::Done(stats(reason, self.started, self.load, self.prompt_tokens, first - self.queued, completion_tokens, first.elapsed())));
+                    if !self.calls.is_empty() {
+                        self.ready.push_back(Step::Calls(std::mem::take(&mut self.calls)));
+                    }
+                    self.ready.push_back(Step::Done(stats(reason, self.started, self.load, self.prompt_tokens, first - self.queued, completion_tokens, first.elapsed())));
                 }
                 Some(Event::Failed(err)) => {
                     self.timer.fail();
@@ -635,10 +686,33 @@ impl Run {
         }
     }
 
-    fn line(model: &str, shape: Shape, text: String, stats: Option<wire::Stats>) -> Bytes {
+    /// Content goes out as text; calls wait for the end of the answer (Ollama sends them whole).
+    fn take_pieces(&mut self, pieces: Vec<Piece>) {
+        for piece in pieces {
+            match piece {
+                Piece::Content(text) => self.ready.push_back(Step::Text(text)),
+                Piece::Start { name, .. } => self.calls.push(crate::tools::Call { name, arguments: String::new() }),
+                Piece::Arguments { index, text } => {
+                    if let Some(call) = self.calls.get_mut(index) {
+                        call.arguments.push_str(&text);
+                    }
+                }
+            }
+        }
+    }
+
+    fn line(model: &str, shape: Shape, text: String, calls: Vec<crate::tools::Call>, stats: Option<wire::Stats>) -> Bytes {
         let done = stats.is_some();
         let mut json = match shape {
-            Shape::Chat => serde_json::to_vec(&wire::ChatResponse { model: model.to_owned(), created_at: now(), message: assistant(text), done, stats }),
+            Shape::Chat => {
+                let mut message = assistant(text);
+                if !calls.is_empty() {
+                    // Ollama's calls carry the arguments as an object.
+                    let calls: Vec<Value> = calls.into_iter().enumerate().map(|(i, c)| serde_json::json!({"function": {"index": i, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| serde_json::json!({}))}})).collect();
+                    message.tool_calls = Some(Value::Array(calls));
+                }
+                serde_json::to_vec(&wire::ChatResponse { model: model.to_owned(), created_at: now(), message, done, stats })
+            }
             Shape::Generate => serde_json::to_vec(&wire::GenerateResponse { model: model.to_owned(), created_at: now(), response: text, done, stats }),
         }
         .expect("responses serialize");
@@ -649,11 +723,13 @@ impl Run {
     async fn respond(mut self, model: String, stream: bool, shape: Shape) -> Response {
         if !stream {
             let mut text = String::new();
+            let mut calls = Vec::new();
             loop {
                 match self.next().await {
                     Ok(Step::Text(piece)) => text.push_str(&piece),
+                    Ok(Step::Calls(list)) => calls = list,
                     Ok(Step::Done(stats)) => {
-                        let body = Self::line(&model, shape, text, Some(stats));
+                        let body = Self::line(&model, shape, text, calls, Some(stats));
                         return ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response();
                     }
                     Err(message) => return OllamaError { status: StatusCode::INTERNAL_SERVER_ERROR, message, headers: None }.into_response(),
@@ -668,8 +744,9 @@ impl Run {
             async move {
                 let mut run = run?;
                 let line = match run.next().await {
-                    Ok(Step::Text(piece)) => return Some((Ok::<_, std::convert::Infallible>(Self::line(&model, shape, piece, None)), Some(run))),
-                    Ok(Step::Done(stats)) => Self::line(&model, shape, String::new(), Some(stats)),
+                    Ok(Step::Text(piece)) => return Some((Ok::<_, std::convert::Infallible>(Self::line(&model, shape, piece, Vec::new(), None)), Some(run))),
+                    Ok(Step::Calls(calls)) => return Some((Ok(Self::line(&model, shape, String::new(), calls, None)), Some(run))),
+                    Ok(Step::Done(stats)) => Self::line(&model, shape, String::new(), Vec::new(), Some(stats)),
                     Err(message) => {
                         let mut json = serde_json::to_vec(&ErrorBody { error: message }).expect("errors serialize");
                         json.push(b'\n');
@@ -685,6 +762,7 @@ impl Run {
 
 enum Step {
     Text(String),
+    Calls(Vec<crate::tools::Call>),
     Done(wire::Stats),
 }
 

@@ -7,6 +7,7 @@ mod harness;
 mod openai;
 mod quotas;
 mod residency;
+mod structured;
 mod tidy;
 mod usage;
 mod vetting;

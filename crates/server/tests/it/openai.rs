@@ -29,7 +29,7 @@ fn rendered(user: &str) -> String {
 }
 
 /// A server with user `ann` (write token returned) owning `ann/tiny`, deployed as `tiny`.
-async fn deployed(tweak: impl FnOnce(&mut server::RawConfig), private: bool, max_batch: u32) -> (TestServer, String) {
+pub(crate) async fn deployed(tweak: impl FnOnce(&mut server::RawConfig), private: bool, max_batch: u32) -> (TestServer, String) {
     let server = TestServer::with(tweak).await;
     let token = server.user("ann", None, "write").await;
     server.create_repo(&token, "tiny", private).await;
@@ -50,11 +50,11 @@ fn chat(content: &str, extra: serde_json::Value) -> serde_json::Value {
 }
 
 /// The `data:` payloads of an SSE body.
-fn sse_data(body: &[u8]) -> Vec<String> {
+pub(crate) fn sse_data(body: &[u8]) -> Vec<String> {
     String::from_utf8(body.to_vec()).unwrap().split("\n\n").filter_map(|event| event.strip_prefix("data: ")).map(str::to_owned).collect()
 }
 
-fn assert_openai_error(reply: &crate::harness::Reply, status: StatusCode, param: Option<&str>) {
+pub(crate) fn assert_openai_error(reply: &crate::harness::Reply, status: StatusCode, param: Option<&str>) {
     assert_eq!(reply.status, status, "{:?}", reply.json());
     let error = &reply.json()["error"];
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
@@ -201,8 +201,12 @@ async fn bad_requests_get_openai_errors() {
         (serde_json::json!({ "logprobs": 3 }), "logprobs"),
         (serde_json::json!({ "logprobs": true, "top_logprobs": 21 }), "top_logprobs"),
         (serde_json::json!({ "top_logprobs": 2 }), "top_logprobs"),
-        (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f" } }] }), "tools"),
-        (serde_json::json!({ "response_format": { "type": "json_object" } }), "response_format"),
+        (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f", "parameters": { "type": "object", "properties": { "a": { "type": "string", "format": "email" } } } } }] }), "tools[0]"),
+        (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": { "type": "function", "function": { "name": "g" } } }), "tool_choice"),
+        (serde_json::json!({ "tool_choice": "required" }), "tool_choice"),
+        (serde_json::json!({ "response_format": { "type": "xml" } }), "response_format"),
+        (serde_json::json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "string", "pattern": "^a" } } } }), "response_format.json_schema.schema"),
+        (serde_json::json!({ "response_format": { "type": "json_schema", "json_schema": { "schema": { "type": "string" } } } }), "response_format.json_schema.name"),
         (serde_json::json!({ "stream_options": { "include_usage": true } }), "stream_options"),
         (serde_json::json!({ "max_tokens": 100000 }), "messages"),
     ] {

@@ -25,6 +25,8 @@ use futures::StreamExt as _;
 pub(crate) use error::OpenAiError;
 use params::{Endpoint, Options};
 
+use crate::tools::{CallParser, Piece, ToolPlan};
+
 use crate::metrics::RequestTimer;
 use crate::runtime::{Backend, Served};
 use crate::AppState;
@@ -48,19 +50,31 @@ pub(crate) async fn retrieve_model(State(state): State<AppState>, headers: Heade
 pub(crate) async fn create_chat_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::ChatCompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &headers).await?;
     let Json(request) = body.map_err(OpenAiError::from_rejection)?;
-    let options = Options::parse(&request.sampling, Endpoint::Chat)?;
-    let messages = params::template_messages(&request.messages)?;
+    let mut options = Options::parse(&request.sampling, Endpoint::Chat)?;
+    let sampling = &request.sampling;
+    let plan = ToolPlan::parse(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls).map_err(|err| OpenAiError::invalid(err.message, Some(&err.param)))?;
+    let plan = plan.filter(ToolPlan::active);
+    if let Some(plan) = &plan {
+        if options.grammar.is_some() {
+            return Err(OpenAiError::unsupported("response_format", "response_format json_object or json_schema together with tools"));
+        }
+        options.grammar = plan.grammar().map(Arc::new);
+    }
+    let mut messages = params::template_messages(&request.messages)?;
     let served = serve(&state, &principal, &request.model).await?;
     let engine = generator(&served)?;
     let Some(chat) = &served.chat else {
         return Err(OpenAiError::invalid(format!("model {} has no chat template; use /v1/completions", request.model), Some("model")));
     };
-    let prompt_text = vet::template::render_chat(&chat.source, &messages, true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
+    crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
+    let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
+    let prompt_text = vet::template::render_chat_with_tools(&chat.source, &serde_json::Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
     let prompt = engine.tokenize(&prompt_text);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let limits = crate::quotas::headers(&admission.limits, None);
     let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.chat", &served.deployment.settings, admission);
-    let run = Run::start(engine, vec![prompt], &options, Endpoint::Chat, timer)?;
+    let mut run = Run::start(engine, vec![prompt], &options, Endpoint::Chat, timer)?;
+    run.tools = plan;
     let mut response = run.respond(&served, request.model, options.stream, options.include_usage).await;
     response.headers_mut().extend(limits);
     Ok(response)
@@ -224,6 +238,8 @@ struct Run {
     logprobs: bool,
     events: SelectAll<BoxStream<'static, (usize, Event)>>,
     timer: RequestTimer,
+    /// Chat with tools: answers are parsed for calls.
+    tools: Option<ToolPlan>,
 }
 
 impl Run {
@@ -238,7 +254,7 @@ impl Run {
             let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len());
             for j in 0..options.n {
                 let index = p * options.n + j;
-                let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone(), logprobs: options.logprobs };
+                let request = GenerateRequest { prompt: prompt.clone(), params: options.params_for(j), max_tokens, stop: options.stop.clone(), logprobs: options.logprobs, grammar: options.grammar.clone() };
                 // A failure drops the generations already started, which cancels them.
                 let generation = engine.generate(request).map_err(|err| {
                     timer.reject(&err);
@@ -250,7 +266,7 @@ impl Run {
         let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
         let n_choices = streams.len();
         let logprobs = options.logprobs.is_some();
-        Ok(Run { endpoint, id: format!("{prefix}-{}", random_id()), created: chrono::Utc::now().timestamp(), prompt_tokens, n_choices, logprobs, events: futures::stream::select_all(streams), timer })
+        Ok(Run { endpoint, id: format!("{prefix}-{}", random_id()), created: chrono::Utc::now().timestamp(), prompt_tokens, n_choices, logprobs, events: futures::stream::select_all(streams), timer, tools: None })
     }
 
     async fn respond(self, served: &Served, model: String, stream: bool, include_usage: bool) -> Response {
@@ -299,7 +315,26 @@ impl Run {
         let logprobs_of = |i: usize| wants.then(|| logprobs_json(head.endpoint, &logprobs[i], 0));
         Ok(match head.endpoint {
             Endpoint::Chat => {
-                let choices = texts.into_iter().enumerate().map(|(i, text)| wire::ChatChoice { index: i as u32, message: wire::AssistantMessage { role: "assistant".into(), content: text, refusal: None }, logprobs: logprobs_of(i), finish_reason: finish(i) }).collect();
+                let tools = self.tools.as_ref();
+                let choices = texts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        let (content, calls) = match tools {
+                            Some(plan) => crate::tools::split_answer(&text, plan.parallel),
+                            None => (text, Vec::new()),
+                        };
+                        let mut finish_reason = finish(i);
+                        let tool_calls = (!calls.is_empty()).then(|| {
+                            if reasons[i] == Some(FinishReason::Stop) {
+                                finish_reason = tools.map_or("tool_calls", ToolPlan::finish_reason).to_owned();
+                            }
+                            calls.into_iter().map(|c| wire::ToolCall { id: crate::tools::call_id(), kind: "function".into(), function: wire::FunctionCall { name: c.name, arguments: c.arguments } }).collect()
+                        });
+                        let content = if tool_calls.is_some() && content.trim().is_empty() { None } else { Some(content) };
+                        wire::ChatChoice { index: i as u32, message: wire::AssistantMessage { role: "assistant".into(), content, refusal: None, tool_calls }, logprobs: logprobs_of(i), finish_reason }
+                    })
+                    .collect();
                 Json(wire::ChatCompletion { id: head.id, object: "chat.completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage }).into_response()
             }
             Endpoint::Completions => {
@@ -326,7 +361,7 @@ impl Head {
         let finish = |r: Option<FinishReason>| r.map(|r| reason_text(r).to_owned());
         let json = match self.endpoint {
             Endpoint::Chat => {
-                let choices = part.into_iter().map(|p| wire::ChunkChoice { index: p.index as u32, delta: wire::Delta { role: p.role.map(str::to_owned), content: p.content }, logprobs: p.logprobs, finish_reason: finish(p.finish) }).collect();
+                let choices = part.into_iter().map(|p| wire::ChunkChoice { index: p.index as u32, delta: wire::Delta { role: p.role.map(str::to_owned), content: p.content, tool_calls: p.tool_calls }, logprobs: p.logprobs, finish_reason: p.finish_text.map(str::to_owned).or_else(|| finish(p.finish)) }).collect();
                 serde_json::to_string(&wire::ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
             }
             Endpoint::Completions => {
@@ -346,6 +381,9 @@ struct Part {
     content: Option<String>,
     logprobs: Option<serde_json::Value>,
     finish: Option<FinishReason>,
+    tool_calls: Option<Vec<wire::ToolCallDelta>>,
+    /// A finish reason the engine does not know (`tool_calls`).
+    finish_text: Option<&'static str>,
 }
 
 /// The SSE body: a role chunk per chat choice, content chunks as text arrives, a finish chunk
@@ -362,12 +400,35 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
         pending: Vec<Vec<TokenLogprob>>,
         sent_len: Vec<usize>,
         done: bool,
+        /// Per choice, with tools: the call parser and the ids of the calls it found.
+        parsers: Vec<(CallParser, Vec<String>)>,
     }
     impl State {
         /// The log probabilities of the tokens behind the next text piece, when asked for.
         fn take_logprobs(&mut self, index: usize) -> Option<serde_json::Value> {
             let entries = std::mem::take(&mut self.pending[index]);
             self.run.logprobs.then(|| logprobs_json(self.head.endpoint, &entries, self.sent_len[index]))
+        }
+
+        /// Chunks for what a choice's call parser found.
+        fn push_pieces(&mut self, index: usize, pieces: Vec<Piece>, usage_field: Option<Option<wire::Usage>>) {
+            for piece in pieces {
+                let logprobs = if self.pending[index].is_empty() { None } else { self.take_logprobs(index) };
+                let part = match piece {
+                    Piece::Content(text) => Part { index, content: Some(text), logprobs, ..Part::default() },
+                    Piece::Start { index: call, name } => {
+                        let id = crate::tools::call_id();
+                        self.parsers[index].1.push(id.clone());
+                        let delta = wire::ToolCallDelta { index: call as u32, id: Some(id), kind: Some("function".into()), function: wire::FunctionDelta { name: Some(name), arguments: Some(String::new()) } };
+                        Part { index, tool_calls: Some(vec![delta]), logprobs, ..Part::default() }
+                    }
+                    Piece::Arguments { index: call, text } => {
+                        let delta = wire::ToolCallDelta { index: call as u32, function: wire::FunctionDelta { name: None, arguments: Some(text) }, ..Default::default() };
+                        Part { index, tool_calls: Some(vec![delta]), logprobs, ..Part::default() }
+                    }
+                };
+                self.queue.push_back(self.head.chunk(Some(part), usage_field));
+            }
         }
     }
     let usage_field = |include: bool| include.then_some(None);
@@ -378,7 +439,11 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
         }
     }
     let n_choices = run.n_choices;
-    let state = State { run, head, include_usage, queue, completion_tokens: 0, pending: vec![Vec::new(); n_choices], sent_len: vec![0; n_choices], done: false };
+    let parsers = match &run.tools {
+        Some(plan) => (0..n_choices).map(|_| (CallParser::new(plan.parallel), Vec::new())).collect(),
+        None => Vec::new(),
+    };
+    let state = State { run, head, include_usage, queue, completion_tokens: 0, pending: vec![Vec::new(); n_choices], sent_len: vec![0; n_choices], done: false, parsers };
     futures::stream::unfold(state, move |mut state| async move {
         loop {
             if let Some(event) = state.queue.pop_front() {
@@ -389,6 +454,11 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
             }
             let usage_field = state.include_usage.then_some(None);
             match state.run.events.next().await {
+                Some((index, Event::Text(piece))) if !state.parsers.is_empty() => {
+                    state.run.timer.token();
+                    let pieces = state.parsers[index].0.push(&piece);
+                    state.push_pieces(index, pieces, usage_field);
+                }
                 Some((index, Event::Text(piece))) => {
                     state.run.timer.token();
                     let logprobs = state.take_logprobs(index);
@@ -398,9 +468,17 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
                 Some((index, Event::Logprobs(list))) => state.pending[index].extend(list),
                 Some((index, Event::Done { finish_reason, completion_tokens, .. })) => {
                     state.completion_tokens += completion_tokens;
+                    let mut finish_text = None;
+                    if !state.parsers.is_empty() {
+                        let pieces = state.parsers[index].0.finish();
+                        state.push_pieces(index, pieces, usage_field);
+                        if state.parsers[index].0.calls() > 0 && finish_reason == FinishReason::Stop {
+                            finish_text = state.run.tools.as_ref().map(ToolPlan::finish_reason);
+                        }
+                    }
                     let content = (state.head.endpoint == Endpoint::Completions).then(String::new);
                     let logprobs = if state.pending[index].is_empty() { None } else { state.take_logprobs(index) };
-                    state.queue.push_back(state.head.chunk(Some(Part { index, content, logprobs, finish: Some(finish_reason), ..Part::default() }), usage_field));
+                    state.queue.push_back(state.head.chunk(Some(Part { index, content, logprobs, finish: Some(finish_reason), finish_text, ..Part::default() }), usage_field));
                 }
                 Some((_, Event::Failed(err))) => {
                     tracing::error!("failed to generate mid-stream: {err}");

@@ -1,6 +1,9 @@
 //! Request fields checked once and turned into engine settings (parse, don't validate).
 
+use std::sync::Arc;
+
 use api::openai::{MessageContent, SamplingFields, Stop};
+use engine::grammar::Grammar;
 use engine::SamplingParams;
 
 use super::error::OpenAiError;
@@ -25,6 +28,8 @@ pub(crate) struct Options {
     pub(crate) include_usage: bool,
     /// `Some(k)`: report each token's log probability and its `k` likeliest alternatives.
     pub(crate) logprobs: Option<usize>,
+    /// Structured output (`response_format`), or a forced tool call.
+    pub(crate) grammar: Option<Arc<Grammar>>,
 }
 
 /// The most choices one request may ask for.
@@ -96,23 +101,14 @@ impl Options {
         if fields.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|m| !m.is_empty())) {
             return Err(OpenAiError::unsupported("logit_bias", "logit_bias"));
         }
-        match &fields.response_format {
-            None | Some(serde_json::Value::Null) => {}
-            Some(format) if format.get("type").and_then(|t| t.as_str()) == Some("text") => {}
-            Some(_) => return Err(OpenAiError::unsupported("response_format", "response_format other than {\"type\": \"text\"}")),
-        }
-        if fields.tools.as_ref().is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
-            return Err(OpenAiError::unsupported("tools", "tool calling"));
-        }
-        match &fields.tool_choice {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(_) => return Err(OpenAiError::unsupported("tool_choice", "tool_choice other than none or auto")),
+        let grammar = response_format(fields.response_format.as_ref())?.map(Arc::new);
+        if endpoint == Endpoint::Completions && (fields.tools.as_ref().is_some_and(|t| !t.is_null()) || fields.tool_choice.as_ref().is_some_and(|t| !t.is_null())) {
+            return Err(OpenAiError::unsupported("tools", "tool calling on /v1/completions (use /v1/chat/completions)"));
         }
         let seed = fields.seed.map(|s| s as u64);
         let ignore_eos = fields.ignore_eos.unwrap_or(false);
         let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, penalty_last_n: 0, seed, ignore_eos };
-        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage, logprobs })
+        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage, logprobs, grammar })
     }
 
     /// The sampling settings of choice `index`: with a seed, each choice gets its own stream.
@@ -123,6 +119,30 @@ impl Options {
     }
 }
 
+/// `response_format`: `text`, `json_object`, or `json_schema` with a schema the grammar
+/// compiler supports (a feature it cannot enforce is a 400 naming it).
+fn response_format(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, OpenAiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
+    let param = "response_format";
+    match format.get("type").and_then(|t| t.as_str()) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::json_object())),
+        Some("json_schema") => {
+            let spec = format.get("json_schema").filter(|s| s.is_object()).ok_or_else(|| OpenAiError::invalid("response_format.json_schema is required for type json_schema", Some(param)))?;
+            let name = spec.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(OpenAiError::invalid("response_format.json_schema.name must be 1 to 64 letters, digits, underscores or dashes", Some("response_format.json_schema.name")));
+            }
+            match spec.get("schema") {
+                None | Some(serde_json::Value::Null) => Ok(Some(Grammar::json_object())),
+                Some(schema) => Grammar::from_schema(schema).map(Some).map_err(|err| OpenAiError::invalid(format!("response_format.json_schema.schema: {err}"), Some("response_format.json_schema.schema"))),
+            }
+        }
+        Some(other) => Err(OpenAiError::invalid(format!("response_format.type {other:?} is not one of text, json_object, json_schema"), Some(param))),
+        None => Err(OpenAiError::invalid("response_format.type is required", Some(param))),
+    }
+}
+
 fn range(value: Option<f32>, name: &str, low: f32, high: f32) -> Result<Option<f32>, OpenAiError> {
     match value {
         Some(v) if !v.is_finite() || v < low || v > high => Err(OpenAiError::invalid(format!("{name} must be between {low} and {high}; got {v}"), Some(name))),
@@ -130,8 +150,9 @@ fn range(value: Option<f32>, name: &str, low: f32, high: f32) -> Result<Option<f
     }
 }
 
-/// Chat messages as the template sees them (`[{role, content}]`), checked.
-pub(crate) fn template_messages(messages: &[api::openai::ChatMessage]) -> Result<serde_json::Value, OpenAiError> {
+/// Chat messages as the template sees them (`[{role, content}]`, assistant `tool_calls` with
+/// their arguments as objects), checked.
+pub(crate) fn template_messages(messages: &[api::openai::ChatMessage]) -> Result<Vec<serde_json::Value>, OpenAiError> {
     if messages.is_empty() {
         return Err(OpenAiError::invalid("messages must not be empty", Some("messages")));
     }
@@ -143,10 +164,13 @@ pub(crate) fn template_messages(messages: &[api::openai::ChatMessage]) -> Result
             "developer" => "system",
             other => return Err(OpenAiError::invalid(format!("{param}.role {other:?} is not one of system, developer, user, assistant, tool"), Some(&param))),
         };
-        if message.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(OpenAiError::unsupported(&param, "tool_calls in messages"));
-        }
+        let tool_calls = match &message.tool_calls {
+            None | Some(serde_json::Value::Null) => None,
+            Some(calls) if role == "assistant" => Some(tool_calls(calls, &param)?),
+            Some(_) => return Err(OpenAiError::invalid(format!("{param}: only assistant messages carry tool_calls"), Some(&param))),
+        };
         let content = match &message.content {
+            None if tool_calls.is_some() => String::new(),
             None => {
                 return Err(OpenAiError::invalid(format!("{param}.content is required"), Some(&param)));
             }
@@ -170,7 +194,29 @@ pub(crate) fn template_messages(messages: &[api::openai::ChatMessage]) -> Result
         if let Some(id) = &message.tool_call_id {
             entry["tool_call_id"] = serde_json::Value::String(id.clone());
         }
+        if let Some(calls) = tool_calls {
+            entry["tool_calls"] = calls;
+        }
         out.push(entry);
+    }
+    Ok(out)
+}
+
+/// An assistant message's `tool_calls`, with each call's arguments (JSON text) parsed into an
+/// object, as chat templates expect them.
+fn tool_calls(calls: &serde_json::Value, param: &str) -> Result<serde_json::Value, OpenAiError> {
+    let list = calls.as_array().ok_or_else(|| OpenAiError::invalid(format!("{param}.tool_calls must be an array"), Some(param)))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (j, call) in list.iter().enumerate() {
+        let at = format!("{param}.tool_calls[{j}]");
+        let name = call.pointer("/function/name").and_then(|n| n.as_str()).ok_or_else(|| OpenAiError::invalid(format!("{at}.function.name is required"), Some(&at)))?;
+        let arguments = match call.pointer("/function/arguments") {
+            None | Some(serde_json::Value::Null) => serde_json::json!({}),
+            Some(serde_json::Value::String(text)) => serde_json::from_str(text).map_err(|err| OpenAiError::invalid(format!("{at}.function.arguments is not JSON: {err}"), Some(&at)))?,
+            Some(object) => object.clone(),
+        };
+        let id = call.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        out.push(serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
     }
     Ok(serde_json::Value::Array(out))
 }
