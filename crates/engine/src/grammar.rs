@@ -413,7 +413,7 @@ enum Frame {
     /// Matching the literals of a `Literals` node still alive after `pos` bytes.
     Literal { node: NodeId, alive: u64, pos: u32 },
     /// Inside a string: code points so far, escape progress (0 none, 1 after `\`, 2..=5 hex
-    /// digits of `\u`), and the byte range the next UTF-8 continuation byte must fall in.
+    /// digits of `\u`, 6 the second digit after a `d`), and the byte range the next UTF-8 continuation byte must fall in.
     Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8 },
     Num { integer: bool, phase: u8, len: u8 },
     /// An object: the next declared property, the one whose value is being written, and phase
@@ -432,6 +432,8 @@ pub(crate) struct State {
     frames: Vec<Frame>,
     bounds: Vec<u32>,
     whitespace: u8,
+    /// Newlines in that run.
+    newlines: u8,
     open: u32,
 }
 
@@ -605,6 +607,11 @@ fn is_whitespace(byte: u8) -> bool {
 fn feed(grammar: &Grammar, state: &State, byte: u8, out: &mut State) -> bool {
     out.clear();
     out.whitespace = if is_whitespace(byte) { state.whitespace.saturating_add(1) } else { 0 };
+    out.newlines = match byte {
+        b'\n' => state.newlines.saturating_add(1),
+        _ if is_whitespace(byte) => state.newlines,
+        _ => 0,
+    };
     for stack in state.stacks() {
         out.begin_stack();
         out.frames.extend_from_slice(stack);
@@ -690,8 +697,10 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
         },
         Frame::Value { node } => {
             if is_whitespace(byte) {
-                // Nothing before the top-level value: it starts the output (or follows markup).
-                if depth == 2 || out.whitespace > MAX_WHITESPACE {
+                // Nothing before the top-level value (it starts the output, or follows markup);
+                // one space after a colon.
+                let after_colon = matches!(out.frames.get(out.frames.len().wrapping_sub(2)), Some(Frame::Obj { .. }));
+                if depth == 2 || (after_colon && (byte != b' ' || out.whitespace > 1)) || !layout_ok(out) {
                     reject!();
                 }
                 accept!();
@@ -746,13 +755,14 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
                     _ => reject!(),
                 }
             } else if escape >= 2 {
-                if !byte.is_ascii_hexdigit() {
-                    reject!();
-                }
-                if escape == 5 {
-                    frame(chars + 1, 0, 0, 0, 0)
-                } else {
-                    frame(chars, escape + 1, 0, 0, 0)
+                // `\uXXXX` outside the surrogates (D800-DFFF): a lone one breaks strict parsers,
+                // and any character can be written as UTF-8 instead of a pair.
+                match (escape, byte) {
+                    (2, b'd' | b'D') => frame(chars, 6, 0, 0, 0),
+                    (6, b'0'..=b'7') => frame(chars, 4, 0, 0, 0),
+                    (5, _) if byte.is_ascii_hexdigit() => frame(chars + 1, 0, 0, 0, 0),
+                    (2..=4, _) if byte.is_ascii_hexdigit() => frame(chars, escape + 1, 0, 0, 0),
+                    _ => reject!(),
                 }
             } else {
                 match byte {
@@ -823,8 +833,9 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             let Node::Object { props, extra, last_required } = &grammar.nodes[node as usize] else { reject!() };
             let may_close = last_required.is_none_or(|r| r < next as usize);
             match (phase, byte) {
-                (0 | 1 | 3 | 4, _) if is_whitespace(byte) => {
-                    if out.whitespace > MAX_WHITESPACE {
+                // None between a key and its colon.
+                (0 | 3 | 4, _) if is_whitespace(byte) => {
+                    if !layout_ok(out) {
                         reject!();
                     }
                     accept!();
@@ -896,7 +907,7 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             let Node::Array { items, min, max } = grammar.nodes[node as usize] else { reject!() };
             match (phase, byte) {
                 (0 | 2, _) if is_whitespace(byte) => {
-                    if out.whitespace > MAX_WHITESPACE {
+                    if !layout_ok(out) {
                         reject!();
                     }
                     accept!();
@@ -922,6 +933,12 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             }
         }
     }
+}
+
+/// Whitespace between JSON tokens stays layout: a bounded run with at most one line break (small
+/// models otherwise drift into blank lines).
+fn layout_ok(state: &State) -> bool {
+    state.whitespace <= MAX_WHITESPACE && state.newlines <= 1
 }
 
 /// The first byte of a value of `node` (its `Value` frame already popped).

@@ -253,6 +253,11 @@ pub(crate) struct CallParser {
     calls: usize,
     /// Calls beyond the first are dropped when parallel calls are off.
     single: bool,
+    /// The offered functions: an answer that is nothing but `{"name": one of them, "arguments"
+    /// or "parameters": ...}` (Llama-style, no tags) is a call too.
+    names: Vec<String>,
+    /// Whether anything was told yet (a bare call can only be the whole answer).
+    started: bool,
 }
 
 struct OpenCall {
@@ -264,8 +269,21 @@ struct OpenCall {
 }
 
 impl CallParser {
+    /// A parser that knows no function names (tests).
+    #[cfg(test)]
     pub(crate) fn new(parallel: bool) -> Self {
         CallParser { single: !parallel, ..Default::default() }
+    }
+
+    /// A parser for a request's tools (bare JSON calls to them are recognised too).
+    pub(crate) fn for_plan(plan: &ToolPlan) -> Self {
+        CallParser { single: !plan.parallel, names: plan.offered().map(|t| t.name.clone()).collect(), ..Default::default() }
+    }
+
+    /// Whether the answer so far may be one bare JSON call, held back until the end.
+    fn maybe_bare(&self) -> bool {
+        let text = self.pending.trim_start();
+        !self.started && self.call.is_none() && !self.names.is_empty() && (text.is_empty() || text.starts_with('{'))
     }
 
     /// How many calls were made.
@@ -277,6 +295,10 @@ impl CallParser {
     pub(crate) fn push(&mut self, text: &str) -> Vec<Piece> {
         self.pending.push_str(text);
         let mut out = Vec::new();
+        if self.maybe_bare() {
+            return out;
+        }
+        self.started = true;
         loop {
             match &mut self.call {
                 None => {
@@ -321,6 +343,15 @@ impl CallParser {
     /// anything else held back is content.
     pub(crate) fn finish(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
+        if self.maybe_bare() {
+            if let Some(call) = parse_call(&self.pending).filter(|c| self.names.contains(&c.name)) {
+                self.pending.clear();
+                out.push(Piece::Start { index: 0, name: call.name });
+                out.push(Piece::Arguments { index: 0, text: call.arguments });
+                self.calls = 1;
+                return out;
+            }
+        }
         if let Some(call) = self.call.take() {
             self.close(call, &mut out);
         }
@@ -478,8 +509,7 @@ pub(crate) fn parse_call(text: &str) -> Option<Call> {
 }
 
 /// Splits a whole answer into content and calls.
-pub(crate) fn split_answer(text: &str, parallel: bool) -> (String, Vec<Call>) {
-    let mut parser = CallParser::new(parallel);
+pub(crate) fn split_answer(text: &str, mut parser: CallParser) -> (String, Vec<Call>) {
     let mut pieces = parser.push(text);
     pieces.extend(parser.finish());
     let mut content = String::new();
@@ -527,18 +557,25 @@ mod tests {
     #[test]
     fn whole_answers_split_into_content_and_calls() {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>";
-        let (content, calls) = split_answer(text, true);
+        let (content, calls) = split_answer(text, CallParser::new(true));
         assert_eq!(content.trim(), "Let me check.");
         assert_eq!(calls, vec![Call { name: "get_weather".into(), arguments: "{\"city\": \"Paris\", \"unit\": \"c\"}".into() }, Call { name: "now".into(), arguments: "{}".into() }]);
-        let (_, single) = split_answer(text, false);
+        let (_, single) = split_answer(text, CallParser::new(false));
         assert_eq!(single.len(), 1);
         // Arguments as a JSON string, keys in another order, no closing tag.
-        let (content, calls) = split_answer("<tool_call>{\"arguments\": \"{\\\"x\\\": 1}\", \"name\": \"f\"}", true);
+        let (content, calls) = split_answer("<tool_call>{\"arguments\": \"{\\\"x\\\": 1}\", \"name\": \"f\"}", CallParser::new(true));
         assert_eq!((content.as_str(), calls), ("", vec![Call { name: "f".into(), arguments: "{\"x\":1}".into() }]));
         // Not a call after all.
-        let (content, calls) = split_answer("a <tool_call> b", true);
+        let (content, calls) = split_answer("a <tool_call> b", CallParser::new(true));
         assert_eq!((content.as_str(), calls.len()), ("a <tool_call> b", 0));
-        assert_eq!(split_answer("plain <tool answer", true).0, "plain <tool answer");
+        assert_eq!(split_answer("plain <tool answer", CallParser::new(true)).0, "plain <tool answer");
+        // Llama-style bare JSON, to an offered function only.
+        let tools = plan(json!("auto"));
+        let (content, calls) = split_answer(" {\"name\": \"now\", \"parameters\": {}}", CallParser::for_plan(&tools));
+        assert_eq!((content.as_str(), calls), ("", vec![Call { name: "now".into(), arguments: "{}".into() }]));
+        let (content, calls) = split_answer("{\"name\": \"other\", \"parameters\": {}}", CallParser::for_plan(&tools));
+        assert_eq!((content.as_str(), calls.len()), ("{\"name\": \"other\", \"parameters\": {}}", 0));
+        assert_eq!(split_answer("Hello {x}", CallParser::for_plan(&tools)).0, "Hello {x}");
     }
 
     #[test]

@@ -262,3 +262,18 @@ fn whitespace_runs_are_bounded() {
     assert!(!m.clone().advance(b" "));
     assert!(m.advance(b"\"k\": \"a                                   b\"}"));
 }
+
+#[test]
+fn layout_is_one_line_break_and_one_space_after_colons() {
+    let grammar = Arc::new(Grammar::json_object());
+    let mut m = grammar.start();
+    assert!(m.advance(b"{\n  \"a\": 1,\n  \"b\""));
+    assert!(!m.clone().advance(b" "), "no space before a colon");
+    assert!(m.advance(b":"));
+    assert!(!m.clone().advance(b"\n"), "no line break after a colon");
+    assert!(!m.clone().advance(b"  "), "one space after a colon");
+    assert!(m.advance(b" [\n    1\n  ]"));
+    assert!(!m.clone().advance(b"\n\n}"), "no blank lines");
+    assert!(m.advance(b"\n}"));
+    assert!(m.is_finished());
+}

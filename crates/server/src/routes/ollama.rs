@@ -230,7 +230,7 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     let prompt = engine.tokenize(&prompt);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let mut run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
-    run.parser = plan.map(|_| CallParser::new(true));
+    run.parser = plan.as_ref().map(CallParser::for_plan);
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
 }
 

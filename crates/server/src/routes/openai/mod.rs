@@ -321,7 +321,7 @@ impl Run {
                     .enumerate()
                     .map(|(i, text)| {
                         let (content, calls) = match tools {
-                            Some(plan) => crate::tools::split_answer(&text, plan.parallel),
+                            Some(plan) => crate::tools::split_answer(&text, CallParser::for_plan(plan)),
                             None => (text, Vec::new()),
                         };
                         let mut finish_reason = finish(i);
@@ -440,7 +440,7 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
     }
     let n_choices = run.n_choices;
     let parsers = match &run.tools {
-        Some(plan) => (0..n_choices).map(|_| (CallParser::new(plan.parallel), Vec::new())).collect(),
+        Some(plan) => (0..n_choices).map(|_| (CallParser::for_plan(plan), Vec::new())).collect(),
         None => Vec::new(),
     };
     let state = State { run, head, include_usage, queue, completion_tokens: 0, pending: vec![Vec::new(); n_choices], sent_len: vec![0; n_choices], done: false, parsers };
