@@ -43,7 +43,8 @@ pub struct SchemaError {
 enum Node {
     /// One of fixed JSON texts (`enum`, `const`, `null`, `true`/`false`).
     Literals(Vec<Vec<u8>>),
-    Integer,
+    /// An integer within bounds (inclusive).
+    Integer { min: i64, max: i64 },
     Number,
     String { min: u32, max: u32 },
     /// Declared properties in order; `extra` is the value schema of free keys (maps, or any
@@ -220,7 +221,7 @@ impl<'a> Compiler<'a> {
         for key in map.keys() {
             let known = ANNOTATIONS.contains(&key.as_str())
                 || key.starts_with("x-")
-                || matches!(key.as_str(), "type" | "properties" | "required" | "additionalProperties" | "items" | "enum" | "const" | "anyOf" | "oneOf" | "allOf" | "$ref" | "minLength" | "maxLength" | "minItems" | "maxItems" | "nullable");
+                || matches!(key.as_str(), "type" | "properties" | "required" | "additionalProperties" | "items" | "enum" | "const" | "anyOf" | "oneOf" | "allOf" | "$ref" | "minLength" | "maxLength" | "minItems" | "maxItems" | "nullable" | "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum");
             if !known {
                 return Err(Self::error(path, format!("the schema keyword {key:?} is not supported")));
             }
@@ -287,6 +288,8 @@ impl<'a> Compiler<'a> {
                 types.push("array".into());
             } else if map.contains_key("minLength") || map.contains_key("maxLength") {
                 types.push("string".into());
+            } else if ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"].iter().any(|k| map.contains_key(*k)) {
+                types.push("number".into());
             } else {
                 return Ok(self.any());
             }
@@ -308,8 +311,40 @@ impl<'a> Compiler<'a> {
         Ok(match kind {
             "null" => self.push(Node::Literals(vec![b"null".to_vec()])),
             "boolean" => self.push(Node::Literals(vec![b"true".to_vec(), b"false".to_vec()])),
-            "integer" => self.push(Node::Integer),
-            "number" => self.push(Node::Number),
+            "integer" => {
+                let bound = |key: &str| -> Result<Option<f64>, SchemaError> {
+                    match map.get(key) {
+                        None => Ok(None),
+                        Some(v) => v.as_f64().filter(|n| n.is_finite()).map(Some).ok_or_else(|| Self::error(path, format!("{key} must be a number"))),
+                    }
+                };
+                // Bounds past 18 digits are no bounds: integers are written with at most 18.
+                let limit = MAX_INTEGER as f64;
+                let mut min = -limit;
+                let mut max = limit;
+                if let Some(v) = bound("minimum")? {
+                    min = min.max(v.ceil());
+                }
+                if let Some(v) = bound("exclusiveMinimum")? {
+                    min = min.max(v.floor() + 1.0);
+                }
+                if let Some(v) = bound("maximum")? {
+                    max = max.min(v.floor());
+                }
+                if let Some(v) = bound("exclusiveMaximum")? {
+                    max = max.min(v.ceil() - 1.0);
+                }
+                if min > max {
+                    return Err(Self::error(path, "no integer lies within the bounds"));
+                }
+                self.push(Node::Integer { min: min as i64, max: max as i64 })
+            }
+            "number" => {
+                if let Some(key) = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"].into_iter().find(|k| map.contains_key(*k)) {
+                    return Err(Self::error(path, format!("{key} is supported on integers, not on numbers")));
+                }
+                self.push(Node::Number)
+            }
             "string" => {
                 let (min, max) = (count("minLength")?.unwrap_or(0), count("maxLength")?.unwrap_or(u32::MAX));
                 if min > max {
@@ -415,7 +450,8 @@ enum Frame {
     /// Inside a string: code points so far, escape progress (0 none, 1 after `\`, 2..=5 hex
     /// digits of `\u`, 6 the second digit after a `d`), and the byte range the next UTF-8 continuation byte must fall in.
     Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8 },
-    Num { integer: bool, phase: u8, len: u8 },
+    /// A number: its lexer phase and length; for integers the sign and magnitude so far.
+    Num { node: NodeId, integer: bool, phase: u8, len: u8, negative: bool, magnitude: i64 },
     /// An object: the next declared property, the one whose value is being written, and phase
     /// (0 after `{`, 1 before `:`, 2 in a value, 3 after a value, 4 after `,`).
     Obj { node: NodeId, next: u16, phase: u8 },
@@ -559,7 +595,7 @@ fn can_end(grammar: &Grammar, stack: &[Frame]) -> bool {
     loop {
         match stack.last().copied() {
             Some(Frame::Root { phase: RootPhase::Done | RootPhase::Between, .. }) => return true,
-            Some(Frame::Num { integer: _, phase, .. }) if number_accepting(phase) => {
+            Some(Frame::Num { node, phase, negative, magnitude, .. }) if number_accepting(phase) && integer_within(grammar, node, negative, magnitude) => {
                 stack.pop();
                 if !complete_value(grammar, &mut stack) {
                     return false;
@@ -582,6 +618,45 @@ fn string_bounds(grammar: &Grammar, node: NodeId) -> (u32, u32) {
         Some(Node::String { min, max }) => (*min, *max),
         _ => (0, u32::MAX),
     }
+}
+
+/// The largest integer magnitude written (18 digits).
+const MAX_INTEGER: i64 = 999_999_999_999_999_999;
+
+fn integer_bounds(grammar: &Grammar, node: NodeId) -> Option<(i64, i64)> {
+    match grammar.nodes.get(node as usize) {
+        Some(Node::Integer { min, max }) => Some((*min, *max)),
+        _ => None,
+    }
+}
+
+/// Whether a finished integer (or any number) lies within its node's bounds.
+fn integer_within(grammar: &Grammar, node: NodeId, negative: bool, magnitude: i64) -> bool {
+    integer_bounds(grammar, node).is_none_or(|(min, max)| (min..=max).contains(&if negative { -magnitude } else { magnitude }))
+}
+
+/// Whether an integer being written can still end within its bounds: after `phase` (1 after the
+/// sign, 2 after a leading zero, 3 in digits), some count of further digits reaches the range.
+fn integer_reachable(grammar: &Grammar, node: NodeId, negative: bool, magnitude: i64, phase: u8) -> bool {
+    let Some((min, max)) = integer_bounds(grammar, node) else { return true };
+    let digits = if magnitude == 0 { 0 } else { magnitude.ilog10() + 1 };
+    let more = if phase == 2 { 0 } else { 18 - digits.min(18) };
+    let (mut lo, mut hi) = (magnitude, magnitude);
+    for extra in 0..=more {
+        if extra > 0 {
+            lo *= 10;
+            hi = hi * 10 + 9;
+        }
+        // A sign with no digit yet is no number; negative zero is not written.
+        if phase == 1 && extra == 0 {
+            continue;
+        }
+        let (a, b) = if negative { (-hi, -lo.max(1)) } else { (lo, hi) };
+        if a <= b && a <= max && b >= min {
+            return true;
+        }
+    }
+    false
 }
 
 fn number_accepting(phase: u8) -> bool {
@@ -793,7 +868,7 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             set_top(out, next);
             accept!();
         }
-        Frame::Num { integer, phase, len } => {
+        Frame::Num { node, integer, phase, len, negative, magnitude } => {
             let digit = byte.is_ascii_digit();
             let next = match (phase, byte) {
                 (0, b'-') => Some(1),
@@ -813,12 +888,20 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             };
             match next {
                 // Integers stay within 64 bits (18 digits), which every parser reads exactly.
-                Some(phase) if len < if integer { 19 } else { MAX_NUMBER_BYTES } => {
-                    set_top(out, Frame::Num { integer, phase, len: len + 1 });
+                Some(next) if len < if integer { 18 + u8::from(negative || byte == b'-') } else { MAX_NUMBER_BYTES } => {
+                    let (negative, magnitude) = match byte {
+                        b'-' => (true, 0),
+                        b'0'..=b'9' if integer => (negative, magnitude.saturating_mul(10).saturating_add(i64::from(byte - b'0'))),
+                        _ => (negative, magnitude),
+                    };
+                    if integer && !integer_reachable(grammar, node, negative, magnitude, next) {
+                        reject!();
+                    }
+                    set_top(out, Frame::Num { node, integer, phase: next, len: len + 1, negative, magnitude });
                     accept!();
                 }
                 Some(_) => reject!(),
-                None if number_accepting(phase) => {
+                None if number_accepting(phase) && integer_within(grammar, node, negative, magnitude) => {
                     out.frames.pop();
                     if complete_value(grammar, &mut out.frames) {
                         step(grammar, out, byte);
@@ -963,8 +1046,8 @@ fn start_value(grammar: &Grammar, out: &mut State, node: NodeId, byte: u8, depth
             let alive = (0..list.len()).fold(0u64, |mask, i| mask | 1 << i);
             Frame::Literal { node, alive, pos: 0 }
         }
-        Node::Integer => Frame::Num { integer: true, phase: 0, len: 0 },
-        Node::Number => Frame::Num { integer: false, phase: 0, len: 0 },
+        Node::Integer { .. } => Frame::Num { node, integer: true, phase: 0, len: 0, negative: false, magnitude: 0 },
+        Node::Number => Frame::Num { node, integer: false, phase: 0, len: 0, negative: false, magnitude: 0 },
         Node::String { .. } => {
             if byte != b'"' {
                 out.abandon_stack();

@@ -20,7 +20,9 @@ pub(crate) struct Tool {
     pub(crate) description: Option<String>,
     /// Its parameters' JSON schema (an empty object schema when the request gave none).
     pub(crate) parameters: Value,
-    arguments: Arc<Grammar>,
+    /// The parameters compiled into a grammar, for the tools a forced call may use (only those:
+    /// a schema the grammar cannot enforce is fine while the model calls freely).
+    arguments: Option<Arc<Grammar>>,
 }
 
 /// Which calls the model may or must make.
@@ -93,8 +95,7 @@ impl ToolPlan {
             if parameters.get("type").is_some_and(|t| t != "object") {
                 return Err(invalid(&param, format!("{param}.function.parameters must describe an object")));
             }
-            let arguments = Grammar::from_schema(&parameters).map_err(|err| invalid(&param, format!("{param}.function.parameters: {err}")))?;
-            parsed.push(Tool { name: name.to_owned(), description: function.get("description").and_then(Value::as_str).map(str::to_owned), parameters, arguments: Arc::new(arguments) });
+            parsed.push(Tool { name: name.to_owned(), description: function.get("description").and_then(Value::as_str).map(str::to_owned), parameters, arguments: None });
         }
         let choice = match choice {
             None | Some(Value::Null) => Choice::Auto,
@@ -117,6 +118,18 @@ impl ToolPlan {
                 Choice::None | Choice::Auto => Ok(None),
                 _ => Err(invalid("tool_choice", "tool_choice requires tools")),
             };
+        }
+        for (i, tool) in parsed.iter_mut().enumerate() {
+            let forced = match &choice {
+                Choice::Required => true,
+                Choice::Named(name) => &tool.name == name,
+                Choice::None | Choice::Auto => false,
+            };
+            if forced {
+                let param = format!("tools[{i}]");
+                let grammar = Grammar::from_schema(&tool.parameters).map_err(|err| invalid(&param, format!("{param}.function.parameters cannot constrain a forced call: {err}")))?;
+                tool.arguments = Some(Arc::new(grammar));
+            }
         }
         Ok(Some(ToolPlan { tools: parsed, choice, parallel: parallel.unwrap_or(true) }))
     }
@@ -159,10 +172,10 @@ impl ToolPlan {
 
     /// The grammar that forces calls, for `required` and a named function.
     pub(crate) fn grammar(&self) -> Option<Grammar> {
-        let call = |tool: &Tool| Grammar::object(vec![("name".into(), Grammar::constant(&Value::String(tool.name.clone()))), ("arguments".into(), (*tool.arguments).clone())]);
+        let call = |tool: &Tool| Some(Grammar::object(vec![("name".into(), Grammar::constant(&Value::String(tool.name.clone()))), ("arguments".into(), (**tool.arguments.as_ref()?).clone())]));
         let (value, repeat) = match &self.choice {
-            Choice::Named(name) => (call(self.tools.iter().find(|t| &t.name == name)?), false),
-            Choice::Required => (Grammar::any_of(self.tools.iter().map(call).collect()), self.parallel),
+            Choice::Named(name) => (call(self.tools.iter().find(|t| &t.name == name)?)?, false),
+            Choice::Required => (Grammar::any_of(self.tools.iter().map(call).collect::<Option<_>>()?), self.parallel),
             Choice::None | Choice::Auto => return None,
         };
         Some(value.framed(Framing { prefix: format!("{OPEN}\n").into_bytes(), suffix: format!("\n{CLOSE}").into_bytes(), separator: repeat.then(|| b"\n".to_vec()), max_items: if repeat { MAX_PARALLEL_CALLS } else { 1 } }))
@@ -550,7 +563,9 @@ mod tests {
         assert!(ToolPlan::parse(Some(&tools), Some(&json!({"type": "function", "function": {"name": "g"}})), None).unwrap_err().message.contains("not among"));
         assert!(ToolPlan::parse(None, Some(&json!("required")), None).is_err());
         let bad = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}]);
-        let err = ToolPlan::parse(Some(&bad), None, None).unwrap_err();
+        // Free calls take any schema; a forced call needs one the grammar can enforce.
+        assert!(ToolPlan::parse(Some(&bad), None, None).is_ok());
+        let err = ToolPlan::parse(Some(&bad), Some(&json!("required")), None).unwrap_err();
         assert!(err.message.contains("pattern") && err.param == "tools[0]", "{err:?}");
     }
 

@@ -98,6 +98,13 @@ fn validate(value: &Value, schema: &Value, root: &Value) -> Result<(), String> {
         }
     }
     match value {
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap();
+            let fails = |key: &str, bad: &dyn Fn(f64, f64) -> bool| map.get(key).and_then(Value::as_f64).is_some_and(|b| bad(x, b));
+            if fails("minimum", &|x, b| x < b) || fails("maximum", &|x, b| x > b) || fails("exclusiveMinimum", &|x, b| x <= b) || fails("exclusiveMaximum", &|x, b| x >= b) {
+                return Err(format!("{value} is out of bounds"));
+            }
+        }
         Value::String(s) => {
             let n = s.chars().count() as u64;
             if map.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m) || map.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m) {
@@ -238,7 +245,8 @@ fn unsupported_features_are_named() {
     for (schema, needle) in [
         (json!({"type": "string", "pattern": "^a$"}), "pattern"),
         (json!({"type": "string", "format": "email"}), "format"),
-        (json!({"type": "integer", "minimum": 3}), "minimum"),
+        (json!({"type": "number", "minimum": 3}), "minimum"),
+        (json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),
         (json!({"oneOf": [{"type": "string"}]}), "oneOf"),
         (json!({"$ref": "https://example.com/s.json"}), "local references"),
         (json!({"$ref": "#/$defs/missing"}), "points at nothing"),
@@ -276,4 +284,25 @@ fn layout_is_one_line_break_and_one_space_after_colons() {
     assert!(!m.clone().advance(b"\n\n}"), "no blank lines");
     assert!(m.advance(b"\n}"));
     assert!(m.is_finished());
+}
+
+#[test]
+fn integer_bounds_hold_digit_by_digit() {
+    for (schema, inside, outside) in [
+        (json!({"type": "integer", "minimum": 1, "maximum": 10}), vec!["1", "7", "10"], vec!["0", "11", "-1", "100"]),
+        (json!({"type": "integer", "minimum": -5, "exclusiveMaximum": 3}), vec!["-5", "-1", "0", "2"], vec!["-6", "3", "-10"]),
+        (json!({"type": "integer", "minimum": 100}), vec!["100", "12345"], vec!["99", "0", "-100"]),
+        (json!({"type": "integer", "maximum": -10}), vec!["-10", "-999"], vec!["-9", "0", "5"]),
+    ] {
+        let grammar = Arc::new(Grammar::from_schema(&schema).unwrap());
+        for text in inside {
+            let mut m = grammar.start();
+            assert!(m.advance(text.as_bytes()) && m.can_end(), "{schema}: {text} should be accepted");
+        }
+        for text in outside {
+            let mut m = grammar.start();
+            assert!(!(m.advance(text.as_bytes()) && m.can_end()), "{schema}: {text} should be refused");
+        }
+        check_schema(json!({"type": "object", "properties": {"n": schema, "m": {"type": "array", "items": schema, "maxItems": 3}}, "required": ["n", "m"], "additionalProperties": false}), 21);
+    }
 }
