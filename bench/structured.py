@@ -5,10 +5,11 @@ llama.cpp's llama-server (whose `response_format` turns the schema into a GBNF g
 model, same prompts, greedy, one server at a time, rounds alternated. Decode rate is
 (completion tokens - 1) / (time of the last token - time of the first), from the SSE stream.
 
-Usage: python bench/structured.py --mantle BIN --llama-server BIN --gguf FILE [--rounds 3] [--max-tokens 160]
+Usage: python bench/structured.py --mantle BIN --llama-server BIN --gguf FILE [--rounds 3] [--max-tokens 160] [--streams 1]
 """
 
 import argparse
+import concurrent.futures
 import json
 import shutil
 import statistics
@@ -28,7 +29,7 @@ ROWS = {
     "required": ["rows"],
     "additionalProperties": False,
 }
-STORY = {"type": "object", "properties": {"title": {"type": "string"}, "story": {"type": "string"}}, "required": ["title", "story"], "additionalProperties": False}
+STORY = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string", "minLength": 500}}, "required": ["title", "story"], "additionalProperties": False}
 TOOL = {"type": "function", "function": {"name": "search", "description": "Search the web", "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "max_results": {"type": "integer"}}, "required": ["query", "max_results"], "additionalProperties": False}}}
 
 
@@ -39,17 +40,18 @@ def user(text):
 WORKLOADS = [
     ("free text (ignore_eos)", dict(messages=user("Write a long story about a dragon."), ignore_eos=True), True),
     ("json_object", dict(messages=user("Describe three famous people as JSON."), response_format={"type": "json_object"}), True),
-    ("json_schema, mostly one string", dict(messages=user("Write a long story about a dragon, as JSON."), response_format={"type": "json_schema", "json_schema": {"name": "story", "schema": STORY}}), True),
+    ("json_schema, mostly one string", dict(messages=user("Write a long, detailed story of at least five paragraphs about a dragon who learns to read, as JSON with a title and the story."), response_format={"type": "json_schema", "json_schema": {"name": "story", "schema": STORY}}), True),
     ("json_schema, mostly structure", dict(messages=user("List forty rows of test data as JSON."), response_format={"type": "json_schema", "json_schema": {"name": "rows", "schema": ROWS}}), True),
     ("forced tool call (required)", dict(messages=user("Search for the ten best dragon stories ever written, please."), tools=[TOOL], tool_choice="required"), False),
 ]
 
 
-def stream_rate(client, url, token, model, body, max_tokens):
-    """(decode tokens/s, completion tokens) of one streamed answer."""
+def stream_rate(url, token, model, body, max_tokens):
+    """(decode tokens/s, completion tokens) of one streamed answer, on a connection of its own
+    (llama-server closes kept-alive connections after a few requests)."""
     payload = dict(body, model=model, max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True})
     times, usage = [], None
-    with client.stream("POST", url + "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {token}"}) as response:
+    with httpx.Client(timeout=300) as client, client.stream("POST", url + "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {token}"}) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -67,19 +69,26 @@ def stream_rate(client, url, token, model, body, max_tokens):
     return (tokens - 1) / (times[-1] - times[0]), tokens
 
 
+def concurrent_rate(url, token, model, body, max_tokens, streams):
+    """(aggregate decode tokens/s, tokens of one answer) of `streams` identical answers at once."""
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(lambda _: stream_rate(url, token, model, body, max_tokens), range(streams)))
+    rates = [rate for rate, _ in results if rate]
+    return (sum(rates) if len(rates) == streams else None), results[0][1]
+
+
 def run_server(kind, args, workdir):
     if kind == "mantle":
-        proc, url, token, model = start_mantle(args.mantle, args.gguf, args.threads, 1, 2048, workdir)
+        proc, url, token, model = start_mantle(args.mantle, args.gguf, args.threads, args.streams, 2048, workdir)
     else:
-        proc, url, token, model = start_llama_server(args.llama_server, args.gguf, args.threads, 1, 2048)
+        proc, url, token, model = start_llama_server(args.llama_server, args.gguf, args.threads, args.streams, 2048)
     results = {}
     try:
-        with httpx.Client(timeout=300) as client:
-            stream_rate(client, url, token, model, WORKLOADS[0][1], 8)  # load and warm up
-            for name, body, peer in WORKLOADS:
-                if kind == "llama-server" and not peer:
-                    continue
-                results[name] = stream_rate(client, url, token, model, body, args.max_tokens)
+        stream_rate(url, token, model, WORKLOADS[0][1], 8)  # load and warm up
+        for name, body, peer in WORKLOADS:
+            if kind == "llama-server" and not peer:
+                continue
+            results[name] = concurrent_rate(url, token, model, body, args.max_tokens, args.streams)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -94,6 +103,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--streams", type=int, default=1, help="identical answers at once (the server batches them)")
     args = parser.parse_args()
     rates = {(kind, name): [] for kind in ("mantle", "llama-server") for name, _, _ in WORKLOADS}
     tokens = {}
@@ -109,7 +119,7 @@ def main():
                 shutil.rmtree(workdir, ignore_errors=True)
     median = {key: statistics.median(values) if values else None for key, values in rates.items()}
     free = WORKLOADS[0][0]
-    print(f"\nSingle-stream decode tokens/s, greedy, up to {args.max_tokens} tokens, medians of {args.rounds} round(s); 'vs free' is each server against its own free-text rate\n")
+    print(f"\nDecode tokens/s of {args.streams} stream(s) together, greedy, up to {args.max_tokens} tokens, medians of {args.rounds} round(s); 'vs free' is each server against its own free-text rate\n")
     print(f"{'workload':<32} {'tokens':>7} {'mantle':>8} {'vs free':>8} {'llama-srv':>10} {'vs free':>8} {'mantle/llama':>13}")
     for name, _, _ in WORKLOADS:
         m, p = median[("mantle", name)], median[("llama-server", name)]

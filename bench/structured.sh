@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Structured output benchmark (see bench/structured.py): decode speed of grammar-constrained
 # answers against free text, on Mantle and on llama-server (built by bench/serve.sh's recipe).
-# Usage: bash bench/structured.sh [--rounds 3] [--max-tokens 160]
+# Usage: bash bench/structured.sh [--rounds 3] [--max-tokens 160] [--streams 1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${MANTLE_CACHE:-$HOME/.cache/mantle}"
