@@ -90,6 +90,10 @@ def test_console_flow_from_hub_to_audit(server, browser):
     page.get_by_role("cell", name="SmolLM2-135M-Instruct.Q4_1.gguf").wait_for()
     page.get_by_role("tab", name="History").click()
     page.get_by_role("table", name="Commits").wait_for()
+    # Any commit's verdict, from its history row.
+    page.get_by_role("link", name="Verdict of").first.click()
+    page.get_by_text("Verdict:").wait_for()
+    assert "?rev=" in page.url
     page.get_by_role("tab", name="Vetting").click()
     page.get_by_role("table", name="Policy").wait_for()
     assert page.get_by_text("Verdict:").is_visible()

@@ -241,19 +241,26 @@ async function hubView() {
 
 async function repoView(id, tab = "card") {
   view(id, h("p", { role: "status", text: "Loading…" }));
+  // Any revision: a branch, a tag or a commit (`?rev=`), main by default.
+  const rev = new URLSearchParams(location.hash.split("?")[1] || "").get("rev") || "main";
+  const at = encodeURIComponent(rev);
   const [info, refs, commits, verdict] = await Promise.all([
-    api(`/api/models/${id}`),
+    api(rev === "main" ? `/api/models/${id}` : `/api/models/${id}/revision/${at}`),
     api(`/api/models/${id}/refs`).catch(() => ({ branches: [], tags: [] })),
-    api(`/api/models/${id}/commits/main`).catch(() => []),
-    api(`/api/models/${id}/vetting/main`).catch(() => null),
+    api(`/api/models/${id}/commits/${at}`).catch(() => []),
+    api(`/api/models/${id}/vetting/${at}`).catch(() => null),
   ]);
   const tabs = ["card", "files", "history", "vetting"];
+  const suffix = rev === "main" ? "" : `?rev=${at}`;
   const panel = h("div", { class: "card", role: "tabpanel", id: "panel" });
-  const bar = h("div", { class: "tabs", role: "tablist", "aria-label": "Repository" }, tabs.map((t) => h("button", { type: "button", role: "tab", "aria-selected": String(t === tab), "aria-controls": "panel", text: t[0].toUpperCase() + t.slice(1), onclick: () => { location.hash = `#/repo/${id}/${t}`; } })));
-  const summary = h("p", {}, badge(info.private ? "private" : "public"), " ", verdict ? badge(verdict.blocked ? "blocked" : verdict.status) : null, h("span", { class: "muted", text: `  ${info.sha.slice(0, 12)} · ${when(info.lastModified)} · by ${info.author}` }));
+  const bar = h("div", { class: "tabs", role: "tablist", "aria-label": "Repository" }, tabs.map((t) => h("button", { type: "button", role: "tab", "aria-selected": String(t === tab), "aria-controls": "panel", text: t[0].toUpperCase() + t.slice(1), onclick: () => { location.hash = `#/repo/${id}/${t}${suffix}`; } })));
+  const names = [...refs.branches.map((b) => b.name), ...refs.tags.map((t) => t.name)];
+  if (!names.includes(rev)) names.push(rev);
+  const picker = h("select", { id: "revision", onchange: (e) => { location.hash = `#/repo/${id}/${tab}${e.target.value === "main" ? "" : `?rev=${encodeURIComponent(e.target.value)}`}`; } }, names.map((n) => h("option", { value: n, selected: n === rev, text: n.length === 40 ? n.slice(0, 12) : n })));
+  const summary = h("div", { class: "row" }, field("Revision", picker), h("p", {}, badge(info.private ? "private" : "public"), " ", verdict ? badge(verdict.blocked ? "blocked" : verdict.status) : null, h("span", { class: "muted", text: `  ${info.sha.slice(0, 12)} · ${when(info.lastModified)} · by ${info.author}` })));
   view(id, summary, bar, panel);
   if (tab === "card") {
-    const readme = await fetch(`/${id}/resolve/main/README.md`, { headers: state.token ? { Authorization: `Bearer ${state.token}` } : {}, credentials: "omit" });
+    const readme = await fetch(`/${id}/resolve/${at}/README.md`, { headers: state.token ? { Authorization: `Bearer ${state.token}` } : {}, credentials: "omit" });
     panel.append(readme.ok ? markdown(await readme.text()) : h("p", { class: "muted", text: "No model card." }));
   } else if (tab === "files") {
     const byPath = new Map((verdict?.files || []).map((f) => [f.path, f]));
@@ -262,12 +269,12 @@ async function repoView(id, tab = "card") {
       return [s.rfilename, bytes(s.size ?? s.lfs?.size), v?.format || "", v ? badge(v.findings.length ? v.findings.map((f) => f.level).sort().pop() : v.status) : ""];
     }), "Files"));
   } else if (tab === "history") {
-    panel.append(h("h2", { text: "Commits" }), table(["Commit", "Title", "Authors", "Date"], commits.map((c) => [h("code", { text: c.id.slice(0, 12) }), c.title, (c.authors || []).map((a) => a.user).join(", "), when(c.date)]), "Commits"));
+    panel.append(h("h2", { text: "Commits" }), table(["Commit", "Title", "Authors", "Date", "Vetting"], commits.map((c) => [h("code", { text: c.id.slice(0, 12) }), c.title, (c.authors || []).map((a) => a.user).join(", "), when(c.date), h("a", { href: `#/repo/${id}/vetting?rev=${c.id}`, text: "verdict", "aria-label": `Verdict of ${c.id.slice(0, 12)}` })]), "Commits"));
     panel.append(h("h2", { text: "Branches and tags" }), table(["Kind", "Name", "Commit"], [...refs.branches.map((b) => ["branch", b.name, h("code", { text: b.targetCommit.slice(0, 12) })]), ...refs.tags.map((t) => ["tag", t.name, h("code", { text: t.targetCommit.slice(0, 12) })])], "Branches and tags"));
   } else {
     panel.append(vettingPanel(id, verdict));
   }
-  if (state.admin) panel.after(deployForm(id, info.sha));
+  if (state.admin) panel.after(deployForm(id, rev, info.sha));
 }
 
 function vettingPanel(id, verdict) {
@@ -300,9 +307,9 @@ function vettingPanel(id, verdict) {
   return out;
 }
 
-function deployForm(repo, sha) {
+function deployForm(repo, rev, sha) {
   const name = h("input", { id: "deploy-name", required: true, pattern: "[a-z0-9][a-z0-9._-]*", value: repo.split("/")[1].toLowerCase().replace(/[^a-z0-9._-]/g, "-") });
-  const revision = h("input", { id: "deploy-revision", value: "main" });
+  const revision = h("input", { id: "deploy-revision", value: rev });
   const context = h("input", { id: "deploy-context", type: "number", min: "128", value: "2048" });
   const batch = h("input", { id: "deploy-batch", type: "number", min: "1", value: "4" });
   const status = h("p", { role: "status" });
@@ -312,7 +319,7 @@ function deployForm(repo, sha) {
       const d = await api("/api/admin/deployments", { method: "POST", json: { name: name.value, repo, revision: revision.value, context: Number(context.value), max_batch: Number(batch.value) } });
       status.replaceChildren("Deployed ", h("a", { href: "#/deployments", text: d.name }), ` at ${d.commit.slice(0, 12)}.`);
     } catch (err) { status.replaceChildren(errorBox(err)); }
-  } }, h("h2", { text: "Deploy this repository" }), h("div", { class: "row" }, field("Name", name), field("Revision", revision), field("Context", context), field("Max batch", batch), h("button", { type: "submit", id: "deploy", text: "Deploy" })), h("p", { class: "muted", text: `main is at ${sha.slice(0, 12)}; the deployment pins the revision's commit.` }), status);
+  } }, h("h2", { text: "Deploy this repository" }), h("div", { class: "row" }, field("Name", name), field("Revision", revision), field("Context", context), field("Max batch", batch), h("button", { type: "submit", id: "deploy", text: "Deploy" })), h("p", { class: "muted", text: `${rev} is at ${sha.slice(0, 12)}; the deployment pins the revision's commit, and only a revision whose verdict passes deploys.` }), status);
 }
 
 // ---------- live metrics ----------
@@ -390,12 +397,15 @@ async function deploymentsView() {
     const resident = new Set(ps.models.map((m) => m.model));
     deployments = models.data.map((m) => ({ name: m.id, repo: m.owned_by, commit: "", resident: resident.has(m.id) }));
   }
-  const sections = deployments.map((d) => {
+  const verdicts = await Promise.all(deployments.map((d) => (d.commit ? api(`/api/models/${d.repo}/vetting/${d.commit}`).catch(() => null) : Promise.resolve(null))));
+  const sections = deployments.map((d, i) => {
+    const verdict = verdicts[i];
+    const status = verdict?.blocked ? "blocked" : "ready";
     const charts = { rps: chart("Requests/s", "req/s"), p50: chart("Time to first token p50", "s"), p95: chart("Time to first token p95", "s"), tps: chart("Tokens/s", "tok/s"), queue: chart("Queue depth", ""), errors: chart("Error rate", "") };
     const resident = h("span", {}, badge(d.resident ? "resident" : "not loaded"));
     const section = h("section", { class: "card", "aria-label": d.name, "data-deployment": d.name },
       h("h2", { text: d.name }),
-      h("p", {}, badge("ready"), " ", resident, h("span", { class: "muted", text: `  ${d.repo}${d.commit ? "@" + d.commit.slice(0, 12) : ""}${d.max_batch ? ` · batch ${d.max_batch} · context ${d.context}` : ""}` })),
+      h("p", {}, badge(status), " ", verdict ? badge(verdict.status) : null, " ", resident, h("span", { class: "muted", text: `  ${d.repo}${d.commit ? "@" + d.commit.slice(0, 12) : ""}${d.max_batch ? ` · batch ${d.max_batch} · context ${d.context}` : ""}` })),
       h("div", { class: "charts" }, Object.values(charts)),
       state.admin ? h("button", { type: "button", class: "secondary", text: "Undeploy", onclick: async () => {
         if (!confirm(`Undeploy ${d.name}?`)) return;
