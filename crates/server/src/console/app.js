@@ -5,7 +5,7 @@
 // Markdown renderer below: no HTML string is ever parsed, so a model card cannot run script.
 
 const TOKEN_KEY = "mantle.token";
-const state = { token: sessionStorage.getItem(TOKEN_KEY), me: null, admin: false, timers: [] };
+const state = { token: sessionStorage.getItem(TOKEN_KEY), me: null, admin: false, timers: [], gen: 0 };
 
 // ---------- DOM helpers ----------
 
@@ -63,7 +63,9 @@ function field(label, input) {
   return h("label", {}, label, input);
 }
 
-function view(title, ...children) {
+/** Shows a view, unless a later navigation started since `gen` (slow views never overwrite newer ones). */
+function view(gen, title, ...children) {
+  if (gen !== state.gen) return;
   const main = document.getElementById("main");
   main.replaceChildren(h("h1", { text: title }), ...children);
   document.title = `${title} · Mantle`;
@@ -193,6 +195,7 @@ function renderChrome() {
 }
 
 function signInView(problem) {
+  const gen = state.gen;
   const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "off", required: true, "aria-describedby": "token-help" });
   const status = h("p", { role: "status" });
   const form = h("form", { class: "card", onsubmit: async (e) => {
@@ -209,14 +212,15 @@ function signInView(problem) {
   field("Mantle token", input),
   h("p", { class: "muted", id: "token-help", text: "Kept in this tab only (sessionStorage) and sent in the Authorization header." }),
   h("button", { type: "submit", text: "Sign in" }), status);
-  view("Sign in", problem ? errorBox(problem) : null, form);
+  view(gen, "Sign in", problem ? errorBox(problem) : null, form);
   input.focus();
 }
 
 // ---------- hub ----------
 
 async function hubView() {
-  view("Hub", h("p", { role: "status", text: "Loading repositories…" }));
+  const gen = state.gen;
+  view(gen, "Hub", h("p", { role: "status", text: "Loading repositories…" }));
   const repos = await api("/api/models?limit=200");
   const rows = [];
   const body = h("tbody");
@@ -235,12 +239,13 @@ async function hubView() {
       }, () => verdict.replaceChildren(badge("none"))),
     ]));
   }
-  view("Hub", h("div", { class: "card" }, repos.length ? list : h("p", { text: "No repositories you can see yet." })));
+  view(gen, "Hub", h("div", { class: "card" }, repos.length ? list : h("p", { text: "No repositories you can see yet." })));
   await Promise.all(rows);
 }
 
 async function repoView(id, tab = "card") {
-  view(id, h("p", { role: "status", text: "Loading…" }));
+  const gen = state.gen;
+  view(gen, id, h("p", { role: "status", text: "Loading…" }));
   // Any revision: a branch, a tag or a commit (`?rev=`), main by default.
   const rev = new URLSearchParams(location.hash.split("?")[1] || "").get("rev") || "main";
   const at = encodeURIComponent(rev);
@@ -258,7 +263,7 @@ async function repoView(id, tab = "card") {
   if (!names.includes(rev)) names.push(rev);
   const picker = h("select", { id: "revision", onchange: (e) => { location.hash = `#/repo/${id}/${tab}${e.target.value === "main" ? "" : `?rev=${encodeURIComponent(e.target.value)}`}`; } }, names.map((n) => h("option", { value: n, selected: n === rev, text: n.length === 40 ? n.slice(0, 12) : n })));
   const summary = h("div", { class: "row" }, field("Revision", picker), h("p", {}, badge(info.private ? "private" : "public"), " ", verdict ? badge(verdict.blocked ? "blocked" : verdict.status) : null, h("span", { class: "muted", text: `  ${info.sha.slice(0, 12)} · ${when(info.lastModified)} · by ${info.author}` })));
-  view(id, summary, bar, panel);
+  view(gen, id, summary, bar, panel);
   if (tab === "card") {
     const readme = await fetch(`/${id}/resolve/${at}/README.md`, { headers: state.token ? { Authorization: `Bearer ${state.token}` } : {}, credentials: "omit" });
     panel.append(readme.ok ? markdown(await readme.text()) : h("p", { class: "muted", text: "No model card." }));
@@ -388,7 +393,8 @@ function chart(title, unit) {
 }
 
 async function deploymentsView() {
-  view("Deployments", h("p", { role: "status", text: "Loading…" }));
+  const gen = state.gen;
+  view(gen, "Deployments", h("p", { role: "status", text: "Loading…" }));
   let deployments;
   if (state.admin) {
     deployments = await api("/api/admin/deployments");
@@ -414,7 +420,7 @@ async function deploymentsView() {
       } }) : null);
     return { d, charts, resident, section };
   });
-  view("Deployments", deployments.length ? h("div", {}, sections.map((s) => s.section)) : h("p", { class: "card", text: "Nothing is deployed that you can use." }), h("p", { class: "muted", text: "Live from /metrics every 2 s (this replica)." }));
+  view(gen, "Deployments", deployments.length ? h("div", {}, sections.map((s) => s.section)) : h("p", { class: "card", text: "Nothing is deployed that you can use." }), h("p", { class: "muted", text: "Live from /metrics every 2 s (this replica)." }));
   let before = null;
   let beforeAt = 0;
   const tick = async () => {
@@ -441,12 +447,13 @@ async function deploymentsView() {
     beforeAt = at;
   };
   await tick();
-  state.timers.push(setInterval(tick, 2000));
+  if (gen === state.gen) state.timers.push(setInterval(tick, 2000));
 }
 
 // ---------- playground ----------
 
 async function playgroundView() {
+  const gen = state.gen;
   const models = await api("/v1/models");
   const model = h("select", { id: "pg-model" }, models.data.map((m) => h("option", { value: m.id, text: m.id })));
   const system = h("textarea", { id: "pg-system" });
@@ -513,35 +520,54 @@ async function playgroundView() {
   } },
   h("div", { class: "row" }, field("Model", model), field("Temperature", temperature), field("Max tokens", maxTokens)),
   field("System prompt", system), field("Message", prompt), send);
-  view("Playground", models.data.length ? form : h("p", { class: "card", text: "No deployment you can use." }), log);
+  view(gen, "Playground", models.data.length ? form : h("p", { class: "card", text: "No deployment you can use." }), log);
 }
 
 // ---------- usage ----------
 
-function bars(rows, key, value, label) {
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 600 160");
+function bars(rows, key, value, label, format = (v) => String(v)) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 600 180");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", label);
   const max = Math.max(1e-9, ...rows.map(value));
-  const width = 600 / Math.max(rows.length, 1);
+  const slot = 600 / Math.max(rows.length, 1);
+  const width = Math.min(slot - 6, 80);
+  const text = (x, y, content) => {
+    const t = document.createElementNS(ns, "text");
+    t.setAttribute("x", String(x));
+    t.setAttribute("y", String(y));
+    t.setAttribute("text-anchor", "middle");
+    t.setAttribute("font-size", "11");
+    t.setAttribute("fill", "#5b6573");
+    t.textContent = content;
+    return t;
+  };
   rows.forEach((r, i) => {
-    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    const height = (value(r) / max) * 140;
-    rect.setAttribute("x", String(i * width + 2));
+    const rect = document.createElementNS(ns, "rect");
+    const height = (value(r) / max) * 130;
+    const x = i * slot + (slot - width) / 2;
+    rect.setAttribute("x", String(x));
     rect.setAttribute("y", String(150 - height));
-    rect.setAttribute("width", String(Math.max(1, width - 4)));
+    rect.setAttribute("width", String(Math.max(1, width)));
     rect.setAttribute("height", String(height));
     rect.setAttribute("fill", "#1f5fbf");
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = `${key(r)}: ${value(r)}`;
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${key(r)}: ${format(value(r))}`;
     rect.append(title);
     svg.append(rect);
+    if (rows.length <= 16) {
+      svg.append(text(x + width / 2, 145 - height, format(value(r))));
+      const name = String(key(r));
+      svg.append(text(x + width / 2, 166, name.length > 14 ? `${name.slice(0, 13)}…` : name));
+    }
   });
   return h("div", { class: "bars" }, svg);
 }
 
 async function usageView(by = "day") {
+  const gen = state.gen;
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   by = params.get("by") || by;
   const org = params.get("org") || "";
@@ -561,14 +587,15 @@ async function usageView(by = "day") {
     location.hash = `#/usage?${q}`;
   } }, field("Group by", groupBy), field("Org", orgInput), field("Since", sinceInput), h("button", { type: "submit", text: "Show" }));
   const rows = report.rows;
-  view("Usage", form,
-    h("div", { class: "card" }, h("h2", { text: `Tokens by ${by}` }), bars(rows, (r) => r.key, (r) => r.total_tokens, `Tokens by ${by}`), h("h2", { text: `Cost by ${by}` }), bars(rows, (r) => r.key, (r) => r.cost, `Cost by ${by}`)),
+  view(gen, "Usage", form,
+    h("div", { class: "card" }, h("h2", { text: `Tokens by ${by}` }), bars(rows, (r) => r.key, (r) => r.total_tokens, `Tokens by ${by}`), h("h2", { text: `Cost by ${by}` }), bars(rows, (r) => r.key, (r) => r.cost, `Cost by ${by}`, (v) => Number(v.toFixed(4)).toString())),
     h("div", { class: "card" }, table([by, "#Requests", "#Errors", "#Prompt tokens", "#Completion tokens", "#Total tokens", "#Cost"], [...rows, { ...report.total, key: "total" }].map((r) => [r.key, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens, Number(r.cost.toFixed(6))]), "Usage")));
 }
 
 // ---------- audit ----------
 
 async function auditView() {
+  const gen = state.gen;
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const [entries, verify] = await Promise.all([api("/api/admin/audit?limit=2000"), api("/api/admin/audit/verify")]);
   const filters = { actor: params.get("actor") || "", action: params.get("action") || "", target: params.get("target") || "" };
@@ -581,7 +608,7 @@ async function auditView() {
     location.hash = `#/audit?${q}`;
   } }, field("Actor", inputs.actor), field("Action", inputs.action), field("Target", inputs.target), h("button", { type: "submit", text: "Filter" }));
   const chain = h("p", { id: "audit-chain" }, verify.ok ? badge("ok") : badge("error"), verify.ok ? ` Hash chain verified: ${verify.checked} events intact.` : ` Hash chain broken at event ${verify.broken_seq}: ${verify.reason}`);
-  view("Audit", h("div", { class: "card" }, chain), form,
+  view(gen, "Audit", h("div", { class: "card" }, chain), form,
     h("div", { class: "card" }, table(["#Seq", "Time", "Actor", "Action", "Target", "Details"], shown.slice(0, 500).map((e) => [e.seq, when(e.time), e.actor, e.action, e.target, h("pre", { class: "json", text: JSON.stringify(e.details) })]), "Audit events")));
 }
 
@@ -589,6 +616,7 @@ async function auditView() {
 
 async function route() {
   for (const timer of state.timers.splice(0)) clearInterval(timer);
+  const gen = ++state.gen;
   const hash = location.hash || "#/hub";
   const [path] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
@@ -607,11 +635,11 @@ async function route() {
       case "deployments": return await deploymentsView();
       case "playground": return await playgroundView();
       case "usage": return await usageView();
-      case "audit": return state.admin ? await auditView() : view("Audit", errorBox("The audit log needs a site admin token."));
+      case "audit": return state.admin ? await auditView() : view(gen, "Audit", errorBox("The audit log needs a site admin token."));
       default: return await hubView();
     }
   } catch (err) {
-    view("Error", errorBox(err));
+    view(gen, "Error", errorBox(err));
   }
 }
 
