@@ -58,6 +58,11 @@ def open_console(browser, server, token, viewport=(1280, 800)):
     return page
 
 
+def nav(page, name):
+    """A link of the console's navigation (repo names may contain the same words)."""
+    return page.locator("#nav").get_by_role("link", name=name, exact=True)
+
+
 def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -77,7 +82,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
 
     # Hub: the repo with its verdict badge, then its page.
-    page.get_by_role("link", name="Hub").click()
+    nav(page, "Hub").click()
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name=repo))
     row.get_by_text("safe").wait_for()
     assert row.get_by_text("gguf").is_visible()
@@ -108,7 +113,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
     page.get_by_text(f"Deployed {name}").wait_for()
 
     # Playground: the answer grows token by token, then shows its fingerprint and usage.
-    page.get_by_role("link", name="Playground").click()
+    nav(page, "Playground").click()
     page.get_by_label("Model").select_option(name)
     page.get_by_label("Temperature").fill("0")
     page.get_by_label("Max tokens").fill("48")
@@ -129,7 +134,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
     shot(page, "playground")
 
     # Deployments: a live chart moves after traffic, without a reload.
-    page.get_by_role("link", name="Deployments").click()
+    nav(page, "Deployments").click()
     section = page.locator(f"section[data-deployment='{name}']")
     section.wait_for()
     api = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=server.admin, max_retries=0)
@@ -160,7 +165,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
     page.goto(server.endpoint + "/#/usage?by=deployment")
     page.get_by_role("cell", name=name, exact=True).wait_for()
     shot(page, "usage")
-    page.get_by_role("link", name="Audit").click()
+    nav(page, "Audit").click()
     page.locator("#audit-chain", has_text="verified").wait_for()
     page.locator("#audit-action").fill("deployment.create")
     page.get_by_role("button", name="Filter").click()
@@ -208,7 +213,7 @@ def test_read_only_token_sees_no_admin_controls(server, browser):
     owner, owner_token = server.new_user()
     _, reader_token = server.new_user(role="read")
     page = open_console(browser, server, reader_token)
-    assert not page.get_by_role("link", name="Audit").is_visible()
+    assert not nav(page, "Audit").is_visible()
     page.goto(server.endpoint + "/#/audit")
     page.get_by_text("needs a site admin token").wait_for()
     page.goto(server.endpoint + "/#/hub")
