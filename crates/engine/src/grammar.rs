@@ -96,6 +96,7 @@ impl Grammar {
     pub fn from_schema(schema: &Value) -> Result<Grammar, SchemaError> {
         let mut c = Compiler::new(schema);
         let root = c.compile(schema, "#")?;
+        check_progress(&c.nodes)?;
         Ok(Grammar { nodes: c.nodes, root, framing: Framing::default() })
     }
 
@@ -156,6 +157,34 @@ impl Grammar {
         }
         Matcher { grammar: self.clone(), state, scratch: State::default() }
     }
+}
+
+/// Refuses `$ref`/`anyOf` cycles that never reach a value (`{"$ref": "#"}`): choosing among
+/// alternatives must always end at a concrete node, or the matcher would loop.
+fn check_progress(nodes: &[Node]) -> Result<(), SchemaError> {
+    // 0 unvisited, 1 on the current path, 2 known to end.
+    let mut mark = vec![0u8; nodes.len()];
+    fn visit(nodes: &[Node], mark: &mut [u8], id: usize) -> bool {
+        match mark[id] {
+            1 => return false,
+            2 => return true,
+            _ => {}
+        }
+        mark[id] = 1;
+        let ok = match &nodes[id] {
+            Node::AnyOf(list) => list.iter().all(|n| visit(nodes, mark, *n as usize)),
+            Node::Pending => false,
+            _ => true,
+        };
+        mark[id] = if ok { 2 } else { 1 };
+        ok
+    }
+    for id in 0..nodes.len() {
+        if !visit(nodes, &mut mark, id) {
+            return Err(SchemaError { path: "#".into(), message: "the schema refers to itself without ever describing a value".into() });
+        }
+    }
+    Ok(())
 }
 
 fn shift(node: Node, offset: NodeId) -> Node {

@@ -253,6 +253,8 @@ fn unsupported_features_are_named() {
         (json!({"type": "object", "properties": {"a": {"type": "bogus"}}}), "bogus"),
         (json!({"type": "object", "required": ["z"]}), "\"z\""),
         (json!(false), "false schema"),
+        (json!({"$ref": "#"}), "refers to itself"),
+        (json!({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}]}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), "refers to itself"),
     ] {
         let err = Grammar::from_schema(&schema).unwrap_err();
         assert!(err.to_string().contains(needle), "{schema}: {err}");
