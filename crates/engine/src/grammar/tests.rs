@@ -308,3 +308,30 @@ fn integer_bounds_hold_digit_by_digit() {
         check_schema(json!({"type": "object", "properties": {"n": schema, "m": {"type": "array", "items": schema, "maxItems": 3}}, "required": ["n", "m"], "additionalProperties": false}), 21);
     }
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_states_stay_small() {
+    let schemas = [
+        json!({"anyOf": [{"type": "object", "properties": {"a": {"type": "integer", "minimum": -3, "maximum": 3}}, "required": ["a"]}, {"type": "object", "properties": {"a": {"type": "string"}}}, {"type": "array", "items": {"$ref": "#"}}, {"type": "null"}]}),
+        json!({"type": "array", "items": {"anyOf": [{"enum": [1, 10, 100, "a", "ab", null]}, {"type": "number"}, {"type": "boolean"}]}}),
+        json!({"type": "object", "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "object"}]}}),
+    ];
+    let alphabet: Vec<u8> = br#"{}[]:,"\ -+.eE0123456789abcdefnulltrue"#.iter().copied().chain([b'\n', 0xc3, 0xa9, 0xe6, 0x00, 0xff]).collect();
+    let tokens = vocab();
+    let index = VocabIndex::new(tokens);
+    let mut scratch = MaskScratch::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    for schema in &schemas {
+        let grammar = Arc::new(Grammar::from_schema(schema).unwrap());
+        for _ in 0..300 {
+            let mut m = grammar.start();
+            for _ in 0..rng.gen_range(0..120) {
+                let byte = if rng.gen_bool(0.9) { alphabet[rng.gen_range(0..alphabet.len())] } else { rng.gen() };
+                let _ = m.advance(&[byte]);
+                assert!(m.state.bounds.len() <= MAX_STACKS);
+            }
+            let _ = (m.can_end(), m.is_finished());
+            let _ = m.mask(&index, &mut scratch);
+        }
+    }
+}
