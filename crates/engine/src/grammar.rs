@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::regex::{self, Dfa};
 use crate::Token;
 
 type NodeId = u32;
@@ -46,7 +47,9 @@ enum Node {
     /// An integer within bounds (inclusive).
     Integer { min: i64, max: i64 },
     Number,
-    String { min: u32, max: u32 },
+    /// A string of `min..=max` code points, matching `pattern` when there is one (`pattern` or a
+    /// `format`).
+    String { min: u32, max: u32, pattern: Option<Arc<Dfa>> },
     /// Declared properties in order; `extra` is the value schema of free keys (maps, or any
     /// object), allowed only when there are no declared properties.
     Object { props: Vec<Prop>, extra: Option<NodeId>, last_required: Option<usize> },
@@ -226,7 +229,7 @@ impl<'a> Compiler<'a> {
         self.any = Some(id);
         let literals = self.push(Node::Literals(vec![b"null".to_vec(), b"true".to_vec(), b"false".to_vec()]));
         let number = self.push(Node::Number);
-        let string = self.push(Node::String { min: 0, max: u32::MAX });
+        let string = self.push(Node::String { min: 0, max: u32::MAX, pattern: None });
         let object = self.push(Node::Object { props: Vec::new(), extra: Some(id), last_required: None });
         let array = self.push(Node::Array { items: id, min: 0, max: u32::MAX });
         self.nodes[id as usize] = Node::AnyOf(vec![literals, number, string, object, array]);
@@ -250,7 +253,7 @@ impl<'a> Compiler<'a> {
         for key in map.keys() {
             let known = ANNOTATIONS.contains(&key.as_str())
                 || key.starts_with("x-")
-                || matches!(key.as_str(), "type" | "properties" | "required" | "additionalProperties" | "items" | "enum" | "const" | "anyOf" | "oneOf" | "allOf" | "$ref" | "minLength" | "maxLength" | "minItems" | "maxItems" | "nullable" | "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum");
+                || matches!(key.as_str(), "type" | "properties" | "required" | "additionalProperties" | "items" | "enum" | "const" | "anyOf" | "oneOf" | "allOf" | "$ref" | "minLength" | "maxLength" | "minItems" | "maxItems" | "nullable" | "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "pattern" | "format");
             if !known {
                 return Err(Self::error(path, format!("the schema keyword {key:?} is not supported")));
             }
@@ -315,7 +318,7 @@ impl<'a> Compiler<'a> {
                 types.push("object".into());
             } else if map.contains_key("items") || map.contains_key("minItems") || map.contains_key("maxItems") {
                 types.push("array".into());
-            } else if map.contains_key("minLength") || map.contains_key("maxLength") {
+            } else if ["minLength", "maxLength", "pattern", "format"].iter().any(|k| map.contains_key(*k)) {
                 types.push("string".into());
             } else if ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"].iter().any(|k| map.contains_key(*k)) {
                 types.push("number".into());
@@ -379,7 +382,20 @@ impl<'a> Compiler<'a> {
                 if min > max {
                     return Err(Self::error(path, "minLength exceeds maxLength"));
                 }
-                self.push(Node::String { min, max })
+                let pattern = match (map.get("pattern"), map.get("format")) {
+                    (Some(_), Some(_)) => return Err(Self::error(path, "pattern and format together are not supported")),
+                    (Some(pattern), None) => {
+                        let pattern = pattern.as_str().ok_or_else(|| Self::error(path, "pattern must be a string"))?;
+                        Some(regex::compile(pattern).map_err(|err| Self::error(path, format!("pattern {pattern:?}: {err}")))?)
+                    }
+                    (None, Some(format)) => {
+                        let format = format.as_str().ok_or_else(|| Self::error(path, "format must be a string"))?;
+                        let pattern = regex::format_pattern(format).ok_or_else(|| Self::error(path, format!("format {format:?} is not supported (date, time, date-time, uuid, email, ipv4, hostname and uri are)")))?;
+                        Some(regex::compile(&pattern).map_err(|err| Self::error(path, format!("format {format:?}: {err}")))?)
+                    }
+                    (None, None) => None,
+                };
+                self.push(Node::String { min, max, pattern: pattern.map(Arc::new) })
             }
             "array" => {
                 let (min, max) = (count("minItems")?.unwrap_or(0), count("maxItems")?.unwrap_or(u32::MAX));
@@ -478,7 +494,7 @@ enum Frame {
     Literal { node: NodeId, alive: u64, pos: u32 },
     /// Inside a string: code points so far, escape progress (0 none, 1 after `\`, 2..=5 hex
     /// digits of `\u`, 6 the second digit after a `d`), and the byte range the next UTF-8 continuation byte must fall in.
-    Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8 },
+    Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8, dfa: u16 },
     /// A number: its lexer phase and length; for integers the sign and magnitude so far.
     Num { node: NodeId, integer: bool, phase: u8, len: u8, negative: bool, magnitude: i64 },
     /// An object: the next declared property, the one whose value is being written, and phase
@@ -576,7 +592,7 @@ impl Matcher {
         // Plain text inside a free string: admitted by its code point count alone.
         let plain_string = match self.state.stacks().collect::<Vec<_>>().as_slice() {
             [stack] => match stack.last() {
-                Some(Frame::Str { node, chars, escape: 0, cont_left: 0, .. }) => Some(string_bounds(&self.grammar, *node).1.saturating_sub(*chars)),
+                Some(Frame::Str { node, chars, escape: 0, cont_left: 0, .. }) if string_pattern(&self.grammar, *node).is_none() => Some(string_bounds(&self.grammar, *node).1.saturating_sub(*chars)),
                 _ => None,
             },
             _ => None,
@@ -641,10 +657,24 @@ fn can_end(grammar: &Grammar, stack: &[Frame]) -> bool {
     }
 }
 
+/// A string node's pattern, if it has one.
+fn string_pattern(grammar: &Grammar, node: NodeId) -> Option<&Dfa> {
+    match grammar.nodes.get(node as usize) {
+        Some(Node::String { pattern, .. }) => pattern.as_deref(),
+        _ => None,
+    }
+}
+
+/// Sets the top frame and keeps the stack (a `step` exit for match arms that finish early).
+fn set_and_accept(out: &mut State, frame: Frame) {
+    *out.frames.last_mut().expect("non-empty") = frame;
+    out.end_stack();
+}
+
 /// A string node's length bounds in code points (free object keys have none).
 fn string_bounds(grammar: &Grammar, node: NodeId) -> (u32, u32) {
     match grammar.nodes.get(node as usize) {
-        Some(Node::String { min, max }) => (*min, *max),
+        Some(Node::String { min, max, .. }) => (*min, *max),
         _ => (0, u32::MAX),
     }
 }
@@ -843,35 +873,60 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             }
             accept!();
         }
-        Frame::Str { node, chars, escape, cont_left, cont_lo, cont_hi } => {
+        Frame::Str { node, chars, escape, cont_left, cont_lo, cont_hi, dfa } => {
             let (min, max) = string_bounds(grammar, node);
-            let frame = |chars, escape, cont_left, cont_lo, cont_hi| Frame::Str { node, chars, escape, cont_left, cont_lo, cont_hi };
+            let pattern = string_pattern(grammar, node);
+            let frame = |chars, escape, cont_left, cont_lo, cont_hi, dfa| Frame::Str { node, chars, escape, cont_left, cont_lo, cont_hi, dfa };
+            // A pattern steps once per character: ASCII by its byte, anything else as `OTHER`.
+            // A state from which no match fits in the length left is as dead as no state.
+            let step_pattern = |symbol: usize| match pattern {
+                Some(p) => {
+                    let next = p.step(dfa, symbol);
+                    if next != regex::DEAD && (chars + 1).saturating_add(p.distance(next)) <= max { next } else { regex::DEAD }
+                }
+                None => dfa,
+            };
             let next = if cont_left > 0 {
                 if !(cont_lo..=cont_hi).contains(&byte) {
                     reject!();
                 }
                 let left = cont_left - 1;
-                frame(if left == 0 { chars + 1 } else { chars }, 0, left, 0x80, 0xbf)
+                frame(if left == 0 { chars + 1 } else { chars }, 0, left, 0x80, 0xbf, dfa)
             } else if escape == 1 {
-                match byte {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => frame(chars + 1, 0, 0, 0, 0),
-                    b'u' => frame(chars, 2, 0, 0, 0),
+                let decoded = match byte {
+                    b'"' | b'\\' | b'/' => byte,
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    // `\uXXXX` is not followed through a pattern; UTF-8 says the same.
+                    b'u' if pattern.is_none() => return set_and_accept(out, frame(chars, 2, 0, 0, 0, dfa)),
                     _ => reject!(),
+                };
+                let state = step_pattern(decoded as usize);
+                if state == regex::DEAD {
+                    reject!();
                 }
+                frame(chars + 1, 0, 0, 0, 0, state)
             } else if escape >= 2 {
                 // `\uXXXX` outside the surrogates (D800-DFFF): a lone one breaks strict parsers,
                 // and any character can be written as UTF-8 instead of a pair.
                 match (escape, byte) {
-                    (2, b'd' | b'D') => frame(chars, 6, 0, 0, 0),
-                    (6, b'0'..=b'7') => frame(chars, 4, 0, 0, 0),
-                    (5, _) if byte.is_ascii_hexdigit() => frame(chars + 1, 0, 0, 0, 0),
-                    (2..=4, _) if byte.is_ascii_hexdigit() => frame(chars, escape + 1, 0, 0, 0),
+                    (2, b'd' | b'D') => frame(chars, 6, 0, 0, 0, dfa),
+                    (6, b'0'..=b'7') => frame(chars, 4, 0, 0, 0, dfa),
+                    (5, _) if byte.is_ascii_hexdigit() => frame(chars + 1, 0, 0, 0, 0, dfa),
+                    (2..=4, _) if byte.is_ascii_hexdigit() => frame(chars, escape + 1, 0, 0, 0, dfa),
                     _ => reject!(),
                 }
             } else {
+                let symbol = match byte {
+                    0x20..=0x7f => byte as usize,
+                    _ => regex::OTHER,
+                };
                 match byte {
                     b'"' => {
-                        if chars < min {
+                        if chars < min || pattern.is_some_and(|p| !p.accepts(dfa)) {
                             reject!();
                         }
                         out.frames.pop();
@@ -881,16 +936,19 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
                         accept!();
                     }
                     _ if chars >= max => reject!(),
-                    b'\\' => frame(chars, 1, 0, 0, 0),
+                    // Under a pattern, an escape only where some escaped character can follow.
+                    b'\\' if pattern.is_some() && [b'"', b'\\', b'/', 0x08, 0x0c, b'\n', b'\r', b'\t'].iter().all(|c| step_pattern(*c as usize) == regex::DEAD) => reject!(),
+                    b'\\' => frame(chars, 1, 0, 0, 0, dfa),
                     0x00..=0x1f => reject!(),
-                    0x20..=0x7f => frame(chars + 1, 0, 0, 0, 0),
-                    0xc2..=0xdf => frame(chars, 0, 1, 0x80, 0xbf),
-                    0xe0 => frame(chars, 0, 2, 0xa0, 0xbf),
-                    0xed => frame(chars, 0, 2, 0x80, 0x9f),
-                    0xe1..=0xef => frame(chars, 0, 2, 0x80, 0xbf),
-                    0xf0 => frame(chars, 0, 3, 0x90, 0xbf),
-                    0xf4 => frame(chars, 0, 3, 0x80, 0x8f),
-                    0xf1..=0xf3 => frame(chars, 0, 3, 0x80, 0xbf),
+                    _ if byte >= 0x20 && step_pattern(symbol) == regex::DEAD => reject!(),
+                    0x20..=0x7f => frame(chars + 1, 0, 0, 0, 0, step_pattern(symbol)),
+                    0xc2..=0xdf => frame(chars, 0, 1, 0x80, 0xbf, step_pattern(symbol)),
+                    0xe0 => frame(chars, 0, 2, 0xa0, 0xbf, step_pattern(symbol)),
+                    0xed => frame(chars, 0, 2, 0x80, 0x9f, step_pattern(symbol)),
+                    0xe1..=0xef => frame(chars, 0, 2, 0x80, 0xbf, step_pattern(symbol)),
+                    0xf0 => frame(chars, 0, 3, 0x90, 0xbf, step_pattern(symbol)),
+                    0xf4 => frame(chars, 0, 3, 0x80, 0x8f, step_pattern(symbol)),
+                    0xf1..=0xf3 => frame(chars, 0, 3, 0x80, 0xbf, step_pattern(symbol)),
                     _ => reject!(),
                 }
             };
@@ -958,7 +1016,7 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
                             reject!();
                         }
                         // A free key: any string.
-                        out.frames.push(Frame::Str { node: u32::MAX, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0 });
+                        out.frames.push(Frame::Str { node: u32::MAX, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0, dfa: 0 });
                         accept!();
                     }
                     let mut alive = 0u64;
@@ -1082,7 +1140,7 @@ fn start_value(grammar: &Grammar, out: &mut State, node: NodeId, byte: u8, depth
                 out.abandon_stack();
                 return;
             }
-            out.frames.push(Frame::Str { node, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0 });
+            out.frames.push(Frame::Str { node, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0, dfa: 0 });
             out.end_stack();
             return;
         }

@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod embed;
 pub mod grammar;
+pub mod regex;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod load;

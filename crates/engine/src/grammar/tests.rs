@@ -106,6 +106,16 @@ fn validate(value: &Value, schema: &Value, root: &Value) -> Result<(), String> {
             }
         }
         Value::String(s) => {
+            if let Some(pattern) = map.get("pattern").and_then(Value::as_str) {
+                if !crate::regex::compile(pattern).unwrap().matches(s) {
+                    return Err(format!("{value} does not match {pattern}"));
+                }
+            }
+            if let Some(format) = map.get("format").and_then(Value::as_str) {
+                if !valid_format(format, s) {
+                    return Err(format!("{value} is not a valid {format}"));
+                }
+            }
             let n = s.chars().count() as u64;
             if map.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m) || map.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m) {
                 return Err(format!("{value} has the wrong length"));
@@ -143,6 +153,30 @@ fn validate(value: &Value, schema: &Value, root: &Value) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Format checks written independently of the grammar's patterns (calendar arithmetic, field
+/// ranges), for the formats the walks use.
+fn valid_format(format: &str, text: &str) -> bool {
+    let number = |t: &str| t.parse::<u32>().ok().filter(|_| t.chars().all(|c| c.is_ascii_digit()));
+    let date = |t: &str| -> bool {
+        let parts: Vec<&str> = t.split('-').collect();
+        let [y, m, d] = parts.as_slice() else { return false };
+        let (Some(y), Some(m), Some(d)) = (number(y), number(m), number(d)) else { return false };
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        (1..=9999).contains(&y) && (1..=12).contains(&m) && d >= 1 && d <= days[m as usize - 1]
+    };
+    match format {
+        "date" => text.len() == 10 && date(text),
+        "uuid" => text.len() == 36 && text.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() }),
+        "date-time" => text.split_once('T').is_some_and(|(d, t)| {
+            let (clock, zone) = if let Some(c) = t.strip_suffix('Z') { (c, "00:00") } else if t.len() > 6 { (&t[..t.len() - 6], &t[t.len() - 5..]) } else { return false };
+            let hms: Vec<&str> = clock.split('.').next().unwrap().split(':').collect();
+            date(d) && hms.len() == 3 && number(hms[0]).is_some_and(|h| h < 24) && number(hms[1]).is_some_and(|m| m < 60) && number(hms[2]).is_some_and(|s| s < 60) && zone.len() == 5
+        }),
+        _ => true,
+    }
 }
 
 fn check_schema(schema: Value, seed: u64) {
@@ -243,8 +277,9 @@ fn framing_wraps_and_repeats() {
 #[test]
 fn unsupported_features_are_named() {
     for (schema, needle) in [
-        (json!({"type": "string", "pattern": "^a$"}), "pattern"),
-        (json!({"type": "string", "format": "email"}), "format"),
+        (json!({"type": "string", "pattern": "(?=a)b"}), "lookaround"),
+        (json!({"type": "string", "format": "ipv6"}), "format \"ipv6\" is not supported"),
+        (json!({"type": "string", "format": "date", "pattern": "^2"}), "together"),
         (json!({"type": "number", "minimum": 3}), "minimum"),
         (json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),
         (json!({"oneOf": [{"type": "string"}]}), "oneOf"),
@@ -259,7 +294,7 @@ fn unsupported_features_are_named() {
         let err = Grammar::from_schema(&schema).unwrap_err();
         assert!(err.to_string().contains(needle), "{schema}: {err}");
     }
-    let err = Grammar::from_schema(&json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}})).unwrap_err();
+    let err = Grammar::from_schema(&json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "\\1"}}})).unwrap_err();
     assert_eq!(err.path, "#/properties/a");
 }
 
@@ -334,4 +369,16 @@ fn arbitrary_bytes_never_panic_and_states_stay_small() {
             let _ = m.mask(&index, &mut scratch);
         }
     }
+}
+
+#[test]
+fn patterns_and_formats_hold_in_walks() {
+    check_schema(json!({"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{2,3}$"}, "when": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"}, "tag": {"type": "string", "pattern": "b", "maxLength": 5}}, "required": ["code", "when", "at", "id", "tag"], "additionalProperties": false}), 31);
+    let grammar = Arc::new(Grammar::from_schema(&json!({"type": "string", "format": "date"})).unwrap());
+    assert!(grammar.start().advance(b"\"2024-02-28\""));
+    assert!(!grammar.start().advance(b"\"2024-02-30"), "no impossible day");
+    assert!(!grammar.start().advance(b"\"2024-0\\u0031"), "no \\u escapes under a pattern");
+    let mut m = grammar.start();
+    assert!(m.advance(b"\"2024-12-3"));
+    assert!(!m.clone().advance(b"\""), "an incomplete date does not close");
 }
