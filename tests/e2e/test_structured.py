@@ -28,7 +28,7 @@ class City(pydantic.BaseModel):
 
 
 class Booking(pydantic.BaseModel):
-    """Formats, a pattern and integer bounds: what pydantic users write every day."""
+    """Formats, a pattern and numeric bounds: what pydantic users write every day."""
 
     title: str = pydantic.Field(max_length=40)
     code: str = pydantic.Field(pattern=r"^[A-Z]{3}-\d{2}$")
@@ -36,6 +36,7 @@ class Booking(pydantic.BaseModel):
     day: datetime.date
     id: uuid.UUID
     seats: int = pydantic.Field(ge=1, le=8)
+    rating: float = pydantic.Field(ge=0, le=5)
 
 
 WEATHER = {
@@ -85,7 +86,7 @@ def test_json_schema_output_validates_with_the_135m_model(server, smol):
     stream = api.chat.completions.create(model=name, messages=ask, temperature=0, max_tokens=300, stream=True, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": City.model_json_schema(), "strict": True}})
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     jsonschema.validate(json.loads(text), schema)
-    # date-time, date, uuid, a pattern and integer bounds, validated by pydantic itself.
+    # date-time, date, uuid, a pattern and numeric bounds, validated by pydantic itself.
     booking = api.chat.completions.parse(model=name, messages=[SYSTEM, {"role": "user", "content": "Book a table for dinner tomorrow, as JSON."}], response_format=Booking, temperature=0.7, seed=3, max_tokens=300)
     assert booking.choices[0].finish_reason == "stop", booking
     assert isinstance(booking.choices[0].message.parsed, Booking), booking.choices[0].message.content

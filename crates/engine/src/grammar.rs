@@ -46,7 +46,8 @@ enum Node {
     Literals(Vec<Vec<u8>>),
     /// An integer within bounds (inclusive).
     Integer { min: i64, max: i64 },
-    Number,
+    /// A number, within bounds when the schema gives some (then written without an exponent).
+    Number { bounds: Option<Bounds> },
     /// A string of `min..=max` code points, matching `pattern` when there is one (`pattern` or a
     /// `format`).
     String { min: u32, max: u32, pattern: Option<Arc<Dfa>> },
@@ -228,7 +229,7 @@ impl<'a> Compiler<'a> {
         let id = self.push(Node::Pending);
         self.any = Some(id);
         let literals = self.push(Node::Literals(vec![b"null".to_vec(), b"true".to_vec(), b"false".to_vec()]));
-        let number = self.push(Node::Number);
+        let number = self.push(Node::Number { bounds: None });
         let string = self.push(Node::String { min: 0, max: u32::MAX, pattern: None });
         let object = self.push(Node::Object { props: Vec::new(), extra: Some(id), last_required: None });
         let array = self.push(Node::Array { items: id, min: 0, max: u32::MAX });
@@ -372,10 +373,34 @@ impl<'a> Compiler<'a> {
                 self.push(Node::Integer { min: min as i64, max: max as i64 })
             }
             "number" => {
-                if let Some(key) = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"].into_iter().find(|k| map.contains_key(*k)) {
-                    return Err(Self::error(path, format!("{key} is supported on integers, not on numbers")));
+                let bound = |key: &str| -> Result<Option<f64>, SchemaError> {
+                    match map.get(key) {
+                        None => Ok(None),
+                        Some(v) => v.as_f64().filter(|n| n.is_finite()).map(Some).ok_or_else(|| Self::error(path, format!("{key} must be a number"))),
+                    }
+                };
+                let mut b = Bounds { min: f64::NEG_INFINITY, min_open: false, max: f64::INFINITY, max_open: false };
+                if let Some(v) = bound("minimum")? {
+                    b.min = v;
                 }
-                self.push(Node::Number)
+                if let Some(v) = bound("exclusiveMinimum")? {
+                    if v >= b.min {
+                        b = Bounds { min: v, min_open: true, ..b };
+                    }
+                }
+                if let Some(v) = bound("maximum")? {
+                    b.max = v;
+                }
+                if let Some(v) = bound("exclusiveMaximum")? {
+                    if v <= b.max {
+                        b = Bounds { max: v, max_open: true, ..b };
+                    }
+                }
+                if b.min > b.max || (b.min == b.max && (b.min_open || b.max_open)) {
+                    return Err(Self::error(path, "no number lies within the bounds"));
+                }
+                let bounded = b.min.is_finite() || b.max.is_finite();
+                self.push(Node::Number { bounds: bounded.then_some(b) })
             }
             "string" => {
                 let (min, max) = (count("minLength")?.unwrap_or(0), count("maxLength")?.unwrap_or(u32::MAX));
@@ -495,8 +520,9 @@ enum Frame {
     /// Inside a string: code points so far, escape progress (0 none, 1 after `\`, 2..=5 hex
     /// digits of `\u`, 6 the second digit after a `d`), and the byte range the next UTF-8 continuation byte must fall in.
     Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8, dfa: u16 },
-    /// A number: its lexer phase and length; for integers the sign and magnitude so far.
-    Num { node: NodeId, integer: bool, phase: u8, len: u8, negative: bool, magnitude: i64 },
+    /// A number: its lexer phase and length; for integers and bounded numbers the sign, the
+    /// digits so far as one integer, how many of them are fraction digits, and how many in all.
+    Num { node: NodeId, integer: bool, phase: u8, len: u8, negative: bool, magnitude: i64, scale: u8, digits: u8 },
     /// An object: the next declared property, the one whose value is being written, and phase
     /// (0 after `{`, 1 before `:`, 2 in a value, 3 after a value, 4 after `,`).
     Obj { node: NodeId, next: u16, phase: u8 },
@@ -640,7 +666,7 @@ fn can_end(grammar: &Grammar, stack: &[Frame]) -> bool {
     loop {
         match stack.last().copied() {
             Some(Frame::Root { phase: RootPhase::Done | RootPhase::Between, .. }) => return true,
-            Some(Frame::Num { node, phase, negative, magnitude, .. }) if number_accepting(phase) && integer_within(grammar, node, negative, magnitude) => {
+            Some(Frame::Num { node, phase, negative, magnitude, scale, .. }) if number_accepting(phase) && number_within(grammar, node, negative, magnitude, scale) => {
                 stack.pop();
                 if !complete_value(grammar, &mut stack) {
                     return false;
@@ -689,9 +715,74 @@ fn integer_bounds(grammar: &Grammar, node: NodeId) -> Option<(i64, i64)> {
     }
 }
 
-/// Whether a finished integer (or any number) lies within its node's bounds.
-fn integer_within(grammar: &Grammar, node: NodeId, negative: bool, magnitude: i64) -> bool {
-    integer_bounds(grammar, node).is_none_or(|(min, max)| (min..=max).contains(&if negative { -magnitude } else { magnitude }))
+/// A number's bounds; open ends exclude their value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bounds {
+    min: f64,
+    min_open: bool,
+    max: f64,
+    max_open: bool,
+}
+
+impl Bounds {
+    fn contains(&self, x: f64) -> bool {
+        (if self.min_open { x > self.min } else { x >= self.min }) && (if self.max_open { x < self.max } else { x <= self.max })
+    }
+
+    /// The bounds of `-x`.
+    fn mirrored(&self) -> Bounds {
+        Bounds { min: -self.max, min_open: self.max_open, max: -self.min, max_open: self.min_open }
+    }
+
+    /// Whether some value of `[lo, hi)` lies within.
+    fn meets(&self, lo: f64, hi: f64) -> bool {
+        let lower = lo.max(self.min);
+        let upper = hi.min(self.max);
+        lower < upper || (lower == upper && lower >= lo && lower < hi && self.contains(lower))
+    }
+}
+
+fn number_bounds(grammar: &Grammar, node: NodeId) -> Option<Bounds> {
+    match grammar.nodes.get(node as usize) {
+        Some(Node::Number { bounds }) => *bounds,
+        _ => None,
+    }
+}
+
+/// The most digits of a bounded number: its value stays exact in an f64 (below 2^53), so the
+/// bound checks agree with any parser's.
+const MAX_BOUNDED_DIGITS: u8 = 15;
+
+/// Whether a finished number lies within its node's bounds.
+fn number_within(grammar: &Grammar, node: NodeId, negative: bool, magnitude: i64, scale: u8) -> bool {
+    if let Some((min, max)) = integer_bounds(grammar, node) {
+        return (min..=max).contains(&if negative { -magnitude } else { magnitude });
+    }
+    number_bounds(grammar, node).is_none_or(|b| {
+        let value = magnitude as f64 / 10f64.powi(i32::from(scale));
+        b.contains(if negative { -value } else { value })
+    })
+}
+
+/// Whether a bounded number being written can still end within its bounds: the magnitudes its
+/// continuations reach form intervals `[lo, hi)` (more integer digits, or any fraction).
+fn number_reachable(grammar: &Grammar, node: NodeId, negative: bool, magnitude: i64, scale: u8, digits: u8, phase: u8) -> bool {
+    let Some(bounds) = number_bounds(grammar, node) else { return true };
+    let bounds = if negative { bounds.mirrored() } else { bounds };
+    let v = magnitude as f64;
+    match phase {
+        1 => bounds.meets(0.0, f64::INFINITY),
+        2 => bounds.meets(0.0, 1.0),
+        3 => (0..=MAX_BOUNDED_DIGITS.saturating_sub(digits)).any(|m| {
+            let p = 10f64.powi(i32::from(m));
+            bounds.meets(v * p, (v + 1.0) * p)
+        }),
+        4 | 5 => {
+            let p = 10f64.powi(i32::from(scale));
+            bounds.meets(v / p, (v + 1.0) / p)
+        }
+        _ => true,
+    }
 }
 
 /// Whether an integer being written can still end within its bounds: after `phase` (1 after the
@@ -955,8 +1046,9 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             set_top(out, next);
             accept!();
         }
-        Frame::Num { node, integer, phase, len, negative, magnitude } => {
+        Frame::Num { node, integer, phase, len, negative, magnitude, scale, digits } => {
             let digit = byte.is_ascii_digit();
+            let bounded = number_bounds(grammar, node).is_some();
             let next = match (phase, byte) {
                 (0, b'-') => Some(1),
                 (0, b'0') => Some(2),
@@ -965,7 +1057,7 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
                 (0 | 1, b'1'..=b'9') => Some(3),
                 (3, _) if digit => Some(3),
                 (2 | 3, b'.') if !integer => Some(4),
-                (2 | 3 | 5, b'e' | b'E') if !integer => Some(6),
+                (2 | 3 | 5, b'e' | b'E') if !integer && !bounded => Some(6),
                 (4 | 5, _) if digit => Some(5),
                 (6, b'+' | b'-') => Some(7),
                 (6 | 7, _) if digit => Some(8),
@@ -975,20 +1067,25 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             };
             match next {
                 // Integers stay within 64 bits (18 digits), which every parser reads exactly.
-                Some(next) if len < if integer { 18 + u8::from(negative || byte == b'-') } else { MAX_NUMBER_BYTES } => {
+                Some(next) if len < if integer { 18 + u8::from(negative || byte == b'-') } else { MAX_NUMBER_BYTES } && !(bounded && digit && digits >= MAX_BOUNDED_DIGITS) => {
                     let (negative, magnitude) = match byte {
                         b'-' => (true, 0),
-                        b'0'..=b'9' if integer => (negative, magnitude.saturating_mul(10).saturating_add(i64::from(byte - b'0'))),
+                        b'0'..=b'9' if integer || bounded => (negative, magnitude.saturating_mul(10).saturating_add(i64::from(byte - b'0'))),
                         _ => (negative, magnitude),
                     };
+                    let scale = scale + u8::from(next == 5);
+                    let digits = digits + u8::from(digit);
                     if integer && !integer_reachable(grammar, node, negative, magnitude, next) {
                         reject!();
                     }
-                    set_top(out, Frame::Num { node, integer, phase: next, len: len + 1, negative, magnitude });
+                    if bounded && !number_reachable(grammar, node, negative, magnitude, scale, digits, next) {
+                        reject!();
+                    }
+                    set_top(out, Frame::Num { node, integer, phase: next, len: len + 1, negative, magnitude, scale, digits });
                     accept!();
                 }
                 Some(_) => reject!(),
-                None if number_accepting(phase) && integer_within(grammar, node, negative, magnitude) => {
+                None if number_accepting(phase) && number_within(grammar, node, negative, magnitude, scale) => {
                     out.frames.pop();
                     if complete_value(grammar, &mut out.frames) {
                         step(grammar, out, byte);
@@ -1133,8 +1230,8 @@ fn start_value(grammar: &Grammar, out: &mut State, node: NodeId, byte: u8, depth
             let alive = (0..list.len()).fold(0u64, |mask, i| mask | 1 << i);
             Frame::Literal { node, alive, pos: 0 }
         }
-        Node::Integer { .. } => Frame::Num { node, integer: true, phase: 0, len: 0, negative: false, magnitude: 0 },
-        Node::Number => Frame::Num { node, integer: false, phase: 0, len: 0, negative: false, magnitude: 0 },
+        Node::Integer { .. } => Frame::Num { node, integer: true, phase: 0, len: 0, negative: false, magnitude: 0, scale: 0, digits: 0 },
+        Node::Number { .. } => Frame::Num { node, integer: false, phase: 0, len: 0, negative: false, magnitude: 0, scale: 0, digits: 0 },
         Node::String { .. } => {
             if byte != b'"' {
                 out.abandon_stack();

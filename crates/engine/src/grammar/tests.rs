@@ -280,7 +280,7 @@ fn unsupported_features_are_named() {
         (json!({"type": "string", "pattern": "(?=a)b"}), "lookaround"),
         (json!({"type": "string", "format": "ipv6"}), "format \"ipv6\" is not supported"),
         (json!({"type": "string", "format": "date", "pattern": "^2"}), "together"),
-        (json!({"type": "number", "minimum": 3}), "minimum"),
+        (json!({"type": "number", "minimum": 3, "exclusiveMaximum": 3}), "no number"),
         (json!({"type": "integer", "minimum": 3, "maximum": 2}), "no integer"),
         (json!({"oneOf": [{"type": "string"}]}), "oneOf"),
         (json!({"$ref": "https://example.com/s.json"}), "local references"),
@@ -381,4 +381,25 @@ fn patterns_and_formats_hold_in_walks() {
     let mut m = grammar.start();
     assert!(m.advance(b"\"2024-12-3"));
     assert!(!m.clone().advance(b"\""), "an incomplete date does not close");
+}
+
+#[test]
+fn number_bounds_hold_digit_by_digit() {
+    for (schema, inside, outside) in [
+        (json!({"type": "number", "minimum": 0, "maximum": 1}), vec!["0", "0.5", "1", "0.999", "1.0"], vec!["1.5", "-0.1", "2", "1.01", "1e0"]),
+        (json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10}), vec!["0.001", "9.99", "5"], vec!["0", "10", "-1", "10.0"]),
+        (json!({"type": "number", "minimum": -2.5}), vec!["-2.5", "-1", "100.25"], vec!["-2.51", "-3"]),
+        (json!({"type": ["number", "null"], "maximum": -0.5}), vec!["-0.5", "-7.25", "null"], vec!["-0.4", "0", "3"]),
+    ] {
+        let grammar = Arc::new(Grammar::from_schema(&schema).unwrap());
+        for text in inside {
+            let mut m = grammar.start();
+            assert!(m.advance(text.as_bytes()) && m.can_end(), "{schema}: {text} should be accepted");
+        }
+        for text in outside {
+            let mut m = grammar.start();
+            assert!(!(m.advance(text.as_bytes()) && m.can_end()), "{schema}: {text} should be refused");
+        }
+        check_schema(json!({"type": "object", "properties": {"x": schema, "xs": {"type": "array", "items": schema, "maxItems": 3}}, "required": ["x", "xs"], "additionalProperties": false}), 41);
+    }
 }
