@@ -53,6 +53,7 @@ cat <<EOF
 
 Mantle is serving on $URL with SmolLM2 deployed as "smollm2" and all-MiniLM-L6-v2 as "minilm".
 Admin token: $DATA/admin-token
+Web console: $URL/ (sign in with that token)
 
   curl $URL/v1/chat/completions -H "Authorization: Bearer \$(cat $DATA/admin-token)" \\
     -H 'Content-Type: application/json' \\
