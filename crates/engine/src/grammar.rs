@@ -114,14 +114,7 @@ impl Grammar {
     /// used for "call one of these tools".
     pub fn any_of(choices: Vec<Grammar>) -> Grammar {
         let mut nodes = Vec::new();
-        let mut roots = Vec::new();
-        for grammar in choices {
-            let offset = nodes.len() as NodeId;
-            for node in grammar.nodes {
-                nodes.push(shift(node, offset));
-            }
-            roots.push(grammar.root + offset);
-        }
+        let roots = choices.into_iter().map(|grammar| append(&mut nodes, grammar)).collect();
         nodes.push(Node::AnyOf(roots));
         Grammar { root: nodes.len() as NodeId - 1, nodes, framing: Framing::default() }
     }
@@ -130,14 +123,7 @@ impl Grammar {
     /// (tool calls: `{"name": <const>, "arguments": <schema>}`).
     pub fn object(props: Vec<(String, Grammar)>) -> Grammar {
         let mut nodes = Vec::new();
-        let mut out = Vec::new();
-        for (key, grammar) in props {
-            let offset = nodes.len() as NodeId;
-            for node in grammar.nodes {
-                nodes.push(shift(node, offset));
-            }
-            out.push(Prop { key: serde_json::to_vec(&key).expect("a string serializes"), value: grammar.root + offset, required: true });
-        }
+        let out: Vec<Prop> = props.into_iter().map(|(key, grammar)| Prop { key: serde_json::to_vec(&key).expect("a string serializes"), value: append(&mut nodes, grammar), required: true }).collect();
         let last_required = out.len().checked_sub(1);
         nodes.push(Node::Object { props: out, extra: None, last_required });
         Grammar { root: nodes.len() as NodeId - 1, nodes, framing: Framing::default() }
@@ -151,14 +137,13 @@ impl Grammar {
     /// The matcher at the start of the output.
     pub fn start(self: &Arc<Self>) -> Matcher {
         let mut state = State::default();
-        state.frames.push(Frame::Root { phase: RootPhase::Prefix, pos: 0, items: 0 });
-        state.bounds.push(1);
         if self.framing.prefix.is_empty() {
             // No markup: the value starts at once.
-            state.frames[0] = Frame::Root { phase: RootPhase::Value, pos: 0, items: 0 };
-            state.frames.push(Frame::Value { node: self.root });
-            state.bounds[0] = 2;
+            state.frames.extend([Frame::Root { phase: RootPhase::Value, pos: 0, items: 0 }, Frame::Value { node: self.root }]);
+        } else {
+            state.frames.push(Frame::Root { phase: RootPhase::Prefix, pos: 0, items: 0 });
         }
+        state.end_stack();
         Matcher { grammar: self.clone(), state, scratch: State::default() }
     }
 }
@@ -189,6 +174,13 @@ fn check_progress(nodes: &[Node]) -> Result<(), SchemaError> {
         }
     }
     Ok(())
+}
+
+/// Moves `grammar`'s nodes to the end of `nodes`; returns where its root landed.
+fn append(nodes: &mut Vec<Node>, grammar: Grammar) -> NodeId {
+    let offset = nodes.len() as NodeId;
+    nodes.extend(grammar.nodes.into_iter().map(|node| shift(node, offset)));
+    grammar.root + offset
 }
 
 fn shift(node: Node, offset: NodeId) -> Node {
@@ -616,8 +608,9 @@ impl Matcher {
         allowed.resize(vocab.n_vocab.div_ceil(64), 0);
         let set = |allowed: &mut Vec<u64>, token: Token| allowed[token as usize / 64] |= 1 << (token % 64);
         // Plain text inside a free string: admitted by its code point count alone.
-        let plain_string = match self.state.stacks().collect::<Vec<_>>().as_slice() {
-            [stack] => match stack.last() {
+        let mut stacks = self.state.stacks();
+        let plain_string = match (stacks.next(), stacks.next()) {
+            (Some(stack), None) => match stack.last() {
                 Some(Frame::Str { node, chars, escape: 0, cont_left: 0, .. }) if string_pattern(&self.grammar, *node).is_none() => Some(string_bounds(&self.grammar, *node).1.saturating_sub(*chars)),
                 _ => None,
             },
@@ -1232,37 +1225,23 @@ fn start_value(grammar: &Grammar, out: &mut State, node: NodeId, byte: u8, depth
         }
         Node::Integer { .. } => Frame::Num { node, integer: true, phase: 0, len: 0, negative: false, magnitude: 0, scale: 0, digits: 0 },
         Node::Number { .. } => Frame::Num { node, integer: false, phase: 0, len: 0, negative: false, magnitude: 0, scale: 0, digits: 0 },
-        Node::String { .. } => {
-            if byte != b'"' {
-                out.abandon_stack();
-                return;
-            }
-            out.frames.push(Frame::Str { node, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0, dfa: 0 });
-            out.end_stack();
-            return;
-        }
-        Node::Object { .. } => {
-            if byte != b'{' || depth > MAX_DEPTH {
-                out.abandon_stack();
-                return;
-            }
-            out.frames.push(Frame::Obj { node, next: 0, phase: 0 });
-            out.end_stack();
-            return;
-        }
-        Node::Array { .. } => {
-            if byte != b'[' || depth > MAX_DEPTH {
-                out.abandon_stack();
-                return;
-            }
-            out.frames.push(Frame::Arr { node, count: 0, phase: 0 });
-            out.end_stack();
-            return;
-        }
+        Node::String { .. } => return open(out, byte == b'"', Frame::Str { node, chars: 0, escape: 0, cont_left: 0, cont_lo: 0, cont_hi: 0, dfa: 0 }),
+        Node::Object { .. } => return open(out, byte == b'{' && depth <= MAX_DEPTH, Frame::Obj { node, next: 0, phase: 0 }),
+        Node::Array { .. } => return open(out, byte == b'[' && depth <= MAX_DEPTH, Frame::Arr { node, count: 0, phase: 0 }),
     };
     // Literals and numbers take the byte themselves.
     out.frames.push(frame);
     step(grammar, out, byte);
+}
+
+/// A string, object or array starts with its opening byte: pushes its frame, or drops the stack.
+fn open(out: &mut State, opens: bool, frame: Frame) {
+    if opens {
+        out.frames.push(frame);
+        out.end_stack();
+    } else {
+        out.abandon_stack();
+    }
 }
 
 /// The root frame after `items` complete items.

@@ -400,8 +400,8 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
         pending: Vec<Vec<TokenLogprob>>,
         sent_len: Vec<usize>,
         done: bool,
-        /// Per choice, with tools: the call parser and the ids of the calls it found.
-        parsers: Vec<(CallParser, Vec<String>)>,
+        /// Per choice, with tools: the parser that finds its calls.
+        parsers: Vec<CallParser>,
     }
     impl State {
         /// The log probabilities of the tokens behind the next text piece, when asked for.
@@ -417,9 +417,7 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
                 let part = match piece {
                     Piece::Content(text) => Part { index, content: Some(text), logprobs, ..Part::default() },
                     Piece::Start { index: call, name } => {
-                        let id = crate::tools::call_id();
-                        self.parsers[index].1.push(id.clone());
-                        let delta = wire::ToolCallDelta { index: call as u32, id: Some(id), kind: Some("function".into()), function: wire::FunctionDelta { name: Some(name), arguments: Some(String::new()) } };
+                        let delta = wire::ToolCallDelta { index: call as u32, id: Some(crate::tools::call_id()), kind: Some("function".into()), function: wire::FunctionDelta { name: Some(name), arguments: Some(String::new()) } };
                         Part { index, tool_calls: Some(vec![delta]), logprobs, ..Part::default() }
                     }
                     Piece::Arguments { index: call, text } => {
@@ -440,7 +438,7 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
     }
     let n_choices = run.n_choices;
     let parsers = match &run.tools {
-        Some(plan) => (0..n_choices).map(|_| (CallParser::for_plan(plan), Vec::new())).collect(),
+        Some(plan) => (0..n_choices).map(|_| CallParser::for_plan(plan)).collect(),
         None => Vec::new(),
     };
     let state = State { run, head, include_usage, queue, completion_tokens: 0, pending: vec![Vec::new(); n_choices], sent_len: vec![0; n_choices], done: false, parsers };
@@ -456,7 +454,7 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
             match state.run.events.next().await {
                 Some((index, Event::Text(piece))) if !state.parsers.is_empty() => {
                     state.run.timer.token();
-                    let pieces = state.parsers[index].0.push(&piece);
+                    let pieces = state.parsers[index].push(&piece);
                     state.push_pieces(index, pieces, usage_field);
                 }
                 Some((index, Event::Text(piece))) => {
@@ -470,9 +468,9 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
                     state.completion_tokens += completion_tokens;
                     let mut finish_text = None;
                     if !state.parsers.is_empty() {
-                        let pieces = state.parsers[index].0.finish();
+                        let pieces = state.parsers[index].finish();
                         state.push_pieces(index, pieces, usage_field);
-                        if state.parsers[index].0.calls() > 0 && finish_reason == FinishReason::Stop {
+                        if state.parsers[index].calls() > 0 && finish_reason == FinishReason::Stop {
                             finish_text = state.run.tools.as_ref().map(ToolPlan::finish_reason);
                         }
                     }
