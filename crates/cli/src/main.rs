@@ -277,10 +277,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into())).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -365,10 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Gc { min_age } => {
             let min_age = domain_duration_secs(&min_age)?;
             let report: api::admin::GcReport = client()?.post_json("/api/admin/gc", &api::admin::GcRequest { min_age_secs: Some(min_age) }).await?;
-            println!(
-                "gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed",
-                report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted
-            );
+            println!("gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed", report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted);
         }
         Command::Audit(AuditCommand::Verify) => {
             let report: api::admin::AuditVerify = client()?.get_json("/api/admin/audit/verify").await?;
@@ -470,11 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Some("any") | Some("") => None,
                 Some(list) => Some(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()),
             };
-            let new = api::vetting::Policy {
-                allow_pickle: allow_pickle.unwrap_or(current.allow_pickle),
-                allowed_licenses,
-                suspicious_blocks: suspicious_blocks.unwrap_or(current.suspicious_blocks),
-            };
+            let new = api::vetting::Policy { allow_pickle: allow_pickle.unwrap_or(current.allow_pickle), allowed_licenses, suspicious_blocks: suspicious_blocks.unwrap_or(current.suspicious_blocks) };
             let saved: api::vetting::Policy = client()?.send(client()?.request(reqwest::Method::PUT, &path).json(&new)).await?.json().await?;
             println!("{}", serde_json::to_string_pretty(&saved)?);
         }

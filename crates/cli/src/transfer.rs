@@ -312,7 +312,13 @@ pub(crate) async fn vet(client: &Client, repo_rev: &str, kind: &str, json: bool)
         return Ok(!verdict.blocked);
     }
     println!("{repo}@{}  {}{}", verdict.commit, verdict.status.to_uppercase(), if verdict.blocked { "  (blocked)" } else { "" });
-    println!("licence: {}   policy: allow_pickle={} suspicious_blocks={} licences={}", verdict.license.as_deref().unwrap_or("none"), verdict.policy.allow_pickle, verdict.policy.suspicious_blocks, verdict.policy.allowed_licenses.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "any".into()));
+    println!(
+        "licence: {}   policy: allow_pickle={} suspicious_blocks={} licences={}",
+        verdict.license.as_deref().unwrap_or("none"),
+        verdict.policy.allow_pickle,
+        verdict.policy.suspicious_blocks,
+        verdict.policy.allowed_licenses.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "any".into())
+    );
     println!();
     println!("{:<11} {:<12} {:>12}  FILE", "VERDICT", "FORMAT", "SIZE");
     for file in &verdict.files {

@@ -52,16 +52,7 @@ impl AuditRecord {
     pub fn next(prev_hash: &str, seq: i64, time: String, event: &AuditEvent) -> Self {
         let details = event.details.to_string();
         let hash = chain_hash(prev_hash, seq, &time, &event.actor, &event.action, &event.target, &details);
-        AuditRecord {
-            seq,
-            time,
-            actor: event.actor.clone(),
-            action: event.action.clone(),
-            target: event.target.clone(),
-            details,
-            prev_hash: prev_hash.to_owned(),
-            hash,
-        }
+        AuditRecord { seq, time, actor: event.actor.clone(), action: event.action.clone(), target: event.target.clone(), details, prev_hash: prev_hash.to_owned(), hash }
     }
 }
 

@@ -85,9 +85,7 @@ impl Principal {
     pub fn can_see_namespace(&self, namespace: &str) -> bool {
         match self {
             Principal::Anonymous => false,
-            Principal::User(user) => {
-                (user.is_admin && user.role == Role::Admin) || user.name == namespace || user.orgs.iter().any(|org| org == namespace)
-            }
+            Principal::User(user) => (user.is_admin && user.role == Role::Admin) || user.name == namespace || user.orgs.iter().any(|org| org == namespace),
         }
     }
     /// Whether the caller may write to repos of `namespace`: a write or admin token of the owner or an

@@ -98,15 +98,7 @@ impl Hub {
                 return Err(invalid());
             }
         }
-        Ok(Principal::User(UserPrincipal {
-            user_id: found.user_id,
-            name: found.token.user_name.clone(),
-            is_admin: found.is_admin,
-            role: found.token.role,
-            token_id: found.token.id,
-            token_name: found.token.name.clone(),
-            orgs: found.orgs,
-        }))
+        Ok(Principal::User(UserPrincipal { user_id: found.user_id, name: found.token.user_name.clone(), is_admin: found.is_admin, role: found.token.role, token_id: found.token.id, token_name: found.token.name.clone(), orgs: found.orgs }))
     }
 
     // ---- accounts and tokens -------------------------------------------------------------
@@ -269,10 +261,7 @@ impl Hub {
     /// Resolves a revision (branch, tag, `refs/heads/x`, `refs/tags/x` or commit id) of a repo.
     pub async fn resolve(&self, repo: &Repo, revision: &str) -> Result<CommitId> {
         let name = revision.strip_prefix("refs/heads/").or_else(|| revision.strip_prefix("refs/tags/")).unwrap_or(revision);
-        self.meta
-            .resolve(repo.id, name)
-            .await?
-            .ok_or_else(|| Error::RevisionNotFound(format!("revision {revision:?} not found in {}", repo.name)))
+        self.meta.resolve(repo.id, name).await?.ok_or_else(|| Error::RevisionNotFound(format!("revision {revision:?} not found in {}", repo.name)))
     }
 
     /// The commit and files at a revision.
@@ -316,11 +305,7 @@ impl Hub {
     /// Builds the entry for an LFS file named in a commit; its bytes must already be uploaded.
     pub async fn lfs_entry(&self, path: RepoPath, oid: &str, size: Option<u64>) -> Result<FileEntry> {
         let sha256 = Digest::parse(oid)?;
-        let stored_size = self
-            .blobs
-            .size_of(&sha256)
-            .await?
-            .ok_or_else(|| Error::invalid(format!("LFS object {sha256} for {path} was never uploaded")))?;
+        let stored_size = self.blobs.size_of(&sha256).await?.ok_or_else(|| Error::invalid(format!("LFS object {sha256} for {path} was never uploaded")))?;
         if size.is_some_and(|size| size != stored_size) {
             return Err(Error::invalid(format!("LFS object {sha256} for {path} has {stored_size} bytes, not the declared {}", size.unwrap_or(0))));
         }
@@ -353,15 +338,7 @@ impl Hub {
             .take(100)
             .collect();
         let event = AuditEvent::new(&caller.name, "repo.commit", repo.audit_target(), json!({ "branch": branch, "title": request.title, "operations": request.operations.len(), "paths": files }));
-        let new = NewCommit {
-            repo_id: repo.id,
-            branch,
-            expected_parent,
-            operations: request.operations,
-            title: request.title,
-            message: request.message,
-            author: caller.name.clone(),
-        };
+        let new = NewCommit { repo_id: repo.id, branch, expected_parent, operations: request.operations, title: request.title, message: request.message, author: caller.name.clone() };
         self.meta.commit(new, event).await
     }
 
@@ -417,11 +394,7 @@ impl Hub {
             let finding = Finding { level: Level::Error, code: "scan.failed".into(), offset: None, member: None, subject: hint.clone(), reason: format!("the scan failed: {error}") };
             by_key.entry((sha256, hint.clone())).or_insert(crate::vetting::ScanResult { sha256: digest, hint, scanner_version: self.config.scanner_version.clone(), format: "unknown".into(), findings: vec![finding], scanned_at: String::new() });
         }
-        let missing: Vec<(String, String)> = files
-            .iter()
-            .map(|f| (f.sha256.to_string(), scan_hint(f.path.as_str())))
-            .filter(|key| !by_key.contains_key(key))
-            .collect();
+        let missing: Vec<(String, String)> = files.iter().map(|f| (f.sha256.to_string(), scan_hint(f.path.as_str()))).filter(|key| !by_key.contains_key(key)).collect();
         if !missing.is_empty() {
             self.meta.enqueue_scans(&missing).await?;
         }
@@ -485,16 +458,7 @@ impl Hub {
         if justification.trim().len() < 10 || justification.len() > 4000 {
             return Err(Error::invalid("an override needs a written justification of 10 to 4000 characters"));
         }
-        let item = Override {
-            id: 0,
-            namespace: namespace.to_string(),
-            sha256: sha256.clone(),
-            code: code.to_owned(),
-            subject: subject.to_owned(),
-            justification: justification.to_owned(),
-            author: principal.actor(),
-            created_at: String::new(),
-        };
+        let item = Override { id: 0, namespace: namespace.to_string(), sha256: sha256.clone(), code: code.to_owned(), subject: subject.to_owned(), justification: justification.to_owned(), author: principal.actor(), created_at: String::new() };
         let event = AuditEvent::new(principal.actor(), "override.add", format!("namespace:{namespace}"), json!({ "sha256": sha256.as_str(), "code": code, "subject": subject, "justification": justification }));
         self.meta.add_override(&item, event).await
     }

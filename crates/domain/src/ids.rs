@@ -69,9 +69,7 @@ pub struct RepoName {
 impl RepoName {
     /// Parses `namespace/name`. A bare name is refused: every repo lives in a namespace.
     pub fn parse(text: &str) -> Result<Self> {
-        let (namespace, name) = text
-            .split_once('/')
-            .ok_or_else(|| Error::invalid(format!("invalid repo id {text:?}: expected namespace/name")))?;
+        let (namespace, name) = text.split_once('/').ok_or_else(|| Error::invalid(format!("invalid repo id {text:?}: expected namespace/name")))?;
         Self::from_parts(namespace, name)
     }
     /// Builds a repo name from its two parts, validating both.

@@ -406,9 +406,7 @@ mod tests {
     }
 
     fn check(base: &[&str], operations: Vec<FileOperation>, expect: Result<Vec<&str>, ()>) {
-        let got = apply_operations(base.iter().map(|p| file(p)).collect(), &operations)
-            .map(|files| files.iter().map(|f| f.path.as_str().to_owned()).collect::<Vec<_>>())
-            .map_err(|_| ());
+        let got = apply_operations(base.iter().map(|p| file(p)).collect(), &operations).map(|files| files.iter().map(|f| f.path.as_str().to_owned()).collect::<Vec<_>>()).map_err(|_| ());
         assert_eq!(got, expect.map(|v| v.into_iter().map(String::from).collect()));
     }
 

@@ -51,10 +51,7 @@ impl Admission {
         if tokens == 0 {
             return Vec::new();
         }
-        self.subjects
-            .iter()
-            .flat_map(|subject| [&self.minute, &self.month].map(|period| Charge { subject: subject.clone(), period: period.clone(), requests: 0, tokens }))
-            .collect()
+        self.subjects.iter().flat_map(|subject| [&self.minute, &self.month].map(|period| Charge { subject: subject.clone(), period: period.clone(), requests: 0, tokens })).collect()
     }
 }
 
@@ -121,11 +118,8 @@ pub async fn admit(meta: &dyn MetaStore, principal: &Principal, all: &[Quota], p
             let used = minute_tokens.max(0) as u64;
             tighter(&mut limits.tokens, limit, used.saturating_add(prompt_tokens));
             if used.saturating_add(prompt_tokens) > limit {
-                let message = if prompt_tokens > limit {
-                    format!("this request's {prompt_tokens} prompt tokens exceed the {limit} tokens per minute of {}", name(quota))
-                } else {
-                    format!("{} has used {used} of its {limit} tokens this minute", name(quota))
-                };
+                let message =
+                    if prompt_tokens > limit { format!("this request's {prompt_tokens} prompt tokens exceed the {limit} tokens per minute of {}", name(quota)) } else { format!("{} has used {used} of its {limit} tokens this minute", name(quota)) };
                 return refuse(Exceeded { message, monthly: false, retry_after: minute_left, limits }).await;
             }
         }

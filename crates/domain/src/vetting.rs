@@ -163,14 +163,7 @@ pub fn judge(files: &[FileEntry], results: &BTreeMap<(String, String), ScanResul
             }
         }
         if !policy.allow_pickle && PICKLE_FORMATS.contains(&result.format.as_str()) {
-            let finding = Finding {
-                level: Level::Unsafe,
-                code: "policy.pickle_not_allowed".into(),
-                offset: None,
-                member: None,
-                subject: result.format.clone(),
-                reason: format!("the policy does not allow pickle-based files ({})", result.format),
-            };
+            let finding = Finding { level: Level::Unsafe, code: "policy.pickle_not_allowed".into(), offset: None, member: None, subject: result.format.clone(), reason: format!("the policy does not allow pickle-based files ({})", result.format) };
             match overrides.iter().find(|o| o.sha256 == file.sha256 && o.code == finding.code) {
                 Some(accepted) => overridden.push((finding, accepted.clone())),
                 None => findings.push(finding),
@@ -277,7 +270,8 @@ mod tests {
         let strict = Policy { suspicious_blocks: true, ..Policy::default() };
         assert!(judge(&files, &results, &[], &strict, Some("mit".into()), Some(CARD)).blocked);
         // An override on this blob accepts the finding and shows it.
-        let accepted = Override { id: 1, namespace: "acme".into(), sha256: weights.sha256.clone(), code: "pickle.unknown_global".into(), subject: "mylib.Net".into(), justification: "our own class".into(), author: "root".into(), created_at: String::new() };
+        let accepted =
+            Override { id: 1, namespace: "acme".into(), sha256: weights.sha256.clone(), code: "pickle.unknown_global".into(), subject: "mylib.Net".into(), justification: "our own class".into(), author: "root".into(), created_at: String::new() };
         let verdict = judge(&files, &results, std::slice::from_ref(&accepted), &strict, Some("mit".into()), Some(CARD));
         assert_eq!(verdict.level, Some(Level::Safe));
         assert!(!verdict.blocked);

@@ -34,8 +34,13 @@ fn main() {
                     let mut done = 0;
                     while let Some(event) = generation.events.recv().await {
                         match event {
-                            engine::Event::Text(_) => { first.get_or_insert(t0.elapsed()); }
-                            engine::Event::Done { completion_tokens, .. } => { done = completion_tokens; break; }
+                            engine::Event::Text(_) => {
+                                first.get_or_insert(t0.elapsed());
+                            }
+                            engine::Event::Done { completion_tokens, .. } => {
+                                done = completion_tokens;
+                                break;
+                            }
                             _ => {}
                         }
                     }
@@ -45,7 +50,9 @@ fn main() {
             }));
         }
         let mut all = Vec::new();
-        for t in tasks { all.extend(t.await.unwrap()); }
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
         let wall = started.elapsed().as_secs_f64();
         let tokens: usize = all.iter().map(|x| x.1).sum();
         let mut ttft: Vec<f64> = all.iter().map(|x| x.0).collect();

@@ -139,11 +139,14 @@ impl Bert {
     fn forward(&self, sequences: &[&[Token]]) -> Vec<Vec<f32>> {
         let h = self.config.hidden;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
-        let spans: Vec<(usize, usize)> = sequences.iter().scan(0, |at, s| {
-            let span = (*at, s.len());
-            *at += s.len();
-            Some(span)
-        }).collect();
+        let spans: Vec<(usize, usize)> = sequences
+            .iter()
+            .scan(0, |at, s| {
+                let span = (*at, s.len());
+                *at += s.len();
+                Some(span)
+            })
+            .collect();
 
         let mut x = vec![0f32; total * h];
         for (row, (token, position)) in x.chunks_exact_mut(h).zip(sequences.iter().flat_map(|s| s.iter().enumerate().map(|(p, t)| (*t as usize, p)))) {
@@ -272,27 +275,7 @@ fn gemm_checked(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, us
     // gemm computes dst = a·dst + b·lhs·rhs, with strides given as (column, row).
     #[expect(unsafe_code, reason = "gemm takes raw pointers; the extents were checked against the slices just above")]
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_s.1 as isize,
-            dst_s.0 as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_s.1 as isize,
-            lhs_s.0 as isize,
-            rhs.as_ptr(),
-            rhs_s.1 as isize,
-            rhs_s.0 as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), dst_s.1 as isize, dst_s.0 as isize, accumulate, lhs.as_ptr(), lhs_s.1 as isize, lhs_s.0 as isize, rhs.as_ptr(), rhs_s.1 as isize, rhs_s.0 as isize, 1.0, alpha, false, false, false, par);
     }
 }
 

@@ -55,10 +55,7 @@ impl EmbedEngine {
         let capacity = config.max_queue.max(1);
         let (jobs, inbox) = std::sync::mpsc::sync_channel(capacity);
         let (tokenizer, dims, max_tokens, backend) = (runner.tokenizer(), runner.dims(), runner.max_tokens(), runner.backend());
-        std::thread::Builder::new()
-            .name("mantle-embedder".into())
-            .spawn(move || run_loop(runner, config, inbox))
-            .expect("spawn the embedding runner thread");
+        std::thread::Builder::new().name("mantle-embedder".into()).spawn(move || run_loop(runner, config, inbox)).expect("spawn the embedding runner thread");
         EmbedEngine { jobs, admitted: Arc::new(AtomicUsize::new(0)), capacity, tokenizer, dims, max_tokens, backend }
     }
 
@@ -211,7 +208,6 @@ impl EmbedRunner for MockEmbedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     fn engine(max_queue: usize) -> (EmbedEngine, Arc<std::sync::Mutex<Vec<usize>>>) {
         let mock = MockEmbedder { dims: 8, max_tokens: 64, calls: Default::default() };

@@ -45,16 +45,33 @@ enum Node {
     /// One of fixed JSON texts (`enum`, `const`, `null`, `true`/`false`).
     Literals(Vec<Vec<u8>>),
     /// An integer within bounds (inclusive).
-    Integer { min: i64, max: i64 },
+    Integer {
+        min: i64,
+        max: i64,
+    },
     /// A number, within bounds when the schema gives some (then written without an exponent).
-    Number { bounds: Option<Bounds> },
+    Number {
+        bounds: Option<Bounds>,
+    },
     /// A string of `min..=max` code points, matching `pattern` when there is one (`pattern` or a
     /// `format`).
-    String { min: u32, max: u32, pattern: Option<Arc<Dfa>> },
+    String {
+        min: u32,
+        max: u32,
+        pattern: Option<Arc<Dfa>>,
+    },
     /// Declared properties in order; `extra` is the value schema of free keys (maps, or any
     /// object), allowed only when there are no declared properties.
-    Object { props: Vec<Prop>, extra: Option<NodeId>, last_required: Option<usize> },
-    Array { items: NodeId, min: u32, max: u32 },
+    Object {
+        props: Vec<Prop>,
+        extra: Option<NodeId>,
+        last_required: Option<usize>,
+    },
+    Array {
+        items: NodeId,
+        min: u32,
+        max: u32,
+    },
     AnyOf(Vec<NodeId>),
     /// Not compiled yet (a `$ref` target being compiled).
     Pending,
@@ -246,7 +263,31 @@ impl<'a> Compiler<'a> {
         for key in map.keys() {
             let known = ANNOTATIONS.contains(&key.as_str())
                 || key.starts_with("x-")
-                || matches!(key.as_str(), "type" | "properties" | "required" | "additionalProperties" | "items" | "enum" | "const" | "anyOf" | "oneOf" | "allOf" | "$ref" | "minLength" | "maxLength" | "minItems" | "maxItems" | "nullable" | "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "pattern" | "format");
+                || matches!(
+                    key.as_str(),
+                    "type"
+                        | "properties"
+                        | "required"
+                        | "additionalProperties"
+                        | "items"
+                        | "enum"
+                        | "const"
+                        | "anyOf"
+                        | "oneOf"
+                        | "allOf"
+                        | "$ref"
+                        | "minLength"
+                        | "maxLength"
+                        | "minItems"
+                        | "maxItems"
+                        | "nullable"
+                        | "minimum"
+                        | "maximum"
+                        | "exclusiveMinimum"
+                        | "exclusiveMaximum"
+                        | "pattern"
+                        | "format"
+                );
             if !known {
                 return Err(Self::error(path, format!("the schema keyword {key:?} is not supported")));
             }
@@ -504,24 +545,63 @@ enum RootPhase {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Frame {
-    Root { phase: RootPhase, pos: u32, items: u32 },
+    Root {
+        phase: RootPhase,
+        pos: u32,
+        items: u32,
+    },
     /// Before a value: whitespace, then its first byte decides.
-    Value { node: NodeId },
+    Value {
+        node: NodeId,
+    },
     /// Matching the literals of a `Literals` node still alive after `pos` bytes.
-    Literal { node: NodeId, alive: u64, pos: u32 },
+    Literal {
+        node: NodeId,
+        alive: u64,
+        pos: u32,
+    },
     /// Inside a string: code points so far, escape progress (0 none, 1 after `\`, 2..=5 hex
     /// digits of `\u`, 6 the second digit after a `d`), and the byte range the next UTF-8 continuation byte must fall in.
-    Str { node: NodeId, chars: u32, escape: u8, cont_left: u8, cont_lo: u8, cont_hi: u8, dfa: u16 },
+    Str {
+        node: NodeId,
+        chars: u32,
+        escape: u8,
+        cont_left: u8,
+        cont_lo: u8,
+        cont_hi: u8,
+        dfa: u16,
+    },
     /// A number: its lexer phase and length; for integers and bounded numbers the sign, the
     /// digits so far as one integer, how many of them are fraction digits, and how many in all.
-    Num { node: NodeId, integer: bool, phase: u8, len: u8, negative: bool, magnitude: i64, scale: u8, digits: u8 },
+    Num {
+        node: NodeId,
+        integer: bool,
+        phase: u8,
+        len: u8,
+        negative: bool,
+        magnitude: i64,
+        scale: u8,
+        digits: u8,
+    },
     /// An object: the next declared property, the one whose value is being written, and phase
     /// (0 after `{`, 1 before `:`, 2 in a value, 3 after a value, 4 after `,`).
-    Obj { node: NodeId, next: u16, phase: u8 },
+    Obj {
+        node: NodeId,
+        next: u16,
+        phase: u8,
+    },
     /// A declared key being matched: candidates alive (bits over the object's properties).
-    Key { node: NodeId, alive: u64, pos: u32 },
+    Key {
+        node: NodeId,
+        alive: u64,
+        pos: u32,
+    },
     /// An array: items so far and phase (0 after `[`, 1 in an item, 2 after an item).
-    Arr { node: NodeId, count: u32, phase: u8 },
+    Arr {
+        node: NodeId,
+        count: u32,
+        phase: u8,
+    },
 }
 
 /// A set of stacks, flattened: stack `i` is `frames[bounds[i]..bounds[i + 1]]` (with an implicit
@@ -899,7 +979,11 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             }
             RootPhase::Between => {
                 let separator = framing.separator.as_deref().unwrap_or_default();
-                let (matched, len) = if (pos as usize) < separator.len() { (separator[pos as usize] == byte, separator.len() + framing.prefix.len()) } else { (framing.prefix.get(pos as usize - separator.len()) == Some(&byte), separator.len() + framing.prefix.len()) };
+                let (matched, len) = if (pos as usize) < separator.len() {
+                    (separator[pos as usize] == byte, separator.len() + framing.prefix.len())
+                } else {
+                    (framing.prefix.get(pos as usize - separator.len()) == Some(&byte), separator.len() + framing.prefix.len())
+                };
                 if !matched {
                     reject!();
                 }
@@ -966,7 +1050,11 @@ fn step(grammar: &Grammar, out: &mut State, byte: u8) {
             let step_pattern = |symbol: usize| match pattern {
                 Some(p) => {
                     let next = p.step(dfa, symbol);
-                    if next != regex::DEAD && (chars + 1).saturating_add(p.distance(next)) <= max { next } else { regex::DEAD }
+                    if next != regex::DEAD && (chars + 1).saturating_add(p.distance(next)) <= max {
+                        next
+                    } else {
+                        regex::DEAD
+                    }
                 }
                 None => dfa,
             };

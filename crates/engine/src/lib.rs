@@ -8,11 +8,11 @@
 pub mod bert;
 pub mod embed;
 pub mod grammar;
-pub mod regex;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod load;
 pub mod mock;
+pub mod regex;
 mod sampler;
 pub mod wordpiece;
 
@@ -199,10 +199,7 @@ impl Engine {
         let (commands, inbox) = std::sync::mpsc::sync_channel(capacity.max(1));
         let batch_size = Arc::new(AtomicUsize::new(0));
         let batch_size_seen = batch_size.clone();
-        std::thread::Builder::new()
-            .name("mantle-runner".into())
-            .spawn(move || run_loop(runner, config, inbox, &batch_size_seen))
-            .expect("spawn the runner thread");
+        std::thread::Builder::new().name("mantle-runner".into()).spawn(move || run_loop(runner, config, inbox, &batch_size_seen)).expect("spawn the runner thread");
         Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size }
     }
 
@@ -504,12 +501,7 @@ fn token_logprob(runner: &dyn ModelRunner, logits: &[f32], token: Token, top: us
         order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
         top_tokens = order;
     }
-    TokenLogprob {
-        token,
-        bytes: runner.token_bytes(token),
-        logprob: logprob(token),
-        top: top_tokens.into_iter().map(|t| TopLogprob { token: t, bytes: runner.token_bytes(t), logprob: logprob(t) }).collect(),
-    }
+    TokenLogprob { token, bytes: runner.token_bytes(token), logprob: logprob(token), top: top_tokens.into_iter().map(|t| TopLogprob { token: t, bytes: runner.token_bytes(t), logprob: logprob(t) }).collect() }
 }
 
 /// Takes the longest valid UTF-8 prefix out of `bytes`, leaving an incomplete character behind.

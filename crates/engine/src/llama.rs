@@ -102,7 +102,13 @@ impl LlamaRunner {
 
 impl ModelRunner for LlamaRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: self.model.n_vocab() as usize, n_ctx: self.n_ctx, eos: self.model.vocab().eos().0 as Token, backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) }, memory_bytes: self.memory_bytes }
+        RunnerInfo {
+            n_vocab: self.model.n_vocab() as usize,
+            n_ctx: self.n_ctx,
+            eos: self.model.vocab().eos().0 as Token,
+            backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) },
+            memory_bytes: self.memory_bytes,
+        }
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {

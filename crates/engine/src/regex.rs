@@ -541,7 +541,9 @@ mod tests {
 
     #[test]
     fn unsupported_syntax_is_named() {
-        for (pattern, needle) in [(r"(a)\1", "backreferences"), ("(?=a)", "lookaround"), (r"\bword", "boundaries"), ("é", "non-ASCII"), ("a{3,1}", "ordered"), ("(a", "unclosed"), ("a)", "unmatched"), ("*a", "nothing to repeat"), (r"\p{L}", "Unicode")] {
+        for (pattern, needle) in
+            [(r"(a)\1", "backreferences"), ("(?=a)", "lookaround"), (r"\bword", "boundaries"), ("é", "non-ASCII"), ("a{3,1}", "ordered"), ("(a", "unclosed"), ("a)", "unmatched"), ("*a", "nothing to repeat"), (r"\p{L}", "Unicode")]
+        {
             let err = compile(pattern).unwrap_err();
             assert!(err.contains(needle), "{pattern}: {err}");
         }

@@ -135,8 +135,14 @@ mod tests {
     fn seeds_repeat() {
         let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let a: Vec<Token> = { let mut s = Sampler::new(params.clone()); (0..20).map(|_| s.sample(&logits, &[])).collect() };
-        let b: Vec<Token> = { let mut s = Sampler::new(params); (0..20).map(|_| s.sample(&logits, &[])).collect() };
+        let a: Vec<Token> = {
+            let mut s = Sampler::new(params.clone());
+            (0..20).map(|_| s.sample(&logits, &[])).collect()
+        };
+        let b: Vec<Token> = {
+            let mut s = Sampler::new(params);
+            (0..20).map(|_| s.sample(&logits, &[])).collect()
+        };
         assert_eq!(a, b);
     }
 }

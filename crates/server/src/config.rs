@@ -169,11 +169,7 @@ impl Config {
             problems.push("storage.data_dir must not be empty".to_owned());
         }
         let data_dir = PathBuf::from(&raw.storage.data_dir);
-        let database_url = if raw.storage.database_url.is_empty() {
-            format!("sqlite://{}", data_dir.join("mantle.db").display())
-        } else {
-            raw.storage.database_url.clone()
-        };
+        let database_url = if raw.storage.database_url.is_empty() { format!("sqlite://{}", data_dir.join("mantle.db").display()) } else { raw.storage.database_url.clone() };
         if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             problems.push(format!("storage.database_url {database_url:?}: expected sqlite://PATH or postgres://..."));
         }
@@ -219,7 +215,15 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
-            runtime: RuntimeConfig { max_queue: runtime.max_queue as usize, prefill_chunk: runtime.prefill_chunk as usize, max_step_tokens: runtime.max_step_tokens as usize, models_dir, expand_max_bytes: runtime.expand_max_bytes, memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget }, usage_accounting: runtime.usage_accounting },
+            runtime: RuntimeConfig {
+                max_queue: runtime.max_queue as usize,
+                prefill_chunk: runtime.prefill_chunk as usize,
+                max_step_tokens: runtime.max_step_tokens as usize,
+                models_dir,
+                expand_max_bytes: runtime.expand_max_bytes,
+                memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget },
+                usage_accounting: runtime.usage_accounting,
+            },
         })
     }
 }
@@ -227,9 +231,7 @@ impl Config {
 /// Three quarters of this machine's memory (`MemTotal` in /proc/meminfo); no limit where that
 /// cannot be read.
 fn default_memory_budget() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("MemTotal:").and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())));
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| text.lines().find_map(|line| line.strip_prefix("MemTotal:").and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())));
     total_kib.map_or(0, |kib| kib * 1024 / 4 * 3)
 }
 
@@ -260,4 +262,3 @@ mod tests {
         assert!(RawConfig::load(Some(&file), &FlagOverrides::default()).is_err());
     }
 }
-

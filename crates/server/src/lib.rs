@@ -7,13 +7,13 @@ pub mod bootstrap;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod quotas;
 mod routes;
 pub mod runtime;
 pub mod scanner;
 mod signing;
-pub mod usage;
 mod tools;
-pub mod quotas;
+pub mod usage;
 
 use std::sync::Arc;
 

@@ -221,18 +221,21 @@ impl Drop for RequestTimer {
             // Tokens are counted for requests that finished; a cancelled or failed one is
             // recorded with none (its client saw no usage either).
             let (prompt, completion) = (self.tokens.0 as u64, self.tokens.1 as u64);
-            bill.log.record(domain::meta::UsageRecord {
-                at: domain::format_time(chrono::Utc::now()),
-                account: bill.account,
-                token_id: bill.token_id,
-                deployment: std::mem::take(&mut self.deployment),
-                api: bill.api.to_owned(),
-                outcome: outcome.to_owned(),
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                cost_micros: bill.settings.cost_micros(prompt, completion),
-            }, bill.admission);
+            bill.log.record(
+                domain::meta::UsageRecord {
+                    at: domain::format_time(chrono::Utc::now()),
+                    account: bill.account,
+                    token_id: bill.token_id,
+                    deployment: std::mem::take(&mut self.deployment),
+                    api: bill.api.to_owned(),
+                    outcome: outcome.to_owned(),
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    cost_micros: bill.settings.cost_micros(prompt, completion),
+                },
+                bill.admission,
+            );
         }
     }
 }

@@ -192,12 +192,8 @@ impl Runtime {
             if resident.saturating_add(extra) <= budget {
                 return;
             }
-            let victim = loaded
-                .iter()
-                .filter(|(name, slot)| name.as_str() != keep && !slot.keep.pinned())
-                .filter(|(_, slot)| slot.cell.get().is_some_and(|served| served.in_flight() == 0))
-                .min_by_key(|(_, slot)| slot.last_used)
-                .map(|(name, _)| name.clone());
+            let victim =
+                loaded.iter().filter(|(name, slot)| name.as_str() != keep && !slot.keep.pinned()).filter(|(_, slot)| slot.cell.get().is_some_and(|served| served.in_flight() == 0)).min_by_key(|(_, slot)| slot.last_used).map(|(name, _)| name.clone());
             let Some(victim) = victim else {
                 tracing::warn!(resident, extra, budget, "the resident models exceed the memory budget, and none is idle and unpinned to evict");
                 return;
@@ -344,15 +340,7 @@ fn identity(deployment: &Deployment) -> String {
 
 fn fingerprint(deployment: &Deployment, backend: &str) -> String {
     let s = &deployment.settings;
-    let text = format!(
-        "commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}",
-        deployment.commit,
-        deployment.file_sha256,
-        env!("CARGO_PKG_VERSION"),
-        s.context,
-        s.max_batch,
-        s.threads
-    );
+    let text = format!("commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}", deployment.commit, deployment.file_sha256, env!("CARGO_PKG_VERSION"), s.context, s.max_batch, s.threads);
     format!("fp_{}", &hex::encode(Sha256::digest(text.as_bytes()))[..10])
 }
 

@@ -161,7 +161,9 @@ impl ToolPlan {
 
     /// The instructions for a template that does not render tools itself.
     pub(crate) fn system_text(&self) -> String {
-        let mut text = String::from("You can call functions. To call one, answer with its name and arguments as JSON inside <tool_call></tool_call> tags, like this:\n<tool_call>\n{\"name\": \"function_name\", \"arguments\": {\"argument\": \"value\"}}\n</tool_call>\n");
+        let mut text = String::from(
+            "You can call functions. To call one, answer with its name and arguments as JSON inside <tool_call></tool_call> tags, like this:\n<tool_call>\n{\"name\": \"function_name\", \"arguments\": {\"argument\": \"value\"}}\n</tool_call>\n",
+        );
         match &self.choice {
             Choice::Required => text.push_str("You must call at least one function.\n"),
             Choice::Named(name) => text.push_str(&format!("You must call the function {name}.\n")),
@@ -253,9 +255,15 @@ pub(crate) struct Call {
 pub(crate) enum Piece {
     Content(String),
     /// A call starts: its index among this answer's calls and its name.
-    Start { index: usize, name: String },
+    Start {
+        index: usize,
+        name: String,
+    },
     /// More of call `index`'s arguments text.
-    Arguments { index: usize, text: String },
+    Arguments {
+        index: usize,
+        text: String,
+    },
 }
 
 /// Turns streamed text into content and calls. Text that could be the start of a call is held
@@ -633,7 +641,11 @@ mod tests {
 
     #[test]
     fn templates_without_tools_get_instructions_and_hermes_turns() {
-        let mut messages = vec![json!({"role": "user", "content": "weather?"}), json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}), json!({"role": "tool", "tool_call_id": "call_1", "content": "21C"})];
+        let mut messages = vec![
+            json!({"role": "user", "content": "weather?"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}),
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "21C"}),
+        ];
         messages_for_template(&mut messages, Some(&plan(json!("auto"))), "{% for m in messages %}{{ m.content }}{% endfor %}");
         assert_eq!(messages[0]["role"], "system");
         assert!(messages[0]["content"].as_str().unwrap().contains("get_weather"));

@@ -47,7 +47,12 @@ impl UsageLog {
                 // Tokens go to the quota windows the requests were admitted in, in the same write.
                 let charges: Vec<Charge> = items.iter().filter_map(|(record, admission)| admission.as_ref().map(|a| a.token_charges(record.prompt_tokens + record.completion_tokens))).flatten().collect();
                 let count = items.len();
-                let batch: Vec<UsageRecord> = if store_records { items.drain(..).map(|(record, _)| record).collect() } else { items.clear(); Vec::new() };
+                let batch: Vec<UsageRecord> = if store_records {
+                    items.drain(..).map(|(record, _)| record).collect()
+                } else {
+                    items.clear();
+                    Vec::new()
+                };
                 let mut attempt = 0;
                 loop {
                     match meta.record_usage(&batch, &charges).await {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, TokenInfo, TokenLookup, Charge, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{apply_operations, Account, AccountKind, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -202,13 +202,7 @@ impl WriteTx<'_> {
             }
             let mut query = sqlx::query(&sql);
             for file in chunk {
-                query = query
-                    .bind(id.as_str())
-                    .bind(file.path.as_str())
-                    .bind(to_i64(file.size)?)
-                    .bind(file.sha256.as_str())
-                    .bind(file.git_oid.as_str())
-                    .bind(i64::from(file.lfs));
+                query = query.bind(id.as_str()).bind(file.path.as_str()).bind(to_i64(file.size)?).bind(file.sha256.as_str()).bind(file.git_oid.as_str()).bind(i64::from(file.lfs));
             }
             query.execute(&mut *self.tx).await.map_err(db_err)?;
         }
@@ -237,13 +231,7 @@ impl WriteTx<'_> {
     }
 
     async fn ref_target(&mut self, repo_id: i64, kind: RefKind, name: &str) -> Result<Option<CommitId>> {
-        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3")
-            .bind(repo_id)
-            .bind(kind.as_str())
-            .bind(name)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3").bind(repo_id).bind(kind.as_str()).bind(name).fetch_optional(&mut *self.tx).await.map_err(db_err)?;
         row.map(|row| commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)).transpose()
     }
 }
@@ -260,34 +248,18 @@ impl MetaStore for SqlMetaStore {
             Some(account) if account.kind == AccountKind::User && account.is_admin => account,
             Some(_) => return Err(Error::conflict(format!("{admin_name} exists but is not a site administrator"))),
             None => {
-                let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, 'user', 1, $2) RETURNING id")
-                    .bind(admin_name.as_str())
-                    .bind(now_rfc3339())
-                    .fetch_one(&mut *tx.tx)
-                    .await
-                    .map_err(db_err)?;
+                let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, 'user', 1, $2) RETURNING id").bind(admin_name.as_str()).bind(now_rfc3339()).fetch_one(&mut *tx.tx).await.map_err(db_err)?;
                 let id: i64 = row.try_get("id").map_err(db_err)?;
                 tx.audit(&AuditEvent::new("system", "user.create", format!("user:{admin_name}"), serde_json::json!({ "admin": true }))).await?;
                 Account { id, name: admin_name.clone(), kind: AccountKind::User, is_admin: true, created_at: now_rfc3339() }
             }
         };
-        sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at) VALUES ($1, 'bootstrap', $2, 'admin', $3)")
-            .bind(admin.id)
-            .bind(token_hash)
-            .bind(now_rfc3339())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at) VALUES ($1, 'bootstrap', $2, 'admin', $3)").bind(admin.id).bind(token_hash).bind(now_rfc3339()).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.audit(&AuditEvent::new("system", "token.create", format!("user:{admin_name}"), serde_json::json!({ "name": "bootstrap", "role": "admin" }))).await?;
         if rotate {
             let now = now_rfc3339();
-            let rows = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND name = 'bootstrap' AND hash <> $3 AND revoked_at IS NULL RETURNING id")
-                .bind(&now)
-                .bind(admin.id)
-                .bind(token_hash)
-                .fetch_all(&mut *tx.tx)
-                .await
-                .map_err(db_err)?;
+            let rows =
+                sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND name = 'bootstrap' AND hash <> $3 AND revoked_at IS NULL RETURNING id").bind(&now).bind(admin.id).bind(token_hash).fetch_all(&mut *tx.tx).await.map_err(db_err)?;
             for row in rows {
                 let id: i64 = row.try_get("id").map_err(db_err)?;
                 tx.audit(&AuditEvent::new("system", "token.revoke", format!("token:{id}"), serde_json::json!({ "user": admin_name.as_str(), "reason": "admin token rotated" }))).await?;
@@ -303,24 +275,12 @@ impl MetaStore for SqlMetaStore {
             return Err(Error::conflict(format!("the name {name} is taken")));
         }
         let created_at = now_rfc3339();
-        let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, $2, 0, $3) RETURNING id")
-            .bind(name.as_str())
-            .bind(kind.as_str())
-            .bind(&created_at)
-            .fetch_one(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query("INSERT INTO accounts (name, kind, is_admin, created_at) VALUES ($1, $2, 0, $3) RETURNING id").bind(name.as_str()).bind(kind.as_str()).bind(&created_at).fetch_one(&mut *tx.tx).await.map_err(db_err)?;
         let id: i64 = row.try_get("id").map_err(db_err)?;
         tx.audit(&event).await?;
         if let Some(org) = member_of {
             let org = tx.account(org).await?.filter(|a| a.kind == AccountKind::Org).ok_or_else(|| Error::NotFound(format!("no org named {org}")))?;
-            sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)")
-                .bind(org.id)
-                .bind(id)
-                .bind(&created_at)
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)").bind(org.id).bind(id).bind(&created_at).execute(&mut *tx.tx).await.map_err(db_err)?;
             tx.audit(&AuditEvent::new(&event.actor, "org.add_member", format!("org:{}", org.name), serde_json::json!({ "user": name.as_str() }))).await?;
         }
         tx.commit().await?;
@@ -343,32 +303,17 @@ impl MetaStore for SqlMetaStore {
         let mut tx = self.begin_write().await?;
         let org_row = tx.account(org).await?.filter(|a| a.kind == AccountKind::Org).ok_or_else(|| Error::NotFound(format!("no org named {org}")))?;
         let user_row = tx.account(user).await?.filter(|a| a.kind == AccountKind::User).ok_or_else(|| Error::NotFound(format!("no user named {user}")))?;
-        let existing = sqlx::query("SELECT 1 AS one FROM memberships WHERE org_id = $1 AND user_id = $2")
-            .bind(org_row.id)
-            .bind(user_row.id)
-            .fetch_optional(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let existing = sqlx::query("SELECT 1 AS one FROM memberships WHERE org_id = $1 AND user_id = $2").bind(org_row.id).bind(user_row.id).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
         if existing.is_some() {
             return Err(Error::conflict(format!("{user} is already a member of {org}")));
         }
-        sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(org_row.id)
-            .bind(user_row.id)
-            .bind(now_rfc3339())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("INSERT INTO memberships (org_id, user_id, created_at) VALUES ($1, $2, $3)").bind(org_row.id).bind(user_row.id).bind(now_rfc3339()).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.audit(&event).await?;
         tx.commit().await
     }
 
     async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT o.name FROM memberships m JOIN accounts o ON o.id = m.org_id JOIN accounts u ON u.id = m.user_id WHERE u.name = $1 ORDER BY o.name")
-            .bind(user.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query("SELECT o.name FROM memberships m JOIN accounts o ON o.id = m.org_id JOIN accounts u ON u.id = m.user_id WHERE u.name = $1 ORDER BY o.name").bind(user.as_str()).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(|row| row.try_get::<String, _>("name").map_err(db_err)).collect()
     }
 
@@ -403,12 +348,7 @@ impl MetaStore for SqlMetaStore {
     async fn revoke_token(&self, id: i64, event: AuditEvent) -> Result<TokenInfo> {
         let mut tx = self.begin_write().await?;
         let now = now_rfc3339();
-        let updated = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(&now)
-            .bind(id)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let updated = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL").bind(&now).bind(id).execute(&mut *tx.tx).await.map_err(db_err)?;
         if updated.rows_affected() == 0 {
             return Err(Error::conflict(format!("token {id} does not exist or is already revoked")));
         }
@@ -449,13 +389,7 @@ impl MetaStore for SqlMetaStore {
 
     async fn create_repo(&self, kind: RepoKind, name: &RepoName, private: bool, initial: Vec<FileEntry>, author: &str, event: AuditEvent) -> Result<Repo> {
         let mut tx = self.begin_write().await?;
-        let existing = sqlx::query("SELECT id FROM repos WHERE kind = $1 AND namespace = $2 AND name = $3")
-            .bind(kind.as_str())
-            .bind(name.namespace.as_str())
-            .bind(name.name.as_str())
-            .fetch_optional(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let existing = sqlx::query("SELECT id FROM repos WHERE kind = $1 AND namespace = $2 AND name = $3").bind(kind.as_str()).bind(name.namespace.as_str()).bind(name.name.as_str()).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
         if existing.is_some() {
             return Err(Error::conflict(format!("You already created this {} repo: {name}", kind.as_str())));
         }
@@ -471,13 +405,7 @@ impl MetaStore for SqlMetaStore {
             .map_err(db_err)?;
         let id: i64 = row.try_get("id").map_err(db_err)?;
         let commit = tx.insert_commit(id, None, &initial, "initial commit", "", author).await?;
-        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, 'branch', $2, $3)")
-            .bind(id)
-            .bind(DEFAULT_BRANCH)
-            .bind(commit.id.as_str())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, 'branch', $2, $3)").bind(id).bind(DEFAULT_BRANCH).bind(commit.id.as_str()).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.enqueue(&scan_keys(&initial)).await?;
         let mut event = event;
         insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
@@ -488,13 +416,7 @@ impl MetaStore for SqlMetaStore {
 
     async fn get_repo(&self, kind: RepoKind, name: &RepoName) -> Result<Option<Repo>> {
         let sql = format!("SELECT {REPO_COLUMNS} FROM repos WHERE kind = $1 AND namespace = $2 AND name = $3");
-        let row = sqlx::query(&sql)
-            .bind(kind.as_str())
-            .bind(name.namespace.as_str())
-            .bind(name.name.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&sql).bind(kind.as_str()).bind(name.namespace.as_str()).bind(name.name.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.map(|row| repo_from_row(&row)).transpose()
     }
 
@@ -515,11 +437,7 @@ impl MetaStore for SqlMetaStore {
 
     async fn delete_repo(&self, repo_id: i64, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        for sql in [
-            "DELETE FROM refs WHERE repo_id = $1",
-            "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo_id = $1)",
-            "DELETE FROM commits WHERE repo_id = $1",
-        ] {
+        for sql in ["DELETE FROM refs WHERE repo_id = $1", "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo_id = $1)", "DELETE FROM commits WHERE repo_id = $1"] {
             sqlx::query(sql).bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
         }
         let deleted = sqlx::query("DELETE FROM repos WHERE id = $1").bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
@@ -549,25 +467,14 @@ impl MetaStore for SqlMetaStore {
         if taken.is_some() {
             return Err(Error::conflict(format!("a repo named {to} already exists")));
         }
-        sqlx::query("UPDATE repos SET namespace = $1, name = $2 WHERE id = $3")
-            .bind(to.namespace.as_str())
-            .bind(to.name.as_str())
-            .bind(repo_id)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("UPDATE repos SET namespace = $1, name = $2 WHERE id = $3").bind(to.namespace.as_str()).bind(to.name.as_str()).bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.audit(&event).await?;
         tx.commit().await
     }
 
     async fn resolve(&self, repo_id: i64, revision: &str) -> Result<Option<CommitId>> {
         // Branches win over tags, as in git's ref resolution order for short names.
-        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND name = $2 ORDER BY kind LIMIT 1")
-            .bind(repo_id)
-            .bind(revision)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query("SELECT commit_id FROM refs WHERE repo_id = $1 AND name = $2 ORDER BY kind LIMIT 1").bind(repo_id).bind(revision).fetch_optional(&self.pool).await.map_err(db_err)?;
         if let Some(row) = row {
             return Ok(Some(commit_from_text(&row.try_get::<String, _>("commit_id").map_err(db_err)?)?));
         }
@@ -614,10 +521,7 @@ impl MetaStore for SqlMetaStore {
 
     async fn commit(&self, new: NewCommit, event: AuditEvent) -> Result<Commit> {
         let mut tx = self.begin_write().await?;
-        let head = tx
-            .ref_target(new.repo_id, RefKind::Branch, &new.branch)
-            .await?
-            .ok_or_else(|| Error::RevisionNotFound(format!("branch {:?} not found: commits go to an existing branch", new.branch)))?;
+        let head = tx.ref_target(new.repo_id, RefKind::Branch, &new.branch).await?.ok_or_else(|| Error::RevisionNotFound(format!("branch {:?} not found: commits go to an existing branch", new.branch)))?;
         if let Some(expected) = &new.expected_parent {
             if *expected != head {
                 return Err(Error::conflict(format!("parent commit {expected} is not the head of {} (now {head}); fetch and retry", new.branch)));
@@ -665,27 +569,14 @@ impl MetaStore for SqlMetaStore {
         if tx.ref_target(repo_id, kind, name).await?.is_some() {
             return Err(Error::conflict(format!("{} {name:?} already exists", kind.as_str())));
         }
-        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, $2, $3, $4)")
-            .bind(repo_id)
-            .bind(kind.as_str())
-            .bind(name)
-            .bind(target.as_str())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("INSERT INTO refs (repo_id, kind, name, commit_id) VALUES ($1, $2, $3, $4)").bind(repo_id).bind(kind.as_str()).bind(name).bind(target.as_str()).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.audit(&event).await?;
         tx.commit().await
     }
 
     async fn delete_ref(&self, repo_id: i64, kind: RefKind, name: &str, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3")
-            .bind(repo_id)
-            .bind(kind.as_str())
-            .bind(name)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let deleted = sqlx::query("DELETE FROM refs WHERE repo_id = $1 AND kind = $2 AND name = $3").bind(repo_id).bind(kind.as_str()).bind(name).execute(&mut *tx.tx).await.map_err(db_err)?;
         if deleted.rows_affected() == 0 {
             return Err(Error::RevisionNotFound(format!("{} {name:?} not found", kind.as_str())));
         }
@@ -710,12 +601,7 @@ impl MetaStore for SqlMetaStore {
     }
 
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query("SELECT seq, time, actor, action, target, details, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query("SELECT seq, time, actor, action, target, details, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2").bind(after_seq).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRecord {
@@ -762,12 +648,7 @@ impl MetaStore for SqlMetaStore {
         let id: i64 = row.try_get("id").map_err(db_err)?;
         let lease = domain::format_time(chrono::Utc::now() + chrono::Duration::seconds(lease_secs));
         sqlx::query("UPDATE scan_jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 WHERE id = $2").bind(&lease).bind(id).execute(&mut *tx.tx).await.map_err(db_err)?;
-        let job = ScanJob {
-            id,
-            sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?,
-            hint: row.try_get("hint").map_err(db_err)?,
-            attempts: row.try_get::<i64, _>("attempts").map_err(db_err)? + 1,
-        };
+        let job = ScanJob { id, sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?, hint: row.try_get("hint").map_err(db_err)?, attempts: row.try_get::<i64, _>("attempts").map_err(db_err)? + 1 };
         tx.commit().await?;
         Ok(Some(job))
     }
@@ -797,14 +678,7 @@ impl MetaStore for SqlMetaStore {
             Some(at) => ("queued", at),
             None => ("failed", now_rfc3339()),
         };
-        sqlx::query("UPDATE scan_jobs SET state = $1, run_after = $2, lease_until = NULL, last_error = $3 WHERE id = $4")
-            .bind(state)
-            .bind(run_after)
-            .bind(error)
-            .bind(job_id)
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query("UPDATE scan_jobs SET state = $1, run_after = $2, lease_until = NULL, last_error = $3 WHERE id = $4").bind(state).bind(run_after).bind(error).bind(job_id).execute(&mut *tx.tx).await.map_err(db_err)?;
         tx.commit().await
     }
 
@@ -901,11 +775,7 @@ impl MetaStore for SqlMetaStore {
     }
 
     async fn list_overrides(&self, namespace: &str) -> Result<Vec<Override>> {
-        let rows = sqlx::query("SELECT id, namespace, sha256, code, subject, justification, author, created_at FROM overrides WHERE namespace = $1 ORDER BY id")
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query("SELECT id, namespace, sha256, code, subject, justification, author, created_at FROM overrides WHERE namespace = $1 ORDER BY id").bind(namespace).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter()
             .map(|row| {
                 Ok(Override {
@@ -1092,10 +962,7 @@ fn scan_keys(files: &[FileEntry]) -> Vec<(String, String)> {
 }
 
 fn findings_to_json(findings: &[Finding]) -> String {
-    let items: Vec<serde_json::Value> = findings
-        .iter()
-        .map(|f| serde_json::json!({ "level": f.level.as_str(), "code": f.code, "offset": f.offset, "member": f.member, "subject": f.subject, "reason": f.reason }))
-        .collect();
+    let items: Vec<serde_json::Value> = findings.iter().map(|f| serde_json::json!({ "level": f.level.as_str(), "code": f.code, "offset": f.offset, "member": f.member, "subject": f.subject, "reason": f.reason })).collect();
     serde_json::Value::Array(items).to_string()
 }
 

@@ -44,11 +44,17 @@ pub fn scan_zip<R: Read + Seek>(reader: &mut R, name: &str, limits: &Limits) -> 
         };
         let member_name = member.name().to_owned();
         if let Some(why) = unsafe_member_name(&member_name) {
-            findings.push(Finding { member: Some(member_name.clone()), ..Finding::new(Verdict::Unsafe, "zip.path_traversal", Some(member.header_start()), member_name.clone(), format!("member name {why}: extracting it would write outside the target folder")) });
+            findings.push(Finding {
+                member: Some(member_name.clone()),
+                ..Finding::new(Verdict::Unsafe, "zip.path_traversal", Some(member.header_start()), member_name.clone(), format!("member name {why}: extracting it would write outside the target folder"))
+            });
         }
         let (size, compressed) = (member.size(), member.compressed_size());
         if size > 1024 * 1024 && size / compressed.max(1) > limits.max_compression_ratio {
-            findings.push(Finding { member: Some(member_name.clone()), ..Finding::new(Verdict::Unsafe, "zip.bomb", Some(member.header_start()), member_name.clone(), format!("member expands {compressed} bytes to a declared {size} (ratio above {})", limits.max_compression_ratio)) });
+            findings.push(Finding {
+                member: Some(member_name.clone()),
+                ..Finding::new(Verdict::Unsafe, "zip.bomb", Some(member.header_start()), member_name.clone(), format!("member expands {compressed} bytes to a declared {size} (ratio above {})", limits.max_compression_ratio))
+            });
             continue;
         }
         if format == Format::Keras && member_name == "config.json" {
@@ -65,11 +71,7 @@ pub fn scan_zip<R: Read + Seek>(reader: &mut R, name: &str, limits: &Limits) -> 
         }
         // Bounded whatever the header claims: one byte past the limit tells us it was exceeded.
         let mut bounded = (&mut member).take(limits.max_member_bytes + 1);
-        let mut member_findings = if scan_pickle {
-            pickle::scan_stream(&mut bounded)
-        } else {
-            scan_npy(&mut bounded, Some(&member_name), limits).findings
-        };
+        let mut member_findings = if scan_pickle { pickle::scan_stream(&mut bounded) } else { scan_npy(&mut bounded, Some(&member_name), limits).findings };
         if bounded.limit() == 0 {
             member_findings.push(Finding::new(Verdict::Error, "zip.member_too_large", None, member_name.clone(), format!("member decompresses to more than {} bytes; it was not fully scanned", limits.max_member_bytes)));
         }

@@ -6,9 +6,32 @@ use crate::{Finding, Verdict};
 
 /// Attribute names that reach Python internals when a template runs in Python's Jinja.
 const ESCAPES: &[&str] = &[
-    "__class__", "__subclasses__", "__globals__", "__builtins__", "__import__", "__mro__", "__base__", "__bases__", "__init__",
-    "__dict__", "__getattribute__", "__reduce__", "__reduce_ex__", "__code__", "__closure__", "__func__", "__self__", "__module__",
-    "__loader__", "__spec__", "func_globals", "f_globals", "gi_frame", "tb_frame", "cr_frame", "mro",
+    "__class__",
+    "__subclasses__",
+    "__globals__",
+    "__builtins__",
+    "__import__",
+    "__mro__",
+    "__base__",
+    "__bases__",
+    "__init__",
+    "__dict__",
+    "__getattribute__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__code__",
+    "__closure__",
+    "__func__",
+    "__self__",
+    "__module__",
+    "__loader__",
+    "__spec__",
+    "func_globals",
+    "f_globals",
+    "gi_frame",
+    "tb_frame",
+    "cr_frame",
+    "mro",
 ];
 
 /// Calls that only make sense to reach the host: os, subprocess, eval, file access.

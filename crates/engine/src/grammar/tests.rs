@@ -11,7 +11,10 @@ use super::*;
 fn vocab() -> Vec<Vec<u8>> {
     let mut tokens: Vec<Vec<u8>> = vec![Vec::new()];
     tokens.extend((0x20u8..0x7f).map(|b| vec![b]));
-    for piece in ["{\"", "\":", "\", \"", "\"}", " \"", "true", "null", "false", "123", "0.5", "-1", "e+9", "\n", "\n  ", "\t", "\\\"", "\\u00e9", "\\n", "name", "\"name\"", "\": \"", "},{", "[{", "}]", "é", "日本", "a\"b", "\"]", ", ", "1,", "\"\"", "ab", "abc", "abcdef"] {
+    for piece in [
+        "{\"", "\":", "\", \"", "\"}", " \"", "true", "null", "false", "123", "0.5", "-1", "e+9", "\n", "\n  ", "\t", "\\\"", "\\u00e9", "\\n", "name", "\"name\"", "\": \"", "},{", "[{", "}]", "é", "日本", "a\"b", "\"]", ", ", "1,", "\"\"", "ab",
+        "abc", "abcdef",
+    ] {
         tokens.push(piece.as_bytes().to_vec());
     }
     tokens.push(vec![0xc3]);
@@ -92,7 +95,11 @@ fn validate(value: &Value, schema: &Value, root: &Value) -> Result<(), String> {
         }
     }
     if let Some(types) = map.get("type") {
-        let types: Vec<&str> = match types { Value::String(s) => vec![s.as_str()], Value::Array(l) => l.iter().filter_map(Value::as_str).collect(), _ => vec![] };
+        let types: Vec<&str> = match types {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(l) => l.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
         if !types.iter().any(|t| type_matches(t, value)) {
             return Err(format!("{value} is not of type {types:?}"));
         }
@@ -171,7 +178,13 @@ fn valid_format(format: &str, text: &str) -> bool {
         "date" => text.len() == 10 && date(text),
         "uuid" => text.len() == 36 && text.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() }),
         "date-time" => text.split_once('T').is_some_and(|(d, t)| {
-            let (clock, zone) = if let Some(c) = t.strip_suffix('Z') { (c, "00:00") } else if t.len() > 6 { (&t[..t.len() - 6], &t[t.len() - 5..]) } else { return false };
+            let (clock, zone) = if let Some(c) = t.strip_suffix('Z') {
+                (c, "00:00")
+            } else if t.len() > 6 {
+                (&t[..t.len() - 6], &t[t.len() - 5..])
+            } else {
+                return false;
+            };
             let hms: Vec<&str> = clock.split('.').next().unwrap().split(':').collect();
             date(d) && hms.len() == 3 && number(hms[0]).is_some_and(|h| h < 24) && number(hms[1]).is_some_and(|m| m < 60) && number(hms[2]).is_some_and(|s| s < 60) && zone.len() == 5
         }),
@@ -196,8 +209,14 @@ fn schemas_walks_validate() {
     check_schema(json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["name", "age", "ok"], "additionalProperties": false}), 2);
     check_schema(json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": ["string", "null"]}, "c": {"enum": [1, 10, "x", null]}}, "required": ["c"]}), 3);
     check_schema(json!({"type": "array", "items": {"type": "string", "minLength": 2, "maxLength": 3}, "minItems": 1, "maxItems": 3}), 4);
-    check_schema(json!({"anyOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind", "x"], "additionalProperties": false}, {"type": "object", "properties": {"kind": {"const": "ab"}, "y": {"type": "string"}}, "required": ["kind", "y"], "additionalProperties": false}]}), 5);
-    check_schema(json!({"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}}, "required": ["v", "kids"], "additionalProperties": false}}, "$ref": "#/$defs/node"}), 6);
+    check_schema(
+        json!({"anyOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind", "x"], "additionalProperties": false}, {"type": "object", "properties": {"kind": {"const": "ab"}, "y": {"type": "string"}}, "required": ["kind", "y"], "additionalProperties": false}]}),
+        5,
+    );
+    check_schema(
+        json!({"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}}, "required": ["v", "kids"], "additionalProperties": false}}, "$ref": "#/$defs/node"}),
+        6,
+    );
     check_schema(json!({"type": "object", "additionalProperties": {"type": "integer"}}), 7);
     check_schema(json!({"type": "integer"}), 8);
     check_schema(json!({"type": "string"}), 9);
@@ -253,14 +272,19 @@ fn numbers_end_by_lookahead() {
 
 #[test]
 fn framing_wraps_and_repeats() {
-    let call = Grammar::object(vec![("name".into(), Grammar::constant(&json!("get"))), ("arguments".into(), Grammar::from_schema(&json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"], "additionalProperties": false})).unwrap())]);
+    let call = Grammar::object(vec![
+        ("name".into(), Grammar::constant(&json!("get"))),
+        ("arguments".into(), Grammar::from_schema(&json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"], "additionalProperties": false})).unwrap()),
+    ]);
     let grammar = Arc::new(call.framed(Framing { prefix: b"<c>".to_vec(), suffix: b"</c>".to_vec(), separator: Some(b"\n".to_vec()), max_items: 2 }));
     let mut m = grammar.start();
     assert!(!m.clone().advance(b"{"));
     assert!(m.advance(br#"<c>{"name": "get", "arguments": {"q": "x"}}</c>"#));
     assert!(m.can_end() && !m.is_finished());
-    assert!(m.advance(br#"
-<c>{"name":"get","arguments":{"q":""}}</c>"#));
+    assert!(m.advance(
+        br#"
+<c>{"name":"get","arguments":{"q":""}}</c>"#
+    ));
     assert!(m.is_finished());
     walk((*grammar).clone(), None, 11, 20);
 }
@@ -355,7 +379,10 @@ fn arbitrary_bytes_never_panic_and_states_stay_small() {
 
 #[test]
 fn patterns_and_formats_hold_in_walks() {
-    check_schema(json!({"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{2,3}$"}, "when": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"}, "tag": {"type": "string", "pattern": "b", "maxLength": 5}}, "required": ["code", "when", "at", "id", "tag"], "additionalProperties": false}), 31);
+    check_schema(
+        json!({"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{2,3}$"}, "when": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"}, "tag": {"type": "string", "pattern": "b", "maxLength": 5}}, "required": ["code", "when", "at", "id", "tag"], "additionalProperties": false}),
+        31,
+    );
     let grammar = Arc::new(Grammar::from_schema(&json!({"type": "string", "format": "date"})).unwrap());
     assert!(grammar.start().advance(b"\"2024-02-28\""));
     assert!(!grammar.start().advance(b"\"2024-02-30"), "no impossible day");

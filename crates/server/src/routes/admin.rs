@@ -14,16 +14,7 @@ fn account(account: domain::meta::Account) -> api::admin::Account {
 }
 
 fn token(info: domain::meta::TokenInfo, secret: Option<String>) -> api::admin::Token {
-    api::admin::Token {
-        id: info.id,
-        user: info.user_name,
-        name: info.name,
-        role: info.role.as_str().into(),
-        created_at: info.created_at,
-        expires_at: info.expires_at,
-        revoked_at: info.revoked_at,
-        token: secret,
-    }
+    api::admin::Token { id: info.id, user: info.user_name, name: info.name, role: info.role.as_str().into(), created_at: info.created_at, expires_at: info.expires_at, revoked_at: info.revoked_at, token: secret }
 }
 
 pub(crate) async fn list_users(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Account>>> {
@@ -72,12 +63,7 @@ pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, bod
 
 pub(crate) async fn verify_audit(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::admin::AuditVerify>> {
     let report = state.hub.verify_audit(&principal).await?;
-    Ok(Json(api::admin::AuditVerify {
-        ok: report.broken.is_none(),
-        checked: report.checked,
-        broken_seq: report.broken.as_ref().map(|b| b.seq),
-        reason: report.broken.map(|b| b.reason),
-    }))
+    Ok(Json(api::admin::AuditVerify { ok: report.broken.is_none(), checked: report.checked, broken_seq: report.broken.as_ref().map(|b| b.seq), reason: report.broken.map(|b| b.reason) }))
 }
 
 #[derive(Deserialize)]
@@ -91,11 +77,7 @@ pub(crate) struct AuditQuery {
 pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Query<AuditQuery>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditEntry>>> {
     let since = match &query.since {
         None => None,
-        Some(text) => Some(
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| domain::format_time(t.with_timezone(&chrono::Utc)))
-                .map_err(|err| ApiError::invalid(format!("since {text:?} is not an RFC 3339 time: {err}")))?,
-        ),
+        Some(text) => Some(chrono::DateTime::parse_from_rfc3339(text).map(|t| domain::format_time(t.with_timezone(&chrono::Utc))).map_err(|err| ApiError::invalid(format!("since {text:?} is not an RFC 3339 time: {err}")))?),
     };
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
     // Stored times share one fixed format, so text order is time order. Rows before `since` are
@@ -169,7 +151,15 @@ pub(crate) struct UsageParams {
 pub(crate) async fn usage(State(state): State<AppState>, Auth(principal): Auth, axum::extract::Query(params): axum::extract::Query<UsageParams>) -> ApiResult<Json<api::admin::UsageReport>> {
     let group = domain::meta::UsageGroup::parse(params.by.as_deref().unwrap_or("day"))?;
     let rows = state.hub.usage(&principal, params.since.as_deref(), params.until.as_deref(), params.org.as_deref(), params.account.as_deref(), group).await?;
-    let row = |r: &domain::meta::UsageRow| api::admin::UsageRow { key: r.key.clone(), requests: r.requests, errors: r.errors, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens, cost: r.cost_micros / 1e6 };
+    let row = |r: &domain::meta::UsageRow| api::admin::UsageRow {
+        key: r.key.clone(),
+        requests: r.requests,
+        errors: r.errors,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        total_tokens: r.prompt_tokens + r.completion_tokens,
+        cost: r.cost_micros / 1e6,
+    };
     let rows: Vec<api::admin::UsageRow> = rows.iter().map(row).collect();
     let mut total = api::admin::UsageRow::default();
     for r in &rows {
@@ -187,17 +177,31 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
     let Json(body) = body.map_err(json_rejection)?;
     let kind = domain::ids::RepoKind::parse(body.kind.as_deref().unwrap_or("model"))?;
     let repo = domain::ids::RepoName::parse(&body.repo)?;
-    let settings = domain::meta::EngineSettings { context: body.context, max_batch: body.max_batch, threads: body.threads, price_prompt_micros: price_micros(body.price_prompt, "price_prompt")?, price_completion_micros: price_micros(body.price_completion, "price_completion")? };
+    let settings = domain::meta::EngineSettings {
+        context: body.context,
+        max_batch: body.max_batch,
+        threads: body.threads,
+        price_prompt_micros: price_micros(body.price_prompt, "price_prompt")?,
+        price_completion_micros: price_micros(body.price_completion, "price_completion")?,
+    };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;
     Ok(Json(deployment(created, false)))
 }
 
 pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Deployment>>> {
-    Ok(Json(state.hub.deployments(&principal).await?.into_iter().map(|d| {
-        let resident = state.runtime.is_resident(&d.name);
-        deployment(d, resident)
-    }).collect()))
+    Ok(Json(
+        state
+            .hub
+            .deployments(&principal)
+            .await?
+            .into_iter()
+            .map(|d| {
+                let resident = state.runtime.is_resident(&d.name);
+                deployment(d, resident)
+            })
+            .collect(),
+    ))
 }
 
 pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
@@ -217,7 +221,13 @@ pub(crate) async fn list_quotas(State(state): State<AppState>, Auth(principal): 
 
 pub(crate) async fn set_quota(State(state): State<AppState>, Path((scope, subject)): Path<(String, String)>, Auth(principal): Auth, body: Result<Json<api::admin::SetQuota>, JsonRejection>) -> ApiResult<Json<api::admin::Quota>> {
     let Json(body) = body.map_err(json_rejection)?;
-    let quota = domain::meta::Quota { subject: domain::meta::QuotaSubject::from_key(&scope, &subject)?, requests_per_minute: body.requests_per_minute, tokens_per_minute: body.tokens_per_minute, tokens_per_month: body.tokens_per_month, updated_at: String::new() };
+    let quota = domain::meta::Quota {
+        subject: domain::meta::QuotaSubject::from_key(&scope, &subject)?,
+        requests_per_minute: body.requests_per_minute,
+        tokens_per_minute: body.tokens_per_minute,
+        tokens_per_month: body.tokens_per_month,
+        updated_at: String::new(),
+    };
     let quota = state.hub.set_quota(&principal, quota).await?;
     state.quotas.invalidate();
     Ok(Json(quota_wire(quota)))

@@ -27,12 +27,7 @@ pub(crate) struct CommitQuery {
 /// The most operations one commit may carry.
 const MAX_OPERATIONS: usize = 100_000;
 
-pub(crate) async fn preupload(
-    State(state): State<AppState>,
-    Path(p): Path<RevParams>,
-    Auth(principal): Auth,
-    body: Result<Json<api::hub::PreuploadRequest>, JsonRejection>,
-) -> ApiResult<Json<api::hub::PreuploadResponse>> {
+pub(crate) async fn preupload(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth, body: Result<Json<api::hub::PreuploadRequest>, JsonRejection>) -> ApiResult<Json<api::hub::PreuploadResponse>> {
     let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let Json(body) = body.map_err(json_rejection)?;
@@ -73,20 +68,10 @@ pub(crate) async fn preupload(
 pub(crate) async fn xet_unsupported(State(state): State<AppState>, uri: axum::http::Uri) -> ApiError {
     // hf_xet shows only the status and URL, so the hint goes to the server log as well.
     tracing::info!(%uri, "a client asked for Xet, which is not supported; it should set HF_HUB_DISABLE_XET=1 for files above the LFS threshold");
-    ApiError::invalid(format!(
-        "this Mantle server does not support the Xet protocol yet: set HF_HUB_DISABLE_XET=1 to upload files larger than {} bytes through Git LFS",
-        state.config.hub.lfs_threshold
-    ))
+    ApiError::invalid(format!("this Mantle server does not support the Xet protocol yet: set HF_HUB_DISABLE_XET=1 to upload files larger than {} bytes through Git LFS", state.config.hub.lfs_threshold))
 }
 
-pub(crate) async fn create_commit(
-    State(state): State<AppState>,
-    Path(p): Path<RevParams>,
-    Query(query): Query<CommitQuery>,
-    headers: HeaderMap,
-    Auth(principal): Auth,
-    body: Body,
-) -> ApiResult<Json<api::hub::CommitResponse>> {
+pub(crate) async fn create_commit(State(state): State<AppState>, Path(p): Path<RevParams>, Query(query): Query<CommitQuery>, headers: HeaderMap, Auth(principal): Auth, body: Body) -> ApiResult<Json<api::hub::CommitResponse>> {
     let (kind, name) = p.repo()?;
     // Rights are checked before a single byte of the body is read or stored.
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
@@ -123,9 +108,7 @@ pub(crate) async fn create_commit(
             api::hub::CommitLine::File(file) => {
                 let path = RepoPath::parse(&file.path)?;
                 let bytes = match file.encoding.as_deref() {
-                    None | Some("base64") => base64::engine::general_purpose::STANDARD
-                        .decode(file.content.as_bytes())
-                        .map_err(|err| ApiError::invalid(format!("{path}: content is not valid base64: {err}")))?,
+                    None | Some("base64") => base64::engine::general_purpose::STANDARD.decode(file.content.as_bytes()).map_err(|err| ApiError::invalid(format!("{path}: content is not valid base64: {err}")))?,
                     Some("utf-8" | "utf8") => file.content.into_bytes(),
                     Some(other) => return Err(ApiError::invalid(format!("{path}: unsupported encoding {other:?}"))),
                 };
@@ -146,13 +129,7 @@ pub(crate) async fn create_commit(
         }
     }
     let header = header.ok_or_else(|| ApiError::invalid("the commit body is empty: expected a header line"))?;
-    let request = CommitRequest {
-        branch: p.rev.clone(),
-        parent_commit: header.parent_commit,
-        title: header.summary,
-        message: header.description,
-        operations,
-    };
+    let request = CommitRequest { branch: p.rev.clone(), parent_commit: header.parent_commit, title: header.summary, message: header.description, operations };
     let commit = state.hub.commit(&principal, &repo, request).await?;
     state.scan_wake.notify_one();
     let commit_url = format!("{}/commit/{}", repo_url(&base_url(&state, &headers), kind, &name), commit.id);

@@ -33,14 +33,7 @@ pub(crate) async fn batch_dataset(state: State<AppState>, path: Path<BatchParams
     batch(state, path, headers, auth, body, RepoKind::Dataset).await
 }
 
-async fn batch(
-    State(state): State<AppState>,
-    Path(p): Path<BatchParams>,
-    headers: HeaderMap,
-    Auth(principal): Auth,
-    body: Result<Json<api::lfs::BatchRequest>, JsonRejection>,
-    kind: RepoKind,
-) -> ApiResult<impl IntoResponse> {
+async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, headers: HeaderMap, Auth(principal): Auth, body: Result<Json<api::lfs::BatchRequest>, JsonRejection>, kind: RepoKind) -> ApiResult<impl IntoResponse> {
     let repo_name = p.name_git.strip_suffix(".git").unwrap_or(&p.name_git);
     let name = RepoName::from_parts(&p.ns, repo_name).map_err(|_| domain::Error::RepoNotFound("repository not found".into()))?;
     let Json(body) = body.map_err(json_rejection)?;
@@ -95,13 +88,7 @@ async fn batch(
         } else {
             api::lfs::Action { href: format!("{object_url}?{}", query("upload", "")), header: BTreeMap::new(), expires_at: Some(expires_at.clone()) }
         };
-        answers.push(api::lfs::BatchAnswer {
-            oid: digest.to_string(),
-            size: object.size,
-            authenticated: Some(true),
-            actions: Some(api::lfs::BatchActions { upload, verify: Some(verify) }),
-            error: None,
-        });
+        answers.push(api::lfs::BatchAnswer { oid: digest.to_string(), size: object.size, authenticated: Some(true), actions: Some(api::lfs::BatchActions { upload, verify: Some(verify) }), error: None });
     }
     let response = api::lfs::BatchResponse { transfer: if used_multipart { "multipart" } else { "basic" }.into(), objects: answers, hash_algo: "sha256".into() };
     Ok(([("content-type", HeaderValue::from_static("application/vnd.git-lfs+json"))], Json(response)))
@@ -173,12 +160,7 @@ pub(crate) async fn upload_part(State(state): State<AppState>, Path(p): Path<Obj
 }
 
 /// Multipart completion: joins the parts, checks sha256 and size, makes the object visible.
-pub(crate) async fn complete_multipart(
-    State(state): State<AppState>,
-    Path(p): Path<ObjectParams>,
-    Query(q): Query<SignedQuery>,
-    body: Result<Json<api::lfs::CompletionRequest>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn complete_multipart(State(state): State<AppState>, Path(p): Path<ObjectParams>, Query(q): Query<SignedQuery>, body: Result<Json<api::lfs::CompletionRequest>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let digest = check_signature(&state, "complete", &p, &q, "")?;
     let Json(body) = body.map_err(json_rejection)?;
     if Digest::parse(&body.oid)? != digest {
@@ -194,12 +176,7 @@ pub(crate) async fn complete_multipart(
 }
 
 /// Verify: the object must be stored with the declared size.
-pub(crate) async fn verify_object(
-    State(state): State<AppState>,
-    Path(p): Path<ObjectParams>,
-    Query(q): Query<SignedQuery>,
-    body: Result<Json<api::lfs::VerifyRequest>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn verify_object(State(state): State<AppState>, Path(p): Path<ObjectParams>, Query(q): Query<SignedQuery>, body: Result<Json<api::lfs::VerifyRequest>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let digest = check_signature(&state, "verify", &p, &q, "")?;
     let Json(body) = body.map_err(json_rejection)?;
     if Digest::parse(&body.oid)? != digest || body.size != q.size {

@@ -88,9 +88,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/verify", post(lfs::verify_object))
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/{part}", put(lfs::upload_part))
         .layer(DefaultBodyLimit::disable());
-    let files = Router::new()
-        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model))
-        .route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
+    let files = Router::new().route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model)).route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
     api.merge(streaming).merge(files).fallback(not_found).layer(TraceLayer::new_for_http()).with_state(state)
 }
 

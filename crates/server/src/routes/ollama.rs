@@ -226,7 +226,8 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     };
     crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
     let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
-    let prompt = vet::template::render_chat_with_tools(&chat.source, &Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
+    let prompt = vet::template::render_chat_with_tools(&chat.source, &Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &openai::wall_clock())
+        .map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
     let prompt = engine.tokenize(&prompt);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let mut run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
@@ -403,7 +404,11 @@ impl Options {
             let number = || value.as_f64().ok_or_else(|| OllamaError::invalid(format!("options.{key} must be a number")));
             let in_range = |low: f64, high: f64| -> Result<f64, OllamaError> {
                 let n = number()?;
-                if (low..=high).contains(&n) { Ok(n) } else { Err(OllamaError::invalid(format!("options.{key} must be between {low} and {high}"))) }
+                if (low..=high).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(OllamaError::invalid(format!("options.{key} must be between {low} and {high}")))
+                }
             };
             match key.as_str() {
                 "temperature" => params.temperature = in_range(0.0, 2.0)? as f32,
@@ -568,7 +573,13 @@ fn generator(served: &Served) -> Result<&Engine, OllamaError> {
 
 fn details(deployment: &Deployment) -> wire::ModelDetails {
     let path = deployment.file_path.as_str();
-    let format = if path.ends_with(".gguf") { "gguf" } else if path.ends_with(".safetensors") { "safetensors" } else { "" };
+    let format = if path.ends_with(".gguf") {
+        "gguf"
+    } else if path.ends_with(".safetensors") {
+        "safetensors"
+    } else {
+        ""
+    };
     wire::ModelDetails { parent_model: String::new(), format: format.to_owned(), family: String::new(), families: None, parameter_size: String::new(), quantization_level: String::new() }
 }
 
@@ -708,7 +719,8 @@ impl Run {
                 let mut message = assistant(text);
                 if !calls.is_empty() {
                     // Ollama's calls carry the arguments as an object.
-                    let calls: Vec<Value> = calls.into_iter().enumerate().map(|(i, c)| serde_json::json!({"function": {"index": i, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| serde_json::json!({}))}})).collect();
+                    let calls: Vec<Value> =
+                        calls.into_iter().enumerate().map(|(i, c)| serde_json::json!({"function": {"index": i, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| serde_json::json!({}))}})).collect();
                     message.tool_calls = Some(Value::Array(calls));
                 }
                 serde_json::to_vec(&wire::ChatResponse { model: model.to_owned(), created_at: now(), message, done, stats })

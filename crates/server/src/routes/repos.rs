@@ -37,10 +37,7 @@ pub(crate) async fn whoami(Auth(principal): Auth) -> ApiResult<Json<api::hub::Wh
         fullname: user.name.clone(),
         is_pro: false,
         orgs: user.orgs.iter().map(|org| api::hub::WhoAmIOrg { kind: "org".into(), name: org.clone(), fullname: org.clone() }).collect(),
-        auth: api::hub::WhoAmIAuth {
-            kind: "access_token".into(),
-            access_token: api::hub::AccessToken { display_name: user.token_name.clone(), role: user.role.as_str().into() },
-        },
+        auth: api::hub::WhoAmIAuth { kind: "access_token".into(), access_token: api::hub::AccessToken { display_name: user.token_name.clone(), role: user.role.as_str().into() } },
     }))
 }
 
@@ -72,12 +69,7 @@ fn private_from(private: Option<bool>, visibility: Option<&str>) -> ApiResult<Op
     }
 }
 
-pub(crate) async fn create_repo(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Auth(principal): Auth,
-    body: Result<Json<api::hub::CreateRepoRequest>, JsonRejection>,
-) -> ApiResult<Response> {
+pub(crate) async fn create_repo(State(state): State<AppState>, headers: HeaderMap, Auth(principal): Auth, body: Result<Json<api::hub::CreateRepoRequest>, JsonRejection>) -> ApiResult<Response> {
     let Json(body) = body.map_err(json_rejection)?;
     principal.user()?;
     let kind = kind_from_body(body.kind.as_deref())?;
@@ -109,12 +101,7 @@ pub(crate) async fn move_repo(State(state): State<AppState>, Auth(principal): Au
     Ok(Json(serde_json::json!({})))
 }
 
-pub(crate) async fn update_settings(
-    State(state): State<AppState>,
-    Path(p): Path<RepoParams>,
-    Auth(principal): Auth,
-    body: Result<Json<api::hub::RepoSettingsRequest>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn update_settings(State(state): State<AppState>, Path(p): Path<RepoParams>, Auth(principal): Auth, body: Result<Json<api::hub::RepoSettingsRequest>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let (kind, name) = p.repo()?;
     let Json(body) = body.map_err(json_rejection)?;
     if body.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false)) {
@@ -200,12 +187,7 @@ async fn info(state: &AppState, principal: &Principal, kinds: &str, ns: &str, na
 }
 
 fn sibling(file: &FileEntry) -> api::hub::Sibling {
-    api::hub::Sibling {
-        rfilename: file.path.to_string(),
-        size: file.size,
-        blob_id: file.git_oid.clone(),
-        lfs: file.lfs.then(|| api::hub::SiblingLfs { size: file.size, sha256: file.sha256.to_string(), pointer_size: file.pointer_size() }),
-    }
+    api::hub::Sibling { rfilename: file.path.to_string(), size: file.size, blob_id: file.git_oid.clone(), lfs: file.lfs.then(|| api::hub::SiblingLfs { size: file.size, sha256: file.sha256.to_string(), pointer_size: file.pointer_size() }) }
 }
 
 pub(crate) async fn list_refs(State(state): State<AppState>, Path(p): Path<RepoParams>, Auth(principal): Auth) -> ApiResult<Json<api::hub::Refs>> {
@@ -227,13 +209,7 @@ pub(crate) struct PageQuery {
     limit: Option<usize>,
 }
 
-pub(crate) async fn list_commits(
-    State(state): State<AppState>,
-    Path(p): Path<RevParams>,
-    Query(page): Query<PageQuery>,
-    headers: HeaderMap,
-    Auth(principal): Auth,
-) -> ApiResult<(HeaderMap, Json<Vec<api::hub::CommitEntry>>)> {
+pub(crate) async fn list_commits(State(state): State<AppState>, Path(p): Path<RevParams>, Query(page): Query<PageQuery>, headers: HeaderMap, Auth(principal): Auth) -> ApiResult<(HeaderMap, Json<Vec<api::hub::CommitEntry>>)> {
     let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let commits = state.hub.commits(&repo, &p.rev).await?;
@@ -263,12 +239,7 @@ pub(crate) async fn list_commits(
     Ok((out, Json(items)))
 }
 
-pub(crate) async fn create_branch(
-    State(state): State<AppState>,
-    Path(p): Path<BranchParams>,
-    Auth(principal): Auth,
-    body: Option<Json<api::hub::CreateBranchRequest>>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn create_branch(State(state): State<AppState>, Path(p): Path<BranchParams>, Auth(principal): Auth, body: Option<Json<api::hub::CreateBranchRequest>>) -> ApiResult<Json<serde_json::Value>> {
     let (kind, name) = p.repo()?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
@@ -286,12 +257,7 @@ pub(crate) async fn delete_branch(State(state): State<AppState>, Path(p): Path<B
     Ok(Json(serde_json::json!({})))
 }
 
-pub(crate) async fn create_tag(
-    State(state): State<AppState>,
-    Path(p): Path<RevParams>,
-    Auth(principal): Auth,
-    body: Result<Json<api::hub::CreateTagRequest>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn create_tag(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth, body: Result<Json<api::hub::CreateTagRequest>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let (kind, name) = p.repo()?;
     let Json(body) = body.map_err(json_rejection)?;
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;

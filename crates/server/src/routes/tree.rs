@@ -40,13 +40,7 @@ pub(crate) async fn list_tree_root(state: State<AppState>, Path(p): Path<TreePar
     list_tree(state, Path(p), query, headers, auth).await
 }
 
-pub(crate) async fn list_tree(
-    State(state): State<AppState>,
-    Path(p): Path<TreeParams>,
-    Query(query): Query<TreeQuery>,
-    headers: HeaderMap,
-    Auth(principal): Auth,
-) -> ApiResult<(HeaderMap, Json<Vec<api::hub::TreeEntry>>)> {
+pub(crate) async fn list_tree(State(state): State<AppState>, Path(p): Path<TreeParams>, Query(query): Query<TreeQuery>, headers: HeaderMap, Auth(principal): Auth) -> ApiResult<(HeaderMap, Json<Vec<api::hub::TreeEntry>>)> {
     let (kind, name) = repo_from_path(&p.kinds, &p.ns, &p.name)?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
     let (commit, files) = state.hub.snapshot(&repo, &p.rev).await?;
@@ -73,12 +67,7 @@ pub(crate) async fn list_tree(
     if start + page_size < entries.len() {
         let encoded_path = if folder.is_empty() { String::new() } else { format!("/{}", percent_encoding::utf8_percent_encode(folder, percent_encoding::NON_ALPHANUMERIC)) };
         let rev = percent_encoding::utf8_percent_encode(&p.rev, percent_encoding::NON_ALPHANUMERIC);
-        let next = format!(
-            "<{}/api/{}/{name}/tree/{rev}{encoded_path}?recursive={recursive}&expand={expand}&limit={page_size}&cursor={}>; rel=\"next\"",
-            base_url(&state, &headers),
-            p.kinds,
-            encode_cursor(start + page_size)
-        );
+        let next = format!("<{}/api/{}/{name}/tree/{rev}{encoded_path}?recursive={recursive}&expand={expand}&limit={page_size}&cursor={}>; rel=\"next\"", base_url(&state, &headers), p.kinds, encode_cursor(start + page_size));
         if let Ok(value) = next.parse() {
             out.insert("link", value);
         }
@@ -180,10 +169,7 @@ mod tests {
     use domain::ids::{Digest, RepoPath};
 
     fn check(paths: &[&str], folder: &str, recursive: bool, expect: Option<&str>) {
-        let files: Vec<FileEntry> = paths
-            .iter()
-            .map(|p| FileEntry { path: RepoPath::parse(p).unwrap(), size: 1, sha256: Digest::parse(&"b".repeat(64)).unwrap(), git_oid: "o".into(), lfs: false })
-            .collect();
+        let files: Vec<FileEntry> = paths.iter().map(|p| FileEntry { path: RepoPath::parse(p).unwrap(), size: 1, sha256: Digest::parse(&"b".repeat(64)).unwrap(), git_oid: "o".into(), lfs: false }).collect();
         let got = tree_entries(&files, folder, recursive).map(|entries| entries.iter().map(|e| format!("{}:{}", &e.kind[..1], e.path)).collect::<Vec<_>>().join(" "));
         assert_eq!(got.as_deref(), expect);
     }

@@ -81,12 +81,7 @@ pub(crate) async fn get_policy(State(state): State<AppState>, Path(namespace): P
 }
 
 /// `PUT /api/policies/{namespace}`.
-pub(crate) async fn set_policy(
-    State(state): State<AppState>,
-    Path(namespace): Path<String>,
-    Auth(principal): Auth,
-    body: Result<Json<api::vetting::Policy>, JsonRejection>,
-) -> ApiResult<Json<api::vetting::Policy>> {
+pub(crate) async fn set_policy(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth, body: Result<Json<api::vetting::Policy>, JsonRejection>) -> ApiResult<Json<api::vetting::Policy>> {
     let Json(body) = body.map_err(json_rejection)?;
     let licenses = body.allowed_licenses.map(|list| list.into_iter().map(|l| l.trim().to_ascii_lowercase()).filter(|l| !l.is_empty()).collect::<Vec<_>>());
     if licenses.as_ref().is_some_and(|l| l.iter().any(|x| x.contains(','))) {
@@ -103,12 +98,7 @@ pub(crate) async fn list_overrides(State(state): State<AppState>, Path(namespace
 }
 
 /// `POST /api/policies/{namespace}/overrides`.
-pub(crate) async fn add_override(
-    State(state): State<AppState>,
-    Path(namespace): Path<String>,
-    Auth(principal): Auth,
-    body: Result<Json<api::vetting::CreateOverride>, JsonRejection>,
-) -> ApiResult<Json<api::vetting::Override>> {
+pub(crate) async fn add_override(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth, body: Result<Json<api::vetting::CreateOverride>, JsonRejection>) -> ApiResult<Json<api::vetting::Override>> {
     let Json(body) = body.map_err(json_rejection)?;
     let saved = state.hub.add_override(&principal, &namespace, &body.sha256, &body.code, &body.subject, &body.justification).await?;
     Ok(Json(override_item(&saved)))
@@ -238,12 +228,7 @@ fn uuid_from(commit: &str) -> String {
 
 /// HF's `securityRepoStatus` for model info.
 pub(crate) fn security_repo_status(verdict: &RevisionVerdict) -> serde_json::Value {
-    let issues: Vec<serde_json::Value> = verdict
-        .files
-        .iter()
-        .filter(|f| f.level.is_some_and(|l| l > Level::Safe))
-        .map(|f| serde_json::json!({ "path": f.path, "level": f.level.map(Level::as_str) }))
-        .collect();
+    let issues: Vec<serde_json::Value> = verdict.files.iter().filter(|f| f.level.is_some_and(|l| l > Level::Safe)).map(|f| serde_json::json!({ "path": f.path, "level": f.level.map(Level::as_str) })).collect();
     serde_json::json!({ "scansDone": verdict.scans_done, "filesWithIssues": issues })
 }
 

@@ -69,13 +69,7 @@ async fn expired_tokens_are_refused() {
     let name = domain::ids::AccountName::parse("carol").unwrap();
     let secret = "expired-token-0123456789";
     let event = domain::audit::AuditEvent::new("test", "token.create", "user:carol", serde_json::json!({}));
-    server
-        .state
-        .hub
-        .meta
-        .create_token(&name, "old", domain::auth::Role::Read, &domain::auth::hash_token(secret), Some("2020-01-01T00:00:00.000Z".into()), event)
-        .await
-        .unwrap();
+    server.state.hub.meta.create_token(&name, "old", domain::auth::Role::Read, &domain::auth::hash_token(secret), Some("2020-01-01T00:00:00.000Z".into()), event).await.unwrap();
     assert_eq!(server.get("/api/whoami-v2", Some(secret)).await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -94,20 +88,7 @@ async fn every_change_is_audited_and_the_chain_verifies() {
     server.send("DELETE", "/api/models/acme/m/branch/dev", Some(&dave), None, vec![]).await;
     server.json("DELETE", "/api/repos/delete", Some(&dave), serde_json::json!({ "name": "m", "organization": "acme" })).await;
     let actions = server.audit_actions().await;
-    for expected in [
-        "user.create",
-        "token.create",
-        "org.create",
-        "org.add_member",
-        "repo.create",
-        "repo.commit",
-        "branch.create",
-        "tag.create",
-        "repo.visibility",
-        "tag.delete",
-        "branch.delete",
-        "repo.delete",
-    ] {
+    for expected in ["user.create", "token.create", "org.create", "org.add_member", "repo.create", "repo.commit", "branch.create", "tag.create", "repo.visibility", "tag.delete", "branch.delete", "repo.delete"] {
         assert!(actions.iter().any(|a| a == expected), "{expected} missing from {actions:?}");
     }
     let verify = server.get("/api/admin/audit/verify", Some(ADMIN)).await.json();

@@ -42,9 +42,7 @@ async fn lfs_uploads_must_match_their_oid_and_size() {
     let (server, token) = setup().await;
     let data = vec![42u8; 4096];
     let oid = hex::encode(sha2::Sha256::digest(&data));
-    let batch = server
-        .json("POST", "/frank/m.git/info/lfs/objects/batch", Some(&token), serde_json::json!({ "operation": "upload", "transfers": ["basic"], "objects": [{ "oid": oid, "size": 4096 }], "hash_algo": "sha256" }))
-        .await;
+    let batch = server.json("POST", "/frank/m.git/info/lfs/objects/batch", Some(&token), serde_json::json!({ "operation": "upload", "transfers": ["basic"], "objects": [{ "oid": oid, "size": 4096 }], "hash_algo": "sha256" })).await;
     assert_eq!(batch.status, StatusCode::OK, "{:?}", batch.json());
     let href = batch.json()["objects"][0]["actions"]["upload"]["href"].as_str().unwrap().replace("http://mantle.test", "");
     let digest = domain::ids::Digest::parse(&oid).unwrap();
@@ -151,13 +149,7 @@ async fn a_dropped_connection_mid_commit_changes_nothing() {
     first.extend(b"\n{\"key\":\"file\",\"value\":{\"path\":\"b.txt\",\"cont");
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(first), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away"))];
     let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
-    let request = axum::http::Request::builder()
-        .method("POST")
-        .uri("/api/models/frank/m/commit/main")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .unwrap();
+    let request = axum::http::Request::builder().method("POST").uri("/api/models/frank/m/commit/main").header("authorization", format!("Bearer {token}")).header("content-type", "application/x-ndjson").body(body).unwrap();
     let response = tower::ServiceExt::oneshot(server.router.clone(), request).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(server.head("frank/m", &token).await, before);

@@ -63,12 +63,7 @@ impl TestServer {
     async fn open(dir: std::sync::Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut RawConfig)) -> Self {
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, ADMIN).unwrap();
-        let flags = FlagOverrides {
-            addr: Some("127.0.0.1:0".into()),
-            data_dir: Some(dir.path().join("data").display().to_string()),
-            admin_token_file: Some(token_file.display().to_string()),
-            ..Default::default()
-        };
+        let flags = FlagOverrides { addr: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().join("data").display().to_string()), admin_token_file: Some(token_file.display().to_string()), ..Default::default() };
         let mut raw = RawConfig::load(None, &flags).unwrap();
         tweak(&mut raw);
         let mut state = server::build_state(Config::from_raw(raw).unwrap()).await.unwrap();

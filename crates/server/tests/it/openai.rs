@@ -243,7 +243,13 @@ async fn a_full_engine_answers_429_and_a_dropped_stream_frees_its_place() {
     drop(second);
 
     let metrics = String::from_utf8(server.get("/metrics", None).await.body).unwrap();
-    for needle in ["mantle_requests_total{deployment=\"tiny\",outcome=\"ok\"} 1", "mantle_requests_total{deployment=\"tiny\",outcome=\"rejected\"} 1", "mantle_requests_total{deployment=\"tiny\",outcome=\"cancelled\"} 2", "mantle_loaded_models 1", "mantle_time_to_first_token_seconds_count{deployment=\"tiny\"}"] {
+    for needle in [
+        "mantle_requests_total{deployment=\"tiny\",outcome=\"ok\"} 1",
+        "mantle_requests_total{deployment=\"tiny\",outcome=\"rejected\"} 1",
+        "mantle_requests_total{deployment=\"tiny\",outcome=\"cancelled\"} 2",
+        "mantle_loaded_models 1",
+        "mantle_time_to_first_token_seconds_count{deployment=\"tiny\"}",
+    ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
 }

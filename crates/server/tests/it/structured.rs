@@ -64,7 +64,9 @@ async fn json_schema_output_parses_and_validates_plain_and_streamed() {
     }
 
     // Completions take response_format too.
-    let reply = server.json("POST", "/v1/completions", Some(&token), json!({ "model": "tiny", "prompt": "x", "max_tokens": 200, "temperature": 0, "response_format": { "type": "json_schema", "json_schema": { "name": "n", "schema": { "type": "integer" } } } })).await;
+    let reply = server
+        .json("POST", "/v1/completions", Some(&token), json!({ "model": "tiny", "prompt": "x", "max_tokens": 200, "temperature": 0, "response_format": { "type": "json_schema", "json_schema": { "name": "n", "schema": { "type": "integer" } } } }))
+        .await;
     let text = reply.json()["choices"][0]["text"].as_str().unwrap().to_owned();
     assert!(text.trim().parse::<i64>().is_ok(), "{text:?}");
 }

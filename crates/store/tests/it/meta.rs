@@ -199,12 +199,15 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         latency_ms: 10,
         cost_micros: (prompt * 150_000 + completion * 600_000) as f64 / 1e6,
     };
-    meta.record_usage(&[
-        record("2026-11-01T10:00:00.000Z", "alice", 1, "chat", "ok", 100, 20),
-        record("2026-11-01T11:00:00.000Z", "bob", 2, "chat", "ok", 50, 10),
-        record("2026-11-02T09:00:00.000Z", "alice", 1, "embed", "ok", 7, 0),
-        record("2026-11-02T10:00:00.000Z", "carol", 3, "chat", "cancelled", 30, 0),
-    ], &[])
+    meta.record_usage(
+        &[
+            record("2026-11-01T10:00:00.000Z", "alice", 1, "chat", "ok", 100, 20),
+            record("2026-11-01T11:00:00.000Z", "bob", 2, "chat", "ok", 50, 10),
+            record("2026-11-02T09:00:00.000Z", "alice", 1, "embed", "ok", 7, 0),
+            record("2026-11-02T10:00:00.000Z", "carol", 3, "chat", "cancelled", 30, 0),
+        ],
+        &[],
+    )
     .await
     .unwrap();
     meta.record_usage(&[], &[]).await.unwrap();

@@ -68,7 +68,8 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     };
     crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
     let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
-    let prompt_text = vet::template::render_chat_with_tools(&chat.source, &serde_json::Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &wall_clock()).map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
+    let prompt_text = vet::template::render_chat_with_tools(&chat.source, &serde_json::Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &wall_clock())
+        .map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
     let prompt = engine.tokenize(&prompt_text);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let limits = crate::quotas::headers(&admission.limits, None);
@@ -361,7 +362,15 @@ impl Head {
         let finish = |r: Option<FinishReason>| r.map(|r| reason_text(r).to_owned());
         let json = match self.endpoint {
             Endpoint::Chat => {
-                let choices = part.into_iter().map(|p| wire::ChunkChoice { index: p.index as u32, delta: wire::Delta { role: p.role.map(str::to_owned), content: p.content, tool_calls: p.tool_calls }, logprobs: p.logprobs, finish_reason: p.finish_text.map(str::to_owned).or_else(|| finish(p.finish)) }).collect();
+                let choices = part
+                    .into_iter()
+                    .map(|p| wire::ChunkChoice {
+                        index: p.index as u32,
+                        delta: wire::Delta { role: p.role.map(str::to_owned), content: p.content, tool_calls: p.tool_calls },
+                        logprobs: p.logprobs,
+                        finish_reason: p.finish_text.map(str::to_owned).or_else(|| finish(p.finish)),
+                    })
+                    .collect();
                 serde_json::to_string(&wire::ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk".into(), created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage })
             }
             Endpoint::Completions => {
