@@ -32,7 +32,7 @@ fn main() {
                     let request = engine::GenerateRequest { prompt, params: engine::SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() }, max_tokens: 128, stop: vec![], logprobs: None, grammar: None };
                     let mut generation = engine.generate(request).unwrap();
                     let mut done = 0;
-                    while let Some(event) = generation.events.recv().await {
+                    while let Some(event) = generation.next().await {
                         match event {
                             engine::Event::Text(_) => {
                                 first.get_or_insert(t0.elapsed());

@@ -162,7 +162,17 @@ pub struct EngineConfig {
 }
 
 enum Command {
-    Generate { request: GenerateRequest, events: tokio::sync::mpsc::UnboundedSender<Event> },
+    Generate { request: GenerateRequest, events: tokio::sync::mpsc::UnboundedSender<Event>, progress: Arc<Progress> },
+}
+
+/// Whether a runner thread is serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Serving requests.
+    Running,
+    /// The runner thread died (a panic in the backend or the engine): every request it held got
+    /// `Event::Failed`, new ones get `Unavailable`, and the engine must be started again.
+    Failed(String),
 }
 
 /// A cheap handle to one engine (one model, one runner thread).
@@ -174,12 +184,54 @@ pub struct Engine {
     info: RunnerInfo,
     tokenizer: Arc<dyn Tokenizer>,
     batch_size: Arc<AtomicUsize>,
+    health: tokio::sync::watch::Receiver<Health>,
+}
+
+/// Work done for one request so far, counted by the runner thread as it happens, so a request
+/// that is cancelled or fails is still charged for what was computed.
+#[derive(Debug, Default)]
+pub struct Progress {
+    prefilled: AtomicUsize,
+    generated: AtomicUsize,
+}
+
+impl Progress {
+    /// Prompt tokens fed to the model (including a reused cached prefix).
+    pub fn prefilled(&self) -> usize {
+        self.prefilled.load(Ordering::Acquire)
+    }
+
+    /// Tokens sampled.
+    pub fn generated(&self) -> usize {
+        self.generated.load(Ordering::Acquire)
+    }
 }
 
 /// The stream of one request; dropping it cancels the request and frees its slot.
 pub struct Generation {
-    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    progress: Arc<Progress>,
+    /// Set once `Done` or `Failed` was handed out.
+    ended: bool,
     _permit: Permit,
+}
+
+impl Generation {
+    /// The next event. The stream always ends with `Done` or `Failed`: a runner that went away
+    /// without saying so (its thread died) reads as `Failed`, never as a quiet end.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().await.unwrap_or_else(|| Event::Failed("the model's runner stopped".into()));
+        self.ended = matches!(event, Event::Done { .. } | Event::Failed(_));
+        Some(event)
+    }
+
+    /// The work done for this request so far.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
 }
 
 struct Permit(Arc<AtomicUsize>);
@@ -199,8 +251,34 @@ impl Engine {
         let (commands, inbox) = std::sync::mpsc::sync_channel(capacity.max(1));
         let batch_size = Arc::new(AtomicUsize::new(0));
         let batch_size_seen = batch_size.clone();
-        std::thread::Builder::new().name("mantle-runner".into()).spawn(move || run_loop(runner, config, inbox, &batch_size_seen)).expect("spawn the runner thread");
-        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size }
+        let (health_tx, health) = tokio::sync::watch::channel(Health::Running);
+        std::thread::Builder::new()
+            .name("mantle-runner".into())
+            .spawn(move || {
+                // A panic anywhere in a step (the backend, sampling, a grammar) must not end the
+                // thread silently: unwinding drops every request's sender, so their streams read
+                // `Failed`, and the health watch tells the owner to start the engine again. The
+                // runner's state is not trusted after a panic; it is dropped with the thread.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_loop(runner, config, inbox, &batch_size_seen)));
+                if let Err(panic) = outcome {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!("the runner thread panicked: {message}");
+                    batch_size_seen.store(0, Ordering::Relaxed);
+                    let _ = health_tx.send(Health::Failed(message));
+                }
+            })
+            .expect("spawn the runner thread");
+        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size, health }
+    }
+
+    /// Whether the runner thread is serving.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// A watch on the runner's health, to react when it fails.
+    pub fn watch_health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.health.clone()
     }
 
     /// The model's facts.
@@ -237,13 +315,17 @@ impl Engine {
         if admitted >= self.capacity {
             return Err(InferError::Overloaded);
         }
+        if let Health::Failed(why) = self.health() {
+            return Err(InferError::Unavailable(format!("the runner failed ({why})")));
+        }
         // Unbounded per stream, yet bounded by max_tokens: a slow client never stalls the batch.
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        self.commands.try_send(Command::Generate { request, events: events_tx }).map_err(|err| match err {
+        let progress = Arc::new(Progress::default());
+        self.commands.try_send(Command::Generate { request, events: events_tx, progress: progress.clone() }).map_err(|err| match err {
             std::sync::mpsc::TrySendError::Full(_) => InferError::Overloaded,
             std::sync::mpsc::TrySendError::Disconnected(_) => InferError::Unavailable("the runner thread stopped".into()),
         })?;
-        Ok(Generation { events, _permit: permit })
+        Ok(Generation { events, progress, ended: false, _permit: permit })
     }
 }
 
@@ -251,6 +333,7 @@ struct Active {
     slot: usize,
     request: GenerateRequest,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
+    progress: Arc<Progress>,
     sampler: Sampler,
     fed: usize,
     /// The tokens fed into this sequence's KV state so far.
@@ -290,7 +373,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             waiting.push_back(command);
         }
         while let (Some(_), false) = (free.last(), waiting.is_empty()) {
-            let Command::Generate { request, events } = waiting.pop_front().expect("checked non-empty");
+            let Command::Generate { request, events, progress } = waiting.pop_front().expect("checked non-empty");
             if events.is_closed() {
                 continue;
             }
@@ -317,7 +400,9 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             let sampler = Sampler::new(request.params.clone());
             let kv = request.prompt[..reused].to_vec();
             let matcher = request.grammar.as_ref().map(|g| g.start());
-            active.push(Active { slot, request, events, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, matcher });
+            // A reused cached prefix counts as fed: a finished request is charged its whole prompt too.
+            progress.prefilled.store(reused, Ordering::Release);
+            active.push(Active { slot, request, events, progress, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, matcher });
         }
         // Dropped clients cancel their sequences and free their slots.
         active.retain_mut(|seq| {
@@ -374,6 +459,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             seq.kv.extend_from_slice(&step.tokens);
             if seq.next_input.is_none() {
                 seq.fed += step.tokens.len();
+                seq.progress.prefilled.fetch_add(step.tokens.len(), Ordering::AcqRel);
                 if seq.fed < seq.request.prompt.len() {
                     continue; // still prefilling: no token sampled yet
                 }
@@ -420,6 +506,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                 let _ = seq.events.send(Event::Logprobs(vec![token_logprob(runner.as_ref(), &raw_logits, token, top)]));
             }
             seq.generated.push(token);
+            seq.progress.generated.fetch_add(1, Ordering::AcqRel);
             seq.next_input = Some(token);
             let bytes = runner.token_bytes(token);
             let mut complete = false;
@@ -480,10 +567,15 @@ fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The length of the longest proper prefix of `stop` that `text` ends with (0 if none), at a
-/// character boundary of `text`.
+/// The length of the longest proper prefix of `stop` that `text` ends with (0 if none). Only
+/// prefixes that end at a character boundary of `stop` count (text is whole characters).
 fn partial_stop_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len()).rev().find(|k| text.len() >= *k && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..*k])).unwrap_or(0)
+    stop.char_indices().map(|(at, _)| at).filter(|k| *k > 0).rev().find(|k| text.ends_with(&stop[..*k])).unwrap_or(0)
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// The log probability of `token` and the `top` likeliest alternatives, from the model's raw

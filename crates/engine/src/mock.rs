@@ -49,6 +49,8 @@ impl ModelRunner for MockRunner {
         for seq in batch.iter_mut() {
             let history = self.slots.entry(seq.slot).or_default();
             history.extend(&seq.tokens);
+            // A test hook for runner failures: a sequence that says `[[panic]]` crashes the step.
+            assert!(!history.windows(9).any(|w| w == b"[[panic]]".map(Token::from)), "the mock runner was asked to panic");
             if history.len() > self.n_ctx {
                 return Err(format!("slot {} exceeded the context", seq.slot));
             }
@@ -81,7 +83,7 @@ impl ModelRunner for MockRunner {
     }
 }
 
-/// A test hook: a history holding `[[say:TEXT]]` answers TEXT exactly, byte by byte from the last
+/// A test hook: a history holding `[[panic]]` panics the step (see `step`); one holding `[[say:TEXT]]` answers TEXT exactly, byte by byte from the last
 /// `assistant\n` (the start of a chat template's answer), then ends.
 fn scripted(history: &[Token]) -> Option<Token> {
     let bytes: Vec<u8> = history.iter().map(|t| u8::try_from(*t).unwrap_or(0)).collect();

@@ -17,7 +17,7 @@ fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateR
 
 async fn collect(mut generation: crate::Generation) -> (String, Event) {
     let mut text = String::new();
-    while let Some(event) = generation.events.recv().await {
+    while let Some(event) = generation.next().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Logprobs(_) => {}
@@ -123,7 +123,7 @@ async fn no_part_of_a_stop_sequence_is_ever_sent() {
     with_stop.stop = vec![stop.clone(), "never-seen".into()];
     let mut generation = engine.generate(with_stop).unwrap();
     let mut pieces = Vec::new();
-    while let Some(event) = generation.events.recv().await {
+    while let Some(event) = generation.next().await {
         match event {
             Event::Text(piece) => pieces.push(piece),
             Event::Done { finish_reason, .. } => {
@@ -149,7 +149,7 @@ async fn logprobs_cover_each_sampled_token() {
     asked.logprobs = Some(3);
     let mut generation = engine.generate(asked).unwrap();
     let (mut text, mut entries) = (String::new(), Vec::new());
-    while let Some(event) = generation.events.recv().await {
+    while let Some(event) = generation.next().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Logprobs(list) => entries.extend(list),
@@ -282,4 +282,61 @@ async fn grammars_constrain_the_mock_and_end_when_complete() {
         assert!(value["tags"].as_array().is_some_and(|t| t.len() <= 2 && t.iter().all(|x| x == "x" || x == "y")), "{text}");
         assert!(matches!(done, Event::Done { finish_reason: FinishReason::Stop, .. }), "{done:?}");
     }
+}
+
+#[tokio::test]
+async fn r11_stop_sequences_of_any_unicode_text_work() {
+    let (engine, _) = engine(4, 4);
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let said = |stop: &[&str]| {
+        let mut asked = request("[[say:ab。cd 😀 ef]]assistant\n", 40, greedy.clone());
+        asked.stop = stop.iter().map(|s| (*s).to_owned()).collect();
+        engine.generate(asked).unwrap()
+    };
+    // A stop that never matches, one that matches, one that starts like the text and then differs.
+    assert_eq!(collect(said(&["。x"])).await, ("ab。cd 😀 ef".to_owned(), Event::Done { finish_reason: FinishReason::Stop, prompt_tokens: 33, completion_tokens: 15 }));
+    assert_eq!(collect(said(&["。"])).await.0, "ab");
+    assert_eq!(collect(said(&["😀", "é"])).await.0, "ab。cd ");
+    assert_eq!(collect(said(&["d 😀 e"])).await.0, "ab。c");
+    // The engine still serves after all of them.
+    assert!(matches!(collect(said(&[])).await.1, Event::Done { .. }));
+}
+
+#[test]
+fn partial_stops_end_at_character_boundaries() {
+    assert_eq!(super::partial_stop_suffix("ab", "。"), 0);
+    assert_eq!(super::partial_stop_suffix("ab。", "。c"), "。".len());
+    assert_eq!(super::partial_stop_suffix("x😀", "😀😀"), "😀".len());
+    assert_eq!(super::partial_stop_suffix("xa", "ab"), 1);
+}
+
+#[tokio::test]
+async fn r11_a_runner_panic_fails_every_stream_and_marks_the_engine_failed() {
+    let (engine, _) = engine(4, 4);
+    let mut health = engine.watch_health();
+    let bystander = engine.generate(request("a long answer", 2000, SamplingParams { ignore_eos: true, ..Default::default() })).unwrap();
+    let crashing = engine.generate(request("please [[panic]]", 10, SamplingParams::default())).unwrap();
+    let (_, end) = collect(crashing).await;
+    assert!(matches!(end, Event::Failed(_)), "{end:?}");
+    // The stream batched with it ends with an error, never a quiet end that reads as a stop.
+    let (_, end) = collect(bystander).await;
+    assert!(matches!(end, Event::Failed(_)), "{end:?}");
+    health.wait_for(|h| matches!(h, crate::Health::Failed(_))).await.unwrap();
+    assert!(matches!(engine.generate(request("after", 5, SamplingParams::default())), Err(InferError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn r11_progress_counts_work_of_a_cancelled_request() {
+    let (engine, _) = engine(2, 2);
+    let mut generation = engine.generate(request("count me", 2000, SamplingParams { ignore_eos: true, ..Default::default() })).unwrap();
+    let progress = generation.progress();
+    let mut pieces = 0;
+    while pieces < 5 {
+        if let Some(Event::Text(_)) = generation.next().await {
+            pieces += 1;
+        }
+    }
+    drop(generation);
+    assert_eq!(progress.prefilled(), 8);
+    assert!(progress.generated() >= 5);
 }

@@ -9,7 +9,7 @@ const PROMPT: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>
 
 async fn collect(mut generation: engine::Generation) -> String {
     let mut text = String::new();
-    while let Some(event) = generation.events.recv().await {
+    while let Some(event) = generation.next().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Done { .. } => return text,

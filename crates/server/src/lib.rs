@@ -74,8 +74,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped));
     tracing::info!(addr = %local, "mantle is serving");
+    let usage = state.usage.clone();
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
     let _ = stop_workers.send(true);
     let _ = worker.await;
+    // Requests that ended during the graceful shutdown queued their usage records: write them.
+    if tokio::time::timeout(std::time::Duration::from_secs(30), usage.flush()).await.is_err() {
+        tracing::error!("gave up writing the last usage records after 30 s; they are lost");
+    }
     Ok(())
 }

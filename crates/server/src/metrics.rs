@@ -74,6 +74,9 @@ pub struct RequestTimer {
     /// Who to bill, when the request is accounted for.
     bill: Option<Bill>,
     tokens: (usize, usize),
+    /// The engine's running counts of the request's generations, charged when it ends any
+    /// other way than finishing (a client that left still received the work done so far).
+    work: Vec<std::sync::Arc<engine::Progress>>,
 }
 
 /// The usage record a request leaves when its timer drops.
@@ -89,7 +92,7 @@ struct Bill {
 impl Metrics {
     /// Starts timing a request to `deployment`.
     pub fn start(&self, deployment: &str) -> RequestTimer {
-        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0) }
+        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
     }
 
     fn update(&self, deployment: &str, change: impl FnOnce(&mut DeploymentMetrics)) {
@@ -102,7 +105,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    pub fn render(&self, runtime: &Runtime, usage: &crate::usage::UsageLog) -> String {
         let mut out = String::new();
         let all = self.inner.lock().expect("metrics not poisoned");
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -158,6 +161,12 @@ impl Metrics {
         for (name, count) in runtime.evictions() {
             let _ = writeln!(out, "mantle_model_evictions_total{{deployment=\"{name}\"}} {count}");
         }
+        family(&mut out, "mantle_usage_records_dropped_total", "counter", "Usage records lost (writer queue full, or the database refused them after retries).");
+        let _ = writeln!(out, "mantle_usage_records_dropped_total {}", usage.dropped());
+        family(&mut out, "mantle_runner_restarts_total", "counter", "Deployments loaded again after their runner thread failed.");
+        for (name, count) in runtime.restarts() {
+            let _ = writeln!(out, "mantle_runner_restarts_total{{deployment=\"{name}\"}} {count}");
+        }
         out
     }
 }
@@ -172,6 +181,11 @@ impl RequestTimer {
             self.bill = Some(Bill { log: log.clone(), account: user.name.clone(), token_id: user.token_id, api, settings: settings.clone(), admission });
         }
         self
+    }
+
+    /// Counts a generation's work for the bill if the request does not finish.
+    pub fn track(&mut self, progress: std::sync::Arc<engine::Progress>) {
+        self.work.push(progress);
     }
 
     /// A piece of text arrived.
@@ -218,9 +232,18 @@ impl Drop for RequestTimer {
         let outcome = self.outcome.get().unwrap_or("cancelled");
         self.metrics.update(&self.deployment, |m| *m.requests.entry(outcome).or_default() += 1);
         if let Some(bill) = self.bill.take() {
-            // Tokens are counted for requests that finished; a cancelled or failed one is
-            // recorded with none (its client saw no usage either).
-            let (prompt, completion) = (self.tokens.0 as u64, self.tokens.1 as u64);
+            // A finished request is charged what it reported; a cancelled or failed one what
+            // the engine computed for it before it ended.
+            let (prompt, completion) = match outcome {
+                "ok" => (self.tokens.0 as u64, self.tokens.1 as u64),
+                _ => self.work.iter().fold((0, 0), |(p, c), work| (p + work.prefilled() as u64, c + work.generated() as u64)),
+            };
+            if outcome != "ok" && prompt + completion > 0 {
+                self.metrics.update(&self.deployment, |m| {
+                    m.prompt_tokens += prompt;
+                    m.completion_tokens += completion;
+                });
+            }
             bill.log.record(
                 domain::meta::UsageRecord {
                     at: domain::format_time(chrono::Utc::now()),

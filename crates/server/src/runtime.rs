@@ -53,6 +53,8 @@ struct Inner {
     loaded: Mutex<HashMap<String, Slot>>,
     /// Deployments evicted to make room, by name.
     evictions: Mutex<HashMap<String, u64>>,
+    /// Deployments restarted after their runner failed, by name.
+    restarts: Mutex<HashMap<String, u64>>,
 }
 
 struct Slot {
@@ -137,7 +139,7 @@ pub struct ChatTemplate {
 impl Runtime {
     /// A runtime that loads models with `load`.
     pub fn new(config: RuntimeConfig, load: Arc<dyn Loader>) -> Self {
-        Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()) }) }
+        Runtime { inner: Arc::new(Inner { load, config, loaded: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()), restarts: Mutex::new(HashMap::new()) }) }
     }
 
     /// The real backends.
@@ -155,8 +157,10 @@ impl Runtime {
             let now = std::time::Instant::now();
             let fresh = || Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default };
             let slot = loaded.entry(name.clone()).or_insert_with(fresh);
-            if slot.identity != identity {
-                // Redeployed elsewhere: the old engine stops once its last request ends.
+            let failed = slot.cell.get().is_some_and(|served| matches!(&served.backend, Backend::Generate(engine) if engine.health() != engine::Health::Running));
+            if slot.identity != identity || failed {
+                // Redeployed elsewhere: the old engine stops once its last request ends. A failed
+                // runner is replaced (its watcher may not have run yet).
                 *slot = fresh();
             }
             slot.last_used = now;
@@ -168,13 +172,60 @@ impl Runtime {
                 // Room for at least the file before loading it; the exact size is known after.
                 let file_bytes = hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
                 self.make_room(&name, file_bytes);
-                let served = self.load(hub, deployment).await?;
+                let served = self.load(hub, deployment.clone()).await?;
                 self.make_room(&name, served.memory_bytes);
+                if let Backend::Generate(engine) = &served.backend {
+                    self.restart_on_failure(hub.clone(), deployment, cell.clone(), engine.watch_health());
+                }
                 Ok::<_, Error>(served)
             })
             .await?
             .clone();
         Ok(served)
+    }
+
+    /// Watches a loaded engine: when its runner thread dies, the deployment is forgotten (its
+    /// in-flight requests have already been told) and loaded again at once, so it recovers
+    /// without an operator. The watch ends quietly when the engine stops normally.
+    fn restart_on_failure(&self, hub: Hub, deployment: Deployment, cell: Arc<tokio::sync::OnceCell<Arc<Served>>>, mut health: tokio::sync::watch::Receiver<engine::Health>) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let Ok(failed) = health.wait_for(|h| matches!(h, engine::Health::Failed(_))).await.map(|h| h.clone()) else {
+                return;
+            };
+            let name = deployment.name.clone();
+            let forgotten = {
+                let mut loaded = runtime.inner.loaded.lock().expect("runtime map not poisoned");
+                let current = loaded.get(&name).is_some_and(|slot| Arc::ptr_eq(&slot.cell, &cell));
+                if current {
+                    loaded.remove(&name);
+                }
+                current
+            };
+            drop(cell);
+            if !forgotten {
+                return; // unloaded or redeployed meanwhile: nothing to restart
+            }
+            *runtime.inner.restarts.lock().expect("restarts not poisoned").entry(name.clone()).or_default() += 1;
+            tracing::warn!(deployment = %name, "the deployment's runner failed ({failed:?}); loading it again");
+            // Still deployed as it was? Another replica may have changed or removed it.
+            match hub.meta.get_deployment(&name).await {
+                Ok(Some(now)) if identity(&now) == identity(&deployment) => {
+                    if let Err(err) = runtime.get(&hub, now).await {
+                        tracing::error!(deployment = %name, "failed to reload the deployment after its runner failed: {err}");
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(deployment = %name, "failed to read the deployment to restart it: {err}"),
+            }
+        });
+    }
+
+    /// Deployments restarted after a runner failure, by name (for /metrics).
+    pub fn restarts(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self.inner.restarts.lock().expect("restarts not poisoned").iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort();
+        all
     }
 
     /// Evicts idle deployments, least recently used first, until the resident ones plus `extra`

@@ -1,8 +1,10 @@
 //! Usage accounting: every inference request becomes one `UsageRecord` (account, token,
 //! deployment, API, outcome, tokens, latency, cost at the deployment's prices), queued here and
 //! written by one background task in batches, so a request never waits on the database for it.
-//! Records still queued when the process dies are lost; everything written is in the metadata
-//! store, shared by replicas, and `GET /api/usage` reports from there.
+//! The queue is bounded; a record that finds it full, or that the database refuses after
+//! retries, is dropped with an ERROR log and counted in `/metrics`, never silently. Graceful
+//! shutdown waits for the queue to be written. Everything written is in the metadata store,
+//! shared by replicas, and `GET /api/usage` reports from there.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,24 +16,29 @@ use domain::quota::Admission;
 const BATCH: usize = 512;
 /// How long the writer waits for more records before writing what it has.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+/// Records queued at most: minutes of a busy server's requests while the database is slow.
+const QUEUE: usize = 65_536;
 
 /// A cheap handle to the usage writer.
 #[derive(Clone)]
 pub struct UsageLog {
-    queue: tokio::sync::mpsc::UnboundedSender<(UsageRecord, Option<Admission>)>,
+    queue: tokio::sync::mpsc::Sender<(UsageRecord, Option<Admission>)>,
     /// Records queued and not yet written (or given up on).
     pending: Arc<AtomicUsize>,
     written: Arc<tokio::sync::Notify>,
+    /// Records lost: the queue was full, or the database refused them after retries.
+    dropped: Arc<AtomicUsize>,
 }
 
 impl UsageLog {
     /// Starts the writer task; with `store_records` false it only counts completion tokens
     /// against quotas.
     pub fn start(meta: Arc<dyn MetaStore>, store_records: bool) -> Self {
-        let (queue, mut inbox) = tokio::sync::mpsc::unbounded_channel::<(UsageRecord, Option<Admission>)>();
+        let (queue, mut inbox) = tokio::sync::mpsc::channel::<(UsageRecord, Option<Admission>)>(QUEUE);
         let pending = Arc::new(AtomicUsize::new(0));
         let written = Arc::new(tokio::sync::Notify::new());
-        let (pending_seen, written_seen) = (pending.clone(), written.clone());
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (pending_seen, written_seen, dropped_seen) = (pending.clone(), written.clone(), dropped.clone());
         tokio::spawn(async move {
             let mut items = Vec::with_capacity(BATCH);
             while inbox.recv_many(&mut items, BATCH).await > 0 {
@@ -63,7 +70,8 @@ impl UsageLog {
                             tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                         }
                         Err(err) => {
-                            tracing::error!("dropped {} usage records after repeated failures: {err}", batch.len());
+                            tracing::error!("dropped {count} usage records after repeated failures: {err}");
+                            dropped_seen.fetch_add(count, Ordering::AcqRel);
                             break;
                         }
                     }
@@ -72,15 +80,26 @@ impl UsageLog {
                 written_seen.notify_waiters();
             }
         });
-        UsageLog { queue, pending, written }
+        UsageLog { queue, pending, written, dropped }
     }
 
     /// Queues one record, with the quota admission its completion tokens count against.
     pub fn record(&self, record: UsageRecord, admission: Option<Admission>) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.queue.send((record, admission)).is_err() {
+        if let Err(err) = self.queue.try_send((record, admission)) {
             self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+            let (why, (record, _)) = match err {
+                tokio::sync::mpsc::error::TrySendError::Full(item) => ("the queue is full", item),
+                tokio::sync::mpsc::error::TrySendError::Closed(item) => ("the writer stopped", item),
+            };
+            tracing::error!(account = %record.account, deployment = %record.deployment, prompt_tokens = record.prompt_tokens, completion_tokens = record.completion_tokens, "dropped a usage record: {why}");
         }
+    }
+
+    /// Records lost so far (queue full or database failures), for `/metrics`.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::Acquire)
     }
 
     /// Waits until every record queued so far is written (tests, shutdown).

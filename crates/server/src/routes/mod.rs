@@ -94,7 +94,7 @@ pub(crate) fn router(state: AppState) -> Router {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&state.runtime))
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&state.runtime, &state.usage))
 }
 
 /// Unknown paths. Repo-shaped ones (a repo id without namespace, say) answer `RepoNotFound`, so

@@ -646,12 +646,13 @@ impl Run {
         }
         let prompt_tokens = prompt.len();
         let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
-        let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
+        let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
         let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None, grammar: options.grammar.clone() };
         let generation = engine.generate(request).map_err(|err| {
             timer.reject(&err);
             OllamaError::from(err)
         })?;
+        timer.track(generation.progress());
         Ok(Run { generation, timer, prompt_tokens, started, load, queued: Instant::now(), first: None, parser: None, calls: Vec::new(), ready: VecDeque::new() })
     }
 
@@ -661,7 +662,7 @@ impl Run {
             if let Some(step) = self.ready.pop_front() {
                 return Ok(step);
             }
-            match self.generation.events.recv().await {
+            match self.generation.next().await {
                 Some(Event::Text(piece)) => {
                     self.timer.token();
                     self.first.get_or_insert_with(Instant::now);

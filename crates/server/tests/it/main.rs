@@ -4,6 +4,7 @@
 mod access;
 mod bad_input;
 mod console;
+mod hardening;
 mod harness;
 mod openai;
 mod quotas;

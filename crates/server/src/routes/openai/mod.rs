@@ -244,7 +244,7 @@ struct Run {
 }
 
 impl Run {
-    fn start(engine: &Engine, prompts: Vec<Vec<Token>>, options: &Options, endpoint: Endpoint, timer: RequestTimer) -> Result<Run, OpenAiError> {
+    fn start(engine: &Engine, prompts: Vec<Vec<Token>>, options: &Options, endpoint: Endpoint, mut timer: RequestTimer) -> Result<Run, OpenAiError> {
         let n_ctx = engine.info().n_ctx;
         let mut streams = Vec::new();
         let prompt_tokens = prompts.iter().map(Vec::len).sum();
@@ -261,6 +261,7 @@ impl Run {
                     timer.reject(&err);
                     OpenAiError::from(err)
                 })?;
+                timer.track(generation.progress());
                 streams.push(events_of(index, generation));
             }
         }
@@ -510,7 +511,7 @@ fn stream_chunks(run: Run, head: Head, include_usage: bool) -> BoxStream<'static
 }
 
 fn events_of(index: usize, generation: Generation) -> BoxStream<'static, (usize, Event)> {
-    futures::stream::unfold(generation, move |mut generation| async move { generation.events.recv().await.map(|event| ((index, event), generation)) }).boxed()
+    futures::stream::unfold(generation, move |mut generation| async move { generation.next().await.map(|event| ((index, event), generation)) }).boxed()
 }
 
 /// Log probabilities in the route's shape: chat's `{content: [...]}`, or the completions API's

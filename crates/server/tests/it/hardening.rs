@@ -1,0 +1,112 @@
+//! Regression tests of the hardening issue (#11): hostile or unlucky requests get a clear error
+//! and never take down what other requests share, leak another tenant's data or go uncharged.
+
+use axum::http::StatusCode;
+use futures::StreamExt as _;
+
+use crate::harness::ADMIN;
+use crate::openai::{assert_openai_error, deployed, sse_data};
+
+fn chat(content: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": content }], "max_tokens": 24 });
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+#[tokio::test]
+async fn r11_stop_sequences_with_multibyte_characters_work_on_both_apis() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let said = "[[say:ab。cd 😀 ef]]";
+    for (stop, expected) in [("。", "ab"), ("😀", "ab。cd "), ("é", "ab。cd 😀 ef")] {
+        let reply = server.json("POST", "/v1/chat/completions", Some(&token), chat(said, serde_json::json!({ "stop": [stop] }))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+        assert_eq!(reply.json()["choices"][0]["message"]["content"], expected);
+        let streamed = server.json("POST", "/v1/chat/completions", Some(&token), chat(said, serde_json::json!({ "stop": stop, "stream": true }))).await;
+        let events = sse_data(&streamed.body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let text: String = events[..events.len() - 1].iter().filter_map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_owned)).collect();
+        assert_eq!(text, expected);
+        let ollama = server.json("POST", "/api/chat", Some(&token), serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": said }], "stream": false, "options": { "stop": [stop] } })).await;
+        assert_eq!(ollama.status, StatusCode::OK, "{:?}", ollama.json());
+        assert_eq!(ollama.json()["message"]["content"], expected);
+    }
+    assert!(server.state.runtime.restarts().is_empty(), "no runner died");
+}
+
+#[tokio::test]
+async fn r11_a_runner_panic_fails_its_requests_and_the_deployment_recovers() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    // A stream already running in the engine when another request crashes the runner.
+    let long = chat("a long answer", serde_json::json!({ "stream": true, "max_tokens": 3000, "ignore_eos": true }));
+    let bystander = server.open_stream("/v1/chat/completions", &token, long).await;
+    assert_eq!(bystander.status(), StatusCode::OK);
+    let mut body = bystander.into_body().into_data_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+
+    let crashed = server.json("POST", "/v1/chat/completions", Some(&token), chat("please [[panic]]", serde_json::json!({}))).await;
+    assert_openai_error(&crashed, StatusCode::INTERNAL_SERVER_ERROR, None);
+    // The bystander's stream ends with an error event, never with [DONE] after cut text.
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend(chunk.unwrap());
+    }
+    let events = sse_data(&rest);
+    assert!(events.last().is_some_and(|e| e.contains("\"error\"")), "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    // A streamed request that hits the panic gets an error event too, on Ollama an error line.
+    let streamed = server.json("POST", "/v1/chat/completions", Some(&token), chat("[[panic]]", serde_json::json!({ "stream": true }))).await;
+    assert!(sse_data(&streamed.body).last().is_some_and(|e| e.contains("\"error\"")));
+    let ollama = server.json("POST", "/api/chat", Some(&token), serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": "[[panic]]" }] })).await;
+    let last_line = String::from_utf8(ollama.body.clone()).unwrap().lines().last().unwrap().to_owned();
+    assert!(serde_json::from_str::<serde_json::Value>(&last_line).unwrap()["error"].is_string(), "{last_line}");
+
+    // The deployment comes back by itself: later requests are served.
+    let mut served = false;
+    for _ in 0..200 {
+        let reply = server.json("POST", "/v1/chat/completions", Some(&token), chat("hello again", serde_json::json!({}))).await;
+        if reply.status == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(served, "the deployment did not recover");
+    let restarts: u64 = server.state.runtime.restarts().iter().map(|(_, n)| n).sum();
+    assert!(restarts >= 3, "{restarts}");
+    let metrics = String::from_utf8(server.get("/metrics", None).await.body).unwrap();
+    assert!(metrics.contains("mantle_runner_restarts_total{deployment=\"tiny\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn r11_a_client_that_leaves_mid_stream_is_charged_for_the_work_it_got() {
+    let (server, token) = deployed(|_| {}, false, 2).await;
+    let long = chat("charge me", serde_json::json!({ "stream": true, "max_tokens": 3000, "ignore_eos": true }));
+    let stream = server.open_stream("/v1/chat/completions", &token, long).await;
+    let mut body = stream.into_body().into_data_stream();
+    let mut seen = 0;
+    while seen < 6 {
+        let chunk = body.next().await.unwrap().unwrap();
+        seen += sse_data(&chunk).len();
+    }
+    drop(body);
+    server.state.usage.flush().await;
+    // The record is written when the engine notices the client left; wait for it.
+    let mut report = serde_json::Value::Null;
+    for _ in 0..200 {
+        server.state.usage.flush().await;
+        report = server.get("/api/usage", Some(ADMIN)).await.json();
+        if report["total"]["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(report["total"]["requests"], 1, "{report}");
+    // The whole prompt was prefilled (one token per byte with the mock), and at least the
+    // tokens the client received were generated.
+    let prompt = "<|im_start|>user\ncharge me<|im_end|>\n<|im_start|>assistant\n".len() as u64;
+    assert_eq!(report["total"]["prompt_tokens"], prompt, "{report}");
+    assert!(report["total"]["completion_tokens"].as_u64().unwrap() >= 5, "{report}");
+}
