@@ -275,7 +275,8 @@ pub(crate) async fn delete_tag(State(state): State<AppState>, Path(p): Path<RevP
 /// `POST /api/validate-yaml`: the client checks a README's metadata before uploading it.
 pub(crate) async fn validate_yaml(body: Result<Json<api::hub::ValidateYamlRequest>, JsonRejection>) -> ApiResult<Response> {
     let Json(body) = body.map_err(json_rejection)?;
-    let check = domain::card::check_card(&body.content);
+    // Bounded work (the card check has an event and alias budget), but still CPU: off the async workers.
+    let check = tokio::task::spawn_blocking(move || domain::card::check_card(&body.content)).await.map_err(domain::Error::internal)?;
     let messages = |items: Vec<String>| items.into_iter().map(|message| api::hub::YamlMessage { message }).collect::<Vec<_>>();
     let status = if check.errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
     let error = check.errors.first().cloned();

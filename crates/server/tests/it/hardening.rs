@@ -110,3 +110,33 @@ async fn r11_a_client_that_leaves_mid_stream_is_charged_for_the_work_it_got() {
     assert_eq!(report["total"]["prompt_tokens"], prompt, "{report}");
     assert!(report["total"]["completion_tokens"].as_u64().unwrap() >= 5, "{report}");
 }
+
+/// A "billion laughs" card: nine levels of ten aliases, 10^9 nodes once expanded.
+fn yaml_bomb() -> String {
+    let mut bomb = String::from("---\nlicense: mit\na0: &a0 [lol]\n");
+    for level in 1..10 {
+        bomb.push_str(&format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 10].join(", ")));
+    }
+    bomb + "---\n# card\n"
+}
+
+#[tokio::test]
+async fn r11_yaml_bombs_get_a_4xx_and_a_finding_never_a_hang() {
+    let server = crate::harness::TestServer::new().await;
+    let reply = server.json("POST", "/api/validate-yaml", None, serde_json::json!({ "content": yaml_bomb(), "repoType": "model" })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+    assert!(reply.json()["error"].as_str().unwrap().contains("too complex"), "{:?}", reply.json());
+
+    // The same card pushed to a public repo: anonymous callers read the repo, and the verdict
+    // carries the finding.
+    let token = server.user("ann", None, "write").await;
+    server.create_repo(&token, "bomb", false).await;
+    let reply = server.commit(&token, "ann/bomb", &[crate::harness::header("card"), crate::harness::file("README.md", yaml_bomb().as_bytes())]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    let info = server.get("/api/models/ann/bomb", None).await;
+    assert_eq!(info.status, StatusCode::OK, "{:?}", info.json());
+    let verdict = server.get("/api/models/ann/bomb/vetting/main", Some(&token)).await;
+    assert_eq!(verdict.status, StatusCode::OK, "{:?}", verdict.json());
+    assert!(verdict.body.windows(b"too complex".len()).any(|w| w == b"too complex"), "{}", String::from_utf8_lossy(&verdict.body));
+}
