@@ -126,7 +126,7 @@ enum Command {
     },
     /// List deployments.
     Deployments,
-    /// Quotas per token or per org: requests and tokens per minute, tokens per month.
+    /// Quotas per token, per user or per org: requests and tokens per minute, tokens per month.
     #[command(subcommand)]
     Quotas(QuotaCommand),
     /// Requests, tokens and cost: your own, or (with an admin token) anyone's.
@@ -413,17 +413,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Quotas(command) => {
-            let subject = |token: Option<i64>, org: Option<String>| -> anyhow::Result<String> {
-                match (token, org) {
-                    (Some(id), None) => Ok(format!("token/{id}")),
-                    (None, Some(org)) => Ok(format!("org/{}", client::encode(&org))),
-                    _ => anyhow::bail!("name exactly one of --token-id ID or --org ORG"),
+            let subject = |token: Option<i64>, user: Option<String>, org: Option<String>| -> anyhow::Result<String> {
+                match (token, user, org) {
+                    (Some(id), None, None) => Ok(format!("token/{id}")),
+                    (None, Some(user), None) => Ok(format!("user/{}", client::encode(&user))),
+                    (None, None, Some(org)) => Ok(format!("org/{}", client::encode(&org))),
+                    _ => anyhow::bail!("name exactly one of --token-id ID, --user USER or --org ORG"),
                 }
             };
             match command {
-                QuotaCommand::Set { token_id, org, rpm, tpm, monthly_tokens } => {
+                QuotaCommand::Set { token_id, user, org, rpm, tpm, monthly_tokens } => {
                     let body = api::admin::SetQuota { requests_per_minute: rpm, tokens_per_minute: tpm, tokens_per_month: monthly_tokens };
-                    let quota: api::admin::Quota = client()?.put_json(&format!("/api/admin/quotas/{}", subject(token_id, org)?), &body).await?;
+                    let quota: api::admin::Quota = client()?.put_json(&format!("/api/admin/quotas/{}", subject(token_id, user, org)?), &body).await?;
                     print_quota(&quota);
                 }
                 QuotaCommand::List => {
@@ -432,8 +433,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         print_quota(quota);
                     }
                 }
-                QuotaCommand::Clear { token_id, org } => {
-                    let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/quotas/{}", subject(token_id, org)?)).await?;
+                QuotaCommand::Clear { token_id, user, org } => {
+                    let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/quotas/{}", subject(token_id, user, org)?)).await?;
                     println!("cleared");
                 }
             }
@@ -520,11 +521,14 @@ async fn shutdown_signal() {
 
 #[derive(Subcommand)]
 enum QuotaCommand {
-    /// Sets (replaces) the limits of a token or an org; limits not given are unlimited.
+    /// Sets (replaces) the limits of a token, a user or an org; limits not given are unlimited.
     Set {
         /// The token's id (`mantle tokens list`).
         #[arg(long)]
         token_id: Option<i64>,
+        /// A user's name (all of the user's tokens count together).
+        #[arg(long)]
+        user: Option<String>,
         /// The org's name (its members' requests count together).
         #[arg(long)]
         org: Option<String>,
@@ -540,11 +544,14 @@ enum QuotaCommand {
     },
     /// Lists every quota.
     List,
-    /// Removes the quota of a token or an org.
+    /// Removes the quota of a token, a user or an org.
     Clear {
         /// The token's id (`mantle tokens list`).
         #[arg(long)]
         token_id: Option<i64>,
+        /// A user's name (all of the user's tokens count together).
+        #[arg(long)]
+        user: Option<String>,
         /// The org's name (its members' requests count together).
         #[arg(long)]
         org: Option<String>,

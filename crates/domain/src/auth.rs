@@ -53,6 +53,8 @@ pub struct UserPrincipal {
     pub role: Role,
     pub token_id: i64,
     pub token_name: String,
+    /// When the token expires (`None`: never); tokens it creates expire no later.
+    pub token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The orgs the user belongs to, by name.
     pub orgs: Vec<String>,
 }

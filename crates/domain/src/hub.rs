@@ -92,13 +92,23 @@ impl Hub {
         if found.token.revoked_at.is_some() {
             return Err(invalid());
         }
-        if let Some(expires_at) = &found.token.expires_at {
-            let expires = chrono::DateTime::parse_from_rfc3339(expires_at).map_err(Error::internal)?;
-            if expires <= chrono::Utc::now() {
-                return Err(invalid());
-            }
+        let token_expires_at = match &found.token.expires_at {
+            Some(expires_at) => Some(chrono::DateTime::parse_from_rfc3339(expires_at).map_err(Error::internal)?.with_timezone(&chrono::Utc)),
+            None => None,
+        };
+        if token_expires_at.is_some_and(|expires| expires <= chrono::Utc::now()) {
+            return Err(invalid());
         }
-        Ok(Principal::User(UserPrincipal { user_id: found.user_id, name: found.token.user_name.clone(), is_admin: found.is_admin, role: found.token.role, token_id: found.token.id, token_name: found.token.name.clone(), orgs: found.orgs }))
+        Ok(Principal::User(UserPrincipal {
+            user_id: found.user_id,
+            name: found.token.user_name.clone(),
+            is_admin: found.is_admin,
+            role: found.token.role,
+            token_id: found.token.id,
+            token_name: found.token.name.clone(),
+            token_expires_at,
+            orgs: found.orgs,
+        }))
     }
 
     // ---- accounts and tokens -------------------------------------------------------------
@@ -148,7 +158,9 @@ impl Hub {
     }
 
     /// Creates a token. A site admin may create one for anyone; a user may create one for
-    /// themselves with a role no higher than the token they use. Returns the secret once.
+    /// themselves with a role no higher than the token they use. Whoever creates it, a token
+    /// never outlives the token it was created through (without an asked expiry it gets that
+    /// token's), and revoking that token revokes it. Returns the secret once.
     pub async fn create_token(&self, principal: &Principal, user: &str, role: &str, name: Option<&str>, expires_in: Option<&str>) -> Result<(TokenInfo, String)> {
         let caller = principal.user()?;
         let user = AccountName::parse(user)?;
@@ -158,14 +170,22 @@ impl Hub {
             return Err(Error::forbidden("only a site admin may create tokens for others or with a higher role"));
         }
         self.require_account(&user, AccountKind::User).await?;
-        let expires_at = expires_in.map(parse_duration).transpose()?.map(|d| format_time(chrono::Utc::now() + d));
+        let asked = expires_in.map(parse_duration).transpose()?.map(|d| chrono::Utc::now() + d);
+        let expires_at = match (asked, caller.token_expires_at) {
+            (Some(asked), Some(limit)) if asked > limit => {
+                return Err(Error::forbidden(format!("expires_in: a token may not outlive the token that creates it (which expires at {})", format_time(limit))));
+            }
+            (Some(asked), _) => Some(asked),
+            (None, limit) => limit,
+        }
+        .map(format_time);
         let name = name.unwrap_or("cli");
         if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
             return Err(Error::invalid("token name must be 1 to 100 printable characters"));
         }
         let secret = generate_token();
         let event = AuditEvent::new(&caller.name, "token.create", format!("user:{user}"), json!({ "name": name, "role": role.as_str(), "expires_at": expires_at }));
-        let info = self.meta.create_token(&user, name, role, &hash_token(&secret), expires_at, event).await?;
+        let info = self.meta.create_token(&user, name, role, &hash_token(&secret), expires_at, Some(caller.token_id), event).await?;
         Ok((info, secret))
     }
 
@@ -302,15 +322,37 @@ impl Hub {
         Ok(FileEntry { path, size: stored.size, sha256: stored.sha256, git_oid, lfs: false })
     }
 
-    /// Builds the entry for an LFS file named in a commit; its bytes must already be uploaded.
-    pub async fn lfs_entry(&self, path: RepoPath, oid: &str, size: Option<u64>) -> Result<FileEntry> {
+    /// Builds the entry for an LFS file named in a commit to `repo`; its bytes must already be
+    /// uploaded, and the caller must be entitled to them (see `may_reuse_blob`): to anyone else
+    /// a stored blob looks exactly like one never uploaded.
+    pub async fn lfs_entry(&self, principal: &Principal, repo: &Repo, path: RepoPath, oid: &str, size: Option<u64>) -> Result<FileEntry> {
         let sha256 = Digest::parse(oid)?;
-        let stored_size = self.blobs.size_of(&sha256).await?.ok_or_else(|| Error::invalid(format!("LFS object {sha256} for {path} was never uploaded")))?;
+        let never_uploaded = || Error::invalid(format!("LFS object {sha256} for {path} was never uploaded"));
+        let stored_size = self.blobs.size_of(&sha256).await?.ok_or_else(never_uploaded)?;
+        if !self.may_reuse_blob(principal, repo, &sha256).await? {
+            return Err(never_uploaded());
+        }
         if size.is_some_and(|size| size != stored_size) {
             return Err(Error::invalid(format!("LFS object {sha256} for {path} has {stored_size} bytes, not the declared {}", size.unwrap_or(0))));
         }
         let git_oid = git_blob_oid(lfs_pointer(&sha256, stored_size).as_bytes());
         Ok(FileEntry { path, size: stored_size, sha256, git_oid, lfs: true })
+    }
+
+    /// Whether the caller may use a stored blob in `repo` without uploading it: an upload to
+    /// `repo` proved possession of its bytes, or the caller can read a revision that holds it.
+    /// Knowing a digest (and size) is never enough: content-addressed storage is shared by
+    /// every tenant, and reusing another tenant's private blob would let the caller download it.
+    pub async fn may_reuse_blob(&self, principal: &Principal, repo: &Repo, sha256: &Digest) -> Result<bool> {
+        let access = self.meta.blob_access(repo.id, sha256.as_str()).await?;
+        Ok(access.granted || access.holders.iter().any(|(namespace, private)| !private || principal.can_see_namespace(namespace)))
+    }
+
+    /// Records that a signed upload to a repo delivered a blob's bytes (possession proven), so
+    /// commits to that repo may name it.
+    pub async fn record_upload(&self, kind: RepoKind, name: &RepoName, sha256: &Digest) -> Result<()> {
+        let repo = self.meta.get_repo(kind, name).await?.ok_or_else(|| Error::RepoNotFound(format!("repository {name} not found")))?;
+        self.meta.grant_blob(repo.id, sha256.as_str()).await
     }
 
     /// Commits to a branch of a writable repo.
@@ -548,6 +590,12 @@ impl Hub {
         match &quota.subject {
             crate::meta::QuotaSubject::Token(id) => {
                 self.meta.get_token(*id).await?.ok_or_else(|| Error::NotFound(format!("no token {id}")))?;
+            }
+            crate::meta::QuotaSubject::User(name) => {
+                let account = self.meta.get_account(&AccountName::parse(name)?).await?;
+                if !account.is_some_and(|a| a.kind == AccountKind::User) {
+                    return Err(Error::NotFound(format!("no user {name}")));
+                }
             }
             crate::meta::QuotaSubject::Org(org) => {
                 let account = self.meta.get_account(&AccountName::parse(org)?).await?;

@@ -134,11 +134,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The orgs a user belongs to.
     async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>>;
 
-    /// Stores a new token (by hash) for a user.
-    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, event: AuditEvent) -> Result<TokenInfo>;
+    /// Stores a new token (by hash) for a user; `parent` is the token it was created through,
+    /// which revokes it when revoked itself.
+    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, parent: Option<i64>, event: AuditEvent) -> Result<TokenInfo>;
     /// Looks up a token by id.
     async fn get_token(&self, id: i64) -> Result<Option<TokenInfo>>;
-    /// Marks a token revoked. Conflict if it already is.
+    /// Marks a token revoked, with every token created through it (transitively). Conflict if it
+    /// already is.
     async fn revoke_token(&self, id: i64, event: AuditEvent) -> Result<TokenInfo>;
     /// Resolves a token hash, whatever its expiry or revocation (the caller checks those).
     async fn lookup_token(&self, token_hash: &str) -> Result<Option<TokenLookup>>;
@@ -182,6 +184,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn referenced_blobs(&self) -> Result<HashSet<String>>;
     /// Whether some commit references this sha256.
     async fn is_blob_referenced(&self, sha256: &str) -> Result<bool>;
+    /// Records that an upload to `repo_id` proved possession of the blob's bytes.
+    async fn grant_blob(&self, repo_id: i64, sha256: &str) -> Result<()>;
+    /// Who may reuse a stored blob: whether an upload to `repo_id` proved possession, and the
+    /// repos whose commits hold it.
+    async fn blob_access(&self, repo_id: i64, sha256: &str) -> Result<BlobAccess>;
 
     /// Appends an event that has no other change attached (e.g. a gc run).
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
@@ -297,6 +304,8 @@ pub struct UsageRecord {
 pub enum QuotaSubject {
     /// One API token, by id.
     Token(i64),
+    /// Every token of one user, together (so minting new tokens escapes nothing).
+    User(String),
     /// Every member of an org, together.
     Org(String),
 }
@@ -306,6 +315,7 @@ impl QuotaSubject {
     pub fn key(&self) -> (&'static str, String) {
         match self {
             QuotaSubject::Token(id) => ("token", id.to_string()),
+            QuotaSubject::User(name) => ("user", name.clone()),
             QuotaSubject::Org(name) => ("org", name.clone()),
         }
     }
@@ -313,8 +323,9 @@ impl QuotaSubject {
     pub fn from_key(scope: &str, subject: &str) -> Result<Self> {
         match scope {
             "token" => subject.parse().map(QuotaSubject::Token).map_err(|_| Error::invalid(format!("a token quota names a token id, not {subject:?}"))),
+            "user" => Ok(QuotaSubject::User(subject.to_owned())),
             "org" => Ok(QuotaSubject::Org(subject.to_owned())),
-            other => Err(Error::invalid(format!("a quota is for a token or an org, not {other:?}"))),
+            other => Err(Error::invalid(format!("a quota is for a token, a user or an org, not {other:?}"))),
         }
     }
 }
@@ -340,13 +351,24 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// Whether it limits a request through `token_id` by a member of `orgs`.
-    pub fn applies_to(&self, token_id: i64, orgs: &[String]) -> bool {
+    /// Whether it limits a request through `token_id` by `user`, a member of `orgs`.
+    pub fn applies_to(&self, token_id: i64, user: &str, orgs: &[String]) -> bool {
         match &self.subject {
             QuotaSubject::Token(id) => *id == token_id,
+            QuotaSubject::User(name) => name == user,
             QuotaSubject::Org(org) => orgs.contains(org),
         }
     }
+}
+
+/// Who may reuse a stored blob (content-addressed storage is shared by every tenant, so knowing
+/// a digest must never be enough to use it).
+#[derive(Clone, Debug, Default)]
+pub struct BlobAccess {
+    /// An upload to the repo asking proved possession of the bytes.
+    pub granted: bool,
+    /// `(namespace, private)` of each repo whose commits hold the blob.
+    pub holders: Vec<(String, bool)>,
 }
 
 /// How a usage report groups requests.

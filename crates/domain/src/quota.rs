@@ -74,7 +74,7 @@ fn resets(now: chrono::DateTime<chrono::Utc>) -> (u64, u64) {
 /// tokens are added when the request ends.
 pub async fn admit(meta: &dyn MetaStore, principal: &Principal, all: &[Quota], prompt_tokens: u64) -> Result<std::result::Result<Admission, Exceeded>> {
     let user = principal.user()?;
-    let quotas: Vec<&Quota> = all.iter().filter(|q| q.applies_to(user.token_id, &user.orgs)).collect();
+    let quotas: Vec<&Quota> = all.iter().filter(|q| q.applies_to(user.token_id, &user.name, &user.orgs)).collect();
     let now = chrono::Utc::now();
     let (minute, month) = periods(now);
     let (minute_left, month_left) = resets(now);
@@ -84,6 +84,7 @@ pub async fn admit(meta: &dyn MetaStore, principal: &Principal, all: &[Quota], p
     }
     let name = |q: &&Quota| match &q.subject {
         QuotaSubject::Token(id) => format!("token {id}"),
+        QuotaSubject::User(name) => format!("user {name}"),
         QuotaSubject::Org(org) => format!("org {org}"),
     };
     let tighter = |slot: &mut Option<(u64, u64)>, limit: u64, used: u64| {
@@ -155,10 +156,12 @@ mod tests {
     fn quotas_apply_to_their_token_and_the_members_of_their_org() {
         let quota = |subject| Quota { subject, requests_per_minute: Some(1), tokens_per_minute: None, tokens_per_month: None, updated_at: String::new() };
         let orgs = ["acme".to_owned()];
-        assert!(quota(QuotaSubject::Token(7)).applies_to(7, &[]));
-        assert!(!quota(QuotaSubject::Token(7)).applies_to(8, &orgs));
-        assert!(quota(QuotaSubject::Org("acme".into())).applies_to(8, &orgs));
-        assert!(!quota(QuotaSubject::Org("other".into())).applies_to(7, &orgs));
+        assert!(quota(QuotaSubject::Token(7)).applies_to(7, "ann", &[]));
+        assert!(!quota(QuotaSubject::Token(7)).applies_to(8, "ann", &orgs));
+        assert!(quota(QuotaSubject::User("ann".into())).applies_to(8, "ann", &[]));
+        assert!(!quota(QuotaSubject::User("ann".into())).applies_to(7, "bob", &orgs));
+        assert!(quota(QuotaSubject::Org("acme".into())).applies_to(8, "ann", &orgs));
+        assert!(!quota(QuotaSubject::Org("other".into())).applies_to(7, "ann", &orgs));
     }
 
     #[test]

@@ -160,8 +160,11 @@ impl Runtime {
             let failed = slot.cell.get().is_some_and(|served| matches!(&served.backend, Backend::Generate(engine) if engine.health() != engine::Health::Running));
             if slot.identity != identity || failed {
                 // Redeployed elsewhere: the old engine stops once its last request ends. A failed
-                // runner is replaced (its watcher may not have run yet).
+                // runner is replaced here when a request comes before its watcher ran.
                 *slot = fresh();
+            }
+            if failed {
+                self.count_restart(&name);
             }
             slot.last_used = now;
             slot.cell.clone()
@@ -206,7 +209,7 @@ impl Runtime {
             if !forgotten {
                 return; // unloaded or redeployed meanwhile: nothing to restart
             }
-            *runtime.inner.restarts.lock().expect("restarts not poisoned").entry(name.clone()).or_default() += 1;
+            runtime.count_restart(&name);
             tracing::warn!(deployment = %name, "the deployment's runner failed ({failed:?}); loading it again");
             // Still deployed as it was? Another replica may have changed or removed it.
             match hub.meta.get_deployment(&name).await {
@@ -219,6 +222,10 @@ impl Runtime {
                 Err(err) => tracing::warn!(deployment = %name, "failed to read the deployment to restart it: {err}"),
             }
         });
+    }
+
+    fn count_restart(&self, name: &str) {
+        *self.inner.restarts.lock().expect("restarts not poisoned").entry(name.to_owned()).or_default() += 1;
     }
 
     /// Deployments restarted after a runner failure, by name (for /metrics).

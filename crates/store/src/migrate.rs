@@ -12,6 +12,7 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_deployments.sql")),
     (4, include_str!("../migrations/sqlite/0004_usage.sql")),
     (5, include_str!("../migrations/sqlite/0005_quotas.sql")),
+    (6, include_str!("../migrations/sqlite/0006_hardening.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -19,6 +20,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_deployments.sql")),
     (4, include_str!("../migrations/postgres/0004_usage.sql")),
     (5, include_str!("../migrations/postgres/0005_quotas.sql")),
+    (6, include_str!("../migrations/postgres/0006_hardening.sql")),
 ];
 
 /// Applies every migration not yet applied. On PostgreSQL an advisory lock keeps replicas that

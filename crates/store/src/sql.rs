@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{apply_operations, Account, AccountKind, BlobAccess, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -317,17 +317,18 @@ impl MetaStore for SqlMetaStore {
         rows.iter().map(|row| row.try_get::<String, _>("name").map_err(db_err)).collect()
     }
 
-    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, event: AuditEvent) -> Result<TokenInfo> {
+    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, parent: Option<i64>, event: AuditEvent) -> Result<TokenInfo> {
         let mut tx = self.begin_write().await?;
         let account = tx.account(user).await?.filter(|a| a.kind == AccountKind::User).ok_or_else(|| Error::NotFound(format!("no user named {user}")))?;
         let created_at = now_rfc3339();
-        let row = sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+        let row = sqlx::query("INSERT INTO tokens (user_id, name, hash, role, created_at, expires_at, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
             .bind(account.id)
             .bind(name)
             .bind(token_hash)
             .bind(role.as_str())
             .bind(&created_at)
             .bind(expires_at.clone())
+            .bind(parent)
             .fetch_one(&mut *tx.tx)
             .await
             .map_err(db_err)?;
@@ -352,6 +353,12 @@ impl MetaStore for SqlMetaStore {
         if updated.rows_affected() == 0 {
             return Err(Error::conflict(format!("token {id} does not exist or is already revoked")));
         }
+        // Tokens created through this one (and through those, transitively) go with it.
+        let descendants = "WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE parent_id = $2 UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
+                           UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND id IN (SELECT id FROM tree)";
+        let cascaded = sqlx::query(descendants).bind(&now).bind(id).execute(&mut *tx.tx).await.map_err(db_err)?.rows_affected();
+        let mut event = event;
+        insert_detail(&mut event, "revoked_descendants", serde_json::json!(cascaded));
         tx.audit(&event).await?;
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens t JOIN accounts a ON a.id = t.user_id WHERE t.id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_one(&mut *tx.tx).await.map_err(db_err)?;
@@ -437,7 +444,7 @@ impl MetaStore for SqlMetaStore {
 
     async fn delete_repo(&self, repo_id: i64, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        for sql in ["DELETE FROM refs WHERE repo_id = $1", "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo_id = $1)", "DELETE FROM commits WHERE repo_id = $1"] {
+        for sql in ["DELETE FROM refs WHERE repo_id = $1", "DELETE FROM blob_grants WHERE repo_id = $1", "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo_id = $1)", "DELETE FROM commits WHERE repo_id = $1"] {
             sqlx::query(sql).bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
         }
         let deleted = sqlx::query("DELETE FROM repos WHERE id = $1").bind(repo_id).execute(&mut *tx.tx).await.map_err(db_err)?;
@@ -587,6 +594,20 @@ impl MetaStore for SqlMetaStore {
     async fn referenced_blobs(&self) -> Result<HashSet<String>> {
         let rows = sqlx::query("SELECT DISTINCT sha256 FROM commit_files").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(|row| row.try_get::<String, _>("sha256").map_err(db_err)).collect()
+    }
+
+    async fn grant_blob(&self, repo_id: i64, sha256: &str) -> Result<()> {
+        // Not audited on its own: it records that an upload proved possession, which the commit
+        // using it then audits. Idempotent.
+        sqlx::query("INSERT INTO blob_grants (repo_id, sha256, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING").bind(repo_id).bind(sha256).bind(now_rfc3339()).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn blob_access(&self, repo_id: i64, sha256: &str) -> Result<BlobAccess> {
+        let granted = sqlx::query("SELECT 1 AS one FROM blob_grants WHERE repo_id = $1 AND sha256 = $2").bind(repo_id).bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?.is_some();
+        let rows = sqlx::query("SELECT DISTINCT r.namespace, r.private FROM commit_files f JOIN commits c ON c.id = f.commit_id JOIN repos r ON r.id = c.repo_id WHERE f.sha256 = $1").bind(sha256).fetch_all(&self.pool).await.map_err(db_err)?;
+        let holders = rows.iter().map(|row| Ok((row.try_get::<String, _>("namespace").map_err(db_err)?, row.try_get::<i64, _>("private").map_err(db_err)? != 0))).collect::<Result<_>>()?;
+        Ok(BlobAccess { granted, holders })
     }
 
     async fn is_blob_referenced(&self, sha256: &str) -> Result<bool> {

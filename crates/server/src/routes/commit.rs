@@ -119,7 +119,7 @@ pub(crate) async fn create_commit(State(state): State<AppState>, Path(p): Path<R
                     return Err(ApiError::invalid(format!("{}: unsupported LFS algo", file.path)));
                 }
                 let path = RepoPath::parse(&file.path)?;
-                operations.push(FileOperation::Add(state.hub.lfs_entry(path, &file.oid, file.size).await?));
+                operations.push(FileOperation::Add(state.hub.lfs_entry(&principal, &repo, path, &file.oid, file.size).await?));
             }
             api::hub::CommitLine::DeletedFile(file) => operations.push(FileOperation::DeleteFile(RepoPath::parse(&file.path)?)),
             api::hub::CommitLine::DeletedFolder(folder) => operations.push(FileOperation::DeleteFolder(RepoPath::parse(folder.path.trim_end_matches('/'))?)),

@@ -46,7 +46,7 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
     if body.objects.len() > 1000 {
         return Err(ApiError::invalid("at most 1000 objects per batch"));
     }
-    state.hub.writable_repo(&principal, kind, &name).await?;
+    let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let multipart_allowed = body.transfers.iter().any(|t| t == "multipart");
     let base = base_url(&state, &headers);
     let expires = chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(state.config.upload_url_ttl).unwrap_or(86400));
@@ -64,8 +64,10 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
             answers.push(error(422, format!("object is larger than the limit of {} bytes", state.config.hub.max_lfs_file)));
             continue;
         }
-        if state.hub.blobs.size_of(&digest).await? == Some(object.size) {
-            // Already stored: no actions, the client skips the upload.
+        if state.hub.blobs.size_of(&digest).await? == Some(object.size) && state.hub.may_reuse_blob(&principal, &repo, &digest).await? {
+            // Already stored, and the caller may use it: no actions, the client skips the upload.
+            // Anyone else uploads the bytes (which proves possession), so a stored blob is never
+            // revealed to, or reused by, a tenant who only knows its digest.
             answers.push(api::lfs::BatchAnswer { oid: digest.to_string(), size: object.size, authenticated: Some(true), actions: None, error: None });
             continue;
         }
@@ -126,6 +128,13 @@ fn check_signature(state: &AppState, op: &str, p: &ObjectParams, q: &SignedQuery
     Ok(digest)
 }
 
+/// The repo a signed upload URL was issued for (the signature covers it).
+fn signed_repo(p: &ObjectParams) -> ApiResult<(RepoKind, RepoName)> {
+    let kind = RepoKind::parse(&p.kinds)?;
+    let name = RepoName::from_parts(&p.ns, &p.name).map_err(|_| domain::Error::RepoNotFound("repository not found".into()))?;
+    Ok((kind, name))
+}
+
 fn check_content_length(headers: &HeaderMap, expected: u64) -> ApiResult<()> {
     if let Some(length) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if length != expected {
@@ -140,7 +149,9 @@ pub(crate) async fn upload_object(State(state): State<AppState>, Path(p): Path<O
     let digest = check_signature(&state, "upload", &p, &q, "")?;
     check_content_length(&headers, q.size)?;
     let stream = body.into_data_stream().map_err(|err| err.to_string()).boxed();
-    state.hub.blobs.put_stream(stream, Expect { sha256: Some(digest), size: Some(q.size), max_size: None }).await?;
+    state.hub.blobs.put_stream(stream, Expect { sha256: Some(digest.clone()), size: Some(q.size), max_size: None }).await?;
+    let (kind, name) = signed_repo(&p)?;
+    state.hub.record_upload(kind, &name, &digest).await?;
     Ok(StatusCode::OK)
 }
 
@@ -171,6 +182,8 @@ pub(crate) async fn complete_multipart(State(state): State<AppState>, Path(p): P
         return Err(ApiError::invalid(format!("expected {n_parts} parts, got {}", body.parts.len())));
     }
     state.hub.blobs.complete_parts(&digest, q.size, n_parts).await?;
+    let (kind, name) = signed_repo(&p)?;
+    state.hub.record_upload(kind, &name, &digest).await?;
     tracing::info!(oid = %digest, size = q.size, parts = n_parts, "multipart upload completed");
     Ok(Json(serde_json::json!({ "oid": digest.to_string(), "size": q.size })))
 }

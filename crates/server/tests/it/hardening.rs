@@ -75,7 +75,7 @@ async fn r11_a_runner_panic_fails_its_requests_and_the_deployment_recovers() {
     }
     assert!(served, "the deployment did not recover");
     let restarts: u64 = server.state.runtime.restarts().iter().map(|(_, n)| n).sum();
-    assert!(restarts >= 3, "{restarts}");
+    assert_eq!(restarts, 3, "one restart per runner that died");
     let metrics = String::from_utf8(server.get("/metrics", None).await.body).unwrap();
     assert!(metrics.contains("mantle_runner_restarts_total{deployment=\"tiny\"}"), "{metrics}");
 }
@@ -139,4 +139,111 @@ async fn r11_yaml_bombs_get_a_4xx_and_a_finding_never_a_hang() {
     let verdict = server.get("/api/models/ann/bomb/vetting/main", Some(&token)).await;
     assert_eq!(verdict.status, StatusCode::OK, "{:?}", verdict.json());
     assert!(verdict.body.windows(b"too complex".len()).any(|w| w == b"too complex"), "{}", String::from_utf8_lossy(&verdict.body));
+}
+
+fn lfs_batch(oid: &str, size: usize) -> serde_json::Value {
+    serde_json::json!({ "operation": "upload", "transfers": ["basic"], "objects": [{ "oid": oid, "size": size }], "hash_algo": "sha256" })
+}
+
+fn lfs_line(path: &str, oid: &str, size: usize) -> serde_json::Value {
+    serde_json::json!({ "key": "lfsFile", "value": { "path": path, "algo": "sha256", "oid": oid, "size": size } })
+}
+
+/// Uploads `data` through the LFS batch and a signed PUT, then commits it to `repo` as `path`.
+async fn push_lfs(server: &crate::harness::TestServer, token: &str, repo: &str, path: &str, data: &[u8]) {
+    use sha2::Digest as _;
+    let oid = hex::encode(sha2::Sha256::digest(data));
+    let batch = server.json("POST", &format!("/{repo}.git/info/lfs/objects/batch"), Some(token), lfs_batch(&oid, data.len())).await;
+    assert_eq!(batch.status, StatusCode::OK, "{:?}", batch.json());
+    if let Some(href) = batch.json()["objects"][0]["actions"]["upload"]["href"].as_str() {
+        let href = href.replace("http://mantle.test", "");
+        assert_eq!(server.send("PUT", &href, None, None, data.to_vec()).await.status, StatusCode::OK);
+    }
+    let reply = server.commit(token, repo, &[crate::harness::header("weights"), lfs_line(path, &oid, data.len())]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+}
+
+#[tokio::test]
+async fn r11_knowing_a_private_blobs_digest_is_not_enough_to_reuse_it() {
+    use sha2::Digest as _;
+    let server = crate::harness::TestServer::new().await;
+    let ann = server.user("ann", None, "write").await;
+    let bob = server.user("bob", None, "write").await;
+    server.create_repo(&ann, "secret", true).await;
+    server.create_repo(&ann, "open", false).await;
+    server.create_repo(&bob, "mine", false).await;
+    let private = b"ann's private weights".repeat(500);
+    let public = b"ann's public weights".repeat(500);
+    push_lfs(&server, &ann, "ann/secret", "w.bin", &private).await;
+    push_lfs(&server, &ann, "ann/open", "w.bin", &public).await;
+    let oid = hex::encode(sha2::Sha256::digest(&private));
+
+    // Bob knows the digest and size of ann's private file: the batch asks him for the bytes,
+    // and a commit naming it is refused as if it were never uploaded.
+    let batch = server.json("POST", "/bob/mine.git/info/lfs/objects/batch", Some(&bob), lfs_batch(&oid, private.len())).await;
+    assert_eq!(batch.status, StatusCode::OK);
+    assert!(batch.json()["objects"][0]["actions"]["upload"]["href"].is_string(), "{:?}", batch.json());
+    let reply = server.commit(&bob, "bob/mine", &[crate::harness::header("steal"), lfs_line("stolen.bin", &oid, private.len())]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+    assert!(reply.json()["error"].as_str().unwrap().contains("never uploaded"));
+    assert_eq!(server.get("/bob/mine/resolve/main/stolen.bin", Some(&bob)).await.status, StatusCode::NOT_FOUND);
+
+    // A blob bob can read (a public revision holds it) is reused without an upload.
+    let public_oid = hex::encode(sha2::Sha256::digest(&public));
+    let batch = server.json("POST", "/bob/mine.git/info/lfs/objects/batch", Some(&bob), lfs_batch(&public_oid, public.len())).await;
+    assert!(batch.json()["objects"][0].get("actions").is_none(), "{:?}", batch.json());
+    let reply = server.commit(&bob, "bob/mine", &[crate::harness::header("reuse"), lfs_line("public.bin", &public_oid, public.len())]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+
+    // With the bytes themselves, bob proves possession and may commit them.
+    push_lfs(&server, &bob, "bob/mine", "own.bin", &private).await;
+    assert_eq!(server.get("/bob/mine/resolve/main/own.bin", Some(&bob)).await.body, private);
+    // Ann, owner of the private repo, reuses her blob in another of her repos without uploading.
+    let batch = server.json("POST", "/ann/open.git/info/lfs/objects/batch", Some(&ann), lfs_batch(&oid, private.len())).await;
+    assert!(batch.json()["objects"][0].get("actions").is_none(), "{:?}", batch.json());
+}
+
+#[tokio::test]
+async fn r11_tokens_never_outlive_or_outrank_their_parent_and_die_with_it() {
+    let server = crate::harness::TestServer::new().await;
+    server.user("ann", None, "write").await;
+    let short = server.json("POST", "/api/admin/tokens", Some(ADMIN), serde_json::json!({ "user": "ann", "role": "read", "expires_in": "1h" })).await.json();
+    let short_secret = short["token"].as_str().unwrap().to_owned();
+    let mint = |body: serde_json::Value| server.json("POST", "/api/admin/tokens", Some(&short_secret), body);
+    // No expiry asked: the child gets the parent's; a later one or a higher role is refused.
+    let child = mint(serde_json::json!({ "user": "ann", "role": "read" })).await;
+    assert_eq!(child.status, StatusCode::OK, "{:?}", child.json());
+    assert_eq!(child.json()["expires_at"], short["expires_at"]);
+    assert_eq!(mint(serde_json::json!({ "user": "ann", "role": "read", "expires_in": "30d" })).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(mint(serde_json::json!({ "user": "ann", "role": "write" })).await.status, StatusCode::FORBIDDEN);
+    let shorter = mint(serde_json::json!({ "user": "ann", "role": "read", "expires_in": "10m" })).await;
+    assert_eq!(shorter.status, StatusCode::OK, "{:?}", shorter.json());
+    let child_secret = child.json()["token"].as_str().unwrap().to_owned();
+    let grandchild = server.json("POST", "/api/admin/tokens", Some(&child_secret), serde_json::json!({ "user": "ann", "role": "read" })).await;
+    let grandchild_secret = grandchild.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(server.get("/api/whoami-v2", Some(&grandchild_secret)).await.status, StatusCode::OK);
+
+    // Revoking the parent revokes everything created through it.
+    let id = short["id"].as_i64().unwrap();
+    let reply = server.send("DELETE", &format!("/api/admin/tokens/{id}"), Some(ADMIN), None, vec![]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    for secret in [&short_secret, &child_secret, &grandchild_secret] {
+        assert_eq!(server.get("/api/whoami-v2", Some(secret)).await.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn r11_a_user_quota_counts_every_token_of_the_user() {
+    let (server, token) = deployed(|_| {}, false, 2).await;
+    let reply = server.json("PUT", "/api/admin/quotas/user/ann", Some(ADMIN), serde_json::json!({ "requests_per_minute": 2 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(server.json("PUT", "/api/admin/quotas/user/nobody", Some(ADMIN), serde_json::json!({ "requests_per_minute": 2 })).await.status, StatusCode::NOT_FOUND);
+    let fresh = server.json("POST", "/api/admin/tokens", Some(&token), serde_json::json!({ "user": "ann", "role": "read" })).await.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(server.json("POST", "/v1/chat/completions", Some(&token), chat("one", serde_json::json!({}))).await.status, StatusCode::OK);
+    assert_eq!(server.json("POST", "/v1/chat/completions", Some(&fresh), chat("two", serde_json::json!({}))).await.status, StatusCode::OK);
+    // A third token minted to escape the limit escapes nothing.
+    let third = server.json("POST", "/api/admin/tokens", Some(&token), serde_json::json!({ "user": "ann", "role": "read" })).await.json()["token"].as_str().unwrap().to_owned();
+    let refused = server.json("POST", "/v1/chat/completions", Some(&third), chat("three", serde_json::json!({}))).await;
+    assert_openai_error(&refused, StatusCode::TOO_MANY_REQUESTS, None);
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("user ann"), "{:?}", refused.json());
 }

@@ -81,7 +81,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert_eq!(meta.orgs_of(&name("bob")).await.unwrap(), vec!["acme".to_owned()]);
 
     // Tokens: stored by hash, revocable once.
-    let token = meta.create_token(&name("alice"), "laptop", Role::Write, &"a".repeat(64), Some("2099-01-01T00:00:00.000Z".into()), event("token.create")).await.unwrap();
+    let token = meta.create_token(&name("alice"), "laptop", Role::Write, &"a".repeat(64), Some("2099-01-01T00:00:00.000Z".into()), None, event("token.create")).await.unwrap();
     let found = meta.lookup_token(&"a".repeat(64)).await.unwrap().unwrap();
     assert_eq!(found.token.id, token.id);
     assert_eq!(found.orgs, vec!["acme".to_owned()]);
@@ -89,7 +89,17 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     let revoked = meta.revoke_token(token.id, event("token.revoke")).await.unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(matches!(meta.revoke_token(token.id, event("x")).await, Err(Error::Conflict(_))));
-    assert!(matches!(meta.create_token(&name("ghost"), "x", Role::Read, &"c".repeat(64), None, event("x")).await, Err(Error::NotFound(_))));
+    assert!(matches!(meta.create_token(&name("ghost"), "x", Role::Read, &"c".repeat(64), None, None, event("x")).await, Err(Error::NotFound(_))));
+    // Tokens created through a token are revoked with it, transitively; others stay.
+    let root = meta.create_token(&name("alice"), "root", Role::Write, &"1d".repeat(32), None, None, event("token.create")).await.unwrap();
+    let child = meta.create_token(&name("alice"), "child", Role::Read, &"1e".repeat(32), None, Some(root.id), event("token.create")).await.unwrap();
+    let grandchild = meta.create_token(&name("alice"), "grandchild", Role::Read, &"1f".repeat(32), None, Some(child.id), event("token.create")).await.unwrap();
+    let sibling = meta.create_token(&name("alice"), "other", Role::Read, &"10".repeat(32), None, None, event("token.create")).await.unwrap();
+    meta.revoke_token(root.id, event("token.revoke")).await.unwrap();
+    for id in [child.id, grandchild.id] {
+        assert!(meta.get_token(id).await.unwrap().unwrap().revoked_at.is_some(), "token {id}");
+    }
+    assert!(meta.get_token(sibling.id).await.unwrap().unwrap().revoked_at.is_none());
 
     // Repos start with one commit on main.
     let repo_name = RepoName::parse("acme/bert").unwrap();
@@ -98,6 +108,14 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     // The same name as a dataset is a different repo.
     meta.create_repo(RepoKind::Dataset, &repo_name, false, vec![], "alice", event("repo.create")).await.unwrap();
     let initial = meta.resolve(repo.id, "main").await.unwrap().unwrap();
+    // Blob access: a grant is per repo; holders are the repos whose commits hold the blob.
+    let gitattributes = file(".gitattributes", 'a').sha256;
+    let access = meta.blob_access(repo.id, gitattributes.as_str()).await.unwrap();
+    assert_eq!((access.granted, access.holders), (false, vec![("acme".to_owned(), true)]));
+    meta.grant_blob(repo.id, &"9".repeat(64)).await.unwrap();
+    meta.grant_blob(repo.id, &"9".repeat(64)).await.unwrap();
+    assert!(meta.blob_access(repo.id, &"9".repeat(64)).await.unwrap().granted);
+    assert!(!meta.blob_access(repo.id + 1, &"9".repeat(64)).await.unwrap().granted);
     assert_eq!(initial.as_str().len(), 40);
     assert_eq!(meta.list_files(&initial).await.unwrap().len(), 1);
 

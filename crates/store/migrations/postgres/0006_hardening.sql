@@ -1,0 +1,8 @@
+ALTER TABLE tokens ADD COLUMN parent_id BIGINT REFERENCES tokens(id);
+CREATE INDEX tokens_parent ON tokens (parent_id);
+CREATE TABLE blob_grants (
+    repo_id BIGINT NOT NULL REFERENCES repos(id),
+    sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (repo_id, sha256)
+);
