@@ -230,6 +230,9 @@ impl crate::embed::EmbedRunner for Bert {
     fn embed(&mut self, inputs: &[&[Token]]) -> Result<Vec<Vec<f32>>, String> {
         Bert::embed(self, inputs)
     }
+    fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
     fn backend(&self) -> String {
         "mantle-bert".into()
     }

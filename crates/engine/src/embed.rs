@@ -21,6 +21,8 @@ pub trait EmbedRunner: Send + 'static {
     fn embed(&mut self, inputs: &[&[Token]]) -> Result<Vec<Vec<f32>>, String>;
     /// The backend's name, part of the fingerprint.
     fn backend(&self) -> String;
+    /// Token ids run from 0 to `n_vocab - 1`.
+    fn n_vocab(&self) -> usize;
 }
 
 /// Settings of an embedding engine.
@@ -46,6 +48,7 @@ pub struct EmbedEngine {
     tokenizer: Arc<dyn Tokenizer>,
     dims: usize,
     max_tokens: usize,
+    n_vocab: usize,
     backend: String,
 }
 
@@ -54,9 +57,9 @@ impl EmbedEngine {
     pub fn start(runner: Box<dyn EmbedRunner>, config: EmbedConfig) -> Self {
         let capacity = config.max_queue.max(1);
         let (jobs, inbox) = std::sync::mpsc::sync_channel(capacity);
-        let (tokenizer, dims, max_tokens, backend) = (runner.tokenizer(), runner.dims(), runner.max_tokens(), runner.backend());
+        let (tokenizer, dims, max_tokens, n_vocab, backend) = (runner.tokenizer(), runner.dims(), runner.max_tokens(), runner.n_vocab(), runner.backend());
         std::thread::Builder::new().name("mantle-embedder".into()).spawn(move || run_loop(runner, config, inbox)).expect("spawn the embedding runner thread");
-        EmbedEngine { jobs, admitted: Arc::new(AtomicUsize::new(0)), capacity, tokenizer, dims, max_tokens, backend }
+        EmbedEngine { jobs, admitted: Arc::new(AtomicUsize::new(0)), capacity, tokenizer, dims, max_tokens, n_vocab, backend }
     }
 
     /// Tokens of `text` (truncated one past `max_tokens`).
@@ -74,6 +77,11 @@ impl EmbedEngine {
         self.max_tokens
     }
 
+    /// Token ids run from 0 to `n_vocab - 1`.
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
     /// The backend's name.
     pub fn backend(&self) -> &str {
         &self.backend
@@ -88,6 +96,11 @@ impl EmbedEngine {
     pub async fn embed(&self, inputs: Vec<Vec<Token>>) -> Result<Vec<Vec<f32>>, InferError> {
         if let Some(bad) = inputs.iter().find(|i| i.is_empty() || i.len() > self.max_tokens) {
             return Err(InferError::Invalid(format!("an input has {} tokens; this model takes 1 to {}", bad.len(), self.max_tokens)));
+        }
+        // Checked per request, so one bad id is this caller's 400 and never fails the batch
+        // its neighbours share.
+        if let Some(bad) = inputs.iter().flatten().find(|t| **t as usize >= self.n_vocab) {
+            return Err(InferError::Invalid(format!("token {bad} is outside the vocabulary of {}", self.n_vocab)));
         }
         let _permit = Admission::enter(&self.admitted, self.capacity)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -134,37 +147,68 @@ fn run_loop(mut runner: Box<dyn EmbedRunner>, config: EmbedConfig, inbox: std::s
         let mut order: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i))).collect();
         order.sort_by_key(|&(j, i)| jobs[j].inputs[i].len());
         let mut results: Vec<Vec<Option<Vec<f32>>>> = jobs.iter().map(|job| vec![None; job.inputs.len()]).collect();
-        let mut failed: Option<String> = None;
+        let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
         let mut at = 0;
-        while at < order.len() && failed.is_none() {
+        while at < order.len() {
             let mut end = at;
             let mut tokens = 0;
             while end < order.len() && (end == at || tokens + jobs[order[end].0].inputs[order[end].1].len() <= config.max_batch_tokens) {
                 tokens += jobs[order[end].0].inputs[order[end].1].len();
                 end += 1;
             }
-            let batch: Vec<&[Token]> = order[at..end].iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
-            match runner.embed(&batch) {
-                Ok(vectors) if vectors.len() == batch.len() => {
-                    for (&(j, i), vector) in order[at..end].iter().zip(vectors) {
+            let members: Vec<(usize, usize)> = order[at..end].iter().copied().filter(|&(j, _)| failed[j].is_none()).collect();
+            at = end;
+            match embed_guarded(runner.as_mut(), &jobs, &members) {
+                Ok(vectors) => {
+                    for (&(j, i), vector) in members.iter().zip(vectors) {
                         results[j][i] = Some(vector);
                     }
                 }
-                Ok(_) => failed = Some("the backend returned the wrong number of embeddings".into()),
-                Err(err) => failed = Some(err),
+                Err(err) => {
+                    // One request's input must not fail the requests batched with it: embed
+                    // each job's part of the batch on its own, and fail only those that fail.
+                    let mut owners: Vec<usize> = members.iter().map(|&(j, _)| j).collect();
+                    owners.dedup();
+                    if owners.len() == 1 {
+                        failed[owners[0]] = Some(err);
+                        continue;
+                    }
+                    for owner in owners {
+                        let part: Vec<(usize, usize)> = members.iter().copied().filter(|&(j, _)| j == owner).collect();
+                        match embed_guarded(runner.as_mut(), &jobs, &part) {
+                            Ok(vectors) => {
+                                for (&(j, i), vector) in part.iter().zip(vectors) {
+                                    results[j][i] = Some(vector);
+                                }
+                            }
+                            Err(err) => failed[owner] = Some(err),
+                        }
+                    }
+                }
             }
-            at = end;
         }
-        for (job, vectors) in jobs.into_iter().zip(results) {
-            let answer = match &failed {
+        for ((job, vectors), failure) in jobs.into_iter().zip(results).zip(failed) {
+            let answer = match failure {
                 Some(err) => {
-                    tracing::error!("failed to embed a batch: {err}");
-                    Err(err.clone())
+                    tracing::error!("failed to embed a request: {err}");
+                    Err(err)
                 }
                 None => Ok(vectors.into_iter().map(|v| v.expect("every input was embedded")).collect()),
             };
             let _ = job.reply.send(answer);
         }
+    }
+}
+
+/// Runs the backend on some inputs of some jobs; a panic in the backend is that batch's error,
+/// never the end of the runner thread.
+fn embed_guarded(runner: &mut dyn EmbedRunner, jobs: &[Job], members: &[(usize, usize)]) -> Result<Vec<Vec<f32>>, String> {
+    let batch: Vec<&[Token]> = members.iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.embed(&batch))) {
+        Ok(Ok(vectors)) if vectors.len() == batch.len() => Ok(vectors),
+        Ok(Ok(_)) => Err("the backend returned the wrong number of embeddings".into()),
+        Ok(Err(err)) => Err(err),
+        Err(panic) => Err(format!("the embedding backend panicked: {}", crate::panic_message(panic.as_ref()))),
     }
 }
 
@@ -186,8 +230,15 @@ impl EmbedRunner for MockEmbedder {
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
         Arc::new(crate::mock::ByteTokenizer)
     }
+    fn n_vocab(&self) -> usize {
+        256
+    }
     fn embed(&mut self, inputs: &[&[Token]]) -> Result<Vec<Vec<f32>>, String> {
         self.calls.lock().expect("not poisoned").push(inputs.len());
+        // A test hook for backend failures: an input of the single token 0 fails its batch.
+        if inputs.iter().any(|input| *input == [0]) {
+            return Err("the mock embedder was asked to fail".into());
+        }
         Ok(inputs
             .iter()
             .map(|input| {
@@ -234,10 +285,24 @@ mod tests {
         let (engine, _) = engine(1);
         assert!(matches!(engine.embed(vec![vec![]]).await, Err(InferError::Invalid(_))));
         assert!(matches!(engine.embed(vec![vec![1; 65]]).await, Err(InferError::Invalid(_))));
+        assert!(matches!(engine.embed(vec![vec![1], vec![300]]).await, Err(InferError::Invalid(message)) if message.contains("300")));
         // One admitted request fills a queue of one; the second is refused at once.
         let held = Admission::enter(&engine.admitted, engine.capacity).unwrap();
         assert!(matches!(engine.embed(vec![vec![1]]).await, Err(InferError::Overloaded)));
         drop(held);
         assert!(engine.embed(vec![vec![1]]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn r11_a_request_that_fails_the_backend_fails_alone() {
+        let (engine, _) = engine(64);
+        // Queued together, so the runner batches them; the one holding the failing input fails alone.
+        let good = engine.embed(vec![vec![5, 6], vec![7]]);
+        let bad = engine.embed(vec![vec![0], vec![8]]);
+        let other = engine.embed(vec![vec![9]]);
+        let (good, bad, other) = tokio::join!(good, bad, other);
+        assert_eq!(good.unwrap().len(), 2);
+        assert!(matches!(bad, Err(InferError::Unavailable(_))));
+        assert_eq!(other.unwrap().len(), 1);
     }
 }

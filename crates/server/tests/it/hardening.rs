@@ -247,3 +247,17 @@ async fn r11_a_user_quota_counts_every_token_of_the_user() {
     assert_openai_error(&refused, StatusCode::TOO_MANY_REQUESTS, None);
     assert!(refused.json()["error"]["message"].as_str().unwrap().contains("user ann"), "{:?}", refused.json());
 }
+
+#[tokio::test]
+async fn r11_an_out_of_vocabulary_embedding_input_is_a_400_for_its_caller_only() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    crate::openai::deployed_encoder(&server, &token, true).await;
+    let bad = server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "enc", "input": [[5, 6], [999999]] }));
+    let good = server.json("POST", "/v1/embeddings", Some(&token), serde_json::json!({ "model": "enc", "input": [[5, 6], [7]] }));
+    let (bad, good) = tokio::join!(bad, good);
+    assert_openai_error(&bad, StatusCode::BAD_REQUEST, Some("input"));
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("999999"));
+    assert_eq!(good.status, StatusCode::OK, "{:?}", good.json());
+    let ollama = server.json("POST", "/api/embed", Some(&token), serde_json::json!({ "model": "enc", "input": "fine" })).await;
+    assert_eq!(ollama.status, StatusCode::OK, "{:?}", ollama.json());
+}

@@ -320,7 +320,7 @@ fn tiny_safetensors() -> Vec<u8> {
 }
 
 /// `ann/enc` with an encoder's files (the mock embedder stands in for the weights), deployed as `enc`.
-async fn deployed_encoder(server: &TestServer, token: &str, with_tokenizer: bool) {
+pub(crate) async fn deployed_encoder(server: &TestServer, token: &str, with_tokenizer: bool) {
     server.create_repo(token, "enc", false).await;
     let mut lines = vec![header("encoder"), file("model.safetensors", &tiny_safetensors()), file("config.json", b"{}"), file("README.md", b"---\nlicense: apache-2.0\n---\n# enc\n")];
     if with_tokenizer {

@@ -156,6 +156,9 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
     if inputs.iter().any(Vec::is_empty) {
         return Err(OpenAiError::invalid("an input has no tokens", Some("input")));
     }
+    if let Some(bad) = inputs.iter().flatten().find(|t| **t as usize >= engine.n_vocab()) {
+        return Err(OpenAiError::invalid(format!("token {bad} is outside the vocabulary of {}", engine.n_vocab()), Some("input")));
+    }
     let prompt_tokens: usize = inputs.iter().map(Vec::len).sum();
     let admission = crate::quotas::admit(&state, &principal, prompt_tokens).await?;
     let limits = crate::quotas::headers(&admission.limits, None);
