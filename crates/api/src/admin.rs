@@ -131,6 +131,10 @@ pub struct CreateDeployment {
     /// Price of a million completion tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_completion: Option<f64>,
+    /// The longest (seconds) an ordinary caller's Ollama `keep_alive` keeps the model resident
+    /// (default 300); pinning longer and unloading need an admin token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_max: Option<u64>,
 }
 
 fn default_revision() -> String {
@@ -169,6 +173,9 @@ pub struct Deployment {
     pub price_prompt: f64,
     #[serde(default)]
     pub price_completion: f64,
+    /// Seconds an ordinary caller's `keep_alive` may keep the model resident.
+    #[serde(default)]
+    pub keep_alive_max: u64,
 }
 
 /// `GET /api/usage`: requests, tokens and cost, grouped.

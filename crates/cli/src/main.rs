@@ -120,6 +120,9 @@ enum Command {
         /// Price of a million completion tokens.
         #[arg(long)]
         price_completion: Option<f64>,
+        /// The longest an ordinary caller's Ollama `keep_alive` keeps the model resident, in seconds (default 300).
+        #[arg(long)]
+        keep_alive_max: Option<u64>,
         /// Seconds to wait for pending scans before giving up.
         #[arg(long, default_value_t = 60)]
         wait: u64,
@@ -379,9 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Deploy { name, repo, kind, file, context, max_batch, threads, price_prompt, price_completion, wait } => {
+        Command::Deploy { name, repo, kind, file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max, wait } => {
             let (repo, revision) = repo.split_once('@').map(|(r, v)| (r.to_owned(), v.to_owned())).unwrap_or((repo.clone(), "main".to_owned()));
-            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads, price_prompt, price_completion };
+            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
             let created: api::admin::Deployment = loop {
                 match client()?.post_json("/api/admin/deployments", &body).await {

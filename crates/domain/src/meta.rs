@@ -271,7 +271,13 @@ pub struct EngineSettings {
     pub price_prompt_micros: u64,
     /// Price of a million completion tokens, likewise.
     pub price_completion_micros: u64,
+    /// The longest an ordinary caller may keep the model resident through Ollama's
+    /// `keep_alive`, in seconds; longer (or for good), and unloading, need an admin token.
+    pub keep_alive_max_secs: u64,
 }
+
+/// Ollama's own default for `keep_alive`: five minutes.
+pub const DEFAULT_KEEP_ALIVE_MAX_SECS: u64 = 300;
 
 impl EngineSettings {
     /// What a request costs at these prices, in millionths of the currency unit.

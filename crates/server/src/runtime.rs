@@ -269,6 +269,19 @@ impl Runtime {
         }
     }
 
+    /// Keeps a deployment at least as long as `keep` asks, never shortening a longer pin (an
+    /// ordinary caller's `keep_alive` must not undo an administrator's).
+    pub fn extend_keep(&self, name: &str, keep: Keep) {
+        if let Some(slot) = self.inner.loaded.lock().expect("runtime map not poisoned").get_mut(name) {
+            slot.keep = match (slot.keep, keep) {
+                (Keep::Forever, _) | (_, Keep::Forever) => Keep::Forever,
+                (Keep::Until(a), Keep::Until(b)) => Keep::Until(a.max(b)),
+                (Keep::Until(a), Keep::Default) | (Keep::Default, Keep::Until(a)) => Keep::Until(a),
+                (Keep::Default, Keep::Default) => Keep::Default,
+            };
+        }
+    }
+
     /// Until when a resident deployment is pinned: `None` when it is not pinned to a time (it
     /// stays until undeployed or, unless pinned forever, evicted for room).
     pub fn pinned_until(&self, name: &str) -> Option<std::time::SystemTime> {

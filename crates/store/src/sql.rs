@@ -820,7 +820,8 @@ impl MetaStore for SqlMetaStore {
             return Err(Error::conflict(format!("a deployment named {} exists; undeploy it first", deployment.name)));
         }
         let s = &deployment.settings;
-        let settings = serde_json::json!({ "context": s.context, "max_batch": s.max_batch, "threads": s.threads, "price_prompt_micros": s.price_prompt_micros, "price_completion_micros": s.price_completion_micros });
+        let settings =
+            serde_json::json!({ "context": s.context, "max_batch": s.max_batch, "threads": s.threads, "price_prompt_micros": s.price_prompt_micros, "price_completion_micros": s.price_completion_micros, "keep_alive_max_secs": s.keep_alive_max_secs });
         sqlx::query("INSERT INTO deployments (name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&deployment.name)
             .bind(deployment.kind.as_str())
@@ -1168,6 +1169,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
             threads: number("threads"),
             price_prompt_micros: settings["price_prompt_micros"].as_u64().unwrap_or(0),
             price_completion_micros: settings["price_completion_micros"].as_u64().unwrap_or(0),
+            keep_alive_max_secs: settings["keep_alive_max_secs"].as_u64().unwrap_or(domain::meta::DEFAULT_KEEP_ALIVE_MAX_SECS),
         },
         created_by: row.try_get("created_by").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,

@@ -126,6 +126,7 @@ fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deploy
         resident,
         price_prompt: d.settings.price_prompt_micros as f64 / 1e6,
         price_completion: d.settings.price_completion_micros as f64 / 1e6,
+        keep_alive_max: d.settings.keep_alive_max_secs,
     }
 }
 
@@ -183,6 +184,7 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
         threads: body.threads,
         price_prompt_micros: price_micros(body.price_prompt, "price_prompt")?,
         price_completion_micros: price_micros(body.price_completion, "price_completion")?,
+        keep_alive_max_secs: body.keep_alive_max.unwrap_or(domain::meta::DEFAULT_KEEP_ALIVE_MAX_SECS),
     };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;

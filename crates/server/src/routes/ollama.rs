@@ -46,6 +46,9 @@ impl OllamaError {
     fn invalid(message: impl Into<String>) -> Self {
         OllamaError { status: StatusCode::BAD_REQUEST, message: message.into(), headers: None }
     }
+    fn forbidden(message: impl Into<String>) -> Self {
+        OllamaError { status: StatusCode::FORBIDDEN, message: message.into(), headers: None }
+    }
 
     fn unsupported(field: &str, what: &str) -> Self {
         Self::invalid(format!("{field}: {what} is not supported by this server yet"))
@@ -214,7 +217,7 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     let model = request.model;
     let (served, load) = load(&state, &principal, &model).await?;
     let engine = generator(&served)?;
-    let unloaded = apply_keep_alive(&state, &served.deployment.name, keep, messages.is_empty());
+    let unloaded = apply_keep_alive(&state, &principal, &served.deployment, keep, messages.is_empty())?;
     if messages.is_empty() {
         // Ollama's way to load (or, with keep_alive 0, unload) a model: an empty chat answers at once.
         let reason = if unloaded { "unload" } else { "load" };
@@ -258,7 +261,7 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
     let (served, load) = load(&state, &principal, &model).await?;
     let engine = generator(&served)?;
     let prompt = request.prompt.unwrap_or_default();
-    let unloaded = apply_keep_alive(&state, &served.deployment.name, keep, prompt.is_empty());
+    let unloaded = apply_keep_alive(&state, &principal, &served.deployment, keep, prompt.is_empty())?;
     if prompt.is_empty() {
         let reason = if unloaded { "unload" } else { "load" };
         let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats(reason, started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
@@ -297,7 +300,7 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
     }
     let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, load) = load(&state, &principal, &request.model).await?;
-    apply_keep_alive(&state, &served.deployment.name, keep, false);
+    apply_keep_alive(&state, &principal, &served.deployment, keep, false)?;
     let (vectors, prompt_tokens) = embed_texts(&state, &principal, "ollama.embed", &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
     let line = wire::EmbedResponse { model: request.model, embeddings: vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(load), prompt_eval_count: prompt_tokens as u64 };
     Ok(with_revision(&served, Json(line).into_response()))
@@ -309,7 +312,7 @@ pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap
     let request: wire::EmbeddingsRequest = body(&request)?;
     let keep = keep_alive(request.keep_alive.as_ref())?;
     let (served, _) = load(&state, &principal, &request.model).await?;
-    apply_keep_alive(&state, &served.deployment.name, keep, request.prompt.is_empty());
+    apply_keep_alive(&state, &principal, &served.deployment, keep, request.prompt.is_empty())?;
     if request.prompt.is_empty() {
         // Ollama answers an empty prompt with an empty vector (a way to load the model).
         return Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
@@ -526,13 +529,46 @@ fn parse_duration(text: &str) -> Option<f64> {
     Some(sign * total)
 }
 
-/// Applies a request's `keep_alive` to its deployment; `true` when the request asked to unload
-/// and is empty (it only came to do that).
-fn apply_keep_alive(state: &AppState, name: &str, keep: Option<KeepAlive>, empty: bool) -> bool {
-    match keep {
+/// Whether the caller may pin a deployment past its `keep_alive_max` or unload it for everyone:
+/// a site admin, or an admin token of the deployment's namespace.
+fn may_manage_residency(principal: &Principal, deployment: &domain::meta::Deployment) -> bool {
+    match principal {
+        Principal::User(user) => principal.site_admin().is_ok() || (user.role == domain::auth::Role::Admin && principal.can_write_namespace(deployment.repo.namespace.as_str())),
+        Principal::Anonymous => false,
+    }
+}
+
+/// An ordinary caller's `keep_alive` within the deployment's limit: at most `keep_alive_max`
+/// from now (`-1` included); unloading is refused, since the model serves others too.
+fn cap_keep_alive(principal: &Principal, deployment: &domain::meta::Deployment, keep: Option<KeepAlive>) -> Result<Option<KeepAlive>, OllamaError> {
+    if may_manage_residency(principal, deployment) {
+        return Ok(keep);
+    }
+    let limit = std::time::SystemTime::now() + Duration::from_secs(deployment.settings.keep_alive_max_secs);
+    Ok(match keep {
+        None => None,
+        Some(KeepAlive::Unload) => return Err(OllamaError::forbidden("keep_alive 0 (unloading a model others use) needs an admin token")),
+        Some(KeepAlive::Keep(Keep::Forever)) => Some(KeepAlive::Keep(Keep::Until(limit))),
+        Some(KeepAlive::Keep(Keep::Until(until))) => Some(KeepAlive::Keep(Keep::Until(until.min(limit)))),
+        Some(KeepAlive::Keep(Keep::Default)) => Some(KeepAlive::Keep(Keep::Default)),
+    })
+}
+
+/// Applies a request's `keep_alive` to its deployment (an ordinary caller's capped, and never
+/// shortening a pin someone else set); `true` when the request asked to unload and is empty
+/// (it only came to do that).
+fn apply_keep_alive(state: &AppState, principal: &Principal, deployment: &domain::meta::Deployment, keep: Option<KeepAlive>, empty: bool) -> Result<bool, OllamaError> {
+    let privileged = may_manage_residency(principal, deployment);
+    let keep = cap_keep_alive(principal, deployment, keep)?;
+    let name = deployment.name.as_str();
+    Ok(match keep {
         None => false,
-        Some(KeepAlive::Keep(keep)) => {
+        Some(KeepAlive::Keep(keep)) if privileged => {
             state.runtime.keep(name, keep);
+            false
+        }
+        Some(KeepAlive::Keep(keep)) => {
+            state.runtime.extend_keep(name, keep);
             false
         }
         Some(KeepAlive::Unload) if empty => state.runtime.unload_if_idle(name),
@@ -541,7 +577,7 @@ fn apply_keep_alive(state: &AppState, name: &str, keep: Option<KeepAlive>, empty
             state.runtime.keep(name, Keep::Until(std::time::SystemTime::now()));
             false
         }
-    }
+    })
 }
 
 /// The deployment's served model and how long getting it took (its load, if this request did it).

@@ -93,7 +93,9 @@ async fn a_model_serving_a_request_is_never_evicted() {
 
 #[tokio::test]
 async fn keep_alive_pins_and_unloads() {
-    let (server, token) = three_deployments().await;
+    let (server, _) = three_deployments().await;
+    // Pinning past the deployment's limit and unloading take an admin token of the namespace.
+    let token = server.token("ann", "admin").await;
     // Pinned for good: never evicted, even as the least recently used.
     ask(&server, &token, "a", serde_json::json!({ "keep_alive": -1 })).await;
     ask(&server, &token, "b", serde_json::json!({})).await;
@@ -119,4 +121,37 @@ async fn keep_alive_pins_and_unloads() {
     let reply = server.json("POST", "/api/chat", Some(&token), serde_json::json!({ "model": "b", "messages": [], "keep_alive": "soon" })).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(resident(&server), ["b", "c"]);
+}
+
+#[tokio::test]
+async fn r11_ordinary_callers_keep_alive_is_capped_and_cannot_unload() {
+    let (server, owner) = three_deployments().await;
+    let bob = server.user("bob", None, "read").await;
+    let admin = server.token("ann", "admin").await;
+    async fn expires(server: &TestServer, token: String) -> Vec<(String, String)> {
+        let ps = server.get("/api/ps", Some(&token)).await.json();
+        ps["models"].as_array().unwrap().iter().map(|m| (m["name"].as_str().unwrap().to_owned(), m["expires_at"].as_str().unwrap().to_owned())).collect()
+    }
+    let seconds_left = |at: &str| chrono::DateTime::parse_from_rfc3339(at).unwrap().signed_duration_since(chrono::Utc::now()).num_seconds();
+    // "Forever" and an hour from a write token of the owner, or from another user: capped at
+    // the deployment's keep_alive_max (300 s by default).
+    ask(&server, &bob, "a", serde_json::json!({ "keep_alive": -1 })).await;
+    ask(&server, &owner, "b", serde_json::json!({ "keep_alive": "1h" })).await;
+    for (_, at) in expires(&server, bob.clone()).await {
+        assert!((290..=300).contains(&seconds_left(&at)), "{at}");
+    }
+    // Unloading a model others use is refused, and nothing changes.
+    let reply = server.json("POST", "/api/generate", Some(&bob), serde_json::json!({ "model": "a", "keep_alive": 0 })).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{:?}", reply.json());
+    assert_eq!(resident(&server), ["a", "b"]);
+    // An administrator's pin is not shortened by an ordinary caller's keep_alive.
+    ask(&server, &admin, "a", serde_json::json!({ "keep_alive": -1 })).await;
+    ask(&server, &bob, "a", serde_json::json!({ "keep_alive": "1m" })).await;
+    assert!(expires(&server, bob.clone()).await[0].1.starts_with("9999"));
+    // A deployment may allow longer.
+    let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), serde_json::json!({ "name": "d", "repo": "ann/tiny", "context": 10, "keep_alive_max": 7200 })).await;
+    assert_eq!(reply.json()["keep_alive_max"], 7200);
+    ask(&server, &bob, "d", serde_json::json!({ "keep_alive": "1h" })).await;
+    let d = expires(&server, bob.clone()).await.into_iter().find(|(name, _)| name == "d").unwrap();
+    assert!((3590..=3600).contains(&seconds_left(&d.1)), "{d:?}");
 }

@@ -188,7 +188,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         commit: c1.id.clone(),
         file_path: RepoPath::parse("w/model.bin").unwrap(),
         file_sha256: Digest::parse(&"c".repeat(64)).unwrap(),
-        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2, price_prompt_micros: 150_000, price_completion_micros: 600_000 },
+        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2, price_prompt_micros: 150_000, price_completion_micros: 600_000, keep_alive_max_secs: 300 },
         created_by: "admin".into(),
         created_at: "2026-11-27T00:00:00.000Z".into(),
     };
