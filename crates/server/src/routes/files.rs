@@ -48,6 +48,11 @@ async fn resolve(State(state): State<AppState>, method: Method, Path(p): Path<Re
     put("x-linked-size", &file.size.to_string());
     put("accept-ranges", "bytes");
     put("content-type", "application/octet-stream");
+    // Uploaded bytes are served on the console's origin: a browser must never sniff them into
+    // HTML or script, run them, or render them in place.
+    put("x-content-type-options", "nosniff");
+    put("content-security-policy", "sandbox; default-src 'none'");
+    put("content-disposition", &attachment(p.path.rsplit('/').next().unwrap_or("file")));
     // Content-addressed under a commit id, the bytes never change; under a branch they may.
     put("cache-control", if p.rev == commit.as_str() { "public, max-age=31536000, immutable" } else { "no-cache" });
 
@@ -135,4 +140,12 @@ mod tests {
         check("bytes=0-1,5-6", 1000, RangeSpec::Whole);
         check("items=0-1", 1000, RangeSpec::Whole);
     }
+}
+
+/// `Content-Disposition` for a download, in the Hub's shape (the client reads `filename="..."`
+/// for display): the name percent-encoded, and an ASCII fallback without quotes or controls.
+fn attachment(name: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let ascii: String = name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' && c != ';' { c } else { '_' }).collect();
+    format!("attachment; filename*=UTF-8''{encoded}; filename=\"{ascii}\";")
 }

@@ -261,3 +261,23 @@ async fn r11_an_out_of_vocabulary_embedding_input_is_a_400_for_its_caller_only()
     let ollama = server.json("POST", "/api/embed", Some(&token), serde_json::json!({ "model": "enc", "input": "fine" })).await;
     assert_eq!(ollama.status, StatusCode::OK, "{:?}", ollama.json());
 }
+
+#[tokio::test]
+async fn r11_downloads_are_never_rendered_on_the_consoles_origin() {
+    let server = crate::harness::TestServer::new().await;
+    let token = server.user("ann", None, "write").await;
+    server.create_repo(&token, "site", false).await;
+    let page = b"<html><script>fetch('/api/admin/tokens')</script></html>";
+    let reply = server.commit(&token, "ann/site", &[crate::harness::header("html"), crate::harness::file("docs/index \"x\".html", page)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    for method in ["GET", "HEAD"] {
+        let reply = server.send(method, "/ann/site/resolve/main/docs/index%20%22x%22.html", None, None, vec![]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("content-type").as_deref(), Some("application/octet-stream"));
+        assert_eq!(reply.header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert!(reply.header("content-security-policy").unwrap().starts_with("sandbox"));
+        let disposition = reply.header("content-disposition").unwrap();
+        assert!(disposition.starts_with("attachment;"), "{disposition}");
+        assert!(disposition.contains("filename=\"index__x_.html\";"), "{disposition}");
+    }
+}
