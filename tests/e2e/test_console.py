@@ -14,10 +14,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import push_folder, push_smollm2, models_dir
+from conftest import push_folder, push_smollm2, models_dir, skip_unless_ci
 from test_vetting import wait_for_verdict
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+import playwright.sync_api as playwright_api  # installed by scripts/test.sh; a missing one is an error, not a skip
 
 ARTIFACTS = Path(os.environ.get("MANTLE_ARTIFACTS") or tempfile.mkdtemp(prefix="mantle-artifacts-")) / "console"
 HOSTILE_CARD = """---
@@ -39,7 +39,7 @@ Read the [docs](javascript:window.__pwned='link') or [this](JAVASCRIPT:alert(1))
 def browser():
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if not executable:
-        pytest.skip("Debian's chromium is not installed")
+        skip_unless_ci("Debian's chromium is not installed")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from conftest import models_dir, push_folder
+from conftest import models_dir, push_folder, skip_unless_ci
 from test_vetting import wait_for_verdict
 
 SENTENCES = [
@@ -29,7 +29,7 @@ SENTENCES = [
 def minilm_dir():
     folder = models_dir() / "all-MiniLM-L6-v2"
     if not (folder / "model.safetensors").exists():
-        pytest.skip("all-MiniLM-L6-v2 not fetched (scripts/fetch-models.sh)")
+        skip_unless_ci("all-MiniLM-L6-v2 not fetched (scripts/fetch-models.sh)")
     return folder
 
 

@@ -7,10 +7,7 @@ use engine::Tokenizer as _;
 
 #[test]
 fn minilm_embeds_by_meaning_alone_and_batched() {
-    let Ok(models) = std::env::var("MANTLE_MODELS") else {
-        eprintln!("MANTLE_MODELS not set: BERT check skipped");
-        return;
-    };
+    let Some(models) = needed("MANTLE_MODELS") else { return };
     let dir = std::path::Path::new(&models).join("all-MiniLM-L6-v2");
     let bert = Bert::load(&dir.join("model.safetensors"), &dir.join("config.json"), &dir.join("tokenizer.json"), Some(&dir.join("sentence_bert_config.json")), 2).unwrap();
     let texts = ["a cat sat on the mat", "a kitten rested on the rug", "quarterly revenue grew"];
@@ -35,4 +32,15 @@ fn minilm_embeds_by_meaning_alone_and_batched() {
         bert.embed(chunk).unwrap();
     }
     println!("256 sentences of {} tokens: {:.1} sentences/s on 2 threads", many[0].len(), 256.0 / started.elapsed().as_secs_f64());
+}
+
+/// An environment variable this test needs. Without it the test is skipped with a message, except
+/// under CI (`CI` set), where a missing environment must fail rather than pass unseen.
+fn needed(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    assert!(value.is_some() || std::env::var_os("CI").is_none(), "{name} is not set, and CI is: this test must not pass without its environment");
+    if value.is_none() {
+        eprintln!("{name} not set: skipped");
+    }
+    value
 }

@@ -22,10 +22,7 @@ async fn collect(mut generation: engine::Generation) -> String {
 
 #[tokio::test]
 async fn smollm2_answers_and_seeds_repeat_inside_a_batch() {
-    let Ok(models) = std::env::var("MANTLE_MODELS") else {
-        eprintln!("MANTLE_MODELS not set: llama.cpp check skipped");
-        return;
-    };
+    let Some(models) = needed("MANTLE_MODELS") else { return };
     let path = std::path::Path::new(&models).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let settings = LlamaSettings { context: 4096, max_batch: 4, threads: 2, max_step_tokens: 256 };
     let runner = LlamaRunner::load(&path, &settings).unwrap();
@@ -48,10 +45,7 @@ async fn smollm2_answers_and_seeds_repeat_inside_a_batch() {
 
 #[tokio::test]
 async fn q4_1_weights_run_from_a_checked_f16_expansion() {
-    let Ok(models) = std::env::var("MANTLE_MODELS") else {
-        eprintln!("MANTLE_MODELS not set: llama.cpp check skipped");
-        return;
-    };
+    let Some(models) = needed("MANTLE_MODELS") else { return };
     let derived = std::env::temp_dir().join(format!("mantle-derived-{}", std::process::id()));
     let config = |max_batch: u32, expand_max_bytes: u64| engine::RunnerConfig {
         path: std::path::Path::new(&models).join("SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -112,4 +106,15 @@ async fn q4_1_weights_run_from_a_checked_f16_expansion() {
     assert_eq!(std::fs::read(&file).unwrap(), good);
     assert_eq!(greedy(runner).await, expanded);
     std::fs::remove_dir_all(&derived).unwrap();
+}
+
+/// An environment variable this test needs. Without it the test is skipped with a message, except
+/// under CI (`CI` set), where a missing environment must fail rather than pass unseen.
+fn needed(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    assert!(value.is_some() || std::env::var_os("CI").is_none(), "{name} is not set, and CI is: this test must not pass without its environment");
+    if value.is_none() {
+        eprintln!("{name} not set: skipped");
+    }
+    value
 }

@@ -80,10 +80,7 @@ async fn local_blob_store() {
 
 #[tokio::test]
 async fn s3_blob_store() {
-    let Ok(bucket) = std::env::var("TEST_S3_BUCKET") else {
-        eprintln!("TEST_S3_BUCKET not set: S3 contract skipped");
-        return;
-    };
+    let Some(bucket) = crate::needed("TEST_S3_BUCKET") else { return };
     let prefix = uuid::Uuid::new_v4().simple().to_string();
     check_blob_store(store::open_blob_store(&format!("s3://{bucket}/{prefix}")).unwrap()).await;
 }

@@ -32,7 +32,7 @@ fn new_commit(repo_id: i64, operations: Vec<FileOperation>, expected_parent: Opt
 
 /// A fresh PostgreSQL database per call, so suites never see each other's rows.
 async fn postgres_url() -> Option<String> {
-    let base = std::env::var("TEST_DATABASE_URL").ok()?;
+    let base = crate::needed("TEST_DATABASE_URL")?;
     sqlx::any::install_default_drivers();
     let db = format!("mantle_test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.expect("connect to TEST_DATABASE_URL");
@@ -278,10 +278,7 @@ async fn sqlite_meta_store() {
 
 #[tokio::test]
 async fn postgres_meta_store() {
-    let Some(url) = postgres_url().await else {
-        eprintln!("TEST_DATABASE_URL not set: PostgreSQL contract skipped");
-        return;
-    };
+    let Some(url) = postgres_url().await else { return };
     check_meta_store(Arc::new(SqlMetaStore::connect(&url).await.unwrap())).await;
 }
 
@@ -289,10 +286,7 @@ async fn postgres_meta_store() {
 /// unbroken audit chain and one line of history.
 #[tokio::test]
 async fn postgres_replicas_share_one_chain() {
-    let Some(url) = postgres_url().await else {
-        eprintln!("TEST_DATABASE_URL not set: PostgreSQL replica test skipped");
-        return;
-    };
+    let Some(url) = postgres_url().await else { return };
     let a: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
     let b: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
     let repo = a.create_repo(RepoKind::Model, &RepoName::parse("team/shared").unwrap(), false, vec![], "x", event("repo.create")).await.unwrap();
@@ -393,10 +387,7 @@ async fn check_scan_queue(meta: &dyn MetaStore) {
 /// Two replicas claiming from one queue never get the same job.
 #[tokio::test]
 async fn postgres_replicas_claim_each_job_once() {
-    let Some(url) = postgres_url().await else {
-        eprintln!("TEST_DATABASE_URL not set: PostgreSQL claim test skipped");
-        return;
-    };
+    let Some(url) = postgres_url().await else { return };
     let a: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
     let b: Arc<dyn MetaStore> = Arc::new(SqlMetaStore::connect(&url).await.unwrap());
     let keys: Vec<(String, String)> = (0..40).map(|i| (format!("{i:064x}"), "bin".to_owned())).collect();

@@ -3,14 +3,15 @@
 
 use std::path::PathBuf;
 
+/// The real models' folder; without it the checks are skipped, except under CI (`CI` set),
+/// where they must fail rather than pass unseen.
 fn models() -> Option<PathBuf> {
-    match std::env::var("MANTLE_MODELS") {
-        Ok(dir) => Some(PathBuf::from(dir)),
-        Err(_) => {
-            eprintln!("MANTLE_MODELS not set: real-model checks skipped (run scripts/fetch-models.sh)");
-            None
-        }
+    let dir = std::env::var("MANTLE_MODELS").ok();
+    assert!(dir.is_some() || std::env::var_os("CI").is_none(), "MANTLE_MODELS is not set, and CI is: run scripts/fetch-models.sh");
+    if dir.is_none() {
+        eprintln!("MANTLE_MODELS not set: real-model checks skipped (run scripts/fetch-models.sh)");
     }
+    dir.map(PathBuf::from)
 }
 
 #[test]
