@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod config;
 mod error;
 pub mod metrics;
+mod prompt;
 pub mod quotas;
 mod routes;
 pub mod runtime;

@@ -109,11 +109,34 @@ pub fn render_chat_with_tools(source: &str, messages: &serde_json::Value, tools:
         eos_token => eos,
         tools => tools.map_or(minijinja::Value::from(()), minijinja::Value::from_serialize),
     };
-    let output = template.render(context).map_err(|err| format!("{err:#}"))?;
-    if output.len() > MAX_OUTPUT {
-        return Err(format!("the output exceeds {MAX_OUTPUT} bytes"));
+    // Into a writer that refuses to grow past the limit, so a template that emits without end
+    // stops there rather than after building the whole text.
+    let mut output = Bounded { bytes: Vec::new(), limit: MAX_OUTPUT };
+    if let Err(err) = template.render_captured_to(context, &mut output) {
+        return Err(if output.bytes.len() >= MAX_OUTPUT || err.kind() == minijinja::ErrorKind::WriteFailure { format!("the output exceeds {MAX_OUTPUT} bytes") } else { format!("{err:#}") });
     }
-    Ok(output)
+    String::from_utf8(output.bytes).map_err(|_| "the output is not UTF-8".to_owned())
+}
+
+/// A buffer that fails a write that would take it past `limit` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.bytes.truncate(self.limit);
+            return Err(std::io::Error::other("output limit reached"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +179,14 @@ mod tests {
         assert!(codes(forever).contains(&"template.render_failed"));
         assert!(codes("{% if %}").contains(&"template.render_failed"));
         assert!(codes("{{ raise_exception('no system role') }}").contains(&"template.render_failed"));
+    }
+
+    #[test]
+    fn r11_a_template_that_writes_without_end_stops_at_the_limit() {
+        // Each iteration writes 10 KiB: the writer refuses the 103rd, long before the fuel runs out.
+        let flood = "{% for i in range(100000) %}{{ 'x' * 10240 }}{% endfor %}";
+        let err = render_chat(flood, &serde_json::json!([]), true, "", "", &sample_clock()).unwrap_err();
+        assert!(err.contains("exceeds"), "{err}");
+        assert!(render_chat(CHATML, &serde_json::json!([{ "role": "user", "content": "hi" }]), true, "", "", &sample_clock()).is_ok());
     }
 }

@@ -42,6 +42,12 @@ pub(crate) struct OllamaError {
     headers: Option<Box<HeaderMap>>,
 }
 
+impl From<crate::prompt::PromptError> for OllamaError {
+    fn from(err: crate::prompt::PromptError) -> Self {
+        OllamaError::invalid(err.to_string())
+    }
+}
+
 impl OllamaError {
     fn invalid(message: impl Into<String>) -> Self {
         OllamaError { status: StatusCode::BAD_REQUEST, message: message.into(), headers: None }
@@ -177,8 +183,13 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     let started = Instant::now();
     let principal = openai::authenticate(&state, &headers).await?;
     let request: wire::ChatRequest = body(&request)?;
-    let options = Options::parse(&request.common)?;
-    let plan = ToolPlan::parse(request.tools.as_ref(), None, None).map_err(|err| OllamaError::invalid(err.message))?;
+    // Formats and tool schemas compile into grammars: CPU work the caller chooses, off the async workers.
+    let (request, parsed) = crate::prompt::off_async(move || {
+        let parsed = Options::parse(&request.common).and_then(|options| Ok((options, ToolPlan::parse(request.tools.as_ref(), None, None).map_err(|err| OllamaError::invalid(err.message))?)));
+        (request, parsed)
+    })
+    .await;
+    let (options, plan) = parsed?;
     if plan.is_some() && options.grammar.is_some() {
         return Err(OllamaError::unsupported("format", "format together with tools"));
     }
@@ -229,9 +240,7 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     };
     crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
     let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
-    let prompt = vet::template::render_chat_with_tools(&chat.source, &Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &openai::wall_clock())
-        .map_err(|err| OllamaError::invalid(format!("the model's chat template failed on these messages: {err}")))?;
-    let prompt = engine.tokenize(&prompt);
+    let prompt = crate::prompt::chat(engine, chat, messages, template_tools).await?;
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let mut run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
     run.parser = plan.as_ref().map(CallParser::for_plan);
@@ -243,7 +252,12 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
     let started = Instant::now();
     let principal = openai::authenticate(&state, &headers).await?;
     let request: wire::GenerateRequest = body(&request)?;
-    let options = Options::parse(&request.common)?;
+    let (request, options) = crate::prompt::off_async(move || {
+        let options = Options::parse(&request.common);
+        (request, options)
+    })
+    .await;
+    let options = options?;
     if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(OllamaError::unsupported("suffix", "fill-in-the-middle"));
     }
@@ -269,18 +283,17 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
     }
     // Raw: the prompt as it is. Otherwise the model's chat template around it, as Ollama does;
     // a model without one gets the bare prompt (Ollama's default template is `{{ .Prompt }}`).
-    let text = match (&served.chat, request.raw.unwrap_or(false)) {
+    let prompt = match (&served.chat, request.raw.unwrap_or(false)) {
         (Some(chat), false) => {
             let mut messages = Vec::new();
             if let Some(system) = request.system.filter(|s| !s.is_empty()) {
                 messages.push(serde_json::json!({ "role": "system", "content": system }));
             }
             messages.push(serde_json::json!({ "role": "user", "content": prompt }));
-            vet::template::render_chat(&chat.source, &Value::Array(messages), true, &chat.bos, &chat.eos, &openai::wall_clock()).map_err(|err| OllamaError::invalid(format!("the model's chat template failed on this prompt: {err}")))?
+            crate::prompt::chat(engine, chat, messages, None).await?
         }
-        _ => prompt,
+        _ => crate::prompt::texts(engine, vec![prompt]).await?.remove(0),
     };
-    let prompt = engine.tokenize(&text);
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let run = Run::start(&state, &principal, "ollama.generate", &served, engine, prompt, &options, started, load, admission)?;
     Ok(with_revision(&served, run.respond(model, options.stream, Shape::Generate).await))
@@ -328,12 +341,11 @@ async fn embed_texts(state: &AppState, principal: &Principal, api: &'static str,
     if dimensions.is_some_and(|d| d as usize != engine.dims()) {
         return Err(OllamaError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
     }
+    if let Some(i) = inputs.iter().position(String::is_empty) {
+        return Err(OllamaError::invalid(format!("input[{i}] is empty")));
+    }
     let mut tokens = Vec::with_capacity(inputs.len());
-    for (i, text) in inputs.iter().enumerate() {
-        if text.is_empty() {
-            return Err(OllamaError::invalid(format!("input[{i}] is empty")));
-        }
-        let mut ids = engine.tokenize(text);
+    for (i, mut ids) in crate::prompt::embedding_inputs(engine, inputs.to_vec()).await.into_iter().enumerate() {
         if ids.len() > engine.max_tokens() {
             if !truncate {
                 return Err(OllamaError::invalid(format!("input[{i}] has {} tokens, more than the model's {}; send truncate: true to cut it", ids.len(), engine.max_tokens())));

@@ -281,3 +281,33 @@ async fn r11_downloads_are_never_rendered_on_the_consoles_origin() {
         assert!(disposition.contains("filename=\"index__x_.html\";"), "{disposition}");
     }
 }
+
+#[tokio::test]
+async fn r11_a_pathological_pattern_is_too_complex_and_others_are_served_meanwhile() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let schema = serde_json::json!({ "type": "object", "properties": { "a": { "type": "string", "pattern": "^(?:[a-z]?[0-9]?){999}$" } }, "required": ["a"] });
+    let hostile = server.json("POST", "/v1/chat/completions", Some(&token), chat("x", serde_json::json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": schema } } })));
+    let normal = server.json("POST", "/v1/chat/completions", Some(&token), chat("hello", serde_json::json!({})));
+    let (hostile, normal) = tokio::join!(hostile, normal);
+    assert_openai_error(&hostile, StatusCode::BAD_REQUEST, Some("response_format.json_schema.schema"));
+    assert!(hostile.json()["error"]["message"].as_str().unwrap().contains("too complex"), "{:?}", hostile.json());
+    assert_eq!(normal.status, StatusCode::OK, "{:?}", normal.json());
+    // The same through Ollama's format.
+    let ollama = server.json("POST", "/api/chat", Some(&token), serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": "x" }], "stream": false, "format": schema })).await;
+    assert_eq!(ollama.status, StatusCode::BAD_REQUEST, "{:?}", ollama.json());
+    assert!(ollama.json()["error"].as_str().unwrap().contains("too complex"));
+}
+
+#[tokio::test]
+async fn r11_text_that_cannot_fit_the_context_is_refused_before_tokenizing() {
+    let (server, token) = deployed(|_| {}, false, 2).await;
+    // The mock's context is 4096 tokens: 200 KB of text cannot fit, whatever the tokenizer.
+    let long = "word ".repeat(40_000);
+    let reply = server.json("POST", "/v1/chat/completions", Some(&token), chat(&long, serde_json::json!({}))).await;
+    assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some("messages"));
+    let reply = server.json("POST", "/v1/completions", Some(&token), serde_json::json!({ "model": "tiny", "prompt": long, "max_tokens": 4 })).await;
+    assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some("prompt"));
+    let reply = server.json("POST", "/api/generate", Some(&token), serde_json::json!({ "model": "tiny", "prompt": long, "stream": false })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.json()["error"].as_str().unwrap().contains("context"), "{:?}", reply.json());
+}

@@ -53,6 +53,15 @@ impl OpenAiError {
     }
 }
 
+impl From<crate::prompt::PromptError> for OpenAiError {
+    fn from(err: crate::prompt::PromptError) -> Self {
+        match &err {
+            crate::prompt::PromptError::Template(_) => OpenAiError::invalid(err.to_string(), Some("messages")),
+            crate::prompt::PromptError::TooLong { .. } => OpenAiError::context_exceeded(err.to_string()),
+        }
+    }
+}
+
 impl From<domain::Error> for OpenAiError {
     fn from(err: domain::Error) -> Self {
         use domain::Error;

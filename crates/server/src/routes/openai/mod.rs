@@ -50,16 +50,13 @@ pub(crate) async fn retrieve_model(State(state): State<AppState>, headers: Heade
 pub(crate) async fn create_chat_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::ChatCompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &headers).await?;
     let Json(request) = body.map_err(OpenAiError::from_rejection)?;
-    let mut options = Options::parse(&request.sampling, Endpoint::Chat)?;
-    let sampling = &request.sampling;
-    let plan = ToolPlan::parse(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls).map_err(|err| OpenAiError::invalid(err.message, Some(&err.param)))?;
-    let plan = plan.filter(ToolPlan::active);
-    if let Some(plan) = &plan {
-        if options.grammar.is_some() {
-            return Err(OpenAiError::unsupported("response_format", "response_format json_object or json_schema together with tools"));
-        }
-        options.grammar = plan.grammar().map(Arc::new);
-    }
+    // Schemas and patterns compile into grammars: CPU work the caller chooses, off the async workers.
+    let (request, parsed) = crate::prompt::off_async(move || {
+        let parsed = chat_options(&request.sampling);
+        (request, parsed)
+    })
+    .await;
+    let (options, plan) = parsed?;
     let mut messages = params::template_messages(&request.messages)?;
     let served = serve(&state, &principal, &request.model).await?;
     let engine = generator(&served)?;
@@ -68,9 +65,7 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     };
     crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
     let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
-    let prompt_text = vet::template::render_chat_with_tools(&chat.source, &serde_json::Value::Array(messages), template_tools.as_ref(), true, &chat.bos, &chat.eos, &wall_clock())
-        .map_err(|err| OpenAiError::invalid(format!("the model's chat template failed on these messages: {err}"), Some("messages")))?;
-    let prompt = engine.tokenize(&prompt_text);
+    let prompt = crate::prompt::chat(engine, chat, messages, template_tools).await?;
     let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
     let limits = crate::quotas::headers(&admission.limits, None);
     let timer = state.metrics.start(&served.deployment.name).billed(&state.usage, &principal, "openai.chat", &served.deployment.settings, admission);
@@ -81,11 +76,30 @@ pub(crate) async fn create_chat_completion(State(state): State<AppState>, header
     Ok(response)
 }
 
+/// The sampling options and tool plan of a chat request (grammars compiled).
+fn chat_options(sampling: &wire::SamplingFields) -> Result<(Options, Option<ToolPlan>), OpenAiError> {
+    let mut options = Options::parse(sampling, Endpoint::Chat)?;
+    let plan = ToolPlan::parse(sampling.tools.as_ref(), sampling.tool_choice.as_ref(), sampling.parallel_tool_calls).map_err(|err| OpenAiError::invalid(err.message, Some(&err.param)))?;
+    let plan = plan.filter(ToolPlan::active);
+    if let Some(plan) = &plan {
+        if options.grammar.is_some() {
+            return Err(OpenAiError::unsupported("response_format", "response_format json_object or json_schema together with tools"));
+        }
+        options.grammar = plan.grammar().map(Arc::new);
+    }
+    Ok((options, plan))
+}
+
 /// `POST /v1/completions`.
 pub(crate) async fn create_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::CompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &headers).await?;
     let Json(request) = body.map_err(OpenAiError::from_rejection)?;
-    let options = Options::parse(&request.sampling, Endpoint::Completions)?;
+    let (request, options) = crate::prompt::off_async(move || {
+        let options = Options::parse(&request.sampling, Endpoint::Completions);
+        (request, options)
+    })
+    .await;
+    let options = options?;
     if request.best_of.is_some_and(|b| b as usize != options.n) {
         return Err(OpenAiError::unsupported("best_of", "best_of other than n"));
     }
@@ -105,12 +119,13 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         }
     };
     let prompts: Vec<Vec<Token>> = match &request.prompt {
-        wire::Prompt::Text(text) => vec![engine.tokenize(text)],
-        wire::Prompt::Texts(texts) => texts.iter().map(|t| engine.tokenize(t)).collect(),
+        wire::Prompt::Text(text) => crate::prompt::texts(engine, vec![text.clone()]).await.map_err(prompt_error)?,
+        wire::Prompt::Texts(texts) if texts.len() <= 64 => crate::prompt::texts(engine, texts.clone()).await.map_err(prompt_error)?,
+        wire::Prompt::Texts(_) => Vec::new(), // refused below without tokenizing
         wire::Prompt::Tokens(tokens) => vec![check_tokens(tokens)?],
         wire::Prompt::TokenLists(lists) => lists.iter().map(|l| check_tokens(l)).collect::<Result<_, _>>()?,
     };
-    if prompts.is_empty() || prompts.len() * options.n > 64 {
+    if prompts.is_empty() || prompts.len() * options.n > 64 || matches!(&request.prompt, wire::Prompt::Texts(texts) if texts.len() > 64) {
         return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
     }
     let admission = crate::quotas::admit(&state, &principal, prompts.iter().map(Vec::len).sum::<usize>() * options.n).await?;
@@ -120,6 +135,11 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
     let mut response = run.respond(&served, request.model, options.stream, options.include_usage).await;
     response.headers_mut().extend(limits);
     Ok(response)
+}
+
+/// A completions prompt that cannot be built: the error names `prompt`.
+fn prompt_error(err: crate::prompt::PromptError) -> OpenAiError {
+    OpenAiError::context_exceeded_in("prompt", err.to_string())
 }
 
 /// The most inputs one embeddings request may carry (OpenAI's limit).
@@ -141,9 +161,17 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
     if request.dimensions.is_some_and(|d| d as usize != engine.dims()) {
         return Err(OpenAiError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
     }
+    let texts = match &request.input {
+        wire::Prompt::Text(text) => vec![text.clone()],
+        wire::Prompt::Texts(texts) if texts.len() <= MAX_EMBEDDING_INPUTS => texts.clone(),
+        wire::Prompt::Texts(_) => return Err(OpenAiError::invalid(format!("input must hold 1 to {MAX_EMBEDDING_INPUTS} items"), Some("input"))),
+        wire::Prompt::Tokens(_) | wire::Prompt::TokenLists(_) => Vec::new(),
+    };
+    if texts.iter().any(String::is_empty) {
+        return Err(OpenAiError::invalid("input must not contain empty strings", Some("input")));
+    }
     let inputs: Vec<Vec<Token>> = match &request.input {
-        wire::Prompt::Text(text) => vec![embedding_tokens(engine, text)?],
-        wire::Prompt::Texts(texts) => texts.iter().map(|t| embedding_tokens(engine, t)).collect::<Result<_, _>>()?,
+        wire::Prompt::Text(_) | wire::Prompt::Texts(_) => crate::prompt::embedding_inputs(engine, texts).await,
         wire::Prompt::Tokens(tokens) => vec![tokens.clone()],
         wire::Prompt::TokenLists(lists) => lists.clone(),
     };
@@ -187,14 +215,6 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
         headers.insert("x-mantle-revision", value);
     }
     Ok((headers, Json(wire::EmbeddingList { object: "list".into(), data, model: request.model, usage })).into_response())
-}
-
-/// An embeddings text as tokens; empty text is refused, as OpenAI does.
-fn embedding_tokens(engine: &engine::EmbedEngine, text: &str) -> Result<Vec<Token>, OpenAiError> {
-    if text.is_empty() {
-        return Err(OpenAiError::invalid("input must not contain empty strings", Some("input")));
-    }
-    Ok(engine.tokenize(text))
 }
 
 /// The generation engine of a deployment, or a 400 for an embedding deployment.
@@ -561,29 +581,7 @@ fn reason_text(reason: FinishReason) -> &'static str {
     }
 }
 
-/// Today's date and time for templates' `strftime_now`; an invalid format comes back as given.
-pub(crate) fn wall_clock() -> vet::template::Clock {
-    Arc::new(|format: &str| {
-        let items: Vec<chrono::format::Item<'_>> = chrono::format::StrftimeItems::new(format).collect();
-        if items.iter().any(|item| matches!(item, chrono::format::Item::Error)) {
-            return format.to_owned();
-        }
-        chrono::Utc::now().format_with_items(items.into_iter()).to_string()
-    })
-}
-
 pub(crate) fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString as _};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn templates_see_the_real_date_and_bad_formats_do_not_panic() {
-        let clock = super::wall_clock();
-        assert_eq!(clock("%Y"), chrono::Utc::now().format("%Y").to_string());
-        assert_eq!(clock("%d %b %Y").len(), 11);
-        assert_eq!(clock("100%"), "100%");
-    }
 }
