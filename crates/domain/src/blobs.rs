@@ -75,6 +75,15 @@ impl BlobStore {
         }
     }
 
+    /// When a stored blob was last written, or `None` if it is absent.
+    pub async fn modified(&self, digest: &Digest) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        match self.store.head(&Self::blob_key(digest)).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(Error::internal(err)),
+        }
+    }
+
     /// Stores small bytes held in memory; returns the digest and git blob oid.
     pub async fn put_bytes(&self, bytes: Bytes) -> Result<(StoredBlob, String)> {
         let sha256 = Digest::from_bytes(&Sha256::digest(&bytes).into());

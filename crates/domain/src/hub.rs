@@ -26,6 +26,8 @@ pub struct HubConfig {
     pub max_lfs_file: u64,
     /// The version of the scanners whose results count; results of other versions are rescanned.
     pub scanner_version: String,
+    /// How long signed upload URLs stay valid; GC keeps multipart parts at least that long.
+    pub upload_url_ttl_secs: u64,
 }
 
 /// The registry service.
@@ -319,6 +321,7 @@ impl Hub {
             return Err(Error::Invalid(format!("{path} is larger than the inline limit of {} bytes; upload it through LFS", self.config.max_inline_file)));
         }
         let (stored, git_oid) = self.blobs.put_bytes(bytes).await?;
+        self.settle_written(&stored.sha256).await?;
         Ok(FileEntry { path, size: stored.size, sha256: stored.sha256, git_oid, lfs: false })
     }
 
@@ -352,7 +355,18 @@ impl Hub {
     /// commits to that repo may name it.
     pub async fn record_upload(&self, kind: RepoKind, name: &RepoName, sha256: &Digest) -> Result<()> {
         let repo = self.meta.get_repo(kind, name).await?.ok_or_else(|| Error::RepoNotFound(format!("repository {name} not found")))?;
+        self.settle_written(sha256).await?;
         self.meta.grant_blob(repo.id, sha256.as_str()).await
+    }
+
+    /// After a blob's bytes were written: if GC is deleting it right now, the bytes may be gone,
+    /// so the writer must retry; if GC deleted it before, the fresh bytes lift the tombstone.
+    async fn settle_written(&self, sha256: &Digest) -> Result<()> {
+        match self.meta.blob_tombstone(sha256.as_str()).await?.as_deref() {
+            None => Ok(()),
+            Some("deleted") if self.blobs.size_of(sha256).await?.is_some() => self.meta.revive_blob(sha256.as_str()).await,
+            Some(_) => Err(Error::conflict(format!("the object {sha256} is being garbage-collected; upload it again in a moment"))),
+        }
     }
 
     /// Commits to a branch of a writable repo.
@@ -678,6 +692,8 @@ impl Hub {
     pub async fn gc(&self, principal: &Principal, min_age: chrono::Duration) -> Result<GcReport> {
         let admin = principal.site_admin()?;
         let cutoff = chrono::Utc::now() - min_age;
+        // Multipart parts live at least as long as the URLs that upload them.
+        let parts_cutoff = cutoff.min(chrono::Utc::now() - chrono::Duration::seconds(i64::try_from(self.config.upload_url_ttl_secs).unwrap_or(i64::MAX / 2)) - chrono::Duration::hours(1));
         let referenced = self.meta.referenced_blobs().await?;
         let mut report = GcReport::default();
         for object in self.blobs.list_blobs().await? {
@@ -686,15 +702,23 @@ impl Hub {
             if object.last_modified > cutoff || referenced.contains(sha256.as_str()) {
                 continue;
             }
-            // Check again right before deleting: a commit may have landed since the listing.
-            if self.meta.is_blob_referenced(sha256.as_str()).await? {
+            // Written again since the listing (an upload of the same bytes): not garbage.
+            if self.blobs.modified(sha256).await?.is_none_or(|modified| modified > cutoff) {
+                continue;
+            }
+            // Claim it in the serialized write path: a commit that landed since the listing wins;
+            // one that comes later is refused while the tombstone stands, so no commit can ever
+            // name a deleted object. Writers of the same bytes meanwhile are told to retry.
+            if !self.meta.condemn_blob(sha256.as_str()).await? {
                 continue;
             }
             self.blobs.delete_key(&object.key).await?;
+            self.meta.blob_deleted(sha256.as_str()).await?;
             report.blobs_deleted += 1;
             report.bytes_freed += object.size;
         }
         for object in self.blobs.list_temporary().await? {
+            let cutoff = if object.key.starts_with("parts/") { parts_cutoff } else { cutoff };
             if object.last_modified <= cutoff {
                 self.blobs.delete_key(&object.key).await?;
                 report.temporary_deleted += 1;

@@ -104,11 +104,13 @@ pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> R
             }
         }
     }
-    // A file and a folder may not share a name: `a` and `a/b` cannot both exist.
-    let paths: Vec<&RepoPath> = files.keys().collect();
-    for pair in paths.windows(2) {
-        if pair[1].is_under(pair[0].as_str()) {
-            return Err(Error::invalid(format!("{:?} is a file, so {:?} cannot be inside it", pair[0].as_str(), pair[1].as_str())));
+    // A file and a folder may not share a name: `a` and `a/b` cannot both exist. Every folder
+    // above each file is looked up (neighbours in sorted order are not enough: `a-b` sorts
+    // between `a` and `a/b`).
+    let names: std::collections::BTreeSet<&str> = files.keys().map(RepoPath::as_str).collect();
+    for path in &names {
+        if let Some(file) = path.match_indices('/').map(|(at, _)| &path[..at]).find(|folder| names.contains(folder)) {
+            return Err(Error::invalid(format!("{file:?} is a file, so {path:?} cannot be inside it")));
         }
     }
     Ok(files.into_values().collect())
@@ -184,6 +186,16 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn referenced_blobs(&self) -> Result<HashSet<String>>;
     /// Whether some commit references this sha256.
     async fn is_blob_referenced(&self, sha256: &str) -> Result<bool>;
+    /// GC's claim on an unreferenced blob before deleting its object: in one write transaction,
+    /// `false` if some commit references it (or GC already holds it), else a `deleting` tombstone
+    /// is written. While a tombstone exists, commits naming the blob are refused.
+    async fn condemn_blob(&self, sha256: &str) -> Result<bool>;
+    /// GC deleted the object: the tombstone turns `deleted`.
+    async fn blob_deleted(&self, sha256: &str) -> Result<()>;
+    /// The blob's tombstone state (`deleting`, `deleted`), if any.
+    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<String>>;
+    /// Removes a `deleted` tombstone after the blob's bytes were written again.
+    async fn revive_blob(&self, sha256: &str) -> Result<()>;
     /// Records that an upload to `repo_id` proved possession of the blob's bytes.
     async fn grant_blob(&self, repo_id: i64, sha256: &str) -> Result<()>;
     /// Who may reuse a stored blob: whether an upload to `repo_id` proved possession, and the
@@ -202,6 +214,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn enqueue_scans(&self, keys: &[(String, String)]) -> Result<()>;
     /// Claims the next due scan job for `lease_secs`; a job whose lease ran out is claimable again.
     async fn claim_scan_job(&self, lease_secs: i64) -> Result<Option<ScanJob>>;
+    /// Extends a running job's lease to `lease_secs` from now, if the claim made at `attempts` still
+    /// holds it; `false` when another worker has taken the job over (or it is gone).
+    async fn renew_scan_job(&self, job_id: i64, attempts: i64, lease_secs: i64) -> Result<bool>;
     /// Stores a scan result and removes its job, in one transaction.
     async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()>;
     /// Puts a failed job back for `run_after` (RFC 3339), or marks it failed for good when `None`.
@@ -449,5 +464,9 @@ mod tests {
         check(&["a"], vec![FileOperation::DeleteFile(path("missing"))], Err(()));
         check(&["a"], vec![FileOperation::DeleteFolder(path("nothing"))], Err(()));
         check(&["a"], vec![FileOperation::Add(file("a/b"))], Err(()));
+        // Regression (#11.14): a name sorting between the file and the folder hid the clash.
+        check(&[], vec![FileOperation::Add(file("a")), FileOperation::Add(file("a-b")), FileOperation::Add(file("a/b"))], Err(()));
+        check(&["a-b", "x/y/z"], vec![FileOperation::Add(file("x/y"))], Err(()));
+        check(&["a-b"], vec![FileOperation::Add(file("a/b")), FileOperation::Add(file("ab"))], Ok(vec!["a-b", "a/b", "ab"]));
     }
 }

@@ -209,7 +209,7 @@ impl Config {
             data_dir,
             database_url,
             blob_url,
-            hub: domain::hub::HubConfig { lfs_threshold: hub.lfs_threshold, max_inline_file: hub.max_inline_file, max_lfs_file: hub.max_lfs_file, scanner_version: vet::SCANNER_VERSION.to_owned() },
+            hub: domain::hub::HubConfig { lfs_threshold: hub.lfs_threshold, max_inline_file: hub.max_inline_file, max_lfs_file: hub.max_lfs_file, scanner_version: vet::SCANNER_VERSION.to_owned(), upload_url_ttl_secs: hub.upload_url_ttl },
             multipart_threshold: hub.multipart_threshold,
             multipart_chunk: hub.multipart_chunk,
             upload_url_ttl: hub.upload_url_ttl,

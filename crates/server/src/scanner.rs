@@ -2,8 +2,8 @@
 //! temporary file (scanners need to seek), runs the `vet` scanners on a blocking thread, and stores
 //! the result. Failures retry with exponential backoff; several replicas share one queue.
 
-use std::io::Write as _;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
 
 use domain::vetting::{Finding, Level, ScanJob, ScanResult};
 use futures::StreamExt as _;
@@ -12,7 +12,8 @@ use crate::AppState;
 
 /// Attempts before a job is marked failed for good.
 const MAX_ATTEMPTS: i64 = 5;
-/// How long a claim holds before another worker may take the job over.
+/// How long a claim holds before another worker may take the job over; a running scan renews it
+/// every third of that, so only a worker that died loses its job.
 const LEASE_SECS: i64 = 600;
 
 /// Runs until `shutdown` is notified; wakes early when `wake` is notified (a commit queued work).
@@ -62,7 +63,11 @@ async fn process(state: &AppState, job: ScanJob) {
         Err(err) => tracing::warn!("failed to look up scan results: {err:#}"),
     }
     let started = std::time::Instant::now();
-    match scan_blob(state, &job).await {
+    let Some(outcome) = scan_holding_lease(state, &job, LEASE_SECS).await else {
+        tracing::warn!(sha256 = %job.sha256, "another worker took over this scan (the lease lapsed); leaving it to them");
+        return;
+    };
+    match outcome {
         Ok(result) => {
             tracing::info!(sha256 = %job.sha256, format = %result.format, findings = result.findings.len(), elapsed_ms = started.elapsed().as_millis() as u64, "scanned blob");
             if let Err(err) = state.hub.meta.finish_scan_job(job.id, &result).await {
@@ -82,15 +87,36 @@ async fn process(state: &AppState, job: ScanJob) {
     }
 }
 
+/// Scans the job's blob while renewing its lease; `None` if the lease was lost to another worker.
+async fn scan_holding_lease(state: &AppState, job: &ScanJob, lease_secs: i64) -> Option<anyhow::Result<ScanResult>> {
+    let scan = scan_blob(state, job);
+    tokio::pin!(scan);
+    let mut renew = tokio::time::interval(Duration::from_secs((lease_secs / 3).max(1) as u64));
+    renew.tick().await; // the first tick is immediate; the claim itself just set the lease
+    loop {
+        tokio::select! {
+            outcome = &mut scan => return Some(outcome),
+            _ = renew.tick() => match state.hub.meta.renew_scan_job(job.id, job.attempts, lease_secs).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(err) => tracing::warn!("failed to renew the lease of scan job {}: {err:#}", job.id),
+            },
+        }
+    }
+}
+
 async fn scan_blob(state: &AppState, job: &ScanJob) -> anyhow::Result<ScanResult> {
     let dir = state.config.data_dir.join("scan-tmp");
     tokio::fs::create_dir_all(&dir).await?;
-    let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+    let temp = tempfile::NamedTempFile::new_in(&dir)?;
+    // Written through tokio's file, so a multi-gigabyte copy never blocks an async worker.
+    let mut writer = tokio::fs::File::from_std(temp.as_file().try_clone()?);
     let mut stream = state.hub.blobs.get(&job.sha256, None).await?;
     while let Some(chunk) = stream.next().await {
-        temp.write_all(&chunk?)?;
+        writer.write_all(&chunk?).await?;
     }
-    temp.flush()?;
+    writer.flush().await?;
+    drop(writer);
     let name = if job.hint.is_empty() { "blob".to_owned() } else { format!("blob.{}", job.hint) };
     let report = tokio::task::spawn_blocking(move || {
         let mut file = temp.reopen()?;

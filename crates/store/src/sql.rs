@@ -549,6 +549,13 @@ impl MetaStore for SqlMetaStore {
             return Err(Error::conflict(format!("branch {} moved during the commit; retry", new.branch)));
         }
         let added: Vec<FileEntry> = new.operations.iter().filter_map(|op| if let FileOperation::Add(entry) = op { Some(entry.clone()) } else { None }).collect();
+        // A blob that GC claimed (or deleted) since the caller checked it cannot be referenced:
+        // GC's claim and this commit are serialized by the write lock, so one of them sees the other.
+        for entry in &added {
+            if sqlx::query("SELECT 1 AS one FROM gc_tombstones WHERE sha256 = $1").bind(entry.sha256.as_str()).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some() {
+                return Err(Error::conflict(format!("the stored object for {} was garbage-collected meanwhile; upload it again", entry.path)));
+            }
+        }
         tx.enqueue(&scan_keys(&added)).await?;
         let mut event = event;
         insert_detail(&mut event, "commit", serde_json::json!(commit.id.as_str()));
@@ -594,6 +601,37 @@ impl MetaStore for SqlMetaStore {
     async fn referenced_blobs(&self) -> Result<HashSet<String>> {
         let rows = sqlx::query("SELECT DISTINCT sha256 FROM commit_files").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(|row| row.try_get::<String, _>("sha256").map_err(db_err)).collect()
+    }
+
+    async fn condemn_blob(&self, sha256: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let referenced = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some();
+        if referenced {
+            return Ok(false);
+        }
+        let inserted = sqlx::query("INSERT INTO gc_tombstones (sha256, state, created_at) VALUES ($1, 'deleting', $2) ON CONFLICT (sha256) DO UPDATE SET state = 'deleting', created_at = excluded.created_at WHERE gc_tombstones.state = 'deleted'")
+            .bind(sha256)
+            .bind(now_rfc3339())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn blob_deleted(&self, sha256: &str) -> Result<()> {
+        sqlx::query("UPDATE gc_tombstones SET state = 'deleted' WHERE sha256 = $1").bind(sha256).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT state FROM gc_tombstones WHERE sha256 = $1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| row.try_get("state").map_err(db_err)).transpose()
+    }
+
+    async fn revive_blob(&self, sha256: &str) -> Result<()> {
+        sqlx::query("DELETE FROM gc_tombstones WHERE sha256 = $1 AND state = 'deleted'").bind(sha256).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
     }
 
     async fn grant_blob(&self, repo_id: i64, sha256: &str) -> Result<()> {
@@ -672,6 +710,13 @@ impl MetaStore for SqlMetaStore {
         let job = ScanJob { id, sha256: Digest::parse(&row.try_get::<String, _>("sha256").map_err(db_err)?)?, hint: row.try_get("hint").map_err(db_err)?, attempts: row.try_get::<i64, _>("attempts").map_err(db_err)? + 1 };
         tx.commit().await?;
         Ok(Some(job))
+    }
+
+    async fn renew_scan_job(&self, job_id: i64, attempts: i64, lease_secs: i64) -> Result<bool> {
+        let lease = domain::format_time(chrono::Utc::now() + chrono::Duration::seconds(lease_secs));
+        // One statement: no other write depends on it, so it needs neither the write lock nor an audit row.
+        let updated = sqlx::query("UPDATE scan_jobs SET lease_until = $1 WHERE id = $2 AND state = 'running' AND attempts = $3").bind(&lease).bind(job_id).bind(attempts).execute(&self.pool).await.map_err(db_err)?;
+        Ok(updated.rows_affected() == 1)
     }
 
     async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()> {

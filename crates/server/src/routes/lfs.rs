@@ -19,6 +19,9 @@ use crate::auth::Auth;
 use crate::error::json_rejection;
 use crate::{ApiError, ApiResult, AppState};
 
+/// The most multipart upload URLs one batch answer lists.
+const MAX_PARTS_PER_BATCH: u64 = 10_000;
+
 #[derive(Deserialize)]
 pub(crate) struct BatchParams {
     ns: String,
@@ -48,6 +51,14 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
     }
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
     let multipart_allowed = body.transfers.iter().any(|t| t == "multipart");
+    // One answer lists a URL per part: bound them, so a batch of huge declared sizes cannot make
+    // the server sign and send millions of URLs.
+    if multipart_allowed {
+        let parts: u64 = body.objects.iter().filter(|o| o.size > state.config.multipart_threshold && o.size <= state.config.hub.max_lfs_file).map(|o| o.size.div_ceil(state.config.multipart_chunk)).sum();
+        if parts > MAX_PARTS_PER_BATCH {
+            return Err(ApiError::invalid(format!("this batch would need {parts} upload part URLs; at most {MAX_PARTS_PER_BATCH} per batch (send fewer objects per batch)")));
+        }
+    }
     let base = base_url(&state, &headers);
     let expires = chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(state.config.upload_url_ttl).unwrap_or(86400));
     let exp = expires.timestamp().to_string();

@@ -311,3 +311,55 @@ async fn r11_text_that_cannot_fit_the_context_is_refused_before_tokenizing() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.json()["error"].as_str().unwrap().contains("context"), "{:?}", reply.json());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_gc_racing_a_commit_that_reuses_a_blob_never_loses_it() {
+    use sha2::Digest as _;
+    let server = crate::harness::TestServer::new().await;
+    let token = server.user("ann", None, "write").await;
+    server.create_repo(&token, "race", false).await;
+    let (mut committed, mut refused) = (0, 0);
+    for round in 0..30 {
+        // Uploaded, not yet committed: garbage to a GC with no minimum age, unless the commit wins.
+        let data = format!("weights of round {round} ").repeat(200).into_bytes();
+        let oid = hex::encode(sha2::Sha256::digest(&data));
+        let batch = server.json("POST", "/ann/race.git/info/lfs/objects/batch", Some(&token), lfs_batch(&oid, data.len())).await;
+        let href = batch.json()["objects"][0]["actions"]["upload"]["href"].as_str().unwrap().replace("http://mantle.test", "");
+        assert_eq!(server.send("PUT", &href, None, None, data.clone()).await.status, StatusCode::OK);
+        let path = format!("w{round}.bin");
+        let lines = [crate::harness::header("race"), lfs_line(&path, &oid, data.len())];
+        let commit = server.commit(&token, "ann/race", &lines);
+        let gc = server.json("POST", "/api/admin/gc", Some(ADMIN), serde_json::json!({ "min_age_secs": 0 }));
+        let (commit, gc) = tokio::join!(commit, gc);
+        assert_eq!(gc.status, StatusCode::OK, "{:?}", gc.json());
+        if commit.status == StatusCode::OK {
+            committed += 1;
+            // Whatever the interleaving, a committed file can be downloaded.
+            let download = server.get(&format!("/ann/race/resolve/main/{path}"), Some(&token)).await;
+            assert_eq!((download.status, download.body.len()), (StatusCode::OK, data.len()), "round {round}: a committed blob was collected");
+        } else {
+            refused += 1;
+            assert!(matches!(commit.status, StatusCode::CONFLICT | StatusCode::BAD_REQUEST), "{:?}", commit.json());
+            // The client uploads again and commits: it works once GC is done.
+            push_lfs(&server, &token, "ann/race", &path, &data).await;
+            assert_eq!(server.get(&format!("/ann/race/resolve/main/{path}"), Some(&token)).await.body, data);
+        }
+    }
+    eprintln!("{committed} commits won the race, {refused} were refused and retried");
+}
+
+#[tokio::test]
+async fn r11_one_lfs_batch_answer_lists_a_bounded_number_of_part_urls() {
+    let server = crate::harness::TestServer::new().await;
+    let token = server.user("ann", None, "write").await;
+    server.create_repo(&token, "big", false).await;
+    let huge = 512u64 << 30;
+    let objects: Vec<serde_json::Value> = (0..100).map(|i| serde_json::json!({ "oid": format!("{i:064x}"), "size": huge })).collect();
+    let reply = server.json("POST", "/ann/big.git/info/lfs/objects/batch", Some(&token), serde_json::json!({ "operation": "upload", "transfers": ["basic", "multipart"], "objects": objects })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+    assert!(reply.json()["error"].as_str().unwrap().contains("part URLs"), "{:?}", reply.json());
+    // A few such objects per batch are fine.
+    let reply = server.json("POST", "/ann/big.git/info/lfs/objects/batch", Some(&token), serde_json::json!({ "operation": "upload", "transfers": ["basic", "multipart"], "objects": [{ "oid": "1".repeat(64), "size": huge }] })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(reply.json()["objects"][0]["actions"]["upload"]["header"].as_object().unwrap().len(), 513);
+}

@@ -6,3 +6,8 @@ CREATE TABLE blob_grants (
     created_at TEXT NOT NULL,
     PRIMARY KEY (repo_id, sha256)
 );
+CREATE TABLE gc_tombstones (
+    sha256 TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);

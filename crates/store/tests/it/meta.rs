@@ -116,6 +116,21 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     meta.grant_blob(repo.id, &"9".repeat(64)).await.unwrap();
     assert!(meta.blob_access(repo.id, &"9".repeat(64)).await.unwrap().granted);
     assert!(!meta.blob_access(repo.id + 1, &"9".repeat(64)).await.unwrap().granted);
+    // GC tombstones: a referenced blob is never condemned; a condemned one cannot be committed
+    // until its bytes are written again after the deletion.
+    assert!(!meta.condemn_blob(gitattributes.as_str()).await.unwrap());
+    let loose = "7".repeat(64);
+    assert!(meta.condemn_blob(&loose).await.unwrap());
+    assert!(!meta.condemn_blob(&loose).await.unwrap(), "GC already holds it");
+    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().as_deref(), Some("deleting"));
+    meta.revive_blob(&loose).await.unwrap();
+    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().as_deref(), Some("deleting"), "not while GC deletes");
+    let head = meta.resolve(repo.id, "main").await.unwrap();
+    let refused = meta.commit(new_commit(repo.id, vec![add("loose.bin", '7')], head), event("repo.commit")).await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    meta.blob_deleted(&loose).await.unwrap();
+    meta.revive_blob(&loose).await.unwrap();
+    assert_eq!(meta.blob_tombstone(&loose).await.unwrap(), None);
     assert_eq!(initial.as_str().len(), 40);
     assert_eq!(meta.list_files(&initial).await.unwrap().len(), 1);
 
@@ -371,7 +386,16 @@ async fn check_scan_queue(meta: &dyn MetaStore) {
     assert_eq!(failed[0].2, "gave up");
     // Re-enqueueing what is queued is a no-op; new pairs queue.
     meta.enqueue_scans(&[(first.sha256.to_string(), "other".into())]).await.unwrap();
-    assert_eq!(meta.claim_scan_job(60).await.unwrap().unwrap().hint, "other");
+    let other = meta.claim_scan_job(60).await.unwrap().unwrap();
+    assert_eq!(other.hint, "other");
+    // A running scan renews its lease; once another worker took the job over (the lease had
+    // lapsed), the first one's renewal says it lost the job.
+    assert!(meta.renew_scan_job(other.id, other.attempts, 60).await.unwrap());
+    assert!(meta.renew_scan_job(other.id, other.attempts, -1).await.unwrap());
+    let taken = meta.claim_scan_job(60).await.unwrap().unwrap();
+    assert_eq!((taken.id, taken.attempts), (other.id, other.attempts + 1));
+    assert!(!meta.renew_scan_job(other.id, other.attempts, 60).await.unwrap());
+    assert!(meta.renew_scan_job(taken.id, taken.attempts, 60).await.unwrap());
 
     // Policies and overrides, audited.
     assert!(meta.get_policy("acme").await.unwrap().is_none());
