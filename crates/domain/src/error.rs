@@ -5,7 +5,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, by what the caller can do about it. The server maps each variant to one
 /// HTTP status; the message is safe to show to the caller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The caller sent something malformed or forbidden by the rules (400).
     #[error("{0}")]

@@ -60,6 +60,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     let usage = usage::UsageLog::start(meta.clone(), config.runtime.usage_accounting);
     let hub = Hub { meta, blobs, config: config.hub.clone() };
+    let models_dir = config.runtime.models_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        runtime::sweep_temporaries(&models_dir);
+        runtime::sweep_temporaries(&models_dir.join("derived"));
+    })
+    .await
+    .context("sweep the models folder")?;
     let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
     Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage, quotas: quotas::QuotaCache::default() })
 }

@@ -57,9 +57,17 @@ struct Inner {
     restarts: Mutex<HashMap<String, u64>>,
 }
 
+/// A load in progress, shared by every request waiting for it. It runs as its own task, so a
+/// client that goes away does not abort it (the next request would start it over).
+type Loading = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Served>, Error>>>;
+
 struct Slot {
     identity: String,
     cell: Arc<tokio::sync::OnceCell<Arc<Served>>>,
+    /// The load in progress, until it ends.
+    loading: Option<Loading>,
+    /// Memory set aside for the load in progress (the file's size), counted against the budget.
+    reserved: u64,
     /// When a request last asked for it (the LRU order).
     last_used: std::time::Instant,
     keep: Keep,
@@ -152,10 +160,10 @@ impl Runtime {
     pub async fn get(&self, hub: &Hub, deployment: Deployment) -> Result<Arc<Served>, Error> {
         let identity = identity(&deployment);
         let name = deployment.name.clone();
-        let cell = {
+        let loading = {
             let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
             let now = std::time::Instant::now();
-            let fresh = || Slot { identity: identity.clone(), cell: Arc::default(), last_used: now, keep: Keep::Default };
+            let fresh = || Slot { identity: identity.clone(), cell: Arc::default(), loading: None, reserved: 0, last_used: now, keep: Keep::Default };
             let slot = loaded.entry(name.clone()).or_insert_with(fresh);
             let failed = slot.cell.get().is_some_and(|served| matches!(&served.backend, Backend::Generate(engine) if engine.health() != engine::Health::Running));
             if slot.identity != identity || failed {
@@ -167,23 +175,48 @@ impl Runtime {
                 self.count_restart(&name);
             }
             slot.last_used = now;
-            slot.cell.clone()
+            if let Some(served) = slot.cell.get() {
+                return Ok(served.clone());
+            }
+            // Concurrent first requests wait for one load; a failed load is retried by the next request.
+            let cell = slot.cell.clone();
+            slot.loading.get_or_insert_with(|| self.spawn_load(hub.clone(), deployment, cell)).clone()
         };
-        // Concurrent first requests wait for one load; a failed load is retried by the next request.
-        let served = cell
-            .get_or_try_init(|| async {
-                // Room for at least the file before loading it; the exact size is known after.
-                let file_bytes = hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
-                self.make_room(&name, file_bytes);
-                let served = self.load(hub, deployment.clone()).await?;
-                self.make_room(&name, served.memory_bytes);
-                if let Backend::Generate(engine) = &served.backend {
-                    self.restart_on_failure(hub.clone(), deployment, cell.clone(), engine.watch_health());
-                }
-                Ok::<_, Error>(served)
-            })
-            .await?
-            .clone();
+        loading.await
+    }
+
+    /// Starts loading a deployment as its own task; the slot forgets the load when it ends.
+    fn spawn_load(&self, hub: Hub, deployment: Deployment, cell: Arc<tokio::sync::OnceCell<Arc<Served>>>) -> Loading {
+        use futures::FutureExt as _;
+        let runtime = self.clone();
+        let task = tokio::spawn(async move {
+            let name = deployment.name.clone();
+            let result = runtime.load_into(&hub, deployment, &cell).await;
+            let mut loaded = runtime.inner.loaded.lock().expect("runtime map not poisoned");
+            if let Some(slot) = loaded.get_mut(&name).filter(|slot| Arc::ptr_eq(&slot.cell, &cell)) {
+                slot.loading = None;
+                slot.reserved = 0;
+            }
+            result
+        });
+        async move { task.await.unwrap_or_else(|err| Err(Error::Internal(format!("the load stopped: {err}")))) }.boxed().shared()
+    }
+
+    async fn load_into(&self, hub: &Hub, deployment: Deployment, cell: &Arc<tokio::sync::OnceCell<Arc<Served>>>) -> Result<Arc<Served>, Error> {
+        let name = deployment.name.clone();
+        // Room for at least the file before loading it (set aside while it loads, so concurrent
+        // loads cannot overshoot the budget together); the exact size is known after.
+        let file_bytes = hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
+        if let Some(slot) = self.inner.loaded.lock().expect("runtime map not poisoned").get_mut(&name).filter(|slot| Arc::ptr_eq(&slot.cell, cell)) {
+            slot.reserved = file_bytes;
+        }
+        self.make_room(&name, file_bytes);
+        let served = self.load(hub, deployment.clone()).await?;
+        let _ = cell.set(served.clone());
+        self.make_room(&name, served.memory_bytes);
+        if let Backend::Generate(engine) = &served.backend {
+            self.restart_on_failure(hub.clone(), deployment, cell.clone(), engine.watch_health());
+        }
         Ok(served)
     }
 
@@ -246,7 +279,7 @@ impl Runtime {
         }
         let mut loaded = self.inner.loaded.lock().expect("runtime map not poisoned");
         loop {
-            let resident: u64 = loaded.values().filter_map(|slot| slot.cell.get()).map(|served| served.memory_bytes).sum();
+            let resident: u64 = loaded.iter().map(|(name, slot)| slot.cell.get().map_or(0, |served| served.memory_bytes) + if name == keep { 0 } else { slot.reserved }).sum();
             if resident.saturating_add(extra) <= budget {
                 return;
             }
@@ -429,12 +462,20 @@ fn read_chat_template(path: &Path) -> Option<ChatTemplate> {
 }
 
 /// Copies a blob to `dir/<sha256>` through a temporary file, checking the digest before the
-/// rename; an existing copy of the right size is reused. The engine only ever opens such copies.
+/// rename. An existing copy is reused only if it is the file that was checked (size, mtime and
+/// inode as recorded beside it then), or if hashing it again gives the digest; anything else is
+/// copied anew. The engine only ever opens such copies.
 async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, Error> {
     let path = dir.join(digest.as_str());
     let expected = hub.blobs.size_of(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
-    if tokio::fs::metadata(&path).await.map(|m| m.len() == expected).unwrap_or(false) {
-        return Ok(path);
+    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == expected) {
+        let (check, digest_text) = (path.clone(), digest.as_str().to_owned());
+        let verified = tokio::task::spawn_blocking(move || verify_copy(&check, &digest_text)).await.map_err(Error::internal)?;
+        if verified {
+            return Ok(path);
+        }
+        tracing::warn!(file = %path.display(), "a local model copy does not match its digest; copying it again");
+        let _ = tokio::fs::remove_file(&path).await;
     }
     tokio::fs::create_dir_all(dir).await.map_err(|err| Error::Internal(format!("create {}: {err}", dir.display())))?;
     let temp = dir.join(format!(".{}.{}.tmp", digest.as_str(), uuid_like()));
@@ -452,13 +493,73 @@ async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, 
         if actual != digest.as_str() {
             return Err(Error::Internal(format!("blob {digest} read back as {actual}; refusing to load it")));
         }
-        tokio::fs::rename(&temp, &path).await.map_err(Error::internal)
+        tokio::fs::rename(&temp, &path).await.map_err(Error::internal)?;
+        record_verified(&path).await;
+        Ok(())
     }
     .await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(&temp).await;
     }
     result.map(|()| path)
+}
+
+/// The file beside a checked copy that records which file was checked: `size mtime_ns inode`.
+fn stamp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".verified");
+    path.with_file_name(name)
+}
+
+/// Identifies a file as it is now (a rewrite or a replacement changes it).
+fn file_stamp(metadata: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    format!("{} {} {}", metadata.len(), metadata.mtime() as i128 * 1_000_000_000 + i128::from(metadata.mtime_nsec()), metadata.ino())
+}
+
+/// Records that `path` was checked against its digest just now.
+async fn record_verified(path: &Path) {
+    let Ok(metadata) = tokio::fs::metadata(path).await else { return };
+    let stamp = stamp_path(path);
+    let temp = stamp.with_extension(format!("{}.tmp", uuid_like()));
+    if tokio::fs::write(&temp, file_stamp(&metadata)).await.is_ok() && tokio::fs::rename(&temp, &stamp).await.is_ok() {
+        return;
+    }
+    let _ = tokio::fs::remove_file(&temp).await;
+}
+
+/// Whether a local copy is the checked file (its stamp matches), else whether it hashes to the
+/// digest (then it is stamped again). Blocking: it may read the whole file.
+fn verify_copy(path: &Path, digest: &str) -> bool {
+    let Ok(metadata) = std::fs::metadata(path) else { return false };
+    if std::fs::read_to_string(stamp_path(path)).is_ok_and(|stamp| stamp == file_stamp(&metadata)) {
+        return true;
+    }
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let mut hasher = Sha256::new();
+    if std::io::copy(&mut file, &mut hasher).is_err() || hex::encode(hasher.finalize()) != digest {
+        return false;
+    }
+    let stamp = file_stamp(&metadata);
+    let _ = std::fs::write(stamp_path(path), stamp);
+    true
+}
+
+/// Removes temporary files that a load left behind when its process died (a copy still being
+/// written by a live process has been touched within the last minutes).
+pub fn sweep_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|modified| modified < stale);
+        if name.ends_with(".tmp") && old {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %entry.path().display(), "removed an abandoned temporary model file"),
+                Err(err) => tracing::warn!(file = %entry.path().display(), "failed to remove an abandoned temporary model file: {err}"),
+            }
+        }
+    }
 }
 
 /// A short random suffix for temporary names.

@@ -363,3 +363,62 @@ async fn r11_one_lfs_batch_answer_lists_a_bounded_number_of_part_urls() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     assert_eq!(reply.json()["objects"][0]["actions"]["upload"]["header"].as_object().unwrap().len(), 513);
 }
+
+/// Loads like the test harness's mocks, but each load takes a while (a big model being copied).
+struct SlowLoader;
+
+impl server::runtime::Loader for SlowLoader {
+    fn generator(&self, _: &engine::RunnerConfig) -> Result<Box<dyn engine::ModelRunner>, String> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Box::new(engine::mock::MockRunner::new(4096)))
+    }
+    fn embedder(&self, _: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {
+        Err("no embedders here".into())
+    }
+}
+
+#[tokio::test]
+async fn r11_a_load_outlives_the_request_that_started_it() {
+    let (server, _) = deployed(|_| {}, false, 2).await;
+    let runtime = server::runtime::Runtime::new(server.state.config.runtime.clone(), std::sync::Arc::new(SlowLoader));
+    let deployment = server.state.hub.meta.get_deployment("tiny").await.unwrap().unwrap();
+    // The client gives up long before the load ends.
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), runtime.get(&server.state.hub, deployment.clone())).await;
+    assert!(gave_up.is_err());
+    let mut resident = false;
+    for _ in 0..300 {
+        if runtime.is_resident("tiny") {
+            resident = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(resident, "the load went on without its client");
+    // Concurrent requests share one load: the same engine comes back.
+    let (a, b) = tokio::join!(runtime.get(&server.state.hub, deployment.clone()), runtime.get(&server.state.hub, deployment));
+    assert!(std::sync::Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
+}
+
+#[tokio::test]
+async fn r11_a_local_model_copy_is_checked_before_reuse_and_stale_temporaries_are_swept() {
+    let (server, token) = deployed(|_| {}, false, 2).await;
+    assert_eq!(server.json("POST", "/v1/chat/completions", Some(&token), chat("hi", serde_json::json!({}))).await.status, StatusCode::OK);
+    let deployment = server.state.hub.meta.get_deployment("tiny").await.unwrap().unwrap();
+    let models = server.state.config.runtime.models_dir.clone();
+    let copy = models.join(deployment.file_sha256.as_str());
+    let original = std::fs::read(&copy).unwrap();
+    // Same size, other bytes (a corrupted or tampered copy), and an abandoned temporary file.
+    std::fs::write(&copy, vec![b'x'; original.len()]).unwrap();
+    let abandoned = models.join(".deadbeef.0123456789abcdef.tmp");
+    std::fs::write(&abandoned, b"half a model").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&abandoned).unwrap().set_modified(old).unwrap();
+    let fresh = models.join(".cafe.0123456789abcdef.tmp");
+    std::fs::write(&fresh, b"a copy in progress").unwrap();
+
+    let restarted = server.restart().await;
+    assert!(!abandoned.exists(), "stale temporaries are swept at start");
+    assert!(fresh.exists(), "a copy another process is writing is left alone");
+    assert_eq!(restarted.json("POST", "/v1/chat/completions", Some(&token), chat("hi", serde_json::json!({}))).await.status, StatusCode::OK);
+    assert_eq!(std::fs::read(&copy).unwrap(), original, "the bad copy was replaced by a checked one");
+}
