@@ -212,8 +212,9 @@ impl Runtime {
         }
         self.make_room(&name, file_bytes);
         let served = self.load(hub, deployment.clone()).await?;
-        let _ = cell.set(served.clone());
+        // Room for the exact size, before it counts as resident (so it is not counted twice).
         self.make_room(&name, served.memory_bytes);
+        let _ = cell.set(served.clone());
         if let Backend::Generate(engine) = &served.backend {
             self.restart_on_failure(hub.clone(), deployment, cell.clone(), engine.watch_health());
         }
