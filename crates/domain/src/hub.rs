@@ -187,7 +187,9 @@ impl Hub {
         }
         let secret = generate_token();
         let event = AuditEvent::new(&caller.name, "token.create", format!("user:{user}"), json!({ "name": name, "role": role.as_str(), "expires_at": expires_at }));
-        let info = self.meta.create_token(&user, name, role, &hash_token(&secret), expires_at, Some(caller.token_id), event).await?;
+        let hash = hash_token(&secret);
+        let token = crate::meta::NewToken { user: &user, name, role, hash: &hash, expires_at, parent: Some(caller.token_id) };
+        let info = self.meta.create_token(token, event).await?;
         Ok((info, secret))
     }
 

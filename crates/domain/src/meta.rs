@@ -49,6 +49,19 @@ pub struct TokenInfo {
     pub revoked_at: Option<String>,
 }
 
+/// A token to store.
+#[derive(Clone, Debug)]
+pub struct NewToken<'a> {
+    pub user: &'a AccountName,
+    pub name: &'a str,
+    pub role: Role,
+    /// sha256 of the secret; the secret itself is never stored.
+    pub hash: &'a str,
+    pub expires_at: Option<String>,
+    /// The token it was created through, which revokes it when revoked itself.
+    pub parent: Option<i64>,
+}
+
 /// What a token hash resolves to, with what authorization needs.
 #[derive(Clone, Debug)]
 pub struct TokenLookup {
@@ -136,9 +149,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The orgs a user belongs to.
     async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>>;
 
-    /// Stores a new token (by hash) for a user; `parent` is the token it was created through,
-    /// which revokes it when revoked itself.
-    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, parent: Option<i64>, event: AuditEvent) -> Result<TokenInfo>;
+    /// Stores a new token (by hash) for a user.
+    async fn create_token(&self, token: NewToken<'_>, event: AuditEvent) -> Result<TokenInfo>;
     /// Looks up a token by id.
     async fn get_token(&self, id: i64) -> Result<Option<TokenInfo>>;
     /// Marks a token revoked, with every token created through it (transitively). Conflict if it

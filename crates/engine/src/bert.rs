@@ -81,7 +81,7 @@ impl Bert {
             max_positions: field("max_position_embeddings")?,
             eps: raw["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
         };
-        if config.heads == 0 || config.hidden % config.heads != 0 || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
+        if config.heads == 0 || !config.hidden.is_multiple_of(config.heads) || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
             return Err("config.json describes an unsupported shape".into());
         }
         let max_len = match sentence_config {
@@ -329,7 +329,7 @@ fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5e-1;
     let e = p * r * r + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }

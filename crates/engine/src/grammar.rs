@@ -1342,7 +1342,7 @@ fn after_item(framing: &Framing, items: u32) -> Frame {
 
 /// A value just ended (its frame popped): advances the frame below. `false` if that frame cannot
 /// take a value here.
-fn complete_value(grammar: &Grammar, frames: &mut Vec<Frame>) -> bool {
+fn complete_value(grammar: &Grammar, frames: &mut [Frame]) -> bool {
     let Some(top) = frames.last_mut() else { return false };
     match *top {
         Frame::Root { phase: RootPhase::Value, items, .. } => {

@@ -292,6 +292,11 @@ struct OpenCall {
 }
 
 impl CallParser {
+    /// Whether text around calls is still content: after the one call of a single-call answer it is dropped.
+    fn takes_content(&self) -> bool {
+        !(self.single && self.calls > 0)
+    }
+
     /// A parser that knows no function names (tests).
     #[cfg(test)]
     pub(crate) fn new(parallel: bool) -> Self {
@@ -327,7 +332,7 @@ impl CallParser {
                 None => {
                     if let Some(at) = self.pending.find(OPEN) {
                         let before = self.pending[..at].to_owned();
-                        if !before.is_empty() && !(self.single && self.calls > 0) {
+                        if !before.is_empty() && self.takes_content() {
                             out.push(Piece::Content(before));
                         }
                         self.pending.drain(..at + OPEN.len());
@@ -379,7 +384,7 @@ impl CallParser {
             self.close(call, &mut out);
         }
         let rest = std::mem::take(&mut self.pending);
-        if !rest.is_empty() && !(self.single && self.calls > 0) {
+        if !rest.is_empty() && self.takes_content() {
             out.push(Piece::Content(rest));
         }
         out

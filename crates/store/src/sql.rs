@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, BlobAccess, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{apply_operations, Account, AccountKind, BlobAccess, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, NewToken, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -317,7 +317,8 @@ impl MetaStore for SqlMetaStore {
         rows.iter().map(|row| row.try_get::<String, _>("name").map_err(db_err)).collect()
     }
 
-    async fn create_token(&self, user: &AccountName, name: &str, role: Role, token_hash: &str, expires_at: Option<String>, parent: Option<i64>, event: AuditEvent) -> Result<TokenInfo> {
+    async fn create_token(&self, token: NewToken<'_>, event: AuditEvent) -> Result<TokenInfo> {
+        let NewToken { user, name, role, hash: token_hash, expires_at, parent } = token;
         let mut tx = self.begin_write().await?;
         let account = tx.account(user).await?.filter(|a| a.kind == AccountKind::User).ok_or_else(|| Error::NotFound(format!("no user named {user}")))?;
         let created_at = now_rfc3339();

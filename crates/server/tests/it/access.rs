@@ -69,7 +69,13 @@ async fn expired_tokens_are_refused() {
     let name = domain::ids::AccountName::parse("carol").unwrap();
     let secret = "expired-token-0123456789";
     let event = domain::audit::AuditEvent::new("test", "token.create", "user:carol", serde_json::json!({}));
-    server.state.hub.meta.create_token(&name, "old", domain::auth::Role::Read, &domain::auth::hash_token(secret), Some("2020-01-01T00:00:00.000Z".into()), None, event).await.unwrap();
+    server
+        .state
+        .hub
+        .meta
+        .create_token(domain::meta::NewToken { user: &name, name: "old", role: domain::auth::Role::Read, hash: &domain::auth::hash_token(secret), expires_at: Some("2020-01-01T00:00:00.000Z".into()), parent: None }, event)
+        .await
+        .unwrap();
     assert_eq!(server.get("/api/whoami-v2", Some(secret)).await.status, StatusCode::UNAUTHORIZED);
 }
 

@@ -145,9 +145,9 @@ async fn calls_the_model_writes_itself_are_parsed_and_results_go_back_in() {
     let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content.trim(), "Let me look.");
     let deltas: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
-    for index in 0..2 {
+    for (index, call) in calls.iter().enumerate().take(2) {
         let arguments: String = deltas.iter().filter(|d| d["index"] == index).filter_map(|d| d["function"]["arguments"].as_str()).collect();
-        assert_eq!(arguments, calls[index].pointer("/function/arguments").unwrap().as_str().unwrap());
+        assert_eq!(arguments, call.pointer("/function/arguments").unwrap().as_str().unwrap());
     }
 
     // The conversation goes on: the assistant's calls and the tool's result render into the prompt.

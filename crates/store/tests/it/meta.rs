@@ -81,7 +81,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert_eq!(meta.orgs_of(&name("bob")).await.unwrap(), vec!["acme".to_owned()]);
 
     // Tokens: stored by hash, revocable once.
-    let token = meta.create_token(&name("alice"), "laptop", Role::Write, &"a".repeat(64), Some("2099-01-01T00:00:00.000Z".into()), None, event("token.create")).await.unwrap();
+    let token = meta.create_token(domain::meta::NewToken { user: &name("alice"), name: "laptop", role: Role::Write, hash: &"a".repeat(64), expires_at: Some("2099-01-01T00:00:00.000Z".into()), parent: None }, event("token.create")).await.unwrap();
     let found = meta.lookup_token(&"a".repeat(64)).await.unwrap().unwrap();
     assert_eq!(found.token.id, token.id);
     assert_eq!(found.orgs, vec!["acme".to_owned()]);
@@ -89,12 +89,12 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     let revoked = meta.revoke_token(token.id, event("token.revoke")).await.unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(matches!(meta.revoke_token(token.id, event("x")).await, Err(Error::Conflict(_))));
-    assert!(matches!(meta.create_token(&name("ghost"), "x", Role::Read, &"c".repeat(64), None, None, event("x")).await, Err(Error::NotFound(_))));
+    assert!(matches!(meta.create_token(domain::meta::NewToken { user: &name("ghost"), name: "x", role: Role::Read, hash: &"c".repeat(64), expires_at: None, parent: None }, event("x")).await, Err(Error::NotFound(_))));
     // Tokens created through a token are revoked with it, transitively; others stay.
-    let root = meta.create_token(&name("alice"), "root", Role::Write, &"1d".repeat(32), None, None, event("token.create")).await.unwrap();
-    let child = meta.create_token(&name("alice"), "child", Role::Read, &"1e".repeat(32), None, Some(root.id), event("token.create")).await.unwrap();
-    let grandchild = meta.create_token(&name("alice"), "grandchild", Role::Read, &"1f".repeat(32), None, Some(child.id), event("token.create")).await.unwrap();
-    let sibling = meta.create_token(&name("alice"), "other", Role::Read, &"10".repeat(32), None, None, event("token.create")).await.unwrap();
+    let root = meta.create_token(domain::meta::NewToken { user: &name("alice"), name: "root", role: Role::Write, hash: &"1d".repeat(32), expires_at: None, parent: None }, event("token.create")).await.unwrap();
+    let child = meta.create_token(domain::meta::NewToken { user: &name("alice"), name: "child", role: Role::Read, hash: &"1e".repeat(32), expires_at: None, parent: Some(root.id) }, event("token.create")).await.unwrap();
+    let grandchild = meta.create_token(domain::meta::NewToken { user: &name("alice"), name: "grandchild", role: Role::Read, hash: &"1f".repeat(32), expires_at: None, parent: Some(child.id) }, event("token.create")).await.unwrap();
+    let sibling = meta.create_token(domain::meta::NewToken { user: &name("alice"), name: "other", role: Role::Read, hash: &"10".repeat(32), expires_at: None, parent: None }, event("token.create")).await.unwrap();
     meta.revoke_token(root.id, event("token.revoke")).await.unwrap();
     for id in [child.id, grandchild.id] {
         assert!(meta.get_token(id).await.unwrap().unwrap().revoked_at.is_some(), "token {id}");
