@@ -242,10 +242,7 @@ impl Hub {
     /// A repo the caller may write: 404 if invisible, then 401 without a token, 403 without rights.
     pub async fn writable_repo(&self, principal: &Principal, kind: RepoKind, name: &RepoName) -> Result<Repo> {
         let repo = self.visible_repo(principal, kind, name).await?;
-        let caller = principal.user()?;
-        if !principal.can_write_namespace(repo.name.namespace.as_str()) {
-            return Err(Error::forbidden(format!("{} has no write access to {name}", caller.name)));
-        }
+        authorize_write(principal, &repo)?;
         Ok(repo)
     }
 
@@ -317,8 +314,9 @@ impl Hub {
         }
     }
 
-    /// Stores inline file bytes from a commit body and returns their entry.
-    pub async fn store_inline(&self, path: RepoPath, bytes: Bytes) -> Result<FileEntry> {
+    /// Stores inline file bytes from a commit body to `repo` and returns their entry.
+    pub async fn store_inline(&self, principal: &Principal, repo: &Repo, path: RepoPath, bytes: Bytes) -> Result<FileEntry> {
+        authorize_write(principal, repo)?;
         if bytes.len() as u64 > self.config.max_inline_file {
             return Err(Error::Invalid(format!("{path} is larger than the inline limit of {} bytes; upload it through LFS", self.config.max_inline_file)));
         }
@@ -331,6 +329,7 @@ impl Hub {
     /// uploaded, and the caller must be entitled to them (see `may_reuse_blob`): to anyone else
     /// a stored blob looks exactly like one never uploaded.
     pub async fn lfs_entry(&self, principal: &Principal, repo: &Repo, path: RepoPath, oid: &str, size: Option<u64>) -> Result<FileEntry> {
+        authorize_write(principal, repo)?;
         let sha256 = Digest::parse(oid)?;
         let never_uploaded = || Error::invalid(format!("LFS object {sha256} for {path} was never uploaded"));
         let stored_size = self.blobs.size_of(&sha256).await?.ok_or_else(never_uploaded)?;
@@ -373,7 +372,7 @@ impl Hub {
 
     /// Commits to a branch of a writable repo.
     pub async fn commit(&self, principal: &Principal, repo: &Repo, request: CommitRequest) -> Result<Commit> {
-        let caller = principal.user()?;
+        let caller = authorize_write(principal, repo)?;
         // The store checks that the branch exists, in the commit's own transaction.
         let branch = request.branch.strip_prefix("refs/heads/").unwrap_or(&request.branch).to_owned();
         let expected_parent = match request.parent_commit.as_deref() {
@@ -413,6 +412,7 @@ impl Hub {
 
     /// Creates a branch or tag at a revision (default: the head of `main`).
     pub async fn create_ref(&self, principal: &Principal, repo: &Repo, kind: RefKind, name: &str, revision: Option<&str>) -> Result<CommitId> {
+        authorize_write(principal, repo)?;
         check_ref_name(name)?;
         let target = self.resolve(repo, revision.unwrap_or(DEFAULT_BRANCH)).await?;
         let event = AuditEvent::new(principal.actor(), &format!("{}.create", kind.as_str()), repo.audit_target(), json!({ "name": name, "commit": target.as_str() }));
@@ -422,6 +422,7 @@ impl Hub {
 
     /// Deletes a branch or tag. The default branch cannot be deleted.
     pub async fn delete_ref(&self, principal: &Principal, repo: &Repo, kind: RefKind, name: &str) -> Result<()> {
+        authorize_write(principal, repo)?;
         if kind == RefKind::Branch && name == DEFAULT_BRANCH {
             return Err(Error::forbidden("the default branch cannot be deleted"));
         }
@@ -754,4 +755,20 @@ impl Hub {
         principal.site_admin()?;
         self.meta.audit_after(after_seq, limit.clamp(1, 10_000)).await
     }
+}
+
+/// The caller, if it may write `repo`: a private repo it cannot see is `RepoNotFound`, no token
+/// is 401, too weak a token or another namespace is 403. Every mutating operation on a repo
+/// checks this itself, whatever a route checked before (a `Repo` value proves nothing about who
+/// may change it).
+fn authorize_write<'a>(principal: &'a Principal, repo: &Repo) -> Result<&'a UserPrincipal> {
+    let namespace = repo.name.namespace.as_str();
+    if repo.private && !principal.can_see_namespace(namespace) {
+        return Err(Error::RepoNotFound(format!("repository {} not found", repo.name)));
+    }
+    let caller = principal.user()?;
+    if !principal.can_write_namespace(namespace) {
+        return Err(Error::forbidden(format!("{} has no write access to {}", caller.name, repo.name)));
+    }
+    Ok(caller)
 }

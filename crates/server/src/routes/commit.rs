@@ -112,7 +112,7 @@ pub(crate) async fn create_commit(State(state): State<AppState>, Path(p): Path<R
                     Some("utf-8" | "utf8") => file.content.into_bytes(),
                     Some(other) => return Err(ApiError::invalid(format!("{path}: unsupported encoding {other:?}"))),
                 };
-                operations.push(FileOperation::Add(state.hub.store_inline(path, bytes.into()).await?));
+                operations.push(FileOperation::Add(state.hub.store_inline(&principal, &repo, path, bytes.into()).await?));
             }
             api::hub::CommitLine::LfsFile(file) => {
                 if file.algo.as_deref().is_some_and(|a| a != "sha256") {

@@ -422,3 +422,74 @@ async fn r11_a_local_model_copy_is_checked_before_reuse_and_stale_temporaries_ar
     assert_eq!(restarted.json("POST", "/v1/chat/completions", Some(&token), chat("hi", serde_json::json!({}))).await.status, StatusCode::OK);
     assert_eq!(std::fs::read(&copy).unwrap(), original, "the bad copy was replaced by a checked one");
 }
+
+#[tokio::test]
+async fn r11_every_mutating_api_refuses_read_tokens_non_members_and_anonymous_and_changes_nothing() {
+    let (server, owner) = deployed(|_| {}, false, 2).await;
+    server.create_repo(&owner, "secret", true).await;
+    let reader = server.token("ann", "read").await;
+    let outsider = server.user("mallory", None, "admin").await;
+    let commit_body = |path: &str| {
+        let mut body = serde_json::to_vec(&crate::harness::header("x")).unwrap();
+        body.push(b'\n');
+        body.extend(serde_json::to_vec(&crate::harness::file(path, b"x")).unwrap());
+        body
+    };
+    // (method, uri, body) of every mutating route on ann's repos, deployments and site settings.
+    let calls: Vec<(&str, String, Vec<u8>)> = [("tiny", "model"), ("secret", "model")]
+        .iter()
+        .flat_map(|(repo, _)| {
+            let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+            vec![
+                ("POST", format!("/api/models/ann/{repo}/commit/main"), commit_body("evil.txt")),
+                ("POST", format!("/api/models/ann/{repo}/branch/evil"), b"{}".to_vec()),
+                ("DELETE", format!("/api/models/ann/{repo}/branch/main"), vec![]),
+                ("POST", format!("/api/models/ann/{repo}/tag/main"), br#"{"tag": "v-evil"}"#.to_vec()),
+                ("DELETE", format!("/api/models/ann/{repo}/tag/v1"), vec![]),
+                ("PUT", format!("/api/models/ann/{repo}/settings"), json(serde_json::json!({ "private": false }))),
+                ("POST", format!("/api/models/ann/{repo}/preupload/main"), json(serde_json::json!({ "files": [{ "path": "a", "size": 1, "sample": "" }] }))),
+                ("POST", format!("/ann/{repo}.git/info/lfs/objects/batch"), json(serde_json::json!({ "operation": "upload", "objects": [{ "oid": "a".repeat(64), "size": 1 }] }))),
+                ("POST", "/api/repos/move".to_owned(), json(serde_json::json!({ "fromRepo": format!("ann/{repo}"), "toRepo": "ann/moved" }))),
+                ("DELETE", "/api/repos/delete".to_owned(), json(serde_json::json!({ "name": repo, "organization": "ann" }))),
+            ]
+        })
+        .chain([
+            ("POST", "/api/repos/create".to_owned(), serde_json::to_vec(&serde_json::json!({ "name": "new", "organization": "ann" })).unwrap()),
+            ("PUT", "/api/policies/ann".to_owned(), serde_json::to_vec(&serde_json::json!({ "allow_pickle": true, "suspicious_blocks": false })).unwrap()),
+            ("POST", "/api/policies/ann/overrides".to_owned(), serde_json::to_vec(&serde_json::json!({ "sha256": "a".repeat(64), "code": "x", "subject": "y", "justification": "z" })).unwrap()),
+            ("POST", "/api/admin/users".to_owned(), serde_json::to_vec(&serde_json::json!({ "name": "eve" })).unwrap()),
+            ("POST", "/api/admin/orgs".to_owned(), serde_json::to_vec(&serde_json::json!({ "name": "evilcorp" })).unwrap()),
+            ("POST", "/api/admin/orgs/acme/members".to_owned(), serde_json::to_vec(&serde_json::json!({ "user": "mallory" })).unwrap()),
+            ("POST", "/api/admin/tokens".to_owned(), serde_json::to_vec(&serde_json::json!({ "user": "ann", "role": "admin" })).unwrap()),
+            ("DELETE", "/api/admin/tokens/1".to_owned(), vec![]),
+            ("POST", "/api/admin/gc".to_owned(), serde_json::to_vec(&serde_json::json!({ "min_age_secs": 0 })).unwrap()),
+            ("POST", "/api/admin/deployments".to_owned(), serde_json::to_vec(&serde_json::json!({ "name": "evil", "repo": "ann/tiny" })).unwrap()),
+            ("DELETE", "/api/admin/deployments/tiny".to_owned(), vec![]),
+            ("PUT", "/api/admin/quotas/user/ann".to_owned(), serde_json::to_vec(&serde_json::json!({ "requests_per_minute": 1 })).unwrap()),
+            ("DELETE", "/api/admin/quotas/user/ann".to_owned(), vec![]),
+        ])
+        .collect();
+    let before = server.audit_actions().await.len();
+    let head = server.head("ann/tiny", &owner).await;
+    for (who, token) in [("read token", Some(reader.as_str())), ("non-member", Some(outsider.as_str())), ("anonymous", None)] {
+        for (method, uri, body) in &calls {
+            let content_type = if uri.contains("/commit/") { "application/x-ndjson" } else { "application/json" };
+            let reply = server.send(method, uri, token, Some(content_type), body.clone()).await;
+            assert!(matches!(reply.status.as_u16(), 401 | 403 | 404), "{who}: {method} {uri} answered {} {:?}", reply.status, String::from_utf8_lossy(&reply.body));
+        }
+    }
+    assert_eq!(server.audit_actions().await.len(), before, "a refused call changed something");
+    assert_eq!(server.head("ann/tiny", &owner).await, head);
+    assert_eq!(server.get("/api/models/ann/secret", None).await.status, StatusCode::NOT_FOUND);
+
+    // The services check on their own, whatever a route did before: a read principal calling
+    // the hub directly with a repo it obtained is refused.
+    let principal = server.state.hub.authenticate(Some(&reader)).await.unwrap();
+    let repo = server.state.hub.visible_repo(&principal, domain::ids::RepoKind::Model, &domain::ids::RepoName::parse("ann/tiny").unwrap()).await.unwrap();
+    let path = domain::ids::RepoPath::parse("evil.txt").unwrap();
+    assert!(matches!(server.state.hub.store_inline(&principal, &repo, path, bytes::Bytes::from_static(b"x")).await, Err(domain::Error::Forbidden(_))));
+    let request = domain::hub::CommitRequest { branch: "main".into(), parent_commit: None, title: "t".into(), message: String::new(), operations: vec![domain::meta::FileOperation::DeleteFile(domain::ids::RepoPath::parse("README.md").unwrap())] };
+    assert!(matches!(server.state.hub.commit(&principal, &repo, request).await, Err(domain::Error::Forbidden(_))));
+    assert!(matches!(server.state.hub.create_ref(&principal, &repo, domain::repo::RefKind::Tag, "t", None).await, Err(domain::Error::Forbidden(_))));
+    assert!(matches!(server.state.hub.delete_ref(&principal, &repo, domain::repo::RefKind::Branch, "main").await, Err(domain::Error::Forbidden(_))));
+}
