@@ -90,6 +90,30 @@ pub struct AuditVerify {
     pub broken_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The newest signed checkpoint the rows agree with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_through: Option<i64>,
+}
+
+/// A signed checkpoint of the audit chain: its head (`seq`, `hash`) at `time`, signed with the
+/// server's Ed25519 key over `mantle-audit-checkpoint/v1\nseq=..\nhash=..\ntime=..\n`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub time: String,
+    /// Base64 of the 64-byte signature.
+    pub signature: String,
+    /// Hex of the 32-byte public key that made it.
+    pub public_key: String,
+}
+
+/// `GET /api/audit/public-key`: the key audit checkpoints are signed with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditPublicKey {
+    pub algorithm: String,
+    /// Hex of the 32-byte Ed25519 public key.
+    pub public_key: String,
 }
 
 /// One audit row, as exported (JSONL).

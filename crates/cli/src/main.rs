@@ -261,8 +261,18 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain; exit code 1 names the first broken link.
-    Verify,
+    /// Recompute the hash chain and check it against the signed checkpoints; exit code 1 names
+    /// the first problem. With `--pubkey`, the rows and checkpoints are fetched and checked here,
+    /// under a key you trust, so a tampered server or database cannot vouch for itself.
+    Verify {
+        /// The audit public key (64 hex digits, or a file holding them), from `mantle audit pubkey`.
+        #[arg(long)]
+        pubkey: Option<String>,
+    },
+    /// Sign the current chain head now and store the checkpoint.
+    Checkpoint,
+    /// Print the public key that audit checkpoints are signed with.
+    Pubkey,
     /// Write the log as JSONL.
     Export {
         /// Only events at or after this RFC 3339 time.
@@ -367,10 +377,46 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let report: api::admin::GcReport = client()?.post_json("/api/admin/gc", &api::admin::GcRequest { min_age_secs: Some(min_age) }).await?;
             println!("gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed", report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted);
         }
-        Command::Audit(AuditCommand::Verify) => {
+        Command::Audit(AuditCommand::Verify { pubkey: Some(pubkey) }) => {
+            let key = match std::fs::read_to_string(&pubkey) {
+                Ok(text) => text.trim().to_owned(),
+                Err(_) => pubkey,
+            };
+            let client = client()?;
+            let checkpoints: Vec<api::admin::AuditCheckpoint> = client.get_json("/api/admin/audit/checkpoints").await?;
+            let mut entries: Vec<api::admin::AuditEntry> = Vec::new();
+            loop {
+                let after = entries.last().map_or(0, |e| e.seq);
+                let page: Vec<api::admin::AuditEntry> = client.get_json(&format!("/api/admin/audit?after={after}&limit=10000")).await?;
+                if page.is_empty() {
+                    break;
+                }
+                entries.extend(page);
+            }
+            let report = server::audit_log::verify_entries(&key, &checkpoints, &entries);
+            match report.broken {
+                None => println!("audit log intact: {} events verified; signed checkpoints ({}) match through seq {}", report.checked, checkpoints.len(), report.verified_through.map_or_else(|| "none".to_owned(), |s| s.to_string())),
+                Some(reason) => {
+                    println!("audit log BROKEN: {reason} ({} events verified)", report.checked);
+                    return Ok(std::process::ExitCode::from(1));
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Checkpoint) => {
+            let checkpoint: Option<api::admin::AuditCheckpoint> = client()?.post_json("/api/admin/audit/checkpoint", &serde_json::json!({})).await?;
+            match checkpoint {
+                Some(c) => println!("signed checkpoint at seq {} ({}): {}", c.seq, c.time, c.hash),
+                None => println!("the audit log is empty: nothing to sign"),
+            }
+        }
+        Command::Audit(AuditCommand::Pubkey) => {
+            let key: api::admin::AuditPublicKey = client()?.get_json("/api/audit/public-key").await?;
+            println!("{}", key.public_key);
+        }
+        Command::Audit(AuditCommand::Verify { pubkey: None }) => {
             let report: api::admin::AuditVerify = client()?.get_json("/api/admin/audit/verify").await?;
             if report.ok {
-                println!("audit chain intact: {} events verified", report.checked);
+                println!("audit chain intact: {} events verified; signed checkpoints match through seq {}", report.checked, report.verified_through.map_or_else(|| "none".to_owned(), |s| s.to_string()));
             } else {
                 println!("audit chain BROKEN at seq {}: {} ({} events verified before it)", report.broken_seq.unwrap_or(0), report.reason.unwrap_or_default(), report.checked);
                 return Ok(std::process::ExitCode::from(1));

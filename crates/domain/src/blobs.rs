@@ -221,6 +221,28 @@ impl BlobStore {
         Ok(stored)
     }
 
+    /// Writes a named record (e.g. `audit/checkpoints/...`): one atomic put, outside the
+    /// content-addressed `sha256/` space.
+    pub async fn put_record(&self, key: &str, bytes: Bytes) -> Result<()> {
+        if key.starts_with("sha256/") || key.starts_with("tmp/") || key.starts_with("parts/") {
+            return Err(Error::internal(format!("{key} is not a record key")));
+        }
+        self.store.put(&Path::from(key), PutPayload::from_bytes(bytes)).await.map_err(Error::internal)?;
+        Ok(())
+    }
+
+    /// The named records under `prefix`, with their contents, in key order.
+    pub async fn records(&self, prefix: &str) -> Result<Vec<(String, Bytes)>> {
+        let mut listed = self.list_prefix(prefix).await?;
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = Vec::with_capacity(listed.len());
+        for object in listed {
+            let bytes = self.store.get(&Path::from(object.key.as_str())).await.map_err(Error::internal)?.bytes().await.map_err(Error::internal)?;
+            out.push((object.key, bytes));
+        }
+        Ok(out)
+    }
+
     /// Lists every stored blob.
     pub async fn list_blobs(&self) -> Result<Vec<ListedObject>> {
         self.list_prefix("sha256").await

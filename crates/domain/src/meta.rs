@@ -218,6 +218,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
     /// Audit rows with `seq > after_seq`, oldest first, at most `limit`.
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+    /// The newest audit row (the chain head), if any.
+    async fn audit_head(&self) -> Result<Option<AuditRecord>>;
 
     /// A persistent server secret: returns the stored value, or stores and returns `candidate`.
     async fn secret(&self, key: &str, candidate: &str) -> Result<String>;

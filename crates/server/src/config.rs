@@ -58,6 +58,8 @@ pub struct RawHub {
 pub struct RawAuth {
     pub admin_name: String,
     pub admin_token_file: String,
+    pub audit_key_file: String,
+    pub audit_checkpoint_interval: u64,
 }
 
 /// `[runtime]`.
@@ -126,6 +128,10 @@ pub struct Config {
     pub upload_url_ttl: u64,
     pub admin_name: domain::ids::AccountName,
     pub admin_token_file: Option<PathBuf>,
+    /// Where the audit signing key lives (`None`: MANTLE_AUDIT_KEY, else DATA_DIR/audit-signing.key).
+    pub audit_key_file: Option<PathBuf>,
+    /// Seconds between automatic audit checkpoints; 0 for on demand only.
+    pub audit_checkpoint_interval: u64,
     pub runtime: RuntimeConfig,
 }
 
@@ -215,6 +221,8 @@ impl Config {
             upload_url_ttl: hub.upload_url_ttl,
             admin_name: admin_name.expect("checked above"),
             admin_token_file: (!raw.auth.admin_token_file.is_empty()).then(|| PathBuf::from(&raw.auth.admin_token_file)),
+            audit_key_file: (!raw.auth.audit_key_file.is_empty()).then(|| PathBuf::from(&raw.auth.audit_key_file)),
+            audit_checkpoint_interval: raw.auth.audit_checkpoint_interval,
             runtime: RuntimeConfig {
                 max_queue: runtime.max_queue as usize,
                 prefill_chunk: runtime.prefill_chunk as usize,

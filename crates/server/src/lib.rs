@@ -2,6 +2,7 @@
 //! `router(state)` builds the routes (tests call it directly); `run` wires storage, bootstraps the
 //! admin token and serves until shutdown.
 
+pub mod audit_log;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub usage: usage::UsageLog,
     /// Quota definitions, re-read every few seconds.
     pub quotas: quotas::QuotaCache,
+    /// Signs audit checkpoints.
+    pub audit_signer: Arc<audit_log::AuditSigner>,
 }
 
 /// Builds the whole router.
@@ -68,7 +71,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     .await
     .context("sweep the models folder")?;
     let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage, quotas: quotas::QuotaCache::default() })
+    let audit_signer = Arc::new(audit_log::AuditSigner::load_or_create(config.audit_key_file.as_deref(), &config.data_dir).context("load the audit signing key")?);
+    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage, quotas: quotas::QuotaCache::default(), audit_signer })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the
@@ -80,12 +84,16 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr().context("read the bound address")?;
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped));
+    let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
+    let checkpoints = (state.config.audit_checkpoint_interval > 0).then(|| tokio::spawn(audit_log::run_checkpoints(state.clone(), std::time::Duration::from_secs(state.config.audit_checkpoint_interval), workers_stopped)));
     tracing::info!(addr = %local, "mantle is serving");
     let usage = state.usage.clone();
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
     let _ = stop_workers.send(true);
     let _ = worker.await;
+    if let Some(checkpoints) = checkpoints {
+        let _ = checkpoints.await;
+    }
     // Requests that ended during the graceful shutdown queued their usage records: write them.
     if tokio::time::timeout(std::time::Duration::from_secs(30), usage.flush()).await.is_err() {
         tracing::error!("gave up writing the last usage records after 30 s; they are lost");

@@ -662,20 +662,12 @@ impl MetaStore for SqlMetaStore {
 
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
         let rows = sqlx::query("SELECT seq, time, actor, action, target, details, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2").bind(after_seq).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    seq: row.try_get("seq").map_err(db_err)?,
-                    time: row.try_get("time").map_err(db_err)?,
-                    actor: row.try_get("actor").map_err(db_err)?,
-                    action: row.try_get("action").map_err(db_err)?,
-                    target: row.try_get("target").map_err(db_err)?,
-                    details: row.try_get("details").map_err(db_err)?,
-                    prev_hash: row.try_get("prev_hash").map_err(db_err)?,
-                    hash: row.try_get("hash").map_err(db_err)?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRecord>> {
+        let row = sqlx::query("SELECT seq, time, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(audit_from_row).transpose()
     }
 
     async fn secret(&self, key: &str, candidate: &str) -> Result<String> {
@@ -1087,6 +1079,19 @@ fn account_from_row(row: &AnyRow) -> Result<Account> {
         kind,
         is_admin: row.try_get::<i64, _>("is_admin").map_err(db_err)? != 0,
         created_at: row.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.try_get("seq").map_err(db_err)?,
+        time: row.try_get("time").map_err(db_err)?,
+        actor: row.try_get("actor").map_err(db_err)?,
+        action: row.try_get("action").map_err(db_err)?,
+        target: row.try_get("target").map_err(db_err)?,
+        details: row.try_get("details").map_err(db_err)?,
+        prev_hash: row.try_get("prev_hash").map_err(db_err)?,
+        hash: row.try_get("hash").map_err(db_err)?,
     })
 }
 

@@ -63,7 +63,29 @@ pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, bod
 
 pub(crate) async fn verify_audit(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::admin::AuditVerify>> {
     let report = state.hub.verify_audit(&principal).await?;
-    Ok(Json(api::admin::AuditVerify { ok: report.broken.is_none(), checked: report.checked, broken_seq: report.broken.as_ref().map(|b| b.seq), reason: report.broken.map(|b| b.reason) }))
+    if let Some(broken) = report.broken {
+        return Ok(Json(api::admin::AuditVerify { ok: false, checked: report.checked, broken_seq: Some(broken.seq), reason: Some(broken.reason), verified_through: None }));
+    }
+    // The chain holds together; now against the signed checkpoints.
+    let checked = crate::audit_log::verify_stored(&state, &principal).await?;
+    Ok(Json(api::admin::AuditVerify { ok: checked.broken.is_none(), checked: checked.checked, broken_seq: None, reason: checked.broken, verified_through: checked.verified_through }))
+}
+
+/// `POST /api/admin/audit/checkpoint`: signs the chain head now (site admin).
+pub(crate) async fn create_audit_checkpoint(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Option<api::admin::AuditCheckpoint>>> {
+    principal.site_admin()?;
+    Ok(Json(crate::audit_log::checkpoint(&state).await?))
+}
+
+/// `GET /api/admin/audit/checkpoints`: every signed checkpoint, oldest first (site admin).
+pub(crate) async fn list_audit_checkpoints(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditCheckpoint>>> {
+    principal.site_admin()?;
+    Ok(Json(crate::audit_log::checkpoints(&state).await?))
+}
+
+/// `GET /api/audit/public-key`: the key checkpoints are signed with (public by nature).
+pub(crate) async fn audit_public_key(State(state): State<AppState>) -> Json<api::admin::AuditPublicKey> {
+    Json(api::admin::AuditPublicKey { algorithm: "ed25519".into(), public_key: state.audit_signer.public_key() })
 }
 
 #[derive(Deserialize)]

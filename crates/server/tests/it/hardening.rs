@@ -493,3 +493,33 @@ async fn r11_every_mutating_api_refuses_read_tokens_non_members_and_anonymous_an
     assert!(matches!(server.state.hub.create_ref(&principal, &repo, domain::repo::RefKind::Tag, "t", None).await, Err(domain::Error::Forbidden(_))));
     assert!(matches!(server.state.hub.delete_ref(&principal, &repo, domain::repo::RefKind::Branch, "main").await, Err(domain::Error::Forbidden(_))));
 }
+
+#[tokio::test]
+async fn r11_signed_checkpoints_detect_what_a_database_administrator_does_to_the_audit_log() {
+    let server = crate::harness::TestServer::new().await;
+    for name in ["ann", "bob", "cy"] {
+        server.user(name, None, "write").await;
+    }
+    let checkpoint = server.json("POST", "/api/admin/audit/checkpoint", Some(ADMIN), serde_json::json!({})).await;
+    assert_eq!(checkpoint.status, StatusCode::OK, "{:?}", checkpoint.json());
+    let seq = checkpoint.json()["seq"].as_i64().unwrap();
+    server.user("dee", None, "write").await; // a row after the checkpoint
+    let verify = server.get("/api/admin/audit/verify", Some(ADMIN)).await.json();
+    assert_eq!((verify["ok"].as_bool(), verify["verified_through"].as_i64()), (Some(true), Some(seq)), "{verify}");
+    assert_eq!(server.get("/api/admin/audit/checkpoints", None).await.status, StatusCode::UNAUTHORIZED);
+    let public_key = server.get("/api/audit/public-key", None).await.json()["public_key"].as_str().unwrap().to_owned();
+
+    // The administrator drops the newest rows, down to before the checkpoint: what remains is an
+    // unbroken chain, which the checkpoint exposes.
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&server.state.config.database_url).await.unwrap();
+    sqlx::Executor::execute(&mut db, format!("DELETE FROM audit_log WHERE seq >= {}", seq - 1).as_str()).await.unwrap();
+    let verify = server.get("/api/admin/audit/verify", Some(ADMIN)).await.json();
+    assert_eq!(verify["ok"], false, "{verify}");
+    assert!(verify["reason"].as_str().unwrap().contains("dropped"), "{verify}");
+    // The same finding from the rows and checkpoints a client fetches, under the key it trusts.
+    let entries: Vec<api::admin::AuditEntry> = serde_json::from_slice(&server.get("/api/admin/audit?limit=10000", Some(ADMIN)).await.body).unwrap();
+    let checkpoints: Vec<api::admin::AuditCheckpoint> = serde_json::from_slice(&server.get("/api/admin/audit/checkpoints", Some(ADMIN)).await.body).unwrap();
+    let report = server::audit_log::verify_entries(&public_key, &checkpoints, &entries);
+    assert!(report.broken.is_some_and(|b| b.contains("dropped")));
+}
