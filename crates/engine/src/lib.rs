@@ -57,6 +57,16 @@ pub struct RunnerInfo {
 pub trait Tokenizer: Send + Sync {
     /// Tokens of `text`; special-token markup in it (chat templates) is parsed as such.
     fn encode(&self, text: &str) -> Vec<Token>;
+    /// Tokens of a prompt made of pieces: markup (`false`: special-token text parsed as such) and
+    /// caller text (`true`: taken literally, never turned into special tokens). A BOS is added as
+    /// `encode` would, at the start only.
+    fn encode_pieces(&self, pieces: &[(&str, bool)]) -> Vec<Token> {
+        self.encode(&pieces.iter().map(|(text, _)| *text).collect::<String>())
+    }
+    /// The texts `encode` turns into special tokens (none for a tokenizer without any).
+    fn special_texts(&self) -> Arc<Vec<String>> {
+        Arc::default()
+    }
 }
 
 /// One sequence's work in a step: tokens to feed (a prefill chunk, or the last sampled token).
@@ -289,6 +299,16 @@ impl Engine {
     /// Tokens of `text`, on the caller's thread.
     pub fn tokenize(&self, text: &str) -> Vec<Token> {
         self.tokenizer.encode(text)
+    }
+
+    /// Tokens of prompt pieces (see `Tokenizer::encode_pieces`), on the caller's thread.
+    pub fn tokenize_pieces(&self, pieces: &[(&str, bool)]) -> Vec<Token> {
+        self.tokenizer.encode_pieces(pieces)
+    }
+
+    /// The texts the tokenizer turns into special tokens.
+    pub fn special_texts(&self) -> Arc<Vec<String>> {
+        self.tokenizer.special_texts()
     }
 
     /// Sequences in the latest step (0 when idle).

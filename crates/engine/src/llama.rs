@@ -112,7 +112,7 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
-        Arc::new(LlamaTokenizer { model: self.model.clone() })
+        Arc::new(LlamaTokenizer { model: self.model.clone(), specials: OnceLock::new() })
     }
 
     fn token_bytes(&self, token: Token) -> Vec<u8> {
@@ -174,15 +174,45 @@ impl ModelRunner for LlamaRunner {
 /// The model's own tokenizer; the model is shared read-only, which llama.cpp allows across threads.
 struct LlamaTokenizer {
     model: Arc<LlamaModel>,
+    /// The texts that tokenize into one special token, found on first use.
+    specials: OnceLock<Arc<Vec<String>>>,
 }
 
 impl Tokenizer for LlamaTokenizer {
     fn encode(&self, text: &str) -> Vec<Token> {
+        self.encode_pieces(&[(text, false)])
+    }
+
+    fn encode_pieces(&self, pieces: &[(&str, bool)]) -> Vec<Token> {
         let vocab = self.model.vocab();
-        // A rendered chat template may already begin with the BOS text; do not add a second one.
-        let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
-        let has_bos = !bos_text.is_empty() && text.as_bytes().starts_with(&bos_text);
-        vocab.tokenize(text.as_bytes(), !has_bos, true).into_iter().map(|t| t.0 as Token).collect()
+        let mut tokens = Vec::new();
+        for (i, (text, literal)) in pieces.iter().filter(|(text, _)| !text.is_empty()).enumerate() {
+            // A rendered chat template may already begin with the BOS text; do not add a second one.
+            let add_bos = i == 0 && {
+                let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
+                bos_text.is_empty() || !text.as_bytes().starts_with(&bos_text) || *literal
+            };
+            tokens.extend(vocab.tokenize(text.as_bytes(), add_bos, !literal).into_iter().map(|t| t.0 as Token));
+        }
+        tokens
+    }
+
+    fn special_texts(&self) -> Arc<Vec<String>> {
+        self.specials
+            .get_or_init(|| {
+                let vocab = self.model.vocab();
+                // A token is special when its text becomes that one token only with special parsing on.
+                let texts = (0..vocab.n_tokens())
+                    .map(LlamaToken)
+                    .filter_map(|token| {
+                        let text = String::from_utf8(vocab.token_to_piece(token, true, None)).ok().filter(|t| !t.is_empty())?;
+                        let special = vocab.tokenize(text.as_bytes(), false, true) == [token] && vocab.tokenize(text.as_bytes(), false, false) != [token];
+                        special.then_some(text)
+                    })
+                    .collect();
+                Arc::new(texts)
+            })
+            .clone()
     }
 }
 

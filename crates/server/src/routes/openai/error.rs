@@ -56,7 +56,7 @@ impl OpenAiError {
 impl From<crate::prompt::PromptError> for OpenAiError {
     fn from(err: crate::prompt::PromptError) -> Self {
         match &err {
-            crate::prompt::PromptError::Template(_) => OpenAiError::invalid(err.to_string(), Some("messages")),
+            crate::prompt::PromptError::Template(_) | crate::prompt::PromptError::Unseparable => OpenAiError::invalid(err.to_string(), Some("messages")),
             crate::prompt::PromptError::TooLong { .. } => OpenAiError::context_exceeded(err.to_string()),
         }
     }
