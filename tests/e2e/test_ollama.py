@@ -96,10 +96,15 @@ def test_listing_show_ps_version(server, smol):
         client(server, other).chat(model=name, messages=[QUESTION], stream=False)
     assert err.value.status_code == 404 and "not found" in err.value.error
 
-    # keep_alive: pinned for a while, then unloaded by an empty request with keep_alive=0.
+    # keep_alive: pinned for a while, then unloaded by an empty request with keep_alive=0. An
+    # ordinary token may not unload a model others use; an admin token may.
     api.generate(model=name, prompt="", keep_alive="10m")
     assert {m.model: m for m in api.ps().models}[name].expires_at.year < 9999
-    assert api.generate(model=name, prompt="", keep_alive=0).done_reason == "unload"
+    with pytest.raises(ollama.ResponseError) as err:
+        api.generate(model=name, prompt="", keep_alive=0)
+    assert err.value.status_code == 403
+    admin = client(server, server.admin)
+    assert admin.generate(model=name, prompt="", keep_alive=0).done_reason == "unload"
     assert name not in [m.model for m in api.ps().models]
     assert name in [m.model for m in api.list().models]
 

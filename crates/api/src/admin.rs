@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/admin/users`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub name: String,
@@ -12,21 +12,21 @@ pub struct CreateUser {
 }
 
 /// `POST /api/admin/orgs`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
     pub name: String,
 }
 
 /// `POST /api/admin/orgs/{org}/members`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     pub user: String,
 }
 
 /// A user or org.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: i64,
     pub name: String,
@@ -37,7 +37,7 @@ pub struct Account {
 }
 
 /// `POST /api/admin/tokens`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub user: String,
@@ -50,7 +50,7 @@ pub struct CreateToken {
 }
 
 /// A token's facts; `token` (the secret) only in the create response.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     pub id: i64,
     pub user: String,
@@ -64,7 +64,7 @@ pub struct Token {
 }
 
 /// `POST /api/admin/gc`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcRequest {
     /// Only objects older than this many seconds are removed (default one hour).
@@ -73,7 +73,7 @@ pub struct GcRequest {
 }
 
 /// `gc` outcome.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GcReport {
     pub blobs_seen: u64,
     pub blobs_deleted: u64,
@@ -82,7 +82,7 @@ pub struct GcReport {
 }
 
 /// `GET /api/admin/audit/verify`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditVerify {
     pub ok: bool,
     pub checked: u64,
@@ -97,7 +97,7 @@ pub struct AuditVerify {
 
 /// A signed checkpoint of the audit chain: its head (`seq`, `hash`) at `time`, signed with the
 /// server's Ed25519 key over `mantle-audit-checkpoint/v1\nseq=..\nhash=..\ntime=..\n`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditCheckpoint {
     pub seq: i64,
     pub hash: String,
@@ -109,7 +109,7 @@ pub struct AuditCheckpoint {
 }
 
 /// `GET /api/audit/public-key`: the key audit checkpoints are signed with.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditPublicKey {
     pub algorithm: String,
     /// Hex of the 32-byte Ed25519 public key.
@@ -117,7 +117,7 @@ pub struct AuditPublicKey {
 }
 
 /// One audit row, as exported (JSONL).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub time: String,
@@ -130,7 +130,7 @@ pub struct AuditEntry {
 }
 
 /// `POST /api/admin/deployments`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeployment {
     pub name: String,
@@ -175,7 +175,7 @@ fn default_threads() -> u32 {
 }
 
 /// A deployment.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployment {
     pub name: String,
     #[serde(rename = "type")]
@@ -203,7 +203,7 @@ pub struct Deployment {
 }
 
 /// `GET /api/usage`: requests, tokens and cost, grouped.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageReport {
     /// `day`, `token`, `deployment` or `account`.
     pub by: String,
@@ -212,7 +212,7 @@ pub struct UsageReport {
 }
 
 /// One group of a usage report (or the total, with an empty key).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRow {
     pub key: String,
     pub requests: u64,
@@ -225,7 +225,7 @@ pub struct UsageRow {
 }
 
 /// A quota: limits on one token or one org (all members together).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quota {
     /// `token` or `org`.
     pub scope: String,
@@ -238,7 +238,7 @@ pub struct Quota {
 }
 
 /// `PUT /api/admin/quotas/{scope}/{subject}`: the limits; absent ones are unlimited.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetQuota {
     #[serde(default)]
     pub requests_per_minute: Option<u64>,

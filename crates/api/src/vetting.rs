@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One finding.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Finding {
     pub level: String,
     pub code: String,
@@ -16,7 +16,7 @@ pub struct Finding {
 }
 
 /// A finding an override accepted.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OverriddenFinding {
     pub finding: Finding,
     #[serde(rename = "override")]
@@ -24,7 +24,7 @@ pub struct OverriddenFinding {
 }
 
 /// The verdict of one file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileVerdict {
     pub path: String,
     pub sha256: String,
@@ -38,7 +38,7 @@ pub struct FileVerdict {
 }
 
 /// `GET /api/{type}s/{repo}/vetting/{rev}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevisionVerdict {
     pub repo: String,
     pub commit: String,
@@ -57,7 +57,7 @@ pub struct RevisionVerdict {
 }
 
 /// A namespace's policy.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub allow_pickle: bool,
@@ -67,7 +67,7 @@ pub struct Policy {
 }
 
 /// `POST /api/policies/{namespace}/overrides`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOverride {
     pub sha256: String,
@@ -78,7 +78,7 @@ pub struct CreateOverride {
 }
 
 /// A stored override.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Override {
     pub id: i64,
     pub namespace: String,

@@ -17,40 +17,48 @@ fn token(info: domain::meta::TokenInfo, secret: Option<String>) -> api::admin::T
     api::admin::Token { id: info.id, user: info.user_name, name: info.name, role: info.role.as_str().into(), created_at: info.created_at, expires_at: info.expires_at, revoked_at: info.revoked_at, token: secret }
 }
 
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin", responses((status = 200, body = Vec<api::admin::Account>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_users(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Account>>> {
     Ok(Json(state.hub.list_accounts(&principal).await?.into_iter().map(account).collect()))
 }
 
+#[utoipa::path(post, path = "/api/admin/users", tag = "admin", request_body = api::admin::CreateUser, responses((status = 200, body = api::admin::Account), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 409, description = "exists")))]
 pub(crate) async fn create_user(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateUser>, JsonRejection>) -> ApiResult<Json<api::admin::Account>> {
     let Json(body) = body.map_err(json_rejection)?;
     Ok(Json(account(state.hub.create_user(&principal, &body.name, body.org.as_deref()).await?)))
 }
 
+#[utoipa::path(post, path = "/api/admin/orgs", tag = "admin", request_body = api::admin::CreateOrg, responses((status = 200, body = api::admin::Account), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 409, description = "exists")))]
 pub(crate) async fn create_org(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateOrg>, JsonRejection>) -> ApiResult<Json<api::admin::Account>> {
     let Json(body) = body.map_err(json_rejection)?;
     Ok(Json(account(state.hub.create_org(&principal, &body.name).await?)))
 }
 
+#[utoipa::path(post, path = "/api/admin/orgs/{org}/members", tag = "admin", params(("org" = String, Path)), request_body = api::admin::AddMember, responses((status = 200, body = Object), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such org or user"), (status = 409, description = "already a member")))]
 pub(crate) async fn add_member(State(state): State<AppState>, Path(org): Path<String>, Auth(principal): Auth, body: Result<Json<api::admin::AddMember>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
     let Json(body) = body.map_err(json_rejection)?;
     state.hub.add_member(&principal, &org, &body.user).await?;
     Ok(Json(serde_json::json!({ "org": org, "user": body.user })))
 }
 
+#[utoipa::path(get, path = "/api/admin/tokens", tag = "admin", responses((status = 200, body = Vec<api::admin::Token>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_tokens(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Token>>> {
     Ok(Json(state.hub.list_tokens(&principal).await?.into_iter().map(|t| token(t, None)).collect()))
 }
 
+#[utoipa::path(post, path = "/api/admin/tokens", tag = "admin", request_body = api::admin::CreateToken, responses((status = 200, body = api::admin::Token), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such user")))]
 pub(crate) async fn create_token(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateToken>, JsonRejection>) -> ApiResult<Json<api::admin::Token>> {
     let Json(body) = body.map_err(json_rejection)?;
     let (info, secret) = state.hub.create_token(&principal, &body.user, &body.role, body.name.as_deref(), body.expires_in.as_deref()).await?;
     Ok(Json(token(info, Some(secret))))
 }
 
+#[utoipa::path(delete, path = "/api/admin/tokens/{id}", tag = "admin", params(("id" = i64, Path)), responses((status = 200, body = api::admin::Token), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such token"), (status = 409, description = "already revoked")))]
 pub(crate) async fn revoke_token(State(state): State<AppState>, Path(id): Path<i64>, Auth(principal): Auth) -> ApiResult<Json<api::admin::Token>> {
     Ok(Json(token(state.hub.revoke_token(&principal, id).await?, None)))
 }
 
+#[utoipa::path(post, path = "/api/admin/gc", tag = "admin", request_body = Option<api::admin::GcRequest>, responses((status = 200, body = api::admin::GcReport), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, body: Option<Json<api::admin::GcRequest>>) -> ApiResult<Json<api::admin::GcReport>> {
     let request = body.map(|Json(b)| b).unwrap_or_default();
     let min_age = request.min_age_secs.unwrap_or(3600);
@@ -61,6 +69,7 @@ pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, bod
     Ok(Json(api::admin::GcReport { blobs_seen: report.blobs_seen, blobs_deleted: report.blobs_deleted, bytes_freed: report.bytes_freed, temporary_deleted: report.temporary_deleted }))
 }
 
+#[utoipa::path(get, path = "/api/admin/audit/verify", tag = "audit", responses((status = 200, body = api::admin::AuditVerify), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn verify_audit(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<api::admin::AuditVerify>> {
     let report = state.hub.verify_audit(&principal).await?;
     if let Some(broken) = report.broken {
@@ -72,18 +81,21 @@ pub(crate) async fn verify_audit(State(state): State<AppState>, Auth(principal):
 }
 
 /// `POST /api/admin/audit/checkpoint`: signs the chain head now (site admin).
+#[utoipa::path(post, path = "/api/admin/audit/checkpoint", tag = "audit", responses((status = 200, body = Option<api::admin::AuditCheckpoint>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn create_audit_checkpoint(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Option<api::admin::AuditCheckpoint>>> {
     principal.site_admin()?;
     Ok(Json(crate::audit_log::checkpoint(&state).await?))
 }
 
 /// `GET /api/admin/audit/checkpoints`: every signed checkpoint, oldest first (site admin).
+#[utoipa::path(get, path = "/api/admin/audit/checkpoints", tag = "audit", responses((status = 200, body = Vec<api::admin::AuditCheckpoint>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_audit_checkpoints(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditCheckpoint>>> {
     principal.site_admin()?;
     Ok(Json(crate::audit_log::checkpoints(&state).await?))
 }
 
 /// `GET /api/audit/public-key`: the key checkpoints are signed with (public by nature).
+#[utoipa::path(get, path = "/api/audit/public-key", tag = "audit", responses((status = 200, body = api::admin::AuditPublicKey)))]
 pub(crate) async fn audit_public_key(State(state): State<AppState>) -> Json<api::admin::AuditPublicKey> {
     Json(api::admin::AuditPublicKey { algorithm: "ed25519".into(), public_key: state.audit_signer.public_key() })
 }
@@ -96,6 +108,7 @@ pub(crate) struct AuditQuery {
 }
 
 /// Audit rows after a seq (paging) and optionally at or after a time (RFC 3339).
+#[utoipa::path(get, path = "/api/admin/audit", tag = "audit", params(("after" = Option<i64>, Query), ("since" = Option<String>, Query, description = "RFC 3339"), ("limit" = Option<i64>, Query)), responses((status = 200, body = Vec<api::admin::AuditEntry>), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Query<AuditQuery>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditEntry>>> {
     let since = match &query.since {
         None => None,
@@ -171,6 +184,7 @@ pub(crate) struct UsageParams {
 }
 
 /// `GET /api/usage`: the caller's own usage; a site admin's token sees everyone's, by org or account.
+#[utoipa::path(get, path = "/api/usage", tag = "usage", params(("since" = Option<String>, Query), ("until" = Option<String>, Query), ("org" = Option<String>, Query), ("account" = Option<String>, Query), ("by" = Option<String>, Query, description = "day, token, deployment or account")), responses((status = 200, body = api::admin::UsageReport), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn usage(State(state): State<AppState>, Auth(principal): Auth, axum::extract::Query(params): axum::extract::Query<UsageParams>) -> ApiResult<Json<api::admin::UsageReport>> {
     let group = domain::meta::UsageGroup::parse(params.by.as_deref().unwrap_or("day"))?;
     let rows = state.hub.usage(&principal, params.since.as_deref(), params.until.as_deref(), params.org.as_deref(), params.account.as_deref(), group).await?;
@@ -196,6 +210,7 @@ pub(crate) async fn usage(State(state): State<AppState>, Auth(principal): Auth, 
     Ok(Json(api::admin::UsageReport { by: params.by.unwrap_or_else(|| "day".into()), rows, total }))
 }
 
+#[utoipa::path(post, path = "/api/admin/deployments", tag = "deployments", request_body = api::admin::CreateDeployment, responses((status = 200, body = api::admin::Deployment), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such repo, revision or file"), (status = 409, description = "exists")))]
 pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(principal): Auth, body: Result<Json<api::admin::CreateDeployment>, JsonRejection>) -> ApiResult<Json<api::admin::Deployment>> {
     let Json(body) = body.map_err(json_rejection)?;
     let kind = domain::ids::RepoKind::parse(body.kind.as_deref().unwrap_or("model"))?;
@@ -213,6 +228,7 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
     Ok(Json(deployment(created, false)))
 }
 
+#[utoipa::path(get, path = "/api/admin/deployments", tag = "deployments", responses((status = 200, body = Vec<api::admin::Deployment>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Deployment>>> {
     Ok(Json(
         state
@@ -228,6 +244,7 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(princip
     ))
 }
 
+#[utoipa::path(delete, path = "/api/admin/deployments/{name}", tag = "deployments", params(("name" = String, Path)), responses((status = 200, body = Object), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such deployment")))]
 pub(crate) async fn delete_deployment(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
     state.hub.undeploy(&principal, &name).await?;
     state.runtime.unload(&name);
@@ -239,10 +256,12 @@ fn quota_wire(q: domain::meta::Quota) -> api::admin::Quota {
     api::admin::Quota { scope: scope.to_owned(), subject, limits: api::admin::SetQuota { requests_per_minute: q.requests_per_minute, tokens_per_minute: q.tokens_per_minute, tokens_per_month: q.tokens_per_month }, updated_at: q.updated_at }
 }
 
+#[utoipa::path(get, path = "/api/admin/quotas", tag = "quotas", responses((status = 200, body = Vec<api::admin::Quota>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_quotas(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Quota>>> {
     Ok(Json(state.hub.quotas(&principal).await?.into_iter().map(quota_wire).collect()))
 }
 
+#[utoipa::path(put, path = "/api/admin/quotas/{scope}/{subject}", tag = "quotas", params(("scope" = String, Path, description = "token, user or org"), ("subject" = String, Path)), request_body = api::admin::SetQuota, responses((status = 200, body = api::admin::Quota), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such subject")))]
 pub(crate) async fn set_quota(State(state): State<AppState>, Path((scope, subject)): Path<(String, String)>, Auth(principal): Auth, body: Result<Json<api::admin::SetQuota>, JsonRejection>) -> ApiResult<Json<api::admin::Quota>> {
     let Json(body) = body.map_err(json_rejection)?;
     let quota = domain::meta::Quota {
@@ -257,6 +276,7 @@ pub(crate) async fn set_quota(State(state): State<AppState>, Path((scope, subjec
     Ok(Json(quota_wire(quota)))
 }
 
+#[utoipa::path(delete, path = "/api/admin/quotas/{scope}/{subject}", tag = "quotas", params(("scope" = String, Path), ("subject" = String, Path)), responses((status = 200, body = Object), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such quota")))]
 pub(crate) async fn delete_quota(State(state): State<AppState>, Path((scope, subject)): Path<(String, String)>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
     let subject = domain::meta::QuotaSubject::from_key(&scope, &subject)?;
     state.hub.delete_quota(&principal, &subject).await?;

@@ -7,6 +7,7 @@ mod files;
 mod lfs;
 mod ollama;
 pub(crate) mod openai;
+mod openapi;
 mod repos;
 mod tree;
 mod vetting;
@@ -63,6 +64,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/audit/checkpoint", post(admin::create_audit_checkpoint))
         .route("/api/admin/audit/checkpoints", get(admin::list_audit_checkpoints))
         .route("/api/audit/public-key", get(admin::audit_public_key))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_model))
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))
         .route("/", get(console::index))

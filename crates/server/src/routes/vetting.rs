@@ -37,6 +37,7 @@ fn status(level: Option<Level>) -> String {
 }
 
 /// `GET /api/{type}s/{repo}/vetting/{rev}`.
+#[utoipa::path(get, path = "/api/{kinds}/{ns}/{name}/vetting/{rev}", tag = "vetting", params(("kinds" = String, Path, description = "models or datasets"), ("ns" = String, Path), ("name" = String, Path), ("rev" = String, Path)), responses((status = 200, body = api::vetting::RevisionVerdict), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 404, description = "no such repo or revision")))]
 pub(crate) async fn revision_verdict(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth) -> ApiResult<Json<api::vetting::RevisionVerdict>> {
     let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;
@@ -76,11 +77,13 @@ fn to_api(repo: &str, commit: &str, verdict: &RevisionVerdict, scanner_version: 
 }
 
 /// `GET /api/policies/{namespace}`.
+#[utoipa::path(get, path = "/api/policies/{namespace}", tag = "policies", params(("namespace" = String, Path)), responses((status = 200, body = api::vetting::Policy), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such namespace")))]
 pub(crate) async fn get_policy(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth) -> ApiResult<Json<api::vetting::Policy>> {
     Ok(Json(policy(&state.hub.policy(&principal, &namespace).await?)))
 }
 
 /// `PUT /api/policies/{namespace}`.
+#[utoipa::path(put, path = "/api/policies/{namespace}", tag = "policies", params(("namespace" = String, Path)), request_body = api::vetting::Policy, responses((status = 200, body = api::vetting::Policy), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such namespace")))]
 pub(crate) async fn set_policy(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth, body: Result<Json<api::vetting::Policy>, JsonRejection>) -> ApiResult<Json<api::vetting::Policy>> {
     let Json(body) = body.map_err(json_rejection)?;
     let licenses = body.allowed_licenses.map(|list| list.into_iter().map(|l| l.trim().to_ascii_lowercase()).filter(|l| !l.is_empty()).collect::<Vec<_>>());
@@ -93,11 +96,13 @@ pub(crate) async fn set_policy(State(state): State<AppState>, Path(namespace): P
 }
 
 /// `GET /api/policies/{namespace}/overrides`.
+#[utoipa::path(get, path = "/api/policies/{namespace}/overrides", tag = "policies", params(("namespace" = String, Path)), responses((status = 200, body = Vec<api::vetting::Override>), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such namespace")))]
 pub(crate) async fn list_overrides(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::vetting::Override>>> {
     Ok(Json(state.hub.overrides(&principal, &namespace).await?.iter().map(override_item).collect()))
 }
 
 /// `POST /api/policies/{namespace}/overrides`.
+#[utoipa::path(post, path = "/api/policies/{namespace}/overrides", tag = "policies", params(("namespace" = String, Path)), request_body = api::vetting::CreateOverride, responses((status = 200, body = api::vetting::Override), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such namespace")))]
 pub(crate) async fn add_override(State(state): State<AppState>, Path(namespace): Path<String>, Auth(principal): Auth, body: Result<Json<api::vetting::CreateOverride>, JsonRejection>) -> ApiResult<Json<api::vetting::Override>> {
     let Json(body) = body.map_err(json_rejection)?;
     let saved = state.hub.add_override(&principal, &namespace, &body.sha256, &body.code, &body.subject, &body.justification).await?;
@@ -105,6 +110,7 @@ pub(crate) async fn add_override(State(state): State<AppState>, Path(namespace):
 }
 
 /// `GET /api/{type}s/{repo}/bom/{rev}`: a CycloneDX 1.6 AI-BOM of the revision.
+#[utoipa::path(get, path = "/api/{kinds}/{ns}/{name}/bom/{rev}", tag = "vetting", params(("kinds" = String, Path), ("ns" = String, Path), ("name" = String, Path), ("rev" = String, Path)), responses((status = 200, body = Object, description = "CycloneDX 1.6 AI-BOM"), (status = 400, description = "invalid"), (status = 401, description = "no or invalid token"), (status = 404, description = "no such repo or revision")))]
 pub(crate) async fn bom(State(state): State<AppState>, Path(p): Path<RevParams>, Auth(principal): Auth) -> ApiResult<Json<serde_json::Value>> {
     let (kind, name) = p.repo()?;
     let repo = state.hub.visible_repo(&principal, kind, &name).await?;

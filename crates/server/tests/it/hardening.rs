@@ -523,3 +523,17 @@ async fn r11_signed_checkpoints_detect_what_a_database_administrator_does_to_the
     let report = server::audit_log::verify_entries(&public_key, &checkpoints, &entries);
     assert!(report.broken.is_some_and(|b| b.contains("dropped")));
 }
+
+#[tokio::test]
+async fn r11_the_openapi_document_describes_mantles_own_api() {
+    let server = crate::harness::TestServer::new().await;
+    let reply = server.get("/openapi.json", None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for path in ["/api/admin/users", "/api/admin/tokens/{id}", "/api/admin/deployments", "/api/usage", "/api/admin/quotas/{scope}/{subject}", "/api/policies/{namespace}", "/api/{kinds}/{ns}/{name}/vetting/{rev}", "/api/admin/audit/checkpoint"] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["Deployment"]["properties"]["keep_alive_max"].is_object(), "{}", doc["components"]["schemas"]["Deployment"]);
+}
