@@ -114,7 +114,7 @@ pub fn hash_token(secret: &str) -> String {
 /// Parses durations like `30d`, `12h`, `45m`, `90s` for token expiry.
 pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
     let bad = || Error::invalid(format!("invalid duration {text:?}: expected a number and one of s, m, h, d"));
-    let (number, unit) = text.split_at(text.len().checked_sub(1).ok_or_else(bad)?);
+    let (number, unit) = text.char_indices().last().map(|(at, _)| text.split_at(at)).ok_or_else(bad)?;
     let number: i64 = number.parse().map_err(|_| bad())?;
     if number <= 0 || number > 100_000 {
         return Err(bad());
@@ -144,6 +144,8 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30d").unwrap(), chrono::Duration::days(30));
+        // Regression (#11, found by schemathesis): a multibyte last character is an error, not a panic.
+        assert!(parse_duration("5é").is_err() && parse_duration("é").is_err() && parse_duration("").is_err());
         assert_eq!(parse_duration("5m").unwrap(), chrono::Duration::minutes(5));
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("-3d").is_err());

@@ -696,7 +696,8 @@ impl Hub {
         let admin = principal.site_admin()?;
         let cutoff = chrono::Utc::now() - min_age;
         // Multipart parts live at least as long as the URLs that upload them.
-        let parts_cutoff = cutoff.min(chrono::Utc::now() - chrono::Duration::seconds(i64::try_from(self.config.upload_url_ttl_secs).unwrap_or(i64::MAX / 2)) - chrono::Duration::hours(1));
+        let url_lifetime = chrono::Duration::try_seconds(i64::try_from(self.config.upload_url_ttl_secs).unwrap_or(i64::MAX)).unwrap_or(chrono::Duration::days(3650));
+        let parts_cutoff = cutoff.min(chrono::Utc::now() - url_lifetime - chrono::Duration::hours(1));
         let referenced = self.meta.referenced_blobs().await?;
         let mut report = GcReport::default();
         for object in self.blobs.list_blobs().await? {

@@ -190,8 +190,8 @@ impl Config {
         if hub.multipart_chunk < 5 * 1024 * 1024 {
             problems.push("hub.multipart_chunk must be at least 5 MiB".to_owned());
         }
-        if hub.upload_url_ttl == 0 {
-            problems.push("hub.upload_url_ttl must be positive".to_owned());
+        if !(1..=30 * 86400).contains(&hub.upload_url_ttl) {
+            problems.push("hub.upload_url_ttl must be 1 to 2592000 seconds (30 days)".to_owned());
         }
         let runtime = &raw.runtime;
         if !(1..=100_000).contains(&runtime.max_queue) {

@@ -62,10 +62,11 @@ pub(crate) async fn revoke_token(State(state): State<AppState>, Path(id): Path<i
 pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, body: Option<Json<api::admin::GcRequest>>) -> ApiResult<Json<api::admin::GcReport>> {
     let request = body.map(|Json(b)| b).unwrap_or_default();
     let min_age = request.min_age_secs.unwrap_or(3600);
-    if min_age < 0 {
-        return Err(ApiError::invalid("min_age_secs must not be negative"));
-    }
-    let report = state.hub.gc(&principal, chrono::Duration::seconds(min_age)).await?;
+    // Up to a century: beyond that nothing is old enough, and the time arithmetic would overflow.
+    let Some(min_age) = (0..=3_155_760_000).contains(&min_age).then(|| chrono::Duration::seconds(min_age)) else {
+        return Err(ApiError::invalid("min_age_secs must be 0 to 3155760000 (a century)"));
+    };
+    let report = state.hub.gc(&principal, min_age).await?;
     Ok(Json(api::admin::GcReport { blobs_seen: report.blobs_seen, blobs_deleted: report.blobs_deleted, bytes_freed: report.bytes_freed, temporary_deleted: report.temporary_deleted }))
 }
 

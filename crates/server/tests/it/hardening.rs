@@ -536,4 +536,9 @@ async fn r11_the_openapi_document_describes_mantles_own_api() {
         assert!(paths.contains_key(path), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["Deployment"]["properties"]["keep_alive_max"].is_object(), "{}", doc["components"]["schemas"]["Deployment"]);
+    // Found by schemathesis: a huge min_age_secs overflowed the time arithmetic and killed the request.
+    let reply = server.json("POST", "/api/admin/gc", Some(ADMIN), serde_json::json!({ "min_age_secs": i64::MAX })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+    let reply = server.json("POST", "/api/admin/tokens", Some(ADMIN), serde_json::json!({ "user": "admin", "role": "read", "expires_in": "5é" })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
 }
