@@ -5,6 +5,9 @@
 use engine::bert::Bert;
 use engine::Tokenizer as _;
 
+mod common;
+use common::needed;
+
 #[test]
 fn minilm_embeds_by_meaning_alone_and_batched() {
     let Some(models) = needed("MANTLE_MODELS") else { return };
@@ -32,15 +35,4 @@ fn minilm_embeds_by_meaning_alone_and_batched() {
         bert.embed(chunk).unwrap();
     }
     println!("256 sentences of {} tokens: {:.1} sentences/s on 2 threads", many[0].len(), 256.0 / started.elapsed().as_secs_f64());
-}
-
-/// An environment variable this test needs. Without it the test is skipped with a message, except
-/// under CI (`CI` set), where a missing environment must fail rather than pass unseen.
-fn needed(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok();
-    assert!(value.is_some() || std::env::var_os("CI").is_none(), "{name} is not set, and CI is: this test must not pass without its environment");
-    if value.is_none() {
-        eprintln!("{name} not set: skipped");
-    }
-    value
 }
