@@ -33,9 +33,18 @@ pub struct HubConfig {
 /// The registry service.
 #[derive(Clone)]
 pub struct Hub {
-    pub meta: Arc<dyn MetaStore>,
-    pub blobs: BlobStore,
+    // Invariant: private. Everything outside this crate goes through `Hub`'s operations, which
+    // check authorization (user-facing ones) or are the server's own machinery (`system.rs`).
+    pub(crate) meta: Arc<dyn MetaStore>,
+    pub(crate) blobs: BlobStore,
     pub config: HubConfig,
+}
+
+impl Hub {
+    /// A hub over these stores.
+    pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: HubConfig) -> Self {
+        Hub { meta, blobs, config }
+    }
 }
 
 /// How preupload tells a client to send a file.
@@ -354,7 +363,7 @@ impl Hub {
 
     /// Records that a signed upload to a repo delivered a blob's bytes (possession proven), so
     /// commits to that repo may name it.
-    pub async fn record_upload(&self, kind: RepoKind, name: &RepoName, sha256: &Digest) -> Result<()> {
+    pub(crate) async fn record_upload(&self, kind: RepoKind, name: &RepoName, sha256: &Digest) -> Result<()> {
         let repo = self.meta.get_repo(kind, name).await?.ok_or_else(|| Error::RepoNotFound(format!("repository {name} not found")))?;
         self.settle_written(sha256).await?;
         self.meta.grant_blob(repo.id, sha256.as_str()).await

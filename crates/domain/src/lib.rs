@@ -12,6 +12,7 @@ pub mod ids;
 pub mod meta;
 pub mod quota;
 pub mod repo;
+mod system;
 pub mod vetting;
 
 pub use error::{Error, Result};

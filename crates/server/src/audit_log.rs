@@ -68,11 +68,11 @@ fn message(seq: i64, hash: &str, time: &str) -> String {
 
 /// Signs the current chain head and stores the checkpoint; `None` when the log is empty.
 pub async fn checkpoint(state: &AppState) -> Result<Option<AuditCheckpoint>, domain::Error> {
-    let Some(head) = state.hub.meta.audit_head().await? else { return Ok(None) };
+    let Some(head) = state.hub.audit_head().await? else { return Ok(None) };
     let signed = state.audit_signer.sign(head.seq, &head.hash, &domain::now_rfc3339());
     let key = format!("{PREFIX}/{:020}-{}.json", signed.seq, chrono::Utc::now().timestamp_millis());
     let bytes = serde_json::to_vec(&signed).map_err(domain::Error::internal)?;
-    state.hub.blobs.put_record(&key, bytes.into()).await?;
+    state.hub.put_record(&key, bytes.into()).await?;
     tracing::info!(seq = signed.seq, "wrote a signed audit checkpoint");
     Ok(Some(signed))
 }
@@ -80,7 +80,7 @@ pub async fn checkpoint(state: &AppState) -> Result<Option<AuditCheckpoint>, dom
 /// Every stored checkpoint, oldest first; unreadable ones are reported as errors by `verify`
 /// only if they parse, so a junk object cannot hide the others.
 pub async fn checkpoints(state: &AppState) -> Result<Vec<AuditCheckpoint>, domain::Error> {
-    let records = state.hub.blobs.records(PREFIX).await?;
+    let records = state.hub.records(PREFIX).await?;
     Ok(records.iter().filter_map(|(key, bytes)| serde_json::from_slice(bytes).map_err(|err| tracing::warn!(key, "skipped an unreadable audit checkpoint: {err}")).ok()).collect())
 }
 
@@ -92,7 +92,7 @@ pub async fn run_checkpoints(state: AppState, interval: std::time::Duration, mut
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        match state.hub.meta.audit_head().await {
+        match state.hub.audit_head().await {
             Ok(Some(head)) if last != Some(head.seq) => match checkpoint(&state).await {
                 Ok(written) => last = written.map(|c| c.seq),
                 Err(err) => tracing::error!("failed to write an audit checkpoint: {err}"),

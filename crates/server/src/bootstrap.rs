@@ -33,7 +33,7 @@ pub async fn admin_token(state: &AppState) -> anyhow::Result<()> {
     if secret.len() < 16 {
         anyhow::bail!("the admin token must be at least 16 characters");
     }
-    let created = state.hub.meta.ensure_admin_token(&config.admin_name, &hash_token(&secret), configured).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let created = state.hub.ensure_admin_token(&config.admin_name, &hash_token(&secret), configured).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     if created {
         tracing::info!(admin = %config.admin_name, "admin token registered");
     }

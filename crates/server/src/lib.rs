@@ -62,7 +62,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let meta: Arc<dyn domain::meta::MetaStore> = Arc::new(meta);
     let key = meta.secret("upload_signing_key", &signing::random_key()).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     let usage = usage::UsageLog::start(meta.clone(), config.runtime.usage_accounting);
-    let hub = Hub { meta, blobs, config: config.hub.clone() };
+    let hub = Hub::new(meta, blobs, config.hub.clone());
     let models_dir = config.runtime.models_dir.clone();
     tokio::task::spawn_blocking(move || {
         runtime::sweep_temporaries(&models_dir);

@@ -29,7 +29,7 @@ impl QuotaCache {
                 return Ok(quotas.clone());
             }
         }
-        let quotas = std::sync::Arc::new(state.hub.meta.list_quotas().await?);
+        let quotas = std::sync::Arc::new(state.hub.quota_definitions().await?);
         *self.inner.lock().expect("quota cache not poisoned") = Some((std::time::Instant::now(), quotas.clone()));
         Ok(quotas)
     }
@@ -43,7 +43,7 @@ impl QuotaCache {
 /// Admits a request of `prompt_tokens`, or gives the refusal.
 pub(crate) async fn admit(state: &AppState, principal: &Principal, prompt_tokens: usize) -> Result<Admission, Refusal> {
     let quotas = state.quotas.get(state).await.map_err(Refusal::Error)?;
-    match domain::quota::admit(state.hub.meta.as_ref(), principal, &quotas, prompt_tokens as u64).await {
+    match state.hub.admit(principal, &quotas, prompt_tokens as u64).await {
         Ok(Ok(admission)) => Ok(admission),
         Ok(Err(exceeded)) => Err(Refusal::Exceeded(exceeded)),
         Err(err) => Err(Refusal::Error(err)),

@@ -206,7 +206,7 @@ impl Runtime {
         let name = deployment.name.clone();
         // Room for at least the file before loading it (set aside while it loads, so concurrent
         // loads cannot overshoot the budget together); the exact size is known after.
-        let file_bytes = hub.blobs.size_of(&deployment.file_sha256).await?.unwrap_or(0);
+        let file_bytes = hub.blob_size(&deployment.file_sha256).await?.unwrap_or(0);
         if let Some(slot) = self.inner.loaded.lock().expect("runtime map not poisoned").get_mut(&name).filter(|slot| Arc::ptr_eq(&slot.cell, cell)) {
             slot.reserved = file_bytes;
         }
@@ -246,7 +246,7 @@ impl Runtime {
             runtime.count_restart(&name);
             tracing::warn!(deployment = %name, "the deployment's runner failed ({failed:?}); loading it again");
             // Still deployed as it was? Another replica may have changed or removed it.
-            match hub.meta.get_deployment(&name).await {
+            match hub.deployment_by_name(&name).await {
                 Ok(Some(now)) if identity(&now) == identity(&deployment) => {
                     if let Err(err) = runtime.get(&hub, now).await {
                         tracing::error!(deployment = %name, "failed to reload the deployment after its runner failed: {err}");
@@ -430,7 +430,7 @@ impl Runtime {
     /// A file of the deployment's commit, copied and checked like the weights; `None` if absent.
     async fn sibling(&self, hub: &Hub, deployment: &Deployment, path: &str) -> Result<Option<PathBuf>, Error> {
         let path = RepoPath::parse(path)?;
-        match hub.meta.get_file(&deployment.commit, &path).await? {
+        match hub.commit_file(&deployment.commit, &path).await? {
             Some(entry) => Ok(Some(materialize(hub, &self.inner.config.models_dir, &entry.sha256).await?)),
             None => Ok(None),
         }
@@ -468,7 +468,7 @@ fn read_chat_template(path: &Path) -> Option<ChatTemplate> {
 /// copied anew. The engine only ever opens such copies.
 async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, Error> {
     let path = dir.join(digest.as_str());
-    let expected = hub.blobs.size_of(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
+    let expected = hub.blob_size(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
     if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == expected) {
         let (check, digest_text) = (path.clone(), digest.as_str().to_owned());
         let verified = tokio::task::spawn_blocking(move || verify_copy(&check, &digest_text)).await.map_err(Error::internal)?;
@@ -483,7 +483,7 @@ async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, 
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await.map_err(Error::internal)?;
         let mut hasher = Sha256::new();
-        let mut stream = hub.blobs.get(digest, None).await?;
+        let mut stream = hub.blob_stream(digest, None).await?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             hasher.update(&chunk);

@@ -22,7 +22,7 @@ pub async fn run_worker(state: AppState, wake: std::sync::Arc<tokio::sync::Notif
         if *shutdown.borrow() {
             return;
         }
-        match state.hub.meta.claim_scan_job(LEASE_SECS).await {
+        match state.hub.claim_scan_job(LEASE_SECS).await {
             Ok(Some(job)) => {
                 process(&state, job).await;
                 continue;
@@ -41,7 +41,7 @@ pub async fn run_worker(state: AppState, wake: std::sync::Arc<tokio::sync::Notif
 /// Processes every job that is due now, then returns how many it processed (for tests and tools).
 pub async fn scan_pending(state: &AppState) -> anyhow::Result<usize> {
     let mut n = 0;
-    while let Some(job) = state.hub.meta.claim_scan_job(LEASE_SECS).await? {
+    while let Some(job) = state.hub.claim_scan_job(LEASE_SECS).await? {
         process(state, job).await;
         n += 1;
     }
@@ -51,10 +51,10 @@ pub async fn scan_pending(state: &AppState) -> anyhow::Result<usize> {
 async fn process(state: &AppState, job: ScanJob) {
     let version = &state.hub.config.scanner_version;
     // A blob already scanned by this version (under this hint) is not scanned again.
-    match state.hub.meta.scan_results(&[job.sha256.to_string()], version).await {
+    match state.hub.scan_results(&[job.sha256.to_string()], version).await {
         Ok(results) => {
             if let Some(done) = results.into_iter().find(|r| r.hint == job.hint) {
-                if let Err(err) = state.hub.meta.finish_scan_job(job.id, &done).await {
+                if let Err(err) = state.hub.finish_scan_job(&job, &done).await {
                     tracing::warn!("failed to close scan job {}: {err:#}", job.id);
                 }
                 return;
@@ -70,7 +70,7 @@ async fn process(state: &AppState, job: ScanJob) {
     match outcome {
         Ok(result) => {
             tracing::info!(sha256 = %job.sha256, format = %result.format, findings = result.findings.len(), elapsed_ms = started.elapsed().as_millis() as u64, "scanned blob");
-            if let Err(err) = state.hub.meta.finish_scan_job(job.id, &result).await {
+            if let Err(err) = state.hub.finish_scan_job(&job, &result).await {
                 tracing::warn!("failed to store the scan of {}: {err:#}", job.sha256);
             }
         }
@@ -80,7 +80,7 @@ async fn process(state: &AppState, job: ScanJob) {
                 domain::format_time(chrono::Utc::now() + backoff)
             });
             tracing::warn!(sha256 = %job.sha256, attempt = job.attempts, "failed to scan blob: {err:#}");
-            if let Err(err) = state.hub.meta.retry_scan_job(job.id, &format!("{err:#}"), run_after).await {
+            if let Err(err) = state.hub.retry_scan_job(&job, &format!("{err:#}"), run_after).await {
                 tracing::warn!("failed to reschedule scan job {}: {err:#}", job.id);
             }
         }
@@ -96,7 +96,7 @@ async fn scan_holding_lease(state: &AppState, job: &ScanJob, lease_secs: i64) ->
     loop {
         tokio::select! {
             outcome = &mut scan => return Some(outcome),
-            _ = renew.tick() => match state.hub.meta.renew_scan_job(job.id, job.attempts, lease_secs).await {
+            _ = renew.tick() => match state.hub.renew_scan_job(job, lease_secs).await {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(err) => tracing::warn!("failed to renew the lease of scan job {}: {err:#}", job.id),
@@ -111,7 +111,7 @@ async fn scan_blob(state: &AppState, job: &ScanJob) -> anyhow::Result<ScanResult
     let temp = tempfile::NamedTempFile::new_in(&dir)?;
     // Written through tokio's file, so a multi-gigabyte copy never blocks an async worker.
     let mut writer = tokio::fs::File::from_std(temp.as_file().try_clone()?);
-    let mut stream = state.hub.blobs.get(&job.sha256, None).await?;
+    let mut stream = state.hub.blob_stream(&job.sha256, None).await?;
     while let Some(chunk) = stream.next().await {
         writer.write_all(&chunk?).await?;
     }

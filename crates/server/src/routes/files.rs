@@ -82,7 +82,7 @@ async fn resolve(State(state): State<AppState>, method: Method, Path(p): Path<Re
     if method == Method::HEAD {
         return Ok((status, out).into_response());
     }
-    let stream = state.hub.blobs.get(&file.sha256, range.map(|(start, end)| start..end + 1)).await?;
+    let stream = state.hub.blob_stream(&file.sha256, range.map(|(start, end)| start..end + 1)).await?;
     let body = Body::from_stream(stream.map_err(|err| std::io::Error::other(err.to_string())));
     Ok((status, out, body).into_response())
 }

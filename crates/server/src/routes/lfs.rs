@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use domain::blobs::Expect;
 use domain::ids::{Digest, RepoKind, RepoName};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
@@ -75,7 +74,7 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
             answers.push(error(422, format!("object is larger than the limit of {} bytes", state.config.hub.max_lfs_file)));
             continue;
         }
-        if state.hub.blobs.size_of(&digest).await? == Some(object.size) && state.hub.may_reuse_blob(&principal, &repo, &digest).await? {
+        if state.hub.blob_size(&digest).await? == Some(object.size) && state.hub.may_reuse_blob(&principal, &repo, &digest).await? {
             // Already stored, and the caller may use it: no actions, the client skips the upload.
             // Anyone else uploads the bytes (which proves possession), so a stored blob is never
             // revealed to, or reused by, a tenant who only knows its digest.
@@ -160,9 +159,8 @@ pub(crate) async fn upload_object(State(state): State<AppState>, Path(p): Path<O
     let digest = check_signature(&state, "upload", &p, &q, "")?;
     check_content_length(&headers, q.size)?;
     let stream = body.into_data_stream().map_err(|err| err.to_string()).boxed();
-    state.hub.blobs.put_stream(stream, Expect { sha256: Some(digest.clone()), size: Some(q.size), max_size: None }).await?;
     let (kind, name) = signed_repo(&p)?;
-    state.hub.record_upload(kind, &name, &digest).await?;
+    state.hub.upload_object(kind, &name, &digest, q.size, stream).await?;
     Ok(StatusCode::OK)
 }
 
@@ -177,7 +175,7 @@ pub(crate) async fn upload_part(State(state): State<AppState>, Path(p): Path<Obj
         return Err(ApiError::invalid("part number out of range"));
     }
     let stream = body.into_data_stream().map_err(|err| err.to_string()).boxed();
-    let etag = state.hub.blobs.put_part(&digest, part, stream, chunk).await?;
+    let etag = state.hub.upload_part(&digest, part, stream, chunk).await?;
     Ok((StatusCode::OK, [("etag", format!("\"{etag}\""))]))
 }
 
@@ -192,9 +190,8 @@ pub(crate) async fn complete_multipart(State(state): State<AppState>, Path(p): P
     if body.parts.len() != n_parts as usize {
         return Err(ApiError::invalid(format!("expected {n_parts} parts, got {}", body.parts.len())));
     }
-    state.hub.blobs.complete_parts(&digest, q.size, n_parts).await?;
     let (kind, name) = signed_repo(&p)?;
-    state.hub.record_upload(kind, &name, &digest).await?;
+    state.hub.complete_upload(kind, &name, &digest, q.size, n_parts).await?;
     tracing::info!(oid = %digest, size = q.size, parts = n_parts, "multipart upload completed");
     Ok(Json(serde_json::json!({ "oid": digest.to_string(), "size": q.size })))
 }
@@ -206,7 +203,7 @@ pub(crate) async fn verify_object(State(state): State<AppState>, Path(p): Path<O
     if Digest::parse(&body.oid)? != digest || body.size != q.size {
         return Err(ApiError::invalid("verify request does not match the upload"));
     }
-    match state.hub.blobs.size_of(&digest).await? {
+    match state.hub.blob_size(&digest).await? {
         Some(size) if size == q.size => Ok(Json(serde_json::json!({ "oid": digest.to_string(), "size": size }))),
         _ => Err(ApiError::invalid(format!("object {digest} is not stored with {} bytes", q.size))),
     }

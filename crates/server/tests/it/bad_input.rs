@@ -52,7 +52,7 @@ async fn lfs_uploads_must_match_their_oid_and_size() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let reply = server.send("PUT", &href, None, None, vec![42u8; 100]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(server.state.hub.blobs.size_of(&digest).await.unwrap(), None);
+    assert_eq!(server.state.hub.blob_size(&digest).await.unwrap(), None);
     // A tampered signature is refused.
     let reply = server.send("PUT", &href.replace("sig=", "sig=00"), None, None, data.clone()).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
@@ -65,7 +65,7 @@ async fn lfs_uploads_must_match_their_oid_and_size() {
 
     // The right bytes work, and then the commit does.
     assert_eq!(server.send("PUT", &href, None, None, data).await.status, StatusCode::OK);
-    assert_eq!(server.state.hub.blobs.size_of(&digest).await.unwrap(), Some(4096));
+    assert_eq!(server.state.hub.blob_size(&digest).await.unwrap(), Some(4096));
     let reply = server.commit(&token, "frank/m", &[header("lfs"), lfs_line]).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     let tree = server.get("/api/models/frank/m/tree/main", None).await.json();

@@ -381,7 +381,7 @@ impl server::runtime::Loader for SlowLoader {
 async fn r11_a_load_outlives_the_request_that_started_it() {
     let (server, _) = deployed(|_| {}, false, 2).await;
     let runtime = server::runtime::Runtime::new(server.state.config.runtime.clone(), std::sync::Arc::new(SlowLoader));
-    let deployment = server.state.hub.meta.get_deployment("tiny").await.unwrap().unwrap();
+    let deployment = server.state.hub.deployment_by_name("tiny").await.unwrap().unwrap();
     // The client gives up long before the load ends.
     let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), runtime.get(&server.state.hub, deployment.clone())).await;
     assert!(gave_up.is_err());
@@ -403,7 +403,7 @@ async fn r11_a_load_outlives_the_request_that_started_it() {
 async fn r11_a_local_model_copy_is_checked_before_reuse_and_stale_temporaries_are_swept() {
     let (server, token) = deployed(|_| {}, false, 2).await;
     assert_eq!(server.json("POST", "/v1/chat/completions", Some(&token), chat("hi", serde_json::json!({}))).await.status, StatusCode::OK);
-    let deployment = server.state.hub.meta.get_deployment("tiny").await.unwrap().unwrap();
+    let deployment = server.state.hub.deployment_by_name("tiny").await.unwrap().unwrap();
     let models = server.state.config.runtime.models_dir.clone();
     let copy = models.join(deployment.file_sha256.as_str());
     let original = std::fs::read(&copy).unwrap();

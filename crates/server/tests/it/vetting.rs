@@ -38,7 +38,7 @@ async fn queued_scans_survive_a_restart_and_produce_verdicts() {
     // The same bytes committed again under the same kind of name are not scanned again.
     restarted.commit(&token, "ivy/m", &[header("copy"), file("copy.pkl", EVIL)]).await;
     server::scanner::scan_pending(&restarted.state).await.unwrap();
-    let results = restarted.state.hub.meta.scan_results(&[hex_sha(EVIL)], &restarted.state.hub.config.scanner_version).await.unwrap();
+    let results = restarted.state.hub.scan_results(&[hex_sha(EVIL)], &restarted.state.hub.config.scanner_version).await.unwrap();
     assert_eq!(results.len(), 1, "one stored result for the blob");
     let verdict = restarted.get("/api/models/ivy/m/vetting/main", Some(&token)).await.json();
     assert!(verdict["files"].as_array().unwrap().iter().any(|f| f["path"] == "copy.pkl" && f["status"] == "unsafe"));
