@@ -13,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from conftest import models_dir, start
+from conftest import ADMIN_TOKEN as ADMIN, models_dir, start
 from test_openai import push_and_deploy
 
 pytestmark = pytest.mark.skipif(not os.environ.get("MANTLE_E2E_DATABASE_URL"), reason="needs the scale-out mode (two replicas on one PostgreSQL)")
@@ -63,5 +63,48 @@ def test_a_limit_holds_across_two_replicas(server):
         assert err.value.status_code == 429
     finally:
         server.cli("quotas", "clear", "--token-id", str(token_id(server, token)), check=False)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def admin_call(endpoint, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(endpoint + path, data=data, method=method, headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+def test_two_processes_append_one_audit_chain(server):
+    """Two replicas write audited changes at the same time: one unbroken chain, and checkpoints
+    signed by each replica's own key verify under both keys (hardening issue #11)."""
+    import threading
+
+    proc, replica = start(tempfile.mkdtemp(prefix="mantle-e2e-replica-"), blob_url=server.blob_url)
+    try:
+        errors = []
+
+        def create(endpoint, tag):
+            try:
+                for i in range(15):
+                    admin_call(endpoint, "POST", "/api/admin/users", {"name": f"chain-{tag}-{i}"})
+            except Exception as err:  # noqa: BLE001 (reported below)
+                errors.append(err)
+
+        threads = [threading.Thread(target=create, args=(endpoint, f"{n}{k}")) for n, endpoint in enumerate((server.endpoint, replica.endpoint)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for endpoint in (server.endpoint, replica.endpoint):
+            assert admin_call(endpoint, "POST", "/api/admin/audit/checkpoint", {})["seq"] > 0
+        for endpoint in (server.endpoint, replica.endpoint):
+            report = admin_call(endpoint, "GET", "/api/admin/audit/verify")
+            assert report["ok"], report
+            assert report["verified_through"] is not None, report
+        keys = [admin_call(endpoint, "GET", "/api/audit/public-key")["public_key"] for endpoint in (server.endpoint, replica.endpoint)]
+        out = server.cli("audit", "verify", "--pubkey", keys[0], "--pubkey", keys[1]).stdout
+        assert "audit log intact" in out and "0 by other keys" in out, out
+    finally:
         proc.terminate()
         proc.wait(timeout=10)

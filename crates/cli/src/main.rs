@@ -265,9 +265,10 @@ enum AuditCommand {
     /// the first problem. With `--pubkey`, the rows and checkpoints are fetched and checked here,
     /// under a key you trust, so a tampered server or database cannot vouch for itself.
     Verify {
-        /// The audit public key (64 hex digits, or a file holding them), from `mantle audit pubkey`.
+        /// A trusted audit public key (64 hex digits, or a file holding them), from `mantle audit
+        /// pubkey`; repeat it for replicas that sign with keys of their own.
         #[arg(long)]
-        pubkey: Option<String>,
+        pubkey: Vec<String>,
     },
     /// Sign the current chain head now and store the checkpoint.
     Checkpoint,
@@ -377,11 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let report: api::admin::GcReport = client()?.post_json("/api/admin/gc", &api::admin::GcRequest { min_age_secs: Some(min_age) }).await?;
             println!("gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed", report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted);
         }
-        Command::Audit(AuditCommand::Verify { pubkey: Some(pubkey) }) => {
-            let key = match std::fs::read_to_string(&pubkey) {
-                Ok(text) => text.trim().to_owned(),
-                Err(_) => pubkey,
-            };
+        Command::Audit(AuditCommand::Verify { pubkey }) if !pubkey.is_empty() => {
+            let keys: Vec<String> = pubkey.into_iter().map(|key| std::fs::read_to_string(&key).map_or(key, |text| text.trim().to_owned())).collect();
             let client = client()?;
             let checkpoints: Vec<api::admin::AuditCheckpoint> = client.get_json("/api/admin/audit/checkpoints").await?;
             let mut entries: Vec<api::admin::AuditEntry> = Vec::new();
@@ -393,9 +391,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
                 entries.extend(page);
             }
-            let report = server::audit_log::verify_entries(&key, &checkpoints, &entries);
+            let report = server::audit_log::verify_entries(&keys, &checkpoints, &entries);
             match report.broken {
-                None => println!("audit log intact: {} events verified; signed checkpoints ({}) match through seq {}", report.checked, checkpoints.len(), report.verified_through.map_or_else(|| "none".to_owned(), |s| s.to_string())),
+                None => println!(
+                    "audit log intact: {} events verified; {} checkpoints signed by a trusted key match through seq {} ({} by other keys left aside)",
+                    report.checked,
+                    checkpoints.len() - report.ignored,
+                    report.verified_through.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                    report.ignored
+                ),
                 Some(reason) => {
                     println!("audit log BROKEN: {reason} ({} events verified)", report.checked);
                     return Ok(std::process::ExitCode::from(1));
@@ -413,7 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let key: api::admin::AuditPublicKey = client()?.get_json("/api/audit/public-key").await?;
             println!("{}", key.public_key);
         }
-        Command::Audit(AuditCommand::Verify { pubkey: None }) => {
+        Command::Audit(AuditCommand::Verify { .. }) => {
             let report: api::admin::AuditVerify = client()?.get_json("/api/admin/audit/verify").await?;
             if report.ok {
                 println!("audit chain intact: {} events verified; signed checkpoints match through seq {}", report.checked, report.verified_through.map_or_else(|| "none".to_owned(), |s| s.to_string()));

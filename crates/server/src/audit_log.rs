@@ -110,17 +110,21 @@ pub struct Verification {
     pub checked: u64,
     /// The first problem, if any.
     pub broken: Option<String>,
-    /// The newest checkpoint signed by the key that the rows agree with.
+    /// The newest checkpoint signed by a trusted key that the rows agree with.
     pub verified_through: Option<i64>,
+    /// Checkpoints signed by keys not trusted here (another replica's own key, or a forgery):
+    /// they prove nothing and are left aside.
+    pub ignored: usize,
 }
 
 /// Checks the audit rows (all of them, oldest first) for an unbroken chain, then against every
-/// checkpoint: each must carry a valid signature by `public_key` (hex), and the row at its
-/// sequence number must exist with exactly its hash. Dropping rows a checkpoint covers, or
-/// rewriting the chain (even consistently), fails; rows after the newest checkpoint are only as
-/// good as the chain.
-pub fn verify(public_key: &str, checkpoints: &[AuditCheckpoint], rows: &[AuditRecord]) -> Verification {
-    let mut check = CheckpointCheck::new(public_key, checkpoints);
+/// checkpoint that names one of the `trusted` public keys (hex): it must carry a valid signature
+/// by that key, and the row at its sequence number must exist with exactly its hash. Dropping
+/// rows a checkpoint covers, or rewriting the chain (even consistently), fails; rows after the
+/// newest checkpoint are only as good as the chain. Replicas that share one key
+/// (`MANTLE_AUDIT_KEY`) are all checked under it; with a key each, trust each replica's key.
+pub fn verify(trusted: &[String], checkpoints: &[AuditCheckpoint], rows: &[AuditRecord]) -> Verification {
+    let mut check = CheckpointCheck::new(trusted, checkpoints);
     for row in rows {
         if !check.row(row) {
             break;
@@ -131,37 +135,46 @@ pub fn verify(public_key: &str, checkpoints: &[AuditCheckpoint], rows: &[AuditRe
 
 /// `verify` over exported entries (what `mantle audit verify --pubkey` fetches): the server wrote
 /// each row's details as compact JSON, which is what they serialize back to.
-pub fn verify_entries(public_key: &str, checkpoints: &[AuditCheckpoint], entries: &[api::admin::AuditEntry]) -> Verification {
+pub fn verify_entries(trusted: &[String], checkpoints: &[AuditCheckpoint], entries: &[api::admin::AuditEntry]) -> Verification {
     let rows: Vec<AuditRecord> = entries
         .iter()
         .map(|e| AuditRecord { seq: e.seq, time: e.time.clone(), actor: e.actor.clone(), action: e.action.clone(), target: e.target.clone(), details: e.details.to_string(), prev_hash: e.prev_hash.clone(), hash: e.hash.clone() })
         .collect();
-    verify(public_key, checkpoints, &rows)
+    verify(trusted, checkpoints, &rows)
 }
 
 /// `verify` fed one row at a time (the server pages through its own log).
 pub struct CheckpointCheck {
     chain: ChainVerifier,
-    /// Signed checkpoints not yet matched with their row, by sequence number.
-    pending: std::collections::BTreeMap<i64, AuditCheckpoint>,
+    /// Trusted checkpoints not yet matched with their row, by sequence number.
+    pending: std::collections::BTreeMap<i64, Vec<AuditCheckpoint>>,
     verification: Verification,
 }
 
 impl CheckpointCheck {
-    /// Checks the checkpoints' signatures up front.
-    pub fn new(public_key: &str, checkpoints: &[AuditCheckpoint]) -> Self {
+    /// Checks the trusted checkpoints' signatures up front.
+    pub fn new(trusted: &[String], checkpoints: &[AuditCheckpoint]) -> Self {
         let mut check = CheckpointCheck { chain: ChainVerifier::default(), pending: Default::default(), verification: Verification::default() };
-        let Some(key) = hex::decode(public_key.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).and_then(|b| VerifyingKey::from_bytes(&b).ok()) else {
-            check.verification.broken = Some("the public key is not 64 hex digits of an Ed25519 key".into());
-            return check;
-        };
+        let mut keys = std::collections::HashMap::new();
+        for text in trusted {
+            let text = text.trim().to_ascii_lowercase();
+            let Some(key) = hex::decode(&text).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).and_then(|b| VerifyingKey::from_bytes(&b).ok()) else {
+                check.verification.broken = Some(format!("the public key {text:?} is not 64 hex digits of an Ed25519 key"));
+                return check;
+            };
+            keys.insert(text, key);
+        }
         for checkpoint in checkpoints {
+            let Some(key) = keys.get(&checkpoint.public_key.trim().to_ascii_lowercase()) else {
+                check.verification.ignored += 1;
+                continue;
+            };
             let signature = base64::engine::general_purpose::STANDARD.decode(&checkpoint.signature).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()).map(|b| ed25519_dalek::Signature::from_bytes(&b));
             if signature.is_none_or(|signature| key.verify(message(checkpoint.seq, &checkpoint.hash, &checkpoint.time).as_bytes(), &signature).is_err()) {
                 check.verification.broken = Some(format!("the checkpoint at seq {} ({}) is not signed by this key", checkpoint.seq, checkpoint.time));
                 return check;
             }
-            check.pending.insert(checkpoint.seq, checkpoint.clone());
+            check.pending.entry(checkpoint.seq).or_default().push(checkpoint.clone());
         }
         check
     }
@@ -176,11 +189,11 @@ impl CheckpointCheck {
             return false;
         }
         // Checkpoints below this row's seq never met their row: it was dropped.
-        if let Some((&seq, checkpoint)) = self.pending.range(..row.seq).next() {
-            self.verification.broken = Some(format!("row {seq} is covered by the checkpoint of {} but missing: rows were dropped", checkpoint.time));
+        if let Some((&seq, checkpoints)) = self.pending.range(..row.seq).next() {
+            self.verification.broken = Some(format!("row {seq} is covered by the checkpoint of {} but missing: rows were dropped", checkpoints[0].time));
             return false;
         }
-        if let Some(checkpoint) = self.pending.remove(&row.seq) {
+        for checkpoint in self.pending.remove(&row.seq).unwrap_or_default() {
             if checkpoint.hash != row.hash {
                 self.verification.broken = Some(format!("row {} does not have the hash signed at {}: the chain was rewritten", row.seq, checkpoint.time));
                 return false;
@@ -194,8 +207,8 @@ impl CheckpointCheck {
     pub fn finish(mut self) -> Verification {
         self.verification.checked = self.chain.checked;
         if self.verification.broken.is_none() {
-            if let Some((seq, checkpoint)) = self.pending.iter().next() {
-                self.verification.broken = Some(format!("row {seq} is covered by the checkpoint of {} but missing: the newest rows were dropped", checkpoint.time));
+            if let Some((seq, checkpoints)) = self.pending.iter().next() {
+                self.verification.broken = Some(format!("row {seq} is covered by the checkpoint of {} but missing: the newest rows were dropped", checkpoints[0].time));
             }
         }
         self.verification
@@ -205,7 +218,7 @@ impl CheckpointCheck {
 /// Verifies this server's own log against its own checkpoints, page by page (site admin).
 pub async fn verify_stored(state: &AppState, principal: &domain::auth::Principal) -> Result<Verification, domain::Error> {
     principal.site_admin()?;
-    let mut check = CheckpointCheck::new(&state.audit_signer.public_key(), &checkpoints(state).await?);
+    let mut check = CheckpointCheck::new(&[state.audit_signer.public_key()], &checkpoints(state).await?);
     let mut after = 0;
     'pages: loop {
         let rows = state.hub.audit_page(principal, after, 1000).await?;
@@ -251,7 +264,7 @@ mod tests {
     }
 
     fn check(rows: &[AuditRecord], checkpoints: &[api::admin::AuditCheckpoint], key: &str, broken: Option<&str>, through: Option<i64>) {
-        let got = verify(key, checkpoints, rows);
+        let got = verify(&[key.to_owned()], checkpoints, rows);
         match broken {
             None => assert_eq!(got.broken, None),
             Some(needle) => assert!(got.broken.as_deref().is_some_and(|b| b.contains(needle)), "{got:?} should mention {needle:?}"),
@@ -273,12 +286,17 @@ mod tests {
         check(&rows[..8], &[at_6.clone(), at_10.clone()], &key, Some("newest rows were dropped"), Some(6));
         // The whole chain rewritten consistently: every link holds, the signed hash does not.
         check(&chain(10, "forged"), &[at_6.clone(), at_10.clone()], &key, Some("rewritten"), None);
-        // A checkpoint forged or altered by whoever holds the storage, or checked under another key.
+        // A checkpoint altered by whoever holds the storage: the trusted key did not sign that.
         let mut altered = at_10.clone();
         altered.hash = chain(10, "forged")[9].hash.clone();
         check(&chain(10, "forged"), &[altered], &key, Some("not signed by this key"), None);
-        let other = AuditSigner::from_hex(&"22".repeat(32)).unwrap().public_key();
-        check(&rows, &[at_6], &other, Some("not signed by this key"), None);
+        // One made with another key (say the forger's own) proves nothing and is left aside: the
+        // rewritten chain is still caught by the trusted checkpoint.
+        let forger = AuditSigner::from_hex(&"22".repeat(32)).unwrap();
+        let forged = forger.sign(10, &chain(10, "forged")[9].hash, "t10");
+        check(&chain(10, "forged"), &[forged.clone(), at_6.clone()], &key, Some("rewritten"), None);
+        let got = verify(&[key.clone()], &[forged, at_10.clone()], &rows);
+        assert_eq!((got.broken, got.verified_through, got.ignored), (None, Some(10), 1));
         check(&rows, &[], "not a key", Some("public key"), None);
     }
 }

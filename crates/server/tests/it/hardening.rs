@@ -520,7 +520,7 @@ async fn r11_signed_checkpoints_detect_what_a_database_administrator_does_to_the
     // The same finding from the rows and checkpoints a client fetches, under the key it trusts.
     let entries: Vec<api::admin::AuditEntry> = serde_json::from_slice(&server.get("/api/admin/audit?limit=10000", Some(ADMIN)).await.body).unwrap();
     let checkpoints: Vec<api::admin::AuditCheckpoint> = serde_json::from_slice(&server.get("/api/admin/audit/checkpoints", Some(ADMIN)).await.body).unwrap();
-    let report = server::audit_log::verify_entries(&public_key, &checkpoints, &entries);
+    let report = server::audit_log::verify_entries(&[public_key], &checkpoints, &entries);
     assert!(report.broken.is_some_and(|b| b.contains("dropped")));
 }
 
