@@ -295,7 +295,7 @@ mod tests {
         let forger = AuditSigner::from_hex(&"22".repeat(32)).unwrap();
         let forged = forger.sign(10, &chain(10, "forged")[9].hash, "t10");
         check(&chain(10, "forged"), &[forged.clone(), at_6.clone()], &key, Some("rewritten"), None);
-        let got = verify(&[key.clone()], &[forged, at_10.clone()], &rows);
+        let got = verify(std::slice::from_ref(&key), &[forged, at_10.clone()], &rows);
         assert_eq!((got.broken, got.verified_through, got.ignored), (None, Some(10), 1));
         check(&rows, &[], "not a key", Some("public key"), None);
     }
