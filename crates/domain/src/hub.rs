@@ -358,7 +358,9 @@ impl Hub {
     /// every tenant, and reusing another tenant's private blob would let the caller download it.
     pub async fn may_reuse_blob(&self, principal: &Principal, repo: &Repo, sha256: &Digest) -> Result<bool> {
         let access = self.meta.blob_access(repo.id, sha256.as_str()).await?;
-        Ok(access.granted || access.holders.iter().any(|(namespace, private)| !private || principal.can_see_namespace(namespace)))
+        // A blob GC claimed or deleted is uploaded again, which lifts its tombstone.
+        let entitled = access.granted || access.holders.iter().any(|(namespace, private)| !private || principal.can_see_namespace(namespace));
+        Ok(entitled && !access.tombstoned)
     }
 
     /// Records that a signed upload to a repo delivered a blob's bytes (possession proven), so
@@ -370,13 +372,15 @@ impl Hub {
     }
 
     /// After a blob's bytes were written: if GC is deleting it right now, the bytes may be gone,
-    /// so the writer must retry; if GC deleted it before, the fresh bytes lift the tombstone.
+    /// so the writer must retry; if GC deleted it before (or claimed it and died), the fresh
+    /// bytes lift the tombstone.
     async fn settle_written(&self, sha256: &Digest) -> Result<()> {
-        match self.meta.blob_tombstone(sha256.as_str()).await?.as_deref() {
-            None => Ok(()),
-            Some("deleted") if self.blobs.size_of(sha256).await?.is_some() => self.meta.revive_blob(sha256.as_str()).await,
-            Some(_) => Err(Error::conflict(format!("the object {sha256} is being garbage-collected; upload it again in a moment"))),
+        let Some(tombstone) = self.meta.blob_tombstone(sha256.as_str()).await? else { return Ok(()) };
+        let settled = tombstone.state == "deleted" || tombstone.created_at < stale_claims();
+        if settled && self.blobs.size_of(sha256).await?.is_some() {
+            return self.meta.clear_tombstone(&tombstone).await;
         }
+        Err(Error::conflict(format!("the object {sha256} is being garbage-collected; upload it again in a moment")))
     }
 
     /// Commits to a branch of a writable repo.
@@ -722,11 +726,13 @@ impl Hub {
             // Claim it in the serialized write path: a commit that landed since the listing wins;
             // one that comes later is refused while the tombstone stands, so no commit can ever
             // name a deleted object. Writers of the same bytes meanwhile are told to retry.
-            if !self.meta.condemn_blob(sha256.as_str()).await? {
-                continue;
+            let Some(claim) = self.meta.condemn_blob(sha256.as_str(), &stale_claims()).await? else { continue };
+            if let Err(err) = self.blobs.delete_key(&object.key).await {
+                // The object stays: lift the claim, so commits and uploads of it are not refused.
+                self.meta.clear_tombstone(&claim).await?;
+                return Err(err);
             }
-            self.blobs.delete_key(&object.key).await?;
-            self.meta.blob_deleted(sha256.as_str()).await?;
+            self.meta.blob_deleted(&claim).await?;
             report.blobs_deleted += 1;
             report.bytes_freed += object.size;
         }
@@ -765,6 +771,12 @@ impl Hub {
         principal.site_admin()?;
         self.meta.audit_after(after_seq, limit.clamp(1, 10_000)).await
     }
+}
+
+/// Claims older than this came from a GC that died between claiming and deleting (a live one
+/// deletes within moments); they no longer block anyone.
+fn stale_claims() -> String {
+    format_time(chrono::Utc::now() - chrono::Duration::hours(1))
 }
 
 /// The caller, if it may write `repo`: a private repo it cannot see is `RepoNotFound`, no token

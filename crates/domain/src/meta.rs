@@ -196,18 +196,17 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Every sha256 that some commit still references.
     async fn referenced_blobs(&self) -> Result<HashSet<String>>;
-    /// Whether some commit references this sha256.
-    async fn is_blob_referenced(&self, sha256: &str) -> Result<bool>;
-    /// GC's claim on an unreferenced blob before deleting its object: in one write transaction,
-    /// `false` if some commit references it (or GC already holds it), else a `deleting` tombstone
-    /// is written. While a tombstone exists, commits naming the blob are refused.
-    async fn condemn_blob(&self, sha256: &str) -> Result<bool>;
-    /// GC deleted the object: the tombstone turns `deleted`.
-    async fn blob_deleted(&self, sha256: &str) -> Result<()>;
-    /// The blob's tombstone state (`deleting`, `deleted`), if any.
-    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<String>>;
-    /// Removes a `deleted` tombstone after the blob's bytes were written again.
-    async fn revive_blob(&self, sha256: &str) -> Result<()>;
+    /// GC's claim on an unreferenced blob before deleting its object, in one write transaction:
+    /// `None` if some commit references it or a live claim holds it, else the `deleting`
+    /// tombstone written (over a `deleted` one, or a `deleting` one made before `stale_before` by
+    /// a GC that died). While a tombstone exists, commits naming the blob are refused.
+    async fn condemn_blob(&self, sha256: &str, stale_before: &str) -> Result<Option<Tombstone>>;
+    /// GC deleted the object: the claim's tombstone turns `deleted`.
+    async fn blob_deleted(&self, claim: &Tombstone) -> Result<()>;
+    /// The blob's tombstone, if any.
+    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<Tombstone>>;
+    /// Removes this tombstone if it is still exactly as read (a newer claim is left alone).
+    async fn clear_tombstone(&self, tombstone: &Tombstone) -> Result<()>;
     /// Records that an upload to `repo_id` proved possession of the blob's bytes.
     async fn grant_blob(&self, repo_id: i64, sha256: &str) -> Result<()>;
     /// Who may reuse a stored blob: whether an upload to `repo_id` proved possession, and the
@@ -396,6 +395,14 @@ impl Quota {
     }
 }
 
+/// GC's mark on a blob: `deleting` while it deletes the object, `deleted` after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub sha256: String,
+    pub state: String,
+    pub created_at: String,
+}
+
 /// Who may reuse a stored blob (content-addressed storage is shared by every tenant, so knowing
 /// a digest must never be enough to use it).
 #[derive(Clone, Debug, Default)]
@@ -404,6 +411,8 @@ pub struct BlobAccess {
     pub granted: bool,
     /// `(namespace, private)` of each repo whose commits hold the blob.
     pub holders: Vec<(String, bool)>,
+    /// GC claimed or deleted it: its bytes must be uploaded again.
+    pub tombstoned: bool,
 }
 
 /// How a usage report groups requests.

@@ -167,7 +167,9 @@ fn run_loop(mut runner: Box<dyn EmbedRunner>, config: EmbedConfig, inbox: std::s
                 Err(err) => {
                     // One request's input must not fail the requests batched with it: embed
                     // each job's part of the batch on its own, and fail only those that fail.
+                    // Members are in length order, so one job's inputs need not be adjacent.
                     let mut owners: Vec<usize> = members.iter().map(|&(j, _)| j).collect();
+                    owners.sort_unstable();
                     owners.dedup();
                     if owners.len() == 1 {
                         failed[owners[0]] = Some(err);

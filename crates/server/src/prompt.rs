@@ -53,9 +53,10 @@ pub(crate) async fn chat(engine: &Engine, template: &ChatTemplate, messages: Vec
     let clock = wall_clock();
     off_async(move || {
         let specials = engine.special_texts();
-        let mut messages = Value::Array(messages);
+        let (mut messages, mut tools) = (Value::Array(messages), tools);
         let marks = Marks::random();
-        let marked = marks.wrap_special_text(&mut messages, &specials);
+        // Tool definitions come from the caller too (names, descriptions, schemas).
+        let marked = marks.wrap_special_text(&mut messages, &specials) | tools.as_mut().is_some_and(|tools| marks.wrap_special_text(tools, &specials));
         let text = vet::template::render_chat_with_tools(&template.source, &messages, tools.as_ref(), true, &template.bos, &template.eos, &clock).map_err(PromptError::Template)?;
         if !marked {
             return tokenize_within_context(&engine, &text);

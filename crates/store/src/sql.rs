@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use domain::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{apply_operations, Account, AccountKind, BlobAccess, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, NewToken, Quota, QuotaSubject, TokenInfo, TokenLookup, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{
+    apply_operations, Account, AccountKind, BlobAccess, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, NewToken, Quota, QuotaSubject, TokenInfo, TokenLookup, Tombstone, UsageGroup, UsageQuery, UsageRecord, UsageRow,
+};
 use domain::repo::{commit_id, Commit, FileEntry, GitRef, RefKind, Repo, DEFAULT_BRANCH};
 use domain::vetting::{scan_hint, Finding, Level, Override, Policy, ScanJob, ScanResult};
 use domain::{now_rfc3339, Error, Result};
@@ -604,34 +606,39 @@ impl MetaStore for SqlMetaStore {
         rows.iter().map(|row| row.try_get::<String, _>("sha256").map_err(db_err)).collect()
     }
 
-    async fn condemn_blob(&self, sha256: &str) -> Result<bool> {
+    async fn condemn_blob(&self, sha256: &str, stale_before: &str) -> Result<Option<Tombstone>> {
         let mut tx = self.begin_write().await?;
         let referenced = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some();
         if referenced {
-            return Ok(false);
+            return Ok(None);
         }
-        let inserted = sqlx::query("INSERT INTO gc_tombstones (sha256, state, created_at) VALUES ($1, 'deleting', $2) ON CONFLICT (sha256) DO UPDATE SET state = 'deleting', created_at = excluded.created_at WHERE gc_tombstones.state = 'deleted'")
-            .bind(sha256)
-            .bind(now_rfc3339())
-            .execute(&mut *tx.tx)
-            .await
-            .map_err(db_err)?;
+        let claim = Tombstone { sha256: sha256.to_owned(), state: "deleting".into(), created_at: now_rfc3339() };
+        let written = sqlx::query(
+            "INSERT INTO gc_tombstones (sha256, state, created_at) VALUES ($1, 'deleting', $2) \
+             ON CONFLICT (sha256) DO UPDATE SET state = 'deleting', created_at = excluded.created_at WHERE gc_tombstones.state = 'deleted' OR gc_tombstones.created_at < $3",
+        )
+        .bind(sha256)
+        .bind(&claim.created_at)
+        .bind(stale_before)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await?;
-        Ok(inserted.rows_affected() == 1)
+        Ok((written.rows_affected() == 1).then_some(claim))
     }
 
-    async fn blob_deleted(&self, sha256: &str) -> Result<()> {
-        sqlx::query("UPDATE gc_tombstones SET state = 'deleted' WHERE sha256 = $1").bind(sha256).execute(&self.pool).await.map_err(db_err)?;
+    async fn blob_deleted(&self, claim: &Tombstone) -> Result<()> {
+        sqlx::query("UPDATE gc_tombstones SET state = 'deleted' WHERE sha256 = $1 AND state = $2 AND created_at = $3").bind(&claim.sha256).bind(&claim.state).bind(&claim.created_at).execute(&self.pool).await.map_err(db_err)?;
         Ok(())
     }
 
-    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM gc_tombstones WHERE sha256 = $1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|row| row.try_get("state").map_err(db_err)).transpose()
+    async fn blob_tombstone(&self, sha256: &str) -> Result<Option<Tombstone>> {
+        let row = sqlx::query("SELECT state, created_at FROM gc_tombstones WHERE sha256 = $1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| Ok(Tombstone { sha256: sha256.to_owned(), state: row.try_get("state").map_err(db_err)?, created_at: row.try_get("created_at").map_err(db_err)? })).transpose()
     }
 
-    async fn revive_blob(&self, sha256: &str) -> Result<()> {
-        sqlx::query("DELETE FROM gc_tombstones WHERE sha256 = $1 AND state = 'deleted'").bind(sha256).execute(&self.pool).await.map_err(db_err)?;
+    async fn clear_tombstone(&self, tombstone: &Tombstone) -> Result<()> {
+        sqlx::query("DELETE FROM gc_tombstones WHERE sha256 = $1 AND state = $2 AND created_at = $3").bind(&tombstone.sha256).bind(&tombstone.state).bind(&tombstone.created_at).execute(&self.pool).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -646,12 +653,8 @@ impl MetaStore for SqlMetaStore {
         let granted = sqlx::query("SELECT 1 AS one FROM blob_grants WHERE repo_id = $1 AND sha256 = $2").bind(repo_id).bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?.is_some();
         let rows = sqlx::query("SELECT DISTINCT r.namespace, r.private FROM commit_files f JOIN commits c ON c.id = f.commit_id JOIN repos r ON r.id = c.repo_id WHERE f.sha256 = $1").bind(sha256).fetch_all(&self.pool).await.map_err(db_err)?;
         let holders = rows.iter().map(|row| Ok((row.try_get::<String, _>("namespace").map_err(db_err)?, row.try_get::<i64, _>("private").map_err(db_err)? != 0))).collect::<Result<_>>()?;
-        Ok(BlobAccess { granted, holders })
-    }
-
-    async fn is_blob_referenced(&self, sha256: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?;
-        Ok(row.is_some())
+        let tombstoned = sqlx::query("SELECT 1 AS one FROM gc_tombstones WHERE sha256 = $1").bind(sha256).fetch_optional(&self.pool).await.map_err(db_err)?.is_some();
+        Ok(BlobAccess { granted, holders, tombstoned })
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<()> {

@@ -552,10 +552,7 @@ fn may_manage_residency(principal: &Principal, deployment: &domain::meta::Deploy
 
 /// An ordinary caller's `keep_alive` within the deployment's limit: at most `keep_alive_max`
 /// from now (`-1` included); unloading is refused, since the model serves others too.
-fn cap_keep_alive(principal: &Principal, deployment: &domain::meta::Deployment, keep: Option<KeepAlive>) -> Result<Option<KeepAlive>, OllamaError> {
-    if may_manage_residency(principal, deployment) {
-        return Ok(keep);
-    }
+fn cap_keep_alive(deployment: &domain::meta::Deployment, keep: Option<KeepAlive>) -> Result<Option<KeepAlive>, OllamaError> {
     let limit = std::time::SystemTime::now() + Duration::from_secs(deployment.settings.keep_alive_max_secs);
     Ok(match keep {
         None => None,
@@ -571,7 +568,7 @@ fn cap_keep_alive(principal: &Principal, deployment: &domain::meta::Deployment, 
 /// (it only came to do that).
 fn apply_keep_alive(state: &AppState, principal: &Principal, deployment: &domain::meta::Deployment, keep: Option<KeepAlive>, empty: bool) -> Result<bool, OllamaError> {
     let privileged = may_manage_residency(principal, deployment);
-    let keep = cap_keep_alive(principal, deployment, keep)?;
+    let keep = if privileged { keep } else { cap_keep_alive(deployment, keep)? };
     let name = deployment.name.as_str();
     Ok(match keep {
         None => false,

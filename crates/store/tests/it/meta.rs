@@ -116,20 +116,28 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     meta.grant_blob(repo.id, &"9".repeat(64)).await.unwrap();
     assert!(meta.blob_access(repo.id, &"9".repeat(64)).await.unwrap().granted);
     assert!(!meta.blob_access(repo.id + 1, &"9".repeat(64)).await.unwrap().granted);
-    // GC tombstones: a referenced blob is never condemned; a condemned one cannot be committed
-    // until its bytes are written again after the deletion.
-    assert!(!meta.condemn_blob(gitattributes.as_str()).await.unwrap());
+    // GC tombstones: a referenced blob is never claimed; a claimed one cannot be committed, a
+    // live claim is not taken twice, a stale one (its GC died) is taken over.
+    let long_ago = "2000-01-01T00:00:00.000Z";
+    assert!(meta.condemn_blob(gitattributes.as_str(), long_ago).await.unwrap().is_none());
     let loose = "7".repeat(64);
-    assert!(meta.condemn_blob(&loose).await.unwrap());
-    assert!(!meta.condemn_blob(&loose).await.unwrap(), "GC already holds it");
-    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().as_deref(), Some("deleting"));
-    meta.revive_blob(&loose).await.unwrap();
-    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().as_deref(), Some("deleting"), "not while GC deletes");
+    let claim = meta.condemn_blob(&loose, long_ago).await.unwrap().unwrap();
+    assert!(meta.condemn_blob(&loose, long_ago).await.unwrap().is_none(), "GC already holds it");
+    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().as_ref(), Some(&claim));
+    assert!(meta.blob_access(repo.id, &loose).await.unwrap().tombstoned);
     let head = meta.resolve(repo.id, "main").await.unwrap();
     let refused = meta.commit(new_commit(repo.id, vec![add("loose.bin", '7')], head), event("repo.commit")).await;
     assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
-    meta.blob_deleted(&loose).await.unwrap();
-    meta.revive_blob(&loose).await.unwrap();
+    let taken_over = meta.condemn_blob(&loose, "9999-01-01T00:00:00.000Z").await.unwrap().unwrap();
+    // The first claim's GC finishing late changes nothing; the new claim's deletion counts.
+    meta.blob_deleted(&claim).await.unwrap();
+    assert_eq!(meta.blob_tombstone(&loose).await.unwrap().unwrap().state, "deleting");
+    meta.blob_deleted(&taken_over).await.unwrap();
+    let deleted = meta.blob_tombstone(&loose).await.unwrap().unwrap();
+    assert_eq!(deleted.state, "deleted");
+    meta.clear_tombstone(&claim).await.unwrap();
+    assert!(meta.blob_tombstone(&loose).await.unwrap().is_some(), "only the tombstone as read is cleared");
+    meta.clear_tombstone(&deleted).await.unwrap();
     assert_eq!(meta.blob_tombstone(&loose).await.unwrap(), None);
     assert_eq!(initial.as_str().len(), 40);
     assert_eq!(meta.list_files(&initial).await.unwrap().len(), 1);
@@ -162,7 +170,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert!(matches!(meta.delete_ref(repo.id, RefKind::Tag, "v1", event("x")).await, Err(Error::RevisionNotFound(_))));
 
     // Blob references follow commits; deleting a repo drops them.
-    assert!(meta.is_blob_referenced(&"c".repeat(64)).await.unwrap());
+    assert!(!meta.blob_access(repo.id, &"c".repeat(64)).await.unwrap().holders.is_empty());
     meta.set_private(repo.id, false, event("repo.visibility")).await.unwrap();
     assert!(!meta.get_repo(RepoKind::Model, &repo_name).await.unwrap().unwrap().private);
     let moved = RepoName::parse("alice/bert2").unwrap();
@@ -170,7 +178,7 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert!(meta.get_repo(RepoKind::Model, &repo_name).await.unwrap().is_none());
     meta.delete_repo(repo.id, event("repo.delete")).await.unwrap();
     assert!(meta.get_repo(RepoKind::Model, &moved).await.unwrap().is_none());
-    assert!(!meta.is_blob_referenced(&"c".repeat(64)).await.unwrap());
+    assert!(meta.blob_access(repo.id, &"c".repeat(64)).await.unwrap().holders.is_empty());
 
     // Concurrent commits to one branch all land, in a single line of history.
     let busy = meta.create_repo(RepoKind::Model, &RepoName::parse("bob/busy").unwrap(), false, vec![], "bob", event("repo.create")).await.unwrap();

@@ -118,15 +118,17 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
             None => Ok(tokens.to_vec()),
         }
     };
+    let too_many = || OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt"));
     let prompts: Vec<Vec<Token>> = match &request.prompt {
         wire::Prompt::Text(text) => crate::prompt::texts(engine, vec![text.clone()]).await.map_err(prompt_error)?,
-        wire::Prompt::Texts(texts) if texts.len() <= 64 => crate::prompt::texts(engine, texts.clone()).await.map_err(prompt_error)?,
-        wire::Prompt::Texts(_) => Vec::new(), // refused below without tokenizing
+        // Counted before any tokenizing work is spent on them.
+        wire::Prompt::Texts(texts) if texts.len() > 64 => return Err(too_many()),
+        wire::Prompt::Texts(texts) => crate::prompt::texts(engine, texts.clone()).await.map_err(prompt_error)?,
         wire::Prompt::Tokens(tokens) => vec![check_tokens(tokens)?],
         wire::Prompt::TokenLists(lists) => lists.iter().map(|l| check_tokens(l)).collect::<Result<_, _>>()?,
     };
-    if prompts.is_empty() || prompts.len() * options.n > 64 || matches!(&request.prompt, wire::Prompt::Texts(texts) if texts.len() > 64) {
-        return Err(OpenAiError::invalid("prompt must hold 1 to 64 prompts (times n)", Some("prompt")));
+    if prompts.is_empty() || prompts.len() * options.n > 64 {
+        return Err(too_many());
     }
     let admission = crate::quotas::admit(&state, &principal, prompts.iter().map(Vec::len).sum::<usize>() * options.n).await?;
     let limits = crate::quotas::headers(&admission.limits, None);
@@ -161,17 +163,18 @@ pub(crate) async fn create_embedding(State(state): State<AppState>, headers: Hea
     if request.dimensions.is_some_and(|d| d as usize != engine.dims()) {
         return Err(OpenAiError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
     }
-    let texts = match &request.input {
-        wire::Prompt::Text(text) => vec![text.clone()],
-        wire::Prompt::Texts(texts) if texts.len() <= MAX_EMBEDDING_INPUTS => texts.clone(),
-        wire::Prompt::Texts(_) => return Err(OpenAiError::invalid(format!("input must hold 1 to {MAX_EMBEDDING_INPUTS} items"), Some("input"))),
-        wire::Prompt::Tokens(_) | wire::Prompt::TokenLists(_) => Vec::new(),
+    // Texts are counted and checked before any tokenizing work is spent on them; empty text is
+    // refused, as OpenAI does.
+    let texts = |texts: &[String]| {
+        if texts.iter().any(String::is_empty) {
+            return Err(OpenAiError::invalid("input must not contain empty strings", Some("input")));
+        }
+        Ok(texts.to_vec())
     };
-    if texts.iter().any(String::is_empty) {
-        return Err(OpenAiError::invalid("input must not contain empty strings", Some("input")));
-    }
     let inputs: Vec<Vec<Token>> = match &request.input {
-        wire::Prompt::Text(_) | wire::Prompt::Texts(_) => crate::prompt::embedding_inputs(engine, texts).await,
+        wire::Prompt::Text(text) => crate::prompt::embedding_inputs(engine, texts(std::slice::from_ref(text))?).await,
+        wire::Prompt::Texts(list) if list.len() > MAX_EMBEDDING_INPUTS => return Err(OpenAiError::invalid(format!("input must hold 1 to {MAX_EMBEDDING_INPUTS} items"), Some("input"))),
+        wire::Prompt::Texts(list) => crate::prompt::embedding_inputs(engine, texts(list)?).await,
         wire::Prompt::Tokens(tokens) => vec![tokens.clone()],
         wire::Prompt::TokenLists(lists) => lists.clone(),
     };
