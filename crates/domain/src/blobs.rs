@@ -231,10 +231,12 @@ impl BlobStore {
         Ok(())
     }
 
-    /// The named records under `prefix`, with their contents, in key order.
-    pub async fn records(&self, prefix: &str) -> Result<Vec<(String, Bytes)>> {
+    /// The last `newest` named records under `prefix` in key order, with their contents (one
+    /// listing, then one read per record returned).
+    pub async fn records(&self, prefix: &str, newest: usize) -> Result<Vec<(String, Bytes)>> {
         let mut listed = self.list_prefix(prefix).await?;
         listed.sort_by(|a, b| a.key.cmp(&b.key));
+        listed.drain(..listed.len().saturating_sub(newest));
         let mut out = Vec::with_capacity(listed.len());
         for object in listed {
             let bytes = self.store.get(&Path::from(object.key.as_str())).await.map_err(Error::internal)?.bytes().await.map_err(Error::internal)?;

@@ -115,9 +115,9 @@ impl Hub {
         self.blobs.put_record(key, bytes).await
     }
 
-    /// The named records under a prefix, in key order.
-    pub async fn records(&self, prefix: &str) -> Result<Vec<(String, Bytes)>> {
-        self.blobs.records(prefix).await
+    /// The last `newest` named records under a prefix, in key order.
+    pub async fn records(&self, prefix: &str, newest: usize) -> Result<Vec<(String, Bytes)>> {
+        self.blobs.records(prefix, newest).await
     }
 
     /// Makes sure the site administrator holds the bootstrap token (see `MetaStore`).

@@ -295,16 +295,27 @@ mod tests {
         assert!(engine.embed(vec![vec![1]]).await.is_ok());
     }
 
-    #[tokio::test]
-    async fn r11_a_request_that_fails_the_backend_fails_alone() {
-        let (engine, _) = engine(64);
-        // Queued together, so the runner batches them; the one holding the failing input fails alone.
-        let good = engine.embed(vec![vec![5, 6], vec![7]]);
-        let bad = engine.embed(vec![vec![0], vec![8]]);
-        let other = engine.embed(vec![vec![9]]);
-        let (good, bad, other) = tokio::join!(good, bad, other);
+    #[test]
+    fn r11_a_request_that_fails_the_backend_fails_alone() {
+        // Three jobs queued before the runner looks, so they share one batch (driven here
+        // directly, without a thread); the one holding the failing input fails alone.
+        let mock = MockEmbedder { dims: 8, max_tokens: 64, calls: Default::default() };
+        let calls = mock.calls.clone();
+        let (jobs, inbox) = std::sync::mpsc::sync_channel(8);
+        let mut answers = Vec::new();
+        for inputs in [vec![vec![5, 6], vec![7]], vec![vec![0], vec![8]], vec![vec![9]]] {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            jobs.send(Job { inputs, reply }).unwrap();
+            answers.push(answer);
+        }
+        drop(jobs);
+        run_loop(Box::new(mock), EmbedConfig { max_batch_tokens: 32, max_queue: 8 }, inbox);
+        let mut results = answers.into_iter().map(|mut answer| answer.try_recv().unwrap());
+        let (good, bad, other) = (results.next().unwrap(), results.next().unwrap(), results.next().unwrap());
         assert_eq!(good.unwrap().len(), 2);
-        assert!(matches!(bad, Err(InferError::Unavailable(_))));
+        assert!(bad.unwrap_err().contains("asked to fail"));
         assert_eq!(other.unwrap().len(), 1);
+        // One shared batch of all five inputs, then each job on its own, each once.
+        assert_eq!(*calls.lock().unwrap(), vec![5, 2, 2, 1]);
     }
 }

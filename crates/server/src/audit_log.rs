@@ -17,6 +17,9 @@ use crate::AppState;
 
 /// Where checkpoints live in the blob store.
 const PREFIX: &str = "audit/checkpoints";
+/// Checkpoints read for a verification: the newest one alone covers every row up to it (each
+/// row's hash covers all before it), a few more survive the newest ones being deleted.
+const CHECKPOINTS_READ: usize = 16;
 
 /// The key that signs checkpoints.
 pub struct AuditSigner {
@@ -77,10 +80,10 @@ pub async fn checkpoint(state: &AppState) -> Result<Option<AuditCheckpoint>, dom
     Ok(Some(signed))
 }
 
-/// Every stored checkpoint, oldest first; unreadable ones are reported as errors by `verify`
-/// only if they parse, so a junk object cannot hide the others.
+/// The newest stored checkpoints, oldest first (keys sort by sequence number); an unreadable
+/// object is skipped with a warning, so junk cannot hide the others.
 pub async fn checkpoints(state: &AppState) -> Result<Vec<AuditCheckpoint>, domain::Error> {
-    let records = state.hub.records(PREFIX).await?;
+    let records = state.hub.records(PREFIX, CHECKPOINTS_READ).await?;
     Ok(records.iter().filter_map(|(key, bytes)| serde_json::from_slice(bytes).map_err(|err| tracing::warn!(key, "skipped an unreadable audit checkpoint: {err}")).ok()).collect())
 }
 

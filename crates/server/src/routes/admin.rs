@@ -88,7 +88,7 @@ pub(crate) async fn create_audit_checkpoint(State(state): State<AppState>, Auth(
     Ok(Json(crate::audit_log::checkpoint(&state).await?))
 }
 
-/// `GET /api/admin/audit/checkpoints`: every signed checkpoint, oldest first (site admin).
+/// `GET /api/admin/audit/checkpoints`: the newest signed checkpoints, oldest first (site admin).
 #[utoipa::path(get, path = "/api/admin/audit/checkpoints", tag = "audit", responses((status = 200, body = Vec<api::admin::AuditCheckpoint>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_audit_checkpoints(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::AuditCheckpoint>>> {
     principal.site_admin()?;
