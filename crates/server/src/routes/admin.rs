@@ -222,7 +222,11 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
         threads: body.threads,
         price_prompt_micros: price_micros(body.price_prompt, "price_prompt")?,
         price_completion_micros: price_micros(body.price_completion, "price_completion")?,
-        keep_alive_max_secs: body.keep_alive_max.unwrap_or(domain::meta::DEFAULT_KEEP_ALIVE_MAX_SECS),
+        keep_alive_max_secs: match body.keep_alive_max {
+            None => domain::meta::DEFAULT_KEEP_ALIVE_MAX_SECS,
+            Some(secs) if secs <= 366 * 86_400 => secs,
+            Some(_) => return Err(ApiError::invalid("keep_alive_max must be 0 to 31622400 seconds (a year); pin longer with an admin token")),
+        },
     };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;

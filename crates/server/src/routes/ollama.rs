@@ -553,7 +553,9 @@ fn may_manage_residency(principal: &Principal, deployment: &domain::meta::Deploy
 /// An ordinary caller's `keep_alive` within the deployment's limit: at most `keep_alive_max`
 /// from now (`-1` included); unloading is refused, since the model serves others too.
 fn cap_keep_alive(deployment: &domain::meta::Deployment, keep: Option<KeepAlive>) -> Result<Option<KeepAlive>, OllamaError> {
-    let limit = std::time::SystemTime::now() + Duration::from_secs(deployment.settings.keep_alive_max_secs);
+    // Bounded on deploy; a stored value past the clock's range means "no limit beyond now".
+    let now = std::time::SystemTime::now();
+    let limit = now.checked_add(Duration::from_secs(deployment.settings.keep_alive_max_secs)).unwrap_or(now);
     Ok(match keep {
         None => None,
         Some(KeepAlive::Unload) => return Err(OllamaError::forbidden("keep_alive 0 (unloading a model others use) needs an admin token")),

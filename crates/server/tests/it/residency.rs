@@ -149,6 +149,8 @@ async fn r11_ordinary_callers_keep_alive_is_capped_and_cannot_unload() {
     ask(&server, &bob, "a", serde_json::json!({ "keep_alive": "1m" })).await;
     assert!(expires(&server, bob.clone()).await[0].1.starts_with("9999"));
     // A deployment may allow longer.
+    let huge = server.json("POST", "/api/admin/deployments", Some(ADMIN), serde_json::json!({ "name": "d", "repo": "ann/tiny", "context": 10, "keep_alive_max": u64::MAX })).await;
+    assert_eq!(huge.status, StatusCode::BAD_REQUEST, "{:?}", huge.json());
     let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), serde_json::json!({ "name": "d", "repo": "ann/tiny", "context": 10, "keep_alive_max": 7200 })).await;
     assert_eq!(reply.json()["keep_alive_max"], 7200);
     ask(&server, &bob, "d", serde_json::json!({ "keep_alive": "1h" })).await;
