@@ -15,15 +15,24 @@ MANTLE__AUTH__AUDIT_CHECKPOINT_INTERVAL=0 "$BIN" serve --data "$DIR/data" --addr
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
+# Plain Python for the few setup calls (no curl needed on a fresh machine).
+post() {
+  python3 - "http://127.0.0.1:$PORT$1" "$TOKEN" "$2" <<'PY'
+import sys, urllib.request
+url, token, body = sys.argv[1], sys.argv[2], sys.argv[3]
+request = urllib.request.Request(url, data=body.encode() if body else None, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+urllib.request.urlopen(request, timeout=5).read()
+PY
+}
 for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$PORT/openapi.json" >/dev/null 2>&1 && break
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/openapi.json', timeout=1)" 2>/dev/null && break
   sleep 0.1
 done
 # A user, an org and a repo, so generated requests meet real rows as well as missing ones.
+post /api/admin/users '{"name":"fuzzer"}'
+post /api/admin/orgs '{"name":"acme"}'
+post /api/repos/create '{"name":"m","organization":"acme"}'
 H="Authorization: Bearer $TOKEN"
-curl -fsS -H "$H" -H 'content-type: application/json' -d '{"name":"fuzzer"}' "http://127.0.0.1:$PORT/api/admin/users" >/dev/null
-curl -fsS -H "$H" -H 'content-type: application/json' -d '{"name":"acme"}' "http://127.0.0.1:$PORT/api/admin/orgs" >/dev/null
-curl -fsS -H "$H" -H 'content-type: application/json' -d '{"name":"m","organization":"acme"}' "http://127.0.0.1:$PORT/api/repos/create" >/dev/null
 
 fuzz() {
   "$ST" run "http://127.0.0.1:$PORT/openapi.json" \
