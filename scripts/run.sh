@@ -38,7 +38,9 @@ if ! "$BIN" deployments | grep -q '^smollm2 '; then
   "$BIN" push "$SRC" admin/smollm2 -m "SmolLM2-135M-Instruct Q4_1"
   rm -rf "$SRC"
   # Waits for the vetting scans, then pins the deployment to the commit it checked.
-  "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8
+  # SmolLM2's model card recommends temperature 0.2 and top_p 0.9 (its generation_config.json
+  # sets no sampling): requests that set none get these, not the API's 1.0/1.0.
+  "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8 --temperature 0.2 --top-p 0.9 --max-tokens 512
 fi
 if ! "$BIN" deployments | grep -q '^minilm '; then
   SRC=$(mktemp -d)

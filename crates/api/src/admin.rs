@@ -159,6 +159,29 @@ pub struct CreateDeployment {
     /// (default 300); pinning longer and unloading need an admin token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive_max: Option<u64>,
+    /// Sampling used when a request leaves a parameter out; what is not given here comes from
+    /// the revision's `generation_config.json`, then the model file, then the API's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingDefaults>,
+}
+
+/// A deployment's default sampling parameters (each optional).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// The most tokens an answer may have when a request names no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
 }
 
 fn default_revision() -> String {
@@ -200,6 +223,9 @@ pub struct Deployment {
     /// Seconds an ordinary caller's `keep_alive` may keep the model resident.
     #[serde(default)]
     pub keep_alive_max: u64,
+    /// Default sampling parameters stored with the deployment.
+    #[serde(default)]
+    pub sampling: SamplingDefaults,
 }
 
 /// `GET /api/usage`: requests, tokens and cost, grouped.

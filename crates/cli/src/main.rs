@@ -123,6 +123,25 @@ enum Command {
         /// The longest an ordinary caller's Ollama `keep_alive` keeps the model resident, in seconds (default 300).
         #[arg(long)]
         keep_alive_max: Option<u64>,
+        /// Default sampling temperature for requests that set none (default: the revision's
+        /// generation_config.json, then the model file's recommendation, then the API's 1.0).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Default nucleus sampling mass.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Default top-k (0: off).
+        #[arg(long)]
+        top_k: Option<u32>,
+        /// Default min-p.
+        #[arg(long)]
+        min_p: Option<f32>,
+        /// Default repetition penalty (1: off).
+        #[arg(long)]
+        repetition_penalty: Option<f32>,
+        /// Default answer length limit, in tokens, for requests that set none.
+        #[arg(long)]
+        max_tokens: Option<u32>,
         /// Seconds to wait for pending scans before giving up.
         #[arg(long, default_value_t = 60)]
         wait: u64,
@@ -432,9 +451,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Deploy { name, repo, kind, file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max, wait } => {
+        Command::Deploy { name, repo, kind, file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, wait } => {
+            let sampling = api::admin::SamplingDefaults { temperature, top_p, top_k, min_p, repetition_penalty, max_tokens };
+            let sampling = (sampling != api::admin::SamplingDefaults::default()).then_some(sampling);
             let (repo, revision) = repo.split_once('@').map(|(r, v)| (r.to_owned(), v.to_owned())).unwrap_or((repo.clone(), "main".to_owned()));
-            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max };
+            let body = api::admin::CreateDeployment { name, repo, revision, kind: Some(kind), file, context, max_batch, threads, price_prompt, price_completion, keep_alive_max, sampling };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
             let created: api::admin::Deployment = loop {
                 match client()?.post_json("/api/admin/deployments", &body).await {
@@ -496,7 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;
             for d in deployments {
                 let resident = if d.resident { "resident" } else { "not loaded" };
-                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
+                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}{}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads, sampling_text(&d.sampling));
             }
         }
         Command::Undeploy { name } => {
@@ -614,4 +635,21 @@ enum QuotaCommand {
 fn print_quota(quota: &api::admin::Quota) {
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
     println!("{} {:<20} rpm={} tpm={} monthly_tokens={}", quota.scope, quota.subject, show(quota.limits.requests_per_minute), show(quota.limits.tokens_per_minute), show(quota.limits.tokens_per_month));
+}
+
+/// A deployment's default sampling as `mantle deployments` shows it: ` temperature=0.2 top_p=0.9`.
+fn sampling_text(s: &api::admin::SamplingDefaults) -> String {
+    let mut out = String::new();
+    let floats = [("temperature", s.temperature), ("top_p", s.top_p), ("min_p", s.min_p), ("repetition_penalty", s.repetition_penalty)];
+    for (name, value) in floats {
+        if let Some(value) = value {
+            out.push_str(&format!(" {name}={value}"));
+        }
+    }
+    for (name, value) in [("top_k", s.top_k), ("max_tokens", s.max_tokens)] {
+        if let Some(value) = value {
+            out.push_str(&format!(" {name}={value}"));
+        }
+    }
+    out
 }

@@ -549,13 +549,14 @@ impl Hub {
     /// commit; only a revision whose verdict passes its org's policy deploys, else 403 with the
     /// verdict's reasons. Without `file`, the first `.gguf`, else `model.safetensors`, is chosen.
     pub async fn deploy(&self, principal: &Principal, request: DeployRequest) -> Result<Deployment> {
-        let DeployRequest { name, kind, repo: repo_name, revision, file, settings } = request;
+        let DeployRequest { name, kind, repo: repo_name, revision, file, mut settings } = request;
         let (name, repo_name, revision, file) = (name.as_str(), &repo_name, revision.as_str(), file.as_deref());
         let admin = principal.site_admin()?;
         AccountName::parse(name).map_err(|_| Error::invalid(format!("invalid deployment name {name:?}: letters, digits, '-', '_' and '.'")))?;
         if settings.context == 0 || settings.context > 1 << 20 || settings.max_batch == 0 || settings.max_batch > 1024 || settings.threads == 0 || settings.threads > 256 {
             return Err(Error::invalid("context must be 1..=1048576, max_batch 1..=1024 and threads 1..=256"));
         }
+        settings.sampling.check()?;
         let repo = self.visible_repo(principal, kind, repo_name).await?;
         let commit = self.resolve(&repo, revision).await?;
         let (_, verdict) = self.vetting(&repo, commit.as_str()).await?;
@@ -571,6 +572,10 @@ impl Hub {
                 .or_else(|| files.iter().find(|f| f.path.as_str() == "model.safetensors"))
                 .ok_or_else(|| Error::invalid("the revision has no .gguf or model.safetensors file; name one with --file"))?,
         };
+        // The revision's recommended sampling fills what the deployer left out (as vLLM reads it).
+        if let Some(Ok(config)) = self.small_text(&files, "generation_config.json").await?.map(|text| serde_json::from_str::<serde_json::Value>(&text)) {
+            settings.sampling = settings.sampling.or(&crate::meta::SamplingDefaults::from_generation_config(&config));
+        }
         let deployment = Deployment {
             name: name.to_owned(),
             kind,
@@ -582,7 +587,7 @@ impl Hub {
             created_by: admin.name.clone(),
             created_at: format_time(chrono::Utc::now()),
         };
-        let details = json!({ "repo": repo_name.to_string(), "commit": commit.as_str(), "file": chosen.path.as_str(), "sha256": chosen.sha256.as_str(), "context": settings.context, "max_batch": settings.max_batch, "threads": settings.threads, "verdict": verdict.level.map(|l| l.as_str()) });
+        let details = json!({ "repo": repo_name.to_string(), "commit": commit.as_str(), "file": chosen.path.as_str(), "sha256": chosen.sha256.as_str(), "context": settings.context, "max_batch": settings.max_batch, "threads": settings.threads, "sampling": settings.sampling.to_json(), "verdict": verdict.level.map(|l| l.as_str()) });
         let event = AuditEvent::new(&admin.name, "deployment.create", format!("deployment:{name}"), details);
         self.meta.create_deployment(&deployment, event).await?;
         Ok(deployment)

@@ -276,7 +276,7 @@ pub trait MetaStore: Send + Sync + 'static {
 }
 
 /// A name bound to one file of one pinned revision, with engine settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Deployment {
     pub name: String,
     pub kind: RepoKind,
@@ -290,7 +290,7 @@ pub struct Deployment {
 }
 
 /// Engine settings of a deployment, and its prices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EngineSettings {
     pub context: u32,
     pub max_batch: u32,
@@ -302,6 +302,115 @@ pub struct EngineSettings {
     /// The longest an ordinary caller may keep the model resident through Ollama's
     /// `keep_alive`, in seconds; longer (or for good), and unloading, need an admin token.
     pub keep_alive_max_secs: u64,
+    /// Sampling used when a request leaves a parameter out.
+    pub sampling: SamplingDefaults,
+}
+
+/// A deployment's default sampling parameters: set at deploy time, else read from the revision's
+/// `generation_config.json` (as vLLM does); a field left `None` falls back to the model file's
+/// own recommendation (GGUF `general.sampling.*`) and then to the API's default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// 0: off.
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// The most tokens an answer may have when the request names no limit.
+    pub max_tokens: Option<u32>,
+}
+
+impl SamplingDefaults {
+    /// Checks every value's range; the error names the field.
+    pub fn check(&self) -> crate::Result<()> {
+        let bad = |name: &str, range: &str| Err(crate::Error::invalid(format!("sampling default {name} must be {range}")));
+        let within = |v: Option<f32>, low: f32, high: f32| v.is_some_and(|v| !(v.is_finite() && (low..=high).contains(&v)));
+        if within(self.temperature, 0.0, 2.0) {
+            return bad("temperature", "between 0 and 2");
+        }
+        if within(self.top_p, 0.0, 1.0) || self.top_p == Some(0.0) {
+            return bad("top_p", "above 0 and at most 1");
+        }
+        if within(self.min_p, 0.0, 1.0) {
+            return bad("min_p", "between 0 and 1");
+        }
+        if within(self.repetition_penalty, 0.0, 10.0) || self.repetition_penalty == Some(0.0) {
+            return bad("repetition_penalty", "above 0 and at most 10");
+        }
+        if self.top_k.is_some_and(|k| k > 1_000_000) {
+            return bad("top_k", "0 (off) to 1000000");
+        }
+        if self.max_tokens == Some(0) {
+            return bad("max_tokens", "at least 1");
+        }
+        Ok(())
+    }
+
+    /// These defaults, with `other`'s filling the fields these leave out.
+    pub fn or(&self, other: &SamplingDefaults) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature.or(other.temperature),
+            top_p: self.top_p.or(other.top_p),
+            top_k: self.top_k.or(other.top_k),
+            min_p: self.min_p.or(other.min_p),
+            repetition_penalty: self.repetition_penalty.or(other.repetition_penalty),
+            max_tokens: self.max_tokens.or(other.max_tokens),
+        }
+    }
+
+    /// The defaults a Hugging Face `generation_config.json` recommends (the keys vLLM reads:
+    /// `temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`, `max_new_tokens`). A
+    /// config with `do_sample: false` asks for greedy decoding. Values out of range are left out.
+    pub fn from_generation_config(json: &serde_json::Value) -> SamplingDefaults {
+        let float = |key: &str| json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
+        let mut defaults = SamplingDefaults {
+            temperature: float("temperature"),
+            top_p: float("top_p"),
+            top_k: json.get("top_k").and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok()),
+            min_p: float("min_p"),
+            repetition_penalty: float("repetition_penalty"),
+            max_tokens: json.get("max_new_tokens").and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok()),
+        };
+        if json.get("do_sample") == Some(&serde_json::Value::Bool(false)) {
+            defaults.temperature = Some(0.0);
+        }
+        // Each value on its own: one bad key does not discard the others.
+        let valid = |d: SamplingDefaults| d.check().is_ok();
+        let none = SamplingDefaults::default;
+        SamplingDefaults {
+            temperature: defaults.temperature.filter(|&v| valid(SamplingDefaults { temperature: Some(v), ..none() })),
+            top_p: defaults.top_p.filter(|&v| valid(SamplingDefaults { top_p: Some(v), ..none() })),
+            top_k: defaults.top_k.filter(|&v| valid(SamplingDefaults { top_k: Some(v), ..none() })),
+            min_p: defaults.min_p.filter(|&v| valid(SamplingDefaults { min_p: Some(v), ..none() })),
+            repetition_penalty: defaults.repetition_penalty.filter(|&v| valid(SamplingDefaults { repetition_penalty: Some(v), ..none() })),
+            max_tokens: defaults.max_tokens.filter(|&v| valid(SamplingDefaults { max_tokens: Some(v), ..none() })),
+        }
+    }
+
+    /// As JSON, only the fields that are set.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        let mut put = |key: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                map.insert(key.to_owned(), value);
+            }
+        };
+        put("temperature", self.temperature.map(|v| serde_json::json!(v)));
+        put("top_p", self.top_p.map(|v| serde_json::json!(v)));
+        put("top_k", self.top_k.map(|v| serde_json::json!(v)));
+        put("min_p", self.min_p.map(|v| serde_json::json!(v)));
+        put("repetition_penalty", self.repetition_penalty.map(|v| serde_json::json!(v)));
+        put("max_tokens", self.max_tokens.map(|v| serde_json::json!(v)));
+        serde_json::Value::Object(map)
+    }
+
+    /// Reads what `to_json` wrote (unknown or ill-typed keys are left out).
+    pub fn from_json(json: &serde_json::Value) -> SamplingDefaults {
+        let float = |key: &str| json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
+        let count = |key: &str| json.get(key).and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok());
+        SamplingDefaults { temperature: float("temperature"), top_p: float("top_p"), top_k: count("top_k"), min_p: float("min_p"), repetition_penalty: float("repetition_penalty"), max_tokens: count("max_tokens") }
+    }
 }
 
 /// Ollama's own default for `keep_alive`: five minutes.

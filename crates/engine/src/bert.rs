@@ -3,8 +3,11 @@
 //!
 //! Sequences are packed without padding: the dense layers run once over all tokens of a batch,
 //! and attention runs per sequence and head, so no work is spent on padding and attention grows
-//! with the square of each sentence, not of the batch. Output: mean pooling over each sequence's
-//! tokens, then L2 normalisation.
+//! with the square of each sentence, not of the batch. Output: the pooling and normalisation the
+//! sentence-transformers files name (`modules.json`, `1_Pooling/config.json`; mean pooling and L2
+//! normalisation when the repo has no `modules.json`), with the default prompt of
+//! `config_sentence_transformers.json` before every text. Tokenization is Hugging Face's own
+//! (`hf_tokenizer`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,8 +15,96 @@ use std::path::Path;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::wordpiece::WordPiece;
+use crate::hf_tokenizer::HfTokenizer;
+use crate::load::EmbedderConfig;
 use crate::Token;
+
+/// How token vectors become one sentence vector (sentence-transformers' `Pooling` modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    /// The first token's (`[CLS]`).
+    Cls,
+    /// The largest value of each dimension.
+    Max,
+    /// The mean, scaled by the square root of the length.
+    MeanSqrtLen,
+    /// The last token's.
+    LastToken,
+}
+
+/// What the sentence-transformers files around the weights say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentenceSetup {
+    pub pooling: Pooling,
+    /// L2-normalise the pooled vector (a `Normalize` module).
+    pub normalize: bool,
+    /// Text put before every input (`default_prompt_name`'s prompt).
+    pub prompt: String,
+}
+
+impl SentenceSetup {
+    /// Reads `modules.json`, the pooling module's `config.json` and
+    /// `config_sentence_transformers.json`, each optional; a module or mode this encoder does not
+    /// implement is an error, never skipped.
+    pub fn read(modules: Option<&[u8]>, pooling: Option<&[u8]>, st_config: Option<&[u8]>, hidden: usize) -> Result<SentenceSetup, String> {
+        let json = |bytes: &[u8], name: &str| serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| format!("{name}: {e}"));
+        let mut setup = SentenceSetup { pooling: Pooling::Mean, normalize: true, prompt: String::new() };
+        if let Some(modules) = modules {
+            setup.normalize = false;
+            for module in json(modules, "modules.json")?.as_array().ok_or("modules.json is not a list")? {
+                match module["type"].as_str().unwrap_or_default().rsplit('.').next().unwrap_or_default() {
+                    "Transformer" | "Pooling" => {}
+                    "Normalize" => setup.normalize = true,
+                    other => return Err(format!("modules.json names a {other:?} module, which this encoder does not run")),
+                }
+            }
+        }
+        if let Some(pooling) = pooling {
+            let config = json(pooling, "the pooling config.json")?;
+            if config["word_embedding_dimension"].as_u64().is_some_and(|d| d as usize != hidden) {
+                return Err(format!("the pooling config's word_embedding_dimension is not the model's {hidden}"));
+            }
+            let on = |key: &str| config[key].as_bool().unwrap_or(false);
+            let modes = [
+                ("pooling_mode_mean_tokens", Pooling::Mean),
+                ("pooling_mode_cls_token", Pooling::Cls),
+                ("pooling_mode_max_tokens", Pooling::Max),
+                ("pooling_mode_mean_sqrt_len_tokens", Pooling::MeanSqrtLen),
+                ("pooling_mode_lasttoken", Pooling::LastToken),
+            ];
+            let chosen: Vec<Pooling> = modes.iter().filter(|(key, _)| on(key)).map(|(_, mode)| *mode).collect();
+            if on("pooling_mode_weightedmean_tokens") || chosen.len() != 1 {
+                return Err("the pooling config must choose one of mean, cls, max, mean_sqrt_len or lasttoken pooling".into());
+            }
+            setup.pooling = chosen[0];
+        }
+        if let Some(st_config) = st_config {
+            let config = json(st_config, "config_sentence_transformers.json")?;
+            if let Some(name) = config["default_prompt_name"].as_str() {
+                setup.prompt = config["prompts"][name].as_str().ok_or_else(|| format!("config_sentence_transformers.json has no prompt {name:?}"))?.to_owned();
+            }
+        }
+        Ok(setup)
+    }
+}
+
+/// The files `modules.json` points at that the encoder reads (the pooling module's config), as
+/// paths relative to the model's folder.
+pub fn companion_files(modules: &[u8]) -> Result<Vec<String>, String> {
+    let modules: serde_json::Value = serde_json::from_slice(modules).map_err(|e| format!("modules.json: {e}"))?;
+    let mut files = Vec::new();
+    for module in modules.as_array().ok_or("modules.json is not a list")? {
+        if module["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")) {
+            let path = module["path"].as_str().unwrap_or_default().trim_matches('/');
+            if path.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+                return Err(format!("modules.json names a pooling path {path:?} outside the model"));
+            }
+            files.push(format!("{path}/config.json"));
+        }
+    }
+    Ok(files)
+}
 
 /// `config.json` fields the encoder needs.
 #[derive(Clone, Debug)]
@@ -51,7 +142,8 @@ struct Layer {
 /// A loaded encoder with its tokenizer.
 pub struct Bert {
     pub config: BertConfig,
-    pub tokenizer: std::sync::Arc<WordPiece>,
+    pub tokenizer: std::sync::Arc<HfTokenizer>,
+    pub setup: SentenceSetup,
     word: Vec<f32>,
     position: Vec<f32>,
     token_type: Vec<f32>,
@@ -64,11 +156,13 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Loads `model.safetensors` with `config.json` and `tokenizer.json` from the same folder
-    /// (and `sentence_bert_config.json`'s `max_seq_length`, when present).
-    pub fn load(weights: &Path, config: &Path, tokenizer: &Path, sentence_config: Option<&Path>, threads: usize) -> Result<Bert, String> {
+    /// Loads `model.safetensors` with `config.json` and `tokenizer.json` from the same folder,
+    /// `sentence_bert_config.json`'s `max_seq_length` and the sentence-transformers setup, when
+    /// present.
+    pub fn load(files: &EmbedderConfig) -> Result<Bert, String> {
         let read = |path: &Path| std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()));
-        let raw: serde_json::Value = serde_json::from_slice(&read(config)?).map_err(|e| format!("config.json: {e}"))?;
+        let read_optional = |path: Option<&std::path::PathBuf>| path.map(|p| read(p)).transpose();
+        let raw: serde_json::Value = serde_json::from_slice(&read(&files.config)?).map_err(|e| format!("config.json: {e}"))?;
         let field = |key: &str| raw[key].as_u64().map(|v| v as usize).ok_or_else(|| format!("config.json has no {key}"));
         if raw["hidden_act"].as_str().is_some_and(|a| a != "gelu") {
             return Err(format!("unsupported hidden_act {}", raw["hidden_act"]));
@@ -84,14 +178,14 @@ impl Bert {
         if config.heads == 0 || !config.hidden.is_multiple_of(config.heads) || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
             return Err("config.json describes an unsupported shape".into());
         }
-        let max_len = match sentence_config {
-            Some(path) => serde_json::from_slice::<serde_json::Value>(&read(path)?).ok().and_then(|v| v["max_seq_length"].as_u64()).map_or(config.max_positions, |m| m as usize),
-            None => config.max_positions,
-        }
-        .min(config.max_positions);
-        // One past the limit, so that an input that is too long shows as such.
-        let tokenizer = WordPiece::from_json(&read(tokenizer)?, max_len + 1)?;
-        let mut tensors = Tensors::read(&read(weights)?)?;
+        let max_seq_length = match &files.sentence_config {
+            Some(path) => serde_json::from_slice::<serde_json::Value>(&read(path)?).ok().and_then(|v| v["max_seq_length"].as_u64()).map(|m| m as usize),
+            None => None,
+        };
+        let setup = SentenceSetup::read(read_optional(files.modules.as_ref())?.as_deref(), read_optional(files.pooling.as_ref())?.as_deref(), read_optional(files.st_config.as_ref())?.as_deref(), config.hidden)?;
+        let tokenizer = HfTokenizer::from_json(&read(&files.tokenizer)?, max_seq_length, config.max_positions, setup.prompt.clone())?;
+        let max_len = tokenizer.max_len();
+        let mut tensors = Tensors::read(&read(&files.weights)?)?;
         let h = config.hidden;
         let word = tensors.take("embeddings.word_embeddings.weight", None)?;
         let n_vocab = word.len() / h;
@@ -119,11 +213,12 @@ impl Bert {
                 norm2: tensors.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).thread_name(|i| format!("mantle-embed-{i}")).build().map_err(|e| e.to_string())?;
-        Ok(Bert { config, tokenizer: std::sync::Arc::new(tokenizer), word, position, token_type, norm, layers, n_vocab, max_len, pool })
+        let pool = rayon::ThreadPoolBuilder::new().num_threads((files.threads as usize).max(1)).thread_name(|i| format!("mantle-embed-{i}")).build().map_err(|e| e.to_string())?;
+        Ok(Bert { config, tokenizer: std::sync::Arc::new(tokenizer), setup, word, position, token_type, norm, layers, n_vocab, max_len, pool })
     }
 
-    /// Unit-length mean-pooled embeddings of token sequences (each as the tokenizer made it).
+    /// Pooled (and, as configured, unit-length) embeddings of token sequences (each as the
+    /// tokenizer made it).
     pub fn embed(&self, sequences: &[&[Token]]) -> Result<Vec<Vec<f32>>, String> {
         for seq in sequences {
             if seq.is_empty() || seq.len() > self.config.max_positions {
@@ -203,15 +298,29 @@ impl Bert {
         spans
             .iter()
             .map(|&(start, len)| {
-                let mut mean = vec![0f32; h];
-                for row in x[start * h..(start + len) * h].chunks_exact(h) {
-                    for (m, v) in mean.iter_mut().zip(row) {
-                        *m += v;
+                let rows = x[start * h..(start + len) * h].chunks_exact(h);
+                let mut pooled = match self.setup.pooling {
+                    Pooling::Cls => x[start * h..][..h].to_vec(),
+                    Pooling::LastToken => x[(start + len - 1) * h..][..h].to_vec(),
+                    Pooling::Max => rows.fold(vec![f32::NEG_INFINITY; h], |mut max, row| {
+                        max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(*v));
+                        max
+                    }),
+                    Pooling::Mean | Pooling::MeanSqrtLen => {
+                        let mut sum = rows.fold(vec![0f32; h], |mut sum, row| {
+                            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                            sum
+                        });
+                        let divisor = if self.setup.pooling == Pooling::Mean { len as f32 } else { (len as f32).sqrt() };
+                        sum.iter_mut().for_each(|v| *v /= divisor);
+                        sum
                     }
+                };
+                if self.setup.normalize {
+                    let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    pooled.iter_mut().for_each(|v| *v /= norm);
                 }
-                let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                mean.iter_mut().for_each(|v| *v /= norm);
-                mean
+                pooled
             })
             .collect()
     }

@@ -14,8 +14,8 @@ pub trait EmbedRunner: Send + 'static {
     fn dims(&self) -> usize;
     /// The most tokens one input may have.
     fn max_tokens(&self) -> usize;
-    /// The model's tokenizer, shared with request handlers. It truncates one token past
-    /// `max_tokens`, so callers can tell an input that is too long.
+    /// The model's tokenizer, shared with request handlers (`encode_truncating` tells an input
+    /// that is too long).
     fn tokenizer(&self) -> Arc<dyn Tokenizer>;
     /// Unit-length embeddings of the inputs, in order.
     fn embed(&mut self, inputs: &[&[Token]]) -> Result<Vec<Vec<f32>>, String>;
@@ -62,9 +62,10 @@ impl EmbedEngine {
         EmbedEngine { jobs, admitted: Arc::new(AtomicUsize::new(0)), capacity, tokenizer, dims, max_tokens, n_vocab, backend }
     }
 
-    /// Tokens of `text` (truncated one past `max_tokens`).
-    pub fn tokenize(&self, text: &str) -> Vec<Token> {
-        self.tokenizer.encode(text)
+    /// Tokens of `text`, truncated to `max_tokens` as the model's tokenizer truncates, and
+    /// whether anything was cut.
+    pub fn tokenize(&self, text: &str) -> (Vec<Token>, bool) {
+        self.tokenizer.encode_truncating(text, self.max_tokens)
     }
 
     /// Length of each embedding.

@@ -8,13 +8,13 @@
 pub mod bert;
 pub mod embed;
 pub mod grammar;
+pub mod hf_tokenizer;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod load;
 pub mod mock;
 pub mod regex;
 mod sampler;
-pub mod wordpiece;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,6 +67,25 @@ pub trait Tokenizer: Send + Sync {
     fn special_texts(&self) -> Arc<Vec<String>> {
         Arc::default()
     }
+    /// Tokens of `text` cut to at most `max` (keeping the closing special token, as a
+    /// tokenizer's own truncation does for right-truncated encoders), and whether anything was cut.
+    fn encode_truncating(&self, text: &str, max: usize) -> (Vec<Token>, bool) {
+        truncate_keeping_end(self.encode(text), max)
+    }
+}
+
+/// `ids` cut to at most `max`, keeping the last one (an encoder's closing special token, such as
+/// BERT's `[SEP]`); whether anything was cut.
+pub fn truncate_keeping_end(mut ids: Vec<Token>, max: usize) -> (Vec<Token>, bool) {
+    if ids.len() <= max {
+        return (ids, false);
+    }
+    let last = ids.last().copied();
+    ids.truncate(max);
+    if let (Some(last), Some(end)) = (last, ids.last_mut()) {
+        *end = last;
+    }
+    (ids, true)
 }
 
 /// One sequence's work in a step: tokens to feed (a prefill chunk, or the last sampled token).

@@ -147,11 +147,17 @@ pub struct EmbedderConfig {
     pub tokenizer: PathBuf,
     /// `sentence_bert_config.json`, when the repo has one (its `max_seq_length`).
     pub sentence_config: Option<PathBuf>,
+    /// sentence-transformers' `modules.json`, when the repo has one (pooling and normalisation).
+    pub modules: Option<PathBuf>,
+    /// The pooling module's `config.json` (e.g. `1_Pooling/config.json`).
+    pub pooling: Option<PathBuf>,
+    /// `config_sentence_transformers.json` (its default prompt).
+    pub st_config: Option<PathBuf>,
     pub threads: u32,
 }
 
 /// Loads a safetensors BERT encoder for embeddings.
 pub fn load_embedder(config: &EmbedderConfig) -> Result<Box<dyn crate::embed::EmbedRunner>, String> {
-    let bert = crate::bert::Bert::load(&config.weights, &config.config, &config.tokenizer, config.sentence_config.as_deref(), config.threads as usize)?;
+    let bert = crate::bert::Bert::load(config)?;
     Ok(Box::new(bert))
 }

@@ -7,15 +7,15 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 mod error;
+pub mod inference;
 pub mod metrics;
-mod prompt;
-pub mod quotas;
 mod routes;
 pub mod runtime;
 pub mod scanner;
 mod signing;
-mod tools;
 pub mod usage;
+
+pub use inference::quotas;
 
 use std::sync::Arc;
 

@@ -1,13 +1,21 @@
-//! Serving metrics per deployment, rendered in Prometheus' text format at `/metrics`: requests by
-//! outcome, prompt and completion tokens, time to first token, inter-token latency and request
-//! duration histograms; queue depth, batch size and loaded models are read live from the runtime.
+//! Serving metrics per deployment, in the OpenMetrics text format at `/metrics` (through
+//! `prometheus-client`, which escapes labels and keeps counters in atomics): requests by outcome,
+//! prompt and completion tokens, time to first token, inter-token latency and request duration
+//! histograms; queue depth, batch size, loaded models, memory, evictions and restarts are read
+//! live from the runtime on each scrape. A request takes its deployment's histograms once, when it
+//! starts, so a generated token touches only that deployment's histogram, never a process-wide lock.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use engine::InferError;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::runtime::Runtime;
 
@@ -15,58 +23,46 @@ const TTFT_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 const ITL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const DURATION_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
+/// A metric's labels: `deployment` and, for requests, `outcome`.
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
 /// A cheap handle to this process's serving metrics.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
-    // A std Mutex: updates are short and never cross an await.
-    inner: Arc<Mutex<BTreeMap<String, DeploymentMetrics>>>,
+    requests: Family<Labels, Counter>,
+    prompt_tokens: Family<Labels, Counter>,
+    completion_tokens: Family<Labels, Counter>,
+    ttft: HistogramFamily,
+    itl: HistogramFamily,
+    duration: HistogramFamily,
 }
 
-#[derive(Default)]
-struct DeploymentMetrics {
-    requests: BTreeMap<&'static str, u64>,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    ttft: Histogram,
-    itl: Histogram,
-    duration: Histogram,
-}
-
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
-        if self.counts.len() != bounds.len() {
-            self.counts = vec![0; bounds.len()];
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            prompt_tokens: Family::default(),
+            completion_tokens: Family::default(),
+            ttft: Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS.iter().copied())),
+            itl: Family::new_with_constructor(|| Histogram::new(ITL_BUCKETS.iter().copied())),
+            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS.iter().copied())),
         }
-        for (bound, count) in bounds.iter().zip(self.counts.iter_mut()) {
-            if value <= *bound {
-                *count += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
     }
+}
 
-    fn render(&self, out: &mut String, name: &str, deployment: &str, bounds: &[f64]) {
-        for (i, bound) in bounds.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{deployment=\"{deployment}\",le=\"{bound}\"}} {}", self.counts.get(i).copied().unwrap_or(0));
-        }
-        let _ = writeln!(out, "{name}_bucket{{deployment=\"{deployment}\",le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{deployment=\"{deployment}\"}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{deployment=\"{deployment}\"}} {}", self.count);
-    }
+fn deployment_labels(deployment: &str) -> Labels {
+    vec![("deployment", deployment.to_owned())]
 }
 
 /// Times one request; dropped without an outcome, it counts as cancelled (the client left).
 pub struct RequestTimer {
     metrics: Metrics,
     deployment: String,
+    labels: Labels,
+    /// This deployment's histograms, taken once.
+    ttft: Histogram,
+    itl: Histogram,
     started: Instant,
     last_token: Option<Instant>,
     // A Cell: `reject` is called from a closure that only borrows the timer.
@@ -92,82 +88,69 @@ struct Bill {
 impl Metrics {
     /// Starts timing a request to `deployment`.
     pub fn start(&self, deployment: &str) -> RequestTimer {
-        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
+        let labels = deployment_labels(deployment);
+        let ttft = self.ttft.get_or_create(&labels).clone();
+        let itl = self.itl.get_or_create(&labels).clone();
+        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), labels, ttft, itl, started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
     }
 
-    fn update(&self, deployment: &str, change: impl FnOnce(&mut DeploymentMetrics)) {
-        let mut all = self.inner.lock().expect("metrics not poisoned");
-        // Called per generated token: allocate the key only the first time a deployment is seen.
-        match all.get_mut(deployment) {
-            Some(metrics) => change(metrics),
-            None => change(all.entry(deployment.to_owned()).or_default()),
-        }
-    }
-
-    /// The Prometheus text exposition.
+    /// The exposition (OpenMetrics text), with what the runtime and the usage log hold now.
     pub fn render(&self, runtime: &Runtime, usage: &crate::usage::UsageLog) -> String {
+        let mut registry = Registry::default();
+        registry.register("mantle_requests", "Inference requests by deployment and outcome (ok, rejected, invalid, failed, cancelled).", self.requests.clone());
+        registry.register("mantle_prompt_tokens", "Prompt tokens of requests (a cancelled or failed one: those computed).", self.prompt_tokens.clone());
+        registry.register("mantle_completion_tokens", "Generated tokens of requests (a cancelled or failed one: those computed).", self.completion_tokens.clone());
+        registry.register("mantle_time_to_first_token_seconds", "Time from request to the first generated text.", self.ttft.clone());
+        registry.register("mantle_inter_token_latency_seconds", "Time between successive pieces of generated text.", self.itl.clone());
+        registry.register("mantle_request_duration_seconds", "Time from request to its last token.", self.duration.clone());
+        registry.register_collector(Box::new(Live { runtime: runtime.clone(), usage: usage.clone() }));
         let mut out = String::new();
-        let all = self.inner.lock().expect("metrics not poisoned");
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(&mut out, "mantle_requests_total", "counter", "Inference requests by deployment and outcome (ok, rejected, failed, cancelled).");
-        for (name, m) in all.iter() {
-            for (outcome, count) in &m.requests {
-                let _ = writeln!(out, "mantle_requests_total{{deployment=\"{name}\",outcome=\"{outcome}\"}} {count}");
-            }
-        }
-        family(&mut out, "mantle_prompt_tokens_total", "counter", "Prompt tokens of completed requests.");
-        for (name, m) in all.iter() {
-            let _ = writeln!(out, "mantle_prompt_tokens_total{{deployment=\"{name}\"}} {}", m.prompt_tokens);
-        }
-        family(&mut out, "mantle_completion_tokens_total", "counter", "Generated tokens of completed requests.");
-        for (name, m) in all.iter() {
-            let _ = writeln!(out, "mantle_completion_tokens_total{{deployment=\"{name}\"}} {}", m.completion_tokens);
-        }
-        family(&mut out, "mantle_time_to_first_token_seconds", "histogram", "Time from request to the first generated text.");
-        for (name, m) in all.iter() {
-            m.ttft.render(&mut out, "mantle_time_to_first_token_seconds", name, TTFT_BUCKETS);
-        }
-        family(&mut out, "mantle_inter_token_latency_seconds", "histogram", "Time between successive pieces of generated text.");
-        for (name, m) in all.iter() {
-            m.itl.render(&mut out, "mantle_inter_token_latency_seconds", name, ITL_BUCKETS);
-        }
-        family(&mut out, "mantle_request_duration_seconds", "histogram", "Time from request to its last token.");
-        for (name, m) in all.iter() {
-            m.duration.render(&mut out, "mantle_request_duration_seconds", name, DURATION_BUCKETS);
-        }
-        drop(all);
-        let resident = runtime.resident();
-        family(&mut out, "mantle_loaded_models", "gauge", "Deployments loaded in this process.");
-        let _ = writeln!(out, "mantle_loaded_models {}", resident.len());
-        family(&mut out, "mantle_queue_depth", "gauge", "Requests admitted and not finished (running and waiting).");
-        for served in &resident {
-            let _ = writeln!(out, "mantle_queue_depth{{deployment=\"{}\"}} {}", served.deployment.name, served.in_flight());
-        }
-        family(&mut out, "mantle_batch_size", "gauge", "Sequences in the engine's latest step.");
-        for served in &resident {
-            let _ = writeln!(out, "mantle_batch_size{{deployment=\"{}\"}} {}", served.deployment.name, served.batch_size());
-        }
-        family(&mut out, "mantle_model_load_seconds", "gauge", "How long loading each resident deployment took.");
-        for served in &resident {
-            let _ = writeln!(out, "mantle_model_load_seconds{{deployment=\"{}\"}} {}", served.deployment.name, served.load_seconds);
-        }
-        family(&mut out, "mantle_model_memory_bytes", "gauge", "Memory each resident deployment holds (weights and KV cache, estimated), counted against runtime.memory_budget.");
-        for served in &resident {
-            let _ = writeln!(out, "mantle_model_memory_bytes{{deployment=\"{}\"}} {}", served.deployment.name, served.memory_bytes);
-        }
-        family(&mut out, "mantle_model_evictions_total", "counter", "Deployments unloaded to make room under the memory budget.");
-        for (name, count) in runtime.evictions() {
-            let _ = writeln!(out, "mantle_model_evictions_total{{deployment=\"{name}\"}} {count}");
-        }
-        family(&mut out, "mantle_usage_records_dropped_total", "counter", "Usage records lost (writer queue full, or the database refused them after retries).");
-        let _ = writeln!(out, "mantle_usage_records_dropped_total {}", usage.dropped());
-        family(&mut out, "mantle_runner_restarts_total", "counter", "Deployments loaded again after their runner thread failed.");
-        for (name, count) in runtime.restarts() {
-            let _ = writeln!(out, "mantle_runner_restarts_total{{deployment=\"{name}\"}} {count}");
-        }
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// What is read from the runtime and the usage log at each scrape.
+struct Live {
+    runtime: Runtime,
+    usage: crate::usage::UsageLog,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let resident = self.runtime.resident();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, values: Vec<(String, f64)>| -> Result<(), std::fmt::Error> {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (deployment, value) in values {
+                let labels = deployment_labels(&deployment);
+                ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+            }
+            Ok(())
+        };
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, values: Vec<(String, u64)>| -> Result<(), std::fmt::Error> {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (deployment, value) in values {
+                let labels = deployment_labels(&deployment);
+                ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+            }
+            Ok(())
+        };
+        let per = |value: &dyn Fn(&crate::runtime::Served) -> f64| resident.iter().map(|s| (s.deployment.name.clone(), value(s))).collect::<Vec<_>>();
+        ConstGauge::new(resident.len() as i64).encode(encoder.encode_descriptor("mantle_loaded_models", "Deployments loaded in this process.", None, MetricType::Gauge)?)?;
+        gauge(&mut encoder, "mantle_queue_depth", "Requests admitted and not finished (running and waiting).", per(&|s| s.in_flight() as f64))?;
+        gauge(&mut encoder, "mantle_batch_size", "Sequences in the engine's latest step.", per(&|s| s.batch_size() as f64))?;
+        gauge(&mut encoder, "mantle_model_load_seconds", "How long loading each resident deployment took.", per(&|s| s.load_seconds))?;
+        gauge(&mut encoder, "mantle_model_memory_bytes", "Memory each resident deployment holds (weights and KV cache, estimated), counted against runtime.memory_budget.", per(&|s| s.memory_bytes as f64))?;
+        counter(&mut encoder, "mantle_model_evictions", "Deployments unloaded to make room under the memory budget.", self.runtime.evictions())?;
+        counter(&mut encoder, "mantle_runner_restarts", "Deployments loaded again after their runner thread failed.", self.runtime.restarts())?;
+        ConstCounter::new(self.usage.dropped() as u64).encode(encoder.encode_descriptor("mantle_usage_records_dropped", "Usage records lost (writer queue full, or the database refused them after retries).", None, MetricType::Counter)?)?;
+        Ok(())
     }
 }
 
@@ -191,23 +174,19 @@ impl RequestTimer {
     /// A piece of text arrived.
     pub fn token(&mut self) {
         let now = Instant::now();
-        let (deployment, previous, started) = (&self.deployment, self.last_token, self.started);
-        self.metrics.update(deployment, |m| match previous {
-            None => m.ttft.observe(TTFT_BUCKETS, (now - started).as_secs_f64()),
-            Some(previous) => m.itl.observe(ITL_BUCKETS, (now - previous).as_secs_f64()),
-        });
+        match self.last_token {
+            None => self.ttft.observe((now - self.started).as_secs_f64()),
+            Some(previous) => self.itl.observe((now - previous).as_secs_f64()),
+        }
         self.last_token = Some(now);
     }
 
     /// The request completed with these token counts.
     pub fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize) {
         self.tokens = (prompt_tokens, completion_tokens);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        self.metrics.update(&self.deployment, |m| {
-            m.prompt_tokens += prompt_tokens as u64;
-            m.completion_tokens += completion_tokens as u64;
-            m.duration.observe(DURATION_BUCKETS, elapsed);
-        });
+        self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt_tokens as u64);
+        self.metrics.completion_tokens.get_or_create(&self.labels).inc_by(completion_tokens as u64);
+        self.metrics.duration.get_or_create(&self.labels).observe(self.started.elapsed().as_secs_f64());
         self.outcome.set(Some("ok"));
     }
 
@@ -230,7 +209,9 @@ impl RequestTimer {
 impl Drop for RequestTimer {
     fn drop(&mut self) {
         let outcome = self.outcome.get().unwrap_or("cancelled");
-        self.metrics.update(&self.deployment, |m| *m.requests.entry(outcome).or_default() += 1);
+        let mut labels = self.labels.clone();
+        labels.push(("outcome", outcome.to_owned()));
+        self.metrics.requests.get_or_create(&labels).inc();
         if let Some(bill) = self.bill.take() {
             // A finished request is charged what it reported; a cancelled or failed one what
             // the engine computed for it before it ended.
@@ -239,10 +220,8 @@ impl Drop for RequestTimer {
                 _ => self.work.iter().fold((0, 0), |(p, c), work| (p + work.prefilled() as u64, c + work.generated() as u64)),
             };
             if outcome != "ok" && prompt + completion > 0 {
-                self.metrics.update(&self.deployment, |m| {
-                    m.prompt_tokens += prompt;
-                    m.completion_tokens += completion;
-                });
+                self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt);
+                self.metrics.completion_tokens.get_or_create(&self.labels).inc_by(completion);
             }
             bill.log.record(
                 domain::meta::UsageRecord {

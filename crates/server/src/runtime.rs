@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use domain::hub::Hub;
 use domain::ids::{Digest, RepoPath};
-use domain::meta::Deployment;
+use domain::meta::{Deployment, SamplingDefaults};
 use domain::Error;
 use engine::{EmbedConfig, EmbedEngine, EmbedRunner, EmbedderConfig, Engine, EngineConfig, ModelRunner, RunnerConfig};
 use futures::StreamExt as _;
@@ -108,6 +108,8 @@ pub struct Served {
     pub load_seconds: f64,
     /// Memory it holds (weights and caches, estimated), counted against the budget.
     pub memory_bytes: u64,
+    /// The sampling the model file recommends (GGUF `general.sampling.*`).
+    pub file_sampling: SamplingDefaults,
 }
 
 /// What a loaded deployment does.
@@ -119,6 +121,12 @@ pub enum Backend {
 }
 
 impl Served {
+    /// The sampling a request gets for what it leaves out: the deployment's defaults, then the
+    /// model file's.
+    pub fn sampling_defaults(&self) -> SamplingDefaults {
+        self.deployment.settings.sampling.or(&self.file_sampling)
+    }
+
     /// Requests admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         match &self.backend {
@@ -340,7 +348,7 @@ impl Runtime {
             return Ok(served.chat.clone());
         }
         let path = materialize(hub, &self.inner.config.models_dir, &deployment.file_sha256).await?;
-        tokio::task::spawn_blocking(move || read_chat_template(&path)).await.map_err(Error::internal)
+        tokio::task::spawn_blocking(move || read_gguf_metadata(&path).0).await.map_err(Error::internal)
     }
 
     /// Whether `name` is loaded in this process.
@@ -380,13 +388,27 @@ impl Runtime {
         let load = self.inner.load.clone();
         let name = deployment.name.clone();
         let failed = |err: String| Error::Internal(format!("load deployment {name}: {err}"));
-        let (backend, chat, backend_name, memory_bytes) = if is_encoder(&deployment) {
+        let (backend, chat, backend_name, memory_bytes, file_sampling) = if is_encoder(&deployment) {
             // An encoder: its config and tokenizer come from the same commit, beside the weights.
             let folder = deployment.file_path.as_str().rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"));
             let config = self.sibling(hub, &deployment, &format!("{folder}config.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}config.json beside the weights", deployment.repo)))?;
             let tokenizer = self.sibling(hub, &deployment, &format!("{folder}tokenizer.json")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}tokenizer.json beside the weights", deployment.repo)))?;
             let sentence_config = self.sibling(hub, &deployment, &format!("{folder}sentence_bert_config.json")).await?;
-            let embedder_config = EmbedderConfig { weights: path.clone(), config, tokenizer, sentence_config, threads: settings.threads };
+            // sentence-transformers' setup: modules (pooling, normalisation) and prompts.
+            let modules = self.sibling(hub, &deployment, &format!("{folder}modules.json")).await?;
+            let pooling = match &modules {
+                Some(path) => {
+                    let bytes = tokio::fs::read(path).await.map_err(|err| Error::Internal(format!("read {}: {err}", path.display())))?;
+                    let companions = engine::bert::companion_files(&bytes).map_err(&failed)?;
+                    match companions.first() {
+                        Some(file) => Some(self.sibling(hub, &deployment, &format!("{folder}{file}")).await?.ok_or_else(|| Error::invalid(format!("{} has no {folder}{file}, which modules.json names", deployment.repo)))?),
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let st_config = self.sibling(hub, &deployment, &format!("{folder}config_sentence_transformers.json")).await?;
+            let embedder_config = EmbedderConfig { weights: path.clone(), config, tokenizer, sentence_config, modules, pooling, st_config, threads: settings.threads };
             let runner = tokio::task::spawn_blocking(move || load.embedder(&embedder_config)).await.map_err(Error::internal)?.map_err(&failed)?;
             let backend_name = runner.backend();
             // max_batch counts sequences for generation; for an encoder, a batch holds up to
@@ -395,7 +417,7 @@ impl Runtime {
             let engine = EmbedEngine::start(runner, EmbedConfig { max_batch_tokens, max_queue: self.inner.config.max_queue });
             // The encoder holds its weights (f32, as in the file) and small per-batch buffers.
             let memory_bytes = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-            (Backend::Embed(engine), None, backend_name, memory_bytes)
+            (Backend::Embed(engine), None, backend_name, memory_bytes, SamplingDefaults::default())
         } else {
             let (prefill_chunk, max_step_tokens) = (self.inner.config.prefill_chunk, self.inner.config.max_step_tokens);
             let runner_config = RunnerConfig {
@@ -408,9 +430,9 @@ impl Runtime {
                 derived_dir: models_dir.join("derived"),
                 expand_max_bytes: self.inner.config.expand_max_bytes,
             };
-            let (runner, chat) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-                let chat = read_chat_template(&runner_config.path);
-                Ok((load.generator(&runner_config)?, chat))
+            let (runner, (chat, sampling)) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let metadata = read_gguf_metadata(&runner_config.path);
+                Ok((load.generator(&runner_config)?, metadata))
             })
             .await
             .map_err(Error::internal)?
@@ -418,13 +440,13 @@ impl Runtime {
             let backend_name = runner.info().backend;
             let engine = Engine::start(runner, EngineConfig { max_batch: settings.max_batch as usize, max_queue: self.inner.config.max_queue, prefill_chunk, max_step_tokens });
             let memory_bytes = engine.info().memory_bytes;
-            (Backend::Generate(engine), chat, backend_name, memory_bytes)
+            (Backend::Generate(engine), chat, backend_name, memory_bytes, sampling)
         };
         let load_seconds = started.elapsed().as_secs_f64();
         tracing::info!(deployment = %deployment.name, file = %path.display(), seconds = load_seconds, "loaded a deployment");
         let fingerprint = fingerprint(&deployment, &backend_name);
         let revision = format!("{}@{}", deployment.repo, deployment.commit);
-        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, load_seconds, memory_bytes }))
+        Ok(Arc::new(Served { deployment, backend, chat, fingerprint, revision, load_seconds, memory_bytes, file_sampling }))
     }
 
     /// A file of the deployment's commit, copied and checked like the weights; `None` if absent.
@@ -440,12 +462,18 @@ impl Runtime {
 /// What makes two deployments of one name the same loaded model.
 fn identity(deployment: &Deployment) -> String {
     let s = &deployment.settings;
-    format!("{}|{}|{}|{}|{}|{}", deployment.commit, deployment.file_sha256, deployment.file_path, s.context, s.max_batch, s.threads)
+    // Default sampling too: a deployment redeployed with other defaults is served with them.
+    format!("{}|{}|{}|{}|{}|{}|{}", deployment.commit, deployment.file_sha256, deployment.file_path, s.context, s.max_batch, s.threads, s.sampling.to_json())
 }
 
 fn fingerprint(deployment: &Deployment, backend: &str) -> String {
     let s = &deployment.settings;
-    let text = format!("commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}", deployment.commit, deployment.file_sha256, env!("CARGO_PKG_VERSION"), s.context, s.max_batch, s.threads);
+    let mut text = format!("commit={}\nsha256={}\nbackend={backend}\nmantle={}\ncontext={}\nmax_batch={}\nthreads={}", deployment.commit, deployment.file_sha256, env!("CARGO_PKG_VERSION"), s.context, s.max_batch, s.threads);
+    // Default sampling changes what the same request gets; only deployments that set some
+    // carry it, so other fingerprints stay as they were.
+    if s.sampling != SamplingDefaults::default() {
+        text.push_str(&format!("\nsampling={}", s.sampling.to_json()));
+    }
     format!("fp_{}", &hex::encode(Sha256::digest(text.as_bytes()))[..10])
 }
 
@@ -454,12 +482,33 @@ pub fn is_encoder(deployment: &Deployment) -> bool {
     deployment.file_path.as_str().ends_with(".safetensors")
 }
 
-/// The GGUF chat template, when the file is a GGUF that has one.
-fn read_chat_template(path: &Path) -> Option<ChatTemplate> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let templates = vet::gguf::chat_templates(&mut file).ok()?;
-    let source = templates.templates.iter().find(|(key, _)| key == "tokenizer.chat_template").or(templates.templates.first())?.1.clone();
-    Some(ChatTemplate { source, bos: templates.bos_token, eos: templates.eos_token })
+/// The chat template of a GGUF file and the sampling its author recommends
+/// (`general.sampling.*`).
+fn read_gguf_metadata(path: &Path) -> (Option<ChatTemplate>, SamplingDefaults) {
+    let Ok(templates) = std::fs::File::open(path).map_err(|err| err.to_string()).and_then(|mut file| vet::gguf::chat_templates(&mut file)) else {
+        return (None, SamplingDefaults::default());
+    };
+    // The GGUF names (`temp`, `penalty_repeat`) as generation_config.json's, checked the same way;
+    // a negative top_k is "off".
+    let mut config = serde_json::Map::new();
+    for (name, value) in &templates.sampling {
+        let key = match name.as_str() {
+            "temp" | "temperature" => "temperature",
+            "top_p" => "top_p",
+            "min_p" => "min_p",
+            "penalty_repeat" | "repeat_penalty" => "repetition_penalty",
+            "top_k" => {
+                config.insert("top_k".into(), serde_json::json!(value.max(0.0) as u64));
+                continue;
+            }
+            _ => continue,
+        };
+        config.insert(key.into(), serde_json::json!(value));
+    }
+    let sampling = SamplingDefaults::from_generation_config(&serde_json::Value::Object(config));
+    let chat =
+        templates.templates.iter().find(|(key, _)| key == "tokenizer.chat_template").or(templates.templates.first()).map(|(_, source)| ChatTemplate { source: source.clone(), bos: templates.bos_token.clone(), eos: templates.eos_token.clone() });
+    (chat, sampling)
 }
 
 /// Copies a blob to `dir/<sha256>` through a temporary file, checking the digest before the

@@ -3,6 +3,7 @@
 //! `domain::blobs::BlobStore`.
 
 mod blob_backend;
+mod dialect;
 mod migrate;
 mod sql;
 

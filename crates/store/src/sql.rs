@@ -22,12 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-/// Which SQL dialect the pool speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    Sqlite,
-    Postgres,
-}
+use crate::dialect::Dialect;
 
 /// The SQL metadata store.
 pub struct SqlMetaStore {
@@ -861,8 +856,7 @@ impl MetaStore for SqlMetaStore {
             return Err(Error::conflict(format!("a deployment named {} exists; undeploy it first", deployment.name)));
         }
         let s = &deployment.settings;
-        let settings =
-            serde_json::json!({ "context": s.context, "max_batch": s.max_batch, "threads": s.threads, "price_prompt_micros": s.price_prompt_micros, "price_completion_micros": s.price_completion_micros, "keep_alive_max_secs": s.keep_alive_max_secs });
+        let settings = serde_json::json!({ "context": s.context, "max_batch": s.max_batch, "threads": s.threads, "price_prompt_micros": s.price_prompt_micros, "price_completion_micros": s.price_completion_micros, "keep_alive_max_secs": s.keep_alive_max_secs, "sampling": s.sampling.to_json() });
         sqlx::query("INSERT INTO deployments (name, repo_kind, namespace, repo_name, commit_id, file_path, file_sha256, settings, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&deployment.name)
             .bind(deployment.kind.as_str())
@@ -1224,6 +1218,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
             price_prompt_micros: settings["price_prompt_micros"].as_u64().unwrap_or(0),
             price_completion_micros: settings["price_completion_micros"].as_u64().unwrap_or(0),
             keep_alive_max_secs: settings["keep_alive_max_secs"].as_u64().unwrap_or(domain::meta::DEFAULT_KEEP_ALIVE_MAX_SECS),
+            sampling: domain::meta::SamplingDefaults::from_json(&settings["sampling"]),
         },
         created_by: row.try_get("created_by").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,

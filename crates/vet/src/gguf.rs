@@ -187,6 +187,9 @@ pub struct ChatTemplates {
     pub templates: Vec<(String, String)>,
     pub bos_token: String,
     pub eos_token: String,
+    /// The numeric `general.sampling.*` entries (the model author's recommended sampler
+    /// settings), by the key's last part (`temp`, `top_k`, `top_p`, `min_p`, `penalty_repeat`...).
+    pub sampling: Vec<(String, f64)>,
 }
 
 /// Scans a GGUF file.
@@ -228,9 +231,22 @@ fn parse<R: Read + Seek>(reader: &mut R, findings: &mut Vec<Finding>) -> Result<
     let mut templates: Vec<(String, String)> = Vec::new();
     let mut tokens: Vec<String> = Vec::new();
     let (mut bos, mut eos) = (None, None);
+    let mut sampling = Vec::new();
     for _ in 0..n_kv {
         let key = p.string(true)?.unwrap_or_default();
         let kind = p.u32()?;
+        if let Some(name) = key.strip_prefix("general.sampling.").filter(|_| matches!(kind, 4 | 5 | 6 | 12)) {
+            let value = match kind {
+                4 => f64::from(p.u32()?),
+                5 => f64::from(p.u32()? as i32),
+                6 => f64::from(f32::from_bits(p.u32()?)),
+                _ => f64::from_bits(p.u64()?),
+            };
+            if value.is_finite() && sampling.len() < 64 {
+                sampling.push((name.to_owned(), value));
+            }
+            continue;
+        }
         let is_template = key == "tokenizer.chat_template" || key.starts_with("tokenizer.chat_template.");
         let keep_tokens = key == "tokenizer.ggml.tokens";
         let value = p.value(kind, is_template || keep_tokens, if keep_tokens { 1_000_000 } else { 0 }, 0)?;
@@ -296,7 +312,7 @@ fn parse<R: Read + Seek>(reader: &mut R, findings: &mut Vec<Finding>) -> Result<
         }
     }
     let token = |id: Option<u64>| id.and_then(|id| tokens.get(id as usize)).cloned().unwrap_or_default();
-    Ok(ChatTemplates { templates, bos_token: token(bos), eos_token: token(eos) })
+    Ok(ChatTemplates { templates, bos_token: token(bos), eos_token: token(eos), sampling })
 }
 
 #[cfg(test)]

@@ -163,6 +163,10 @@ fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deploy
         price_prompt: d.settings.price_prompt_micros as f64 / 1e6,
         price_completion: d.settings.price_completion_micros as f64 / 1e6,
         keep_alive_max: d.settings.keep_alive_max_secs,
+        sampling: {
+            let s = &d.settings.sampling;
+            api::admin::SamplingDefaults { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, repetition_penalty: s.repetition_penalty, max_tokens: s.max_tokens }
+        },
     }
 }
 
@@ -227,6 +231,7 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
             Some(secs) if secs <= 366 * 86_400 => secs,
             Some(_) => return Err(ApiError::invalid("keep_alive_max must be 0 to 31622400 seconds (a year); pin longer with an admin token")),
         },
+        sampling: body.sampling.map_or_else(Default::default, |s| domain::meta::SamplingDefaults { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, repetition_penalty: s.repetition_penalty, max_tokens: s.max_tokens }),
     };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;

@@ -99,7 +99,7 @@ pub(crate) fn router(state: AppState) -> Router {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&state.runtime, &state.usage))
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render(&state.runtime, &state.usage))
 }
 
 /// Unknown paths. Repo-shaped ones (a repo id without namespace, say) answer `RepoNotFound`, so

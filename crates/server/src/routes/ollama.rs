@@ -21,13 +21,12 @@ use axum::Json;
 use domain::auth::Principal;
 use domain::meta::Deployment;
 use engine::grammar::Grammar;
-use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, SamplingParams, Token};
+use engine::SamplingParams;
 use serde_json::{Map, Value};
 
-use super::openai::{self, OpenAiError};
-use crate::metrics::RequestTimer;
-use crate::runtime::{Backend, Keep, Served};
-use crate::tools::{CallParser, Piece, ToolPlan};
+use crate::inference::tools::{Call, ToolPlan};
+use crate::inference::{self, Answer, EmbedInput, EmbedRequest, Finish, GenerationRequest, InferenceError, Input, KeepAlive, Output, Sampling, Target};
+use crate::runtime::Keep;
 use crate::AppState;
 
 /// The Ollama API version this server speaks (clients compare it to enable features).
@@ -42,18 +41,9 @@ pub(crate) struct OllamaError {
     headers: Option<Box<HeaderMap>>,
 }
 
-impl From<crate::prompt::PromptError> for OllamaError {
-    fn from(err: crate::prompt::PromptError) -> Self {
-        OllamaError::invalid(err.to_string())
-    }
-}
-
 impl OllamaError {
     fn invalid(message: impl Into<String>) -> Self {
         OllamaError { status: StatusCode::BAD_REQUEST, message: message.into(), headers: None }
-    }
-    fn forbidden(message: impl Into<String>) -> Self {
-        OllamaError { status: StatusCode::FORBIDDEN, message: message.into(), headers: None }
     }
 
     fn unsupported(field: &str, what: &str) -> Self {
@@ -61,32 +51,46 @@ impl OllamaError {
     }
 }
 
-impl From<OpenAiError> for OllamaError {
-    fn from(err: OpenAiError) -> Self {
-        let (status, message) = err.parts();
-        OllamaError { status, message: message.to_owned(), headers: None }
-    }
-}
-
 impl From<domain::Error> for OllamaError {
     fn from(err: domain::Error) -> Self {
-        OpenAiError::from(err).into()
+        use domain::Error;
+        let status = match &err {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) | Error::RepoNotFound(_) | Error::RevisionNotFound(_) | Error::EntryNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Internal(detail) => {
+                tracing::error!("failed to serve an Ollama request: {detail}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &err {
+            Error::Internal(_) => "internal error; see the server log".to_owned(),
+            Error::Unauthenticated(_) => format!("{err}: pass a Mantle token as the API key (Authorization: Bearer <token>)"),
+            other => other.to_string(),
+        };
+        OllamaError { status, message, headers: None }
     }
 }
 
-impl From<engine::InferError> for OllamaError {
-    fn from(err: engine::InferError) -> Self {
-        OpenAiError::from(err).into()
-    }
-}
-
-impl From<crate::quotas::Refusal> for OllamaError {
-    fn from(refusal: crate::quotas::Refusal) -> Self {
-        match refusal {
-            crate::quotas::Refusal::Error(err) => err.into(),
-            crate::quotas::Refusal::Exceeded(exceeded) => {
+impl From<InferenceError> for OllamaError {
+    fn from(err: InferenceError) -> Self {
+        match err {
+            InferenceError::Invalid { message, .. } | InferenceError::ContextExceeded { message, .. } => OllamaError::invalid(message),
+            InferenceError::Unsupported { param, what } => OllamaError::unsupported(&param, &what),
+            InferenceError::NotGenerative { model } => OllamaError::invalid(format!("model {model:?} does not support generate")),
+            InferenceError::NotEmbedding { model } => OllamaError::invalid(format!("model {model:?} does not support embeddings")),
+            InferenceError::NoChatTemplate { model } => OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")),
+            InferenceError::Quota(exceeded) => {
                 let headers = crate::quotas::headers(&exceeded.limits, Some(exceeded.retry_after));
                 OllamaError { status: StatusCode::TOO_MANY_REQUESTS, message: exceeded.message, headers: Some(Box::new(headers)) }
+            }
+            InferenceError::Domain(err) => err.into(),
+            InferenceError::Engine(engine::InferError::Overloaded) => OllamaError { status: StatusCode::TOO_MANY_REQUESTS, message: engine::InferError::Overloaded.to_string(), headers: None },
+            InferenceError::Engine(err) => {
+                tracing::error!("failed to reach an engine: {err}");
+                OllamaError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the model is unavailable; see the server log".into(), headers: None }
             }
         }
     }
@@ -118,7 +122,7 @@ pub(crate) async fn version() -> Json<wire::VersionResponse> {
 
 /// `GET /api/tags`: the deployments the caller may use.
 pub(crate) async fn tags(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::TagsResponse>, OllamaError> {
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let mut models = Vec::new();
     for deployment in state.hub.runnable_deployments(&principal).await? {
         let size = state.hub.blob_size(&deployment.file_sha256).await?.unwrap_or(0);
@@ -129,7 +133,7 @@ pub(crate) async fn tags(State(state): State<AppState>, headers: HeaderMap) -> R
 
 /// `GET /api/ps`: the deployments loaded in this process that the caller may use.
 pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::PsResponse>, OllamaError> {
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let visible: std::collections::HashSet<String> = state.hub.runnable_deployments(&principal).await?.into_iter().map(|d| d.name).collect();
     let mut models = Vec::new();
     for served in state.runtime.resident() {
@@ -155,7 +159,7 @@ pub(crate) async fn ps(State(state): State<AppState>, headers: HeaderMap) -> Res
 
 /// `POST /api/show`.
 pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Json<wire::ShowResponse>, OllamaError> {
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let request: wire::ShowRequest = body(&request)?;
     let name = if request.model.is_empty() { request.name } else { request.model };
     let deployment = state.hub.runnable_deployment(&principal, model_name(&name)).await?;
@@ -181,10 +185,10 @@ pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap, requ
 /// `POST /api/chat`.
 pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let request: wire::ChatRequest = body(&request)?;
     // Formats and tool schemas compile into grammars: CPU work the caller chooses, off the async workers.
-    let (request, parsed) = crate::prompt::off_async(move || {
+    let (request, parsed) = inference::prompt::off_async(move || {
         let parsed = Options::parse(&request.common).and_then(|options| Ok((options, ToolPlan::parse(request.tools.as_ref(), None, None).map_err(|err| OllamaError::invalid(err.message))?)));
         (request, parsed)
     })
@@ -226,33 +230,27 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     }
     let keep = keep_alive(request.common.keep_alive.as_ref())?;
     let model = request.model;
-    let (served, load) = load(&state, &principal, &model).await?;
-    let engine = generator(&served)?;
-    let unloaded = apply_keep_alive(&state, &principal, &served.deployment, keep, messages.is_empty())?;
+    let target = load(&state, &principal, &model).await?;
+    if !target.generates() {
+        return Err(InferenceError::NotGenerative { model: target.name().to_owned() }.into());
+    }
+    let unloaded = inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, messages.is_empty())?;
     if messages.is_empty() {
         // Ollama's way to load (or, with keep_alive 0, unload) a model: an empty chat answers at once.
         let reason = if unloaded { "unload" } else { "load" };
-        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats(reason, started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
-        return Ok(with_revision(&served, Json(line).into_response()));
+        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats(reason, started, target.load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        return Ok(with_revision(&target, Json(line).into_response()));
     }
-    let Some(chat) = &served.chat else {
-        return Err(OllamaError::invalid(format!("model {model:?} has no chat template; use /api/generate with raw: true")));
-    };
-    crate::tools::messages_for_template(&mut messages, plan.as_ref(), &chat.source);
-    let template_tools = plan.as_ref().filter(|_| crate::tools::template_renders_tools(&chat.source)).map(ToolPlan::template_tools);
-    let prompt = crate::prompt::chat(engine, chat, messages, template_tools).await?;
-    let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
-    let mut run = Run::start(&state, &principal, "ollama.chat", &served, engine, prompt, &options, started, load, admission)?;
-    run.parser = plan.as_ref().map(CallParser::for_plan);
-    Ok(with_revision(&served, run.respond(model, options.stream, Shape::Chat).await))
+    let answer = inference::generate(&state, &principal, &target, options.request("ollama.chat", Input::Chat(messages), plan)).await?;
+    Ok(with_revision(&target, Run::new(answer, started, target.load).respond(model, options.stream, Shape::Chat).await))
 }
 
 /// `POST /api/generate`.
 pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let request: wire::GenerateRequest = body(&request)?;
-    let (request, options) = crate::prompt::off_async(move || {
+    let (request, options) = inference::prompt::off_async(move || {
         let options = Options::parse(&request.common);
         (request, options)
     })
@@ -272,37 +270,37 @@ pub(crate) async fn generate(State(state): State<AppState>, headers: HeaderMap, 
     }
     let keep = keep_alive(request.common.keep_alive.as_ref())?;
     let model = request.model;
-    let (served, load) = load(&state, &principal, &model).await?;
-    let engine = generator(&served)?;
+    let target = load(&state, &principal, &model).await?;
+    if !target.generates() {
+        return Err(InferenceError::NotGenerative { model: target.name().to_owned() }.into());
+    }
     let prompt = request.prompt.unwrap_or_default();
-    let unloaded = apply_keep_alive(&state, &principal, &served.deployment, keep, prompt.is_empty())?;
+    let unloaded = inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, prompt.is_empty())?;
     if prompt.is_empty() {
         let reason = if unloaded { "unload" } else { "load" };
-        let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats(reason, started, load, 0, Duration::ZERO, 0, Duration::ZERO)) };
-        return Ok(with_revision(&served, Json(line).into_response()));
+        let line = wire::GenerateResponse { model, created_at: now(), response: String::new(), done: true, stats: Some(stats(reason, started, target.load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        return Ok(with_revision(&target, Json(line).into_response()));
     }
     // Raw: the prompt as it is. Otherwise the model's chat template around it, as Ollama does;
     // a model without one gets the bare prompt (Ollama's default template is `{{ .Prompt }}`).
-    let prompt = match (&served.chat, request.raw.unwrap_or(false)) {
-        (Some(chat), false) => {
-            let mut messages = Vec::new();
-            if let Some(system) = request.system.filter(|s| !s.is_empty()) {
-                messages.push(serde_json::json!({ "role": "system", "content": system }));
-            }
-            messages.push(serde_json::json!({ "role": "user", "content": prompt }));
-            crate::prompt::chat(engine, chat, messages, None).await?
+    let input = if target.has_chat_template() && !request.raw.unwrap_or(false) {
+        let mut messages = Vec::new();
+        if let Some(system) = request.system.filter(|s| !s.is_empty()) {
+            messages.push(serde_json::json!({ "role": "system", "content": system }));
         }
-        _ => crate::prompt::texts(engine, vec![prompt]).await?.remove(0),
+        messages.push(serde_json::json!({ "role": "user", "content": prompt }));
+        Input::Chat(messages)
+    } else {
+        Input::Texts(vec![prompt])
     };
-    let admission = crate::quotas::admit(&state, &principal, prompt.len()).await?;
-    let run = Run::start(&state, &principal, "ollama.generate", &served, engine, prompt, &options, started, load, admission)?;
-    Ok(with_revision(&served, run.respond(model, options.stream, Shape::Generate).await))
+    let answer = inference::generate(&state, &principal, &target, options.request("ollama.generate", input, None)).await?;
+    Ok(with_revision(&target, Run::new(answer, started, target.load).respond(model, options.stream, Shape::Generate).await))
 }
 
 /// `POST /api/embed`.
 pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
     let started = Instant::now();
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let request: wire::EmbedRequest = body(&request)?;
     let inputs = match request.input {
         wire::EmbedInput::One(text) => vec![text],
@@ -312,76 +310,34 @@ pub(crate) async fn embed(State(state): State<AppState>, headers: HeaderMap, req
         return Err(OllamaError::invalid("input must hold 1 to 2048 texts"));
     }
     let keep = keep_alive(request.keep_alive.as_ref())?;
-    let (served, load) = load(&state, &principal, &request.model).await?;
-    apply_keep_alive(&state, &principal, &served.deployment, keep, false)?;
-    let (vectors, prompt_tokens) = embed_texts(&state, &principal, "ollama.embed", &served, &inputs, request.truncate.unwrap_or(true), request.dimensions).await?;
-    let line = wire::EmbedResponse { model: request.model, embeddings: vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(load), prompt_eval_count: prompt_tokens as u64 };
-    Ok(with_revision(&served, Json(line).into_response()))
+    let target = load(&state, &principal, &request.model).await?;
+    inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, false)?;
+    let embed = EmbedRequest { api: "ollama.embed", input: EmbedInput::Texts(inputs), truncate: request.truncate.unwrap_or(true), dimensions: request.dimensions };
+    let result = inference::embed(&state, &principal, &target, embed).await?;
+    let line = wire::EmbedResponse { model: request.model, embeddings: result.vectors, total_duration: nanos(started.elapsed()), load_duration: nanos(target.load), prompt_eval_count: result.prompt_tokens as u64 };
+    Ok(with_revision(&target, Json(line).into_response()))
 }
 
 /// `POST /api/embeddings`, the older one-text form.
 pub(crate) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, request: Bytes) -> Result<Response, OllamaError> {
-    let principal = openai::authenticate(&state, &headers).await?;
+    let principal = inference::authenticate(&state, &headers).await?;
     let request: wire::EmbeddingsRequest = body(&request)?;
     let keep = keep_alive(request.keep_alive.as_ref())?;
-    let (served, _) = load(&state, &principal, &request.model).await?;
-    apply_keep_alive(&state, &principal, &served.deployment, keep, request.prompt.is_empty())?;
+    let target = load(&state, &principal, &request.model).await?;
+    inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, request.prompt.is_empty())?;
     if request.prompt.is_empty() {
         // Ollama answers an empty prompt with an empty vector (a way to load the model).
-        return Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
+        return Ok(with_revision(&target, Json(wire::EmbeddingsResponse { embedding: Vec::new() }).into_response()));
     }
-    let (mut vectors, _) = embed_texts(&state, &principal, "ollama.embeddings", &served, &[request.prompt], true, None).await?;
-    Ok(with_revision(&served, Json(wire::EmbeddingsResponse { embedding: vectors.remove(0) }).into_response()))
-}
-
-async fn embed_texts(state: &AppState, principal: &Principal, api: &'static str, served: &Served, inputs: &[String], truncate: bool, dimensions: Option<u32>) -> Result<(Vec<Vec<f32>>, usize), OllamaError> {
-    let Backend::Embed(engine) = &served.backend else {
-        return Err(OllamaError::invalid(format!("model {:?} does not support embeddings", served.deployment.name)));
-    };
-    if dimensions.is_some_and(|d| d as usize != engine.dims()) {
-        return Err(OllamaError::unsupported("dimensions", &format!("dimensions other than the model's {}", engine.dims())));
-    }
-    if let Some(i) = inputs.iter().position(String::is_empty) {
-        return Err(OllamaError::invalid(format!("input[{i}] is empty")));
-    }
-    let mut tokens = Vec::with_capacity(inputs.len());
-    for (i, mut ids) in crate::prompt::embedding_inputs(engine, inputs.to_vec()).await.into_iter().enumerate() {
-        if ids.len() > engine.max_tokens() {
-            if !truncate {
-                return Err(OllamaError::invalid(format!("input[{i}] has {} tokens, more than the model's {}; send truncate: true to cut it", ids.len(), engine.max_tokens())));
-            }
-            cut_keeping_end(&mut ids, engine.max_tokens());
-        }
-        tokens.push(ids);
-    }
-    let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    let admission = crate::quotas::admit(state, principal, prompt_tokens).await?;
-    let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
-    let vectors = engine.embed(tokens).await.map_err(|err| {
-        timer.reject(&err);
-        OllamaError::from(err)
-    })?;
-    timer.finish(prompt_tokens, 0);
-    Ok((vectors, prompt_tokens))
-}
-
-/// Cuts a tokenized input to `max` tokens, keeping its last one (an encoder's closing special
-/// token, such as BERT's `[SEP]`).
-fn cut_keeping_end(ids: &mut Vec<Token>, max: usize) {
-    if max == 0 {
-        ids.clear();
-        return;
-    }
-    let last = ids.last().copied();
-    ids.truncate(max);
-    if let (Some(last), Some(end)) = (last, ids.last_mut()) {
-        *end = last;
-    }
+    let embed = EmbedRequest { api: "ollama.embeddings", input: EmbedInput::Texts(vec![request.prompt]), truncate: true, dimensions: None };
+    let mut result = inference::embed(&state, &principal, &target, embed).await?;
+    Ok(with_revision(&target, Json(wire::EmbeddingsResponse { embedding: result.vectors.remove(0) }).into_response()))
 }
 
 /// Validated generation options.
 struct Options {
-    params: SamplingParams,
+    /// What the request set; the deployment's defaults and then Ollama's fill the rest.
+    sampling: Sampling,
     max_tokens: Option<usize>,
     stop: Vec<String>,
     stream: bool,
@@ -408,7 +364,7 @@ impl Options {
         if fields.logprobs == Some(true) || fields.top_logprobs.is_some_and(|n| n > 0) {
             return Err(OllamaError::unsupported("logprobs", "log probabilities on the Ollama API (use /v1)"));
         }
-        let mut params = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1, penalty_last_n: 64, ..SamplingParams::default() };
+        let mut params = Sampling::default();
         let mut max_tokens = None;
         let mut stop = Vec::new();
         let empty = Map::new();
@@ -426,28 +382,26 @@ impl Options {
                 }
             };
             match key.as_str() {
-                "temperature" => params.temperature = in_range(0.0, 2.0)? as f32,
-                "top_p" => params.top_p = in_range(0.0, 1.0)? as f32,
-                "min_p" => params.min_p = in_range(0.0, 1.0)? as f32,
-                "top_k" => params.top_k = in_range(-1.0, 1e6)?.max(0.0) as usize,
+                "temperature" => params.temperature = Some(in_range(0.0, 2.0)? as f32),
+                "top_p" => params.top_p = Some(in_range(0.0, 1.0)? as f32),
+                "min_p" => params.min_p = Some(in_range(0.0, 1.0)? as f32),
+                "top_k" => params.top_k = Some(in_range(-1.0, 1e6)?.max(0.0) as usize),
                 "repeat_penalty" => {
-                    params.repetition_penalty = in_range(0.0, 10.0)? as f32;
-                    if params.repetition_penalty == 0.0 {
-                        params.repetition_penalty = 1.0;
-                    }
+                    let penalty = in_range(0.0, 10.0)? as f32;
+                    params.repetition_penalty = Some(if penalty == 0.0 { 1.0 } else { penalty });
                 }
                 "repeat_last_n" => {
                     let n = in_range(-1.0, 1e6)?;
                     // -1: the whole context; 0: no penalty.
                     if n == 0.0 {
-                        params.repetition_penalty = 1.0;
-                        params.frequency_penalty = 0.0;
-                        params.presence_penalty = 0.0;
+                        params.repetition_penalty = Some(1.0);
+                        params.frequency_penalty = Some(0.0);
+                        params.presence_penalty = Some(0.0);
                     }
-                    params.penalty_last_n = n.max(0.0) as usize;
+                    params.penalty_last_n = Some(n.max(0.0) as usize);
                 }
-                "presence_penalty" => params.presence_penalty = in_range(-2.0, 2.0)? as f32,
-                "frequency_penalty" => params.frequency_penalty = in_range(-2.0, 2.0)? as f32,
+                "presence_penalty" => params.presence_penalty = Some(in_range(-2.0, 2.0)? as f32),
+                "frequency_penalty" => params.frequency_penalty = Some(in_range(-2.0, 2.0)? as f32),
                 "seed" => params.seed = Some(number()? as i64 as u64),
                 "num_predict" => {
                     let n = number()?;
@@ -475,16 +429,26 @@ impl Options {
                 _ => {}
             }
         }
-        Ok(Options { params, max_tokens, stop, stream: fields.stream.unwrap_or(true), grammar })
+        Ok(Options { sampling: params, max_tokens, stop, stream: fields.stream.unwrap_or(true), grammar })
     }
-}
 
-/// What a request's `keep_alive` asks for.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum KeepAlive {
-    /// `0`: unload now (an empty request) or as soon as it is idle.
-    Unload,
-    Keep(Keep),
+    /// The inference service's request for `input`.
+    fn request(&self, api: &'static str, input: Input, tools: Option<ToolPlan>) -> GenerationRequest {
+        GenerationRequest {
+            api,
+            input,
+            sampling: self.sampling.clone(),
+            // Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 over the last 64 tokens.
+            fallback: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1, penalty_last_n: 64, ..SamplingParams::default() },
+            max_tokens: self.max_tokens,
+            clip_to_context: true,
+            stop: self.stop.clone(),
+            n: 1,
+            logprobs: None,
+            constraint: self.grammar.clone(),
+            tools,
+        }
+    }
 }
 
 /// Ollama's `keep_alive`: seconds as a number, or a Go duration (`"5m"`, `"1h30m"`, `"-1"`);
@@ -541,81 +505,22 @@ fn parse_duration(text: &str) -> Option<f64> {
     Some(sign * total)
 }
 
-/// Whether the caller may pin a deployment past its `keep_alive_max` or unload it for everyone:
-/// a site admin, or an admin token of the deployment's namespace.
-fn may_manage_residency(principal: &Principal, deployment: &domain::meta::Deployment) -> bool {
-    match principal {
-        Principal::User(user) => principal.site_admin().is_ok() || (user.role == domain::auth::Role::Admin && principal.can_write_namespace(deployment.repo.namespace.as_str())),
-        Principal::Anonymous => false,
-    }
-}
-
-/// An ordinary caller's `keep_alive` within the deployment's limit: at most `keep_alive_max`
-/// from now (`-1` included); unloading is refused, since the model serves others too.
-fn cap_keep_alive(deployment: &domain::meta::Deployment, keep: Option<KeepAlive>) -> Result<Option<KeepAlive>, OllamaError> {
-    // Bounded on deploy; a stored value past the clock's range means "no limit beyond now".
-    let now = std::time::SystemTime::now();
-    let limit = now.checked_add(Duration::from_secs(deployment.settings.keep_alive_max_secs)).unwrap_or(now);
-    Ok(match keep {
-        None => None,
-        Some(KeepAlive::Unload) => return Err(OllamaError::forbidden("keep_alive 0 (unloading a model others use) needs an admin token")),
-        Some(KeepAlive::Keep(Keep::Forever)) => Some(KeepAlive::Keep(Keep::Until(limit))),
-        Some(KeepAlive::Keep(Keep::Until(until))) => Some(KeepAlive::Keep(Keep::Until(until.min(limit)))),
-        Some(KeepAlive::Keep(Keep::Default)) => Some(KeepAlive::Keep(Keep::Default)),
-    })
-}
-
-/// Applies a request's `keep_alive` to its deployment (an ordinary caller's capped, and never
-/// shortening a pin someone else set); `true` when the request asked to unload and is empty
-/// (it only came to do that).
-fn apply_keep_alive(state: &AppState, principal: &Principal, deployment: &domain::meta::Deployment, keep: Option<KeepAlive>, empty: bool) -> Result<bool, OllamaError> {
-    let privileged = may_manage_residency(principal, deployment);
-    let keep = if privileged { keep } else { cap_keep_alive(deployment, keep)? };
-    let name = deployment.name.as_str();
-    Ok(match keep {
-        None => false,
-        Some(KeepAlive::Keep(keep)) if privileged => {
-            state.runtime.keep(name, keep);
-            false
-        }
-        Some(KeepAlive::Keep(keep)) => {
-            state.runtime.extend_keep(name, keep);
-            false
-        }
-        Some(KeepAlive::Unload) if empty => state.runtime.unload_if_idle(name),
-        Some(KeepAlive::Unload) => {
-            // Evictable from now on; it goes when the budget next needs room.
-            state.runtime.keep(name, Keep::Until(std::time::SystemTime::now()));
-            false
-        }
-    })
-}
-
 /// The deployment's served model and how long getting it took (its load, if this request did it).
-async fn load(state: &AppState, principal: &Principal, model: &str) -> Result<(Arc<Served>, Duration), OllamaError> {
-    let started = Instant::now();
-    let served = openai::serve(state, principal, model_name(model)).await.map_err(|err| {
-        let (status, message) = err.parts();
-        if status == StatusCode::NOT_FOUND {
+async fn load(state: &AppState, principal: &Principal, model: &str) -> Result<Target, OllamaError> {
+    inference::resolve(state, principal, model_name(model)).await.map_err(|err| {
+        let err = OllamaError::from(err);
+        if err.status == StatusCode::NOT_FOUND {
             // Ollama's own words, which tools look for.
-            OllamaError { status, message: format!("model {model:?} not found, try pulling it first"), headers: None }
+            OllamaError { message: format!("model {model:?} not found, try pulling it first"), ..err }
         } else {
-            OllamaError { status, message: message.to_owned(), headers: None }
+            err
         }
-    })?;
-    Ok((served, started.elapsed()))
+    })
 }
 
 /// A deployment name from an Ollama model name: `name:latest` is `name`.
 fn model_name(model: &str) -> &str {
     model.strip_suffix(":latest").unwrap_or(model)
-}
-
-fn generator(served: &Served) -> Result<&Engine, OllamaError> {
-    match &served.backend {
-        Backend::Generate(engine) => Ok(engine),
-        Backend::Embed(_) => Err(OllamaError::invalid(format!("model {:?} does not support generate", served.deployment.name))),
-    }
 }
 
 fn details(deployment: &Deployment) -> wire::ModelDetails {
@@ -630,8 +535,8 @@ fn details(deployment: &Deployment) -> wire::ModelDetails {
     wire::ModelDetails { parent_model: String::new(), format: format.to_owned(), family: String::new(), families: None, parameter_size: String::new(), quantization_level: String::new() }
 }
 
-fn with_revision(served: &Served, mut response: Response) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&served.revision) {
+fn with_revision(target: &Target, mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&target.served.revision) {
         response.headers_mut().insert("x-mantle-revision", value);
     }
     response
@@ -669,98 +574,62 @@ enum Shape {
     Generate,
 }
 
-/// One generation and what its last line reports.
+/// One answer and what its last line reports.
 struct Run {
-    generation: Generation,
-    timer: RequestTimer,
-    prompt_tokens: usize,
+    answer: Answer,
     started: Instant,
     load: Duration,
     queued: Instant,
     first: Option<Instant>,
-    /// Chat with tools: the answer is parsed for calls, sent in a line before the last.
-    parser: Option<CallParser>,
-    calls: Vec<crate::tools::Call>,
+    /// Tool calls: sent whole, in a line before the last (Ollama does not stream them).
+    calls: Vec<Call>,
+    reason: Finish,
     ready: VecDeque<Step>,
 }
 
 impl Run {
-    #[allow(clippy::too_many_arguments, reason = "one call per route; a struct would only rename them")]
-    fn start(state: &AppState, principal: &Principal, api: &'static str, served: &Served, engine: &Engine, prompt: Vec<Token>, options: &Options, started: Instant, load: Duration, admission: domain::quota::Admission) -> Result<Run, OllamaError> {
-        let n_ctx = engine.info().n_ctx;
-        if prompt.len() >= n_ctx {
-            return Err(OllamaError::invalid(format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
-        }
-        let prompt_tokens = prompt.len();
-        let max_tokens = options.max_tokens.unwrap_or(n_ctx - prompt.len()).min(n_ctx - prompt.len());
-        let mut timer = state.metrics.start(&served.deployment.name).billed(&state.usage, principal, api, &served.deployment.settings, admission);
-        let request = GenerateRequest { prompt, params: options.params.clone(), max_tokens, stop: options.stop.clone(), logprobs: None, grammar: options.grammar.clone() };
-        let generation = engine.generate(request).map_err(|err| {
-            timer.reject(&err);
-            OllamaError::from(err)
-        })?;
-        timer.track(generation.progress());
-        Ok(Run { generation, timer, prompt_tokens, started, load, queued: Instant::now(), first: None, parser: None, calls: Vec::new(), ready: VecDeque::new() })
+    fn new(answer: Answer, started: Instant, load: Duration) -> Run {
+        Run { answer, started, load, queued: Instant::now(), first: None, calls: Vec::new(), reason: Finish::Stop, ready: VecDeque::new() }
     }
 
-    /// The next piece of text, or the end: `Ok(None)` with the finish reason and token count.
+    /// The next piece of text, the calls, then the end with its statistics.
     async fn next(&mut self) -> Result<Step, String> {
         loop {
             if let Some(step) = self.ready.pop_front() {
                 return Ok(step);
             }
-            match self.generation.next().await {
-                Some(Event::Text(piece)) => {
-                    self.timer.token();
+            match self.answer.next().await {
+                Some(Output::Logprobs { .. }) => {}
+                Some(Output::Text { text, .. }) => {
                     self.first.get_or_insert_with(Instant::now);
-                    match &mut self.parser {
-                        Some(parser) => {
-                            let pieces = parser.push(&piece);
-                            self.take_pieces(pieces);
-                        }
-                        None => return Ok(Step::Text(piece)),
+                    return Ok(Step::Text(text));
+                }
+                Some(Output::CallStart { name, .. }) => {
+                    self.first.get_or_insert_with(Instant::now);
+                    self.calls.push(Call { name, arguments: String::new() });
+                }
+                Some(Output::CallArguments { call, text, .. }) => {
+                    if let Some(call) = self.calls.get_mut(call) {
+                        call.arguments.push_str(&text);
                     }
                 }
-                Some(Event::Logprobs(_)) => {}
-                Some(Event::Done { finish_reason, completion_tokens, .. }) => {
-                    self.timer.finish(self.prompt_tokens, completion_tokens);
-                    if let Some(parser) = &mut self.parser {
-                        let pieces = parser.finish();
-                        self.take_pieces(pieces);
-                    }
-                    let reason = if finish_reason == FinishReason::Length { "length" } else { "stop" };
+                Some(Output::Finished { reason, .. }) => self.reason = reason,
+                Some(Output::Usage { prompt_tokens, completion_tokens }) => {
+                    // Ollama says `stop` for an answer that is a call.
+                    let reason = if self.reason == Finish::Length { "length" } else { "stop" };
                     let first = self.first.unwrap_or_else(Instant::now);
                     if !self.calls.is_empty() {
                         self.ready.push_back(Step::Calls(std::mem::take(&mut self.calls)));
                     }
-                    self.ready.push_back(Step::Done(stats(reason, self.started, self.load, self.prompt_tokens, first - self.queued, completion_tokens, first.elapsed())));
+                    self.ready.push_back(Step::Done(stats(reason, self.started, self.load, prompt_tokens, first - self.queued, completion_tokens, first.elapsed())));
                 }
-                Some(Event::Failed(err)) => {
-                    self.timer.fail();
-                    tracing::error!("failed to generate: {err}");
-                    return Err("generation failed; see the server log".to_owned());
-                }
+                Some(Output::Failed(message)) => return Err(message),
                 None => return Err("the engine stopped".to_owned()),
             }
         }
     }
 
-    /// Content goes out as text; calls wait for the end of the answer (Ollama sends them whole).
-    fn take_pieces(&mut self, pieces: Vec<Piece>) {
-        for piece in pieces {
-            match piece {
-                Piece::Content(text) => self.ready.push_back(Step::Text(text)),
-                Piece::Start { name, .. } => self.calls.push(crate::tools::Call { name, arguments: String::new() }),
-                Piece::Arguments { index, text } => {
-                    if let Some(call) = self.calls.get_mut(index) {
-                        call.arguments.push_str(&text);
-                    }
-                }
-            }
-        }
-    }
-
-    fn line(model: &str, shape: Shape, text: String, calls: Vec<crate::tools::Call>, stats: Option<wire::Stats>) -> Bytes {
+    fn line(model: &str, shape: Shape, text: String, calls: Vec<Call>, stats: Option<wire::Stats>) -> Bytes {
         let done = stats.is_some();
         let mut json = match shape {
             Shape::Chat => {
@@ -822,7 +691,7 @@ impl Run {
 
 enum Step {
     Text(String),
-    Calls(Vec<crate::tools::Call>),
+    Calls(Vec<Call>),
     Done(wire::Stats),
 }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod console;
 mod hardening;
 mod harness;
+mod inference;
 mod openai;
 mod quotas;
 mod residency;

@@ -31,7 +31,7 @@ fn new_commit(repo_id: i64, operations: Vec<FileOperation>, expected_parent: Opt
 }
 
 /// A fresh PostgreSQL database per call, so suites never see each other's rows.
-async fn postgres_url() -> Option<String> {
+pub(crate) async fn postgres_url() -> Option<String> {
     let base = crate::needed("TEST_DATABASE_URL")?;
     sqlx::any::install_default_drivers();
     let db = format!("mantle_test_{}", uuid::Uuid::new_v4().simple());
@@ -211,7 +211,15 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         commit: c1.id.clone(),
         file_path: RepoPath::parse("w/model.bin").unwrap(),
         file_sha256: Digest::parse(&"c".repeat(64)).unwrap(),
-        settings: EngineSettings { context: 2048, max_batch: 8, threads: 2, price_prompt_micros: 150_000, price_completion_micros: 600_000, keep_alive_max_secs: 300 },
+        settings: EngineSettings {
+            context: 2048,
+            max_batch: 8,
+            threads: 2,
+            price_prompt_micros: 150_000,
+            price_completion_micros: 600_000,
+            keep_alive_max_secs: 300,
+            sampling: domain::meta::SamplingDefaults { temperature: Some(0.25), top_k: Some(40), max_tokens: Some(512), ..Default::default() },
+        },
         created_by: "admin".into(),
         created_at: "2026-11-27T00:00:00.000Z".into(),
     };
@@ -348,7 +356,7 @@ async fn sqlite_writers_wait_for_the_lock() {
     let store = SqlMetaStore::connect(&url).await.unwrap();
     let other = SqlMetaStore::connect(&url).await.unwrap();
     let mut holder = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'x')").execute(&mut *holder).await.unwrap();
+    sqlx::query("INSERT INTO settings (key, value) VALUES ('lock-holder', 'x')").execute(&mut *holder).await.unwrap();
     let release = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         holder.rollback().await.unwrap();

@@ -4,6 +4,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::InferError;
 
+use crate::inference::InferenceError;
+
 /// An error on its way out of an OpenAI route.
 #[derive(Debug)]
 pub(crate) struct OpenAiError {
@@ -37,11 +39,6 @@ impl OpenAiError {
         OpenAiError { status: StatusCode::BAD_REQUEST, ..Self::invalid(format!("invalid request body: {}", rejection.body_text()), None) }
     }
 
-    /// The HTTP status and message, for the other APIs that share these checks (Ollama's).
-    pub(crate) fn parts(&self) -> (StatusCode, &str) {
-        (self.status, &self.message)
-    }
-
     /// A prompt that does not fit the model's context.
     pub(crate) fn context_exceeded(message: String) -> Self {
         Self::context_exceeded_in("messages", message)
@@ -53,11 +50,18 @@ impl OpenAiError {
     }
 }
 
-impl From<crate::prompt::PromptError> for OpenAiError {
-    fn from(err: crate::prompt::PromptError) -> Self {
-        match &err {
-            crate::prompt::PromptError::Template(_) | crate::prompt::PromptError::Unseparable => OpenAiError::invalid(err.to_string(), Some("messages")),
-            crate::prompt::PromptError::TooLong { .. } => OpenAiError::context_exceeded(err.to_string()),
+impl From<InferenceError> for OpenAiError {
+    fn from(err: InferenceError) -> Self {
+        match err {
+            InferenceError::Invalid { message, param } => OpenAiError::invalid(message, param.as_deref()),
+            InferenceError::Unsupported { param, what } => OpenAiError::unsupported(&param, &what),
+            InferenceError::ContextExceeded { param, message } => OpenAiError::context_exceeded_in(&param, message),
+            InferenceError::NotGenerative { model } => OpenAiError::invalid(format!("model {model} serves embeddings; use /v1/embeddings"), Some("model")),
+            InferenceError::NotEmbedding { model } => OpenAiError::invalid(format!("model {model} generates text; embeddings need an embedding deployment"), Some("model")),
+            InferenceError::NoChatTemplate { model } => OpenAiError::invalid(format!("model {model} has no chat template; use /v1/completions"), Some("model")),
+            InferenceError::Quota(exceeded) => crate::quotas::Refusal::Exceeded(exceeded).into(),
+            InferenceError::Domain(err) => err.into(),
+            InferenceError::Engine(err) => err.into(),
         }
     }
 }

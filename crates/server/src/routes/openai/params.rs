@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use api::openai::{MessageContent, SamplingFields, Stop};
 use engine::grammar::Grammar;
-use engine::SamplingParams;
 
 use super::error::OpenAiError;
+use crate::inference::Sampling;
 
 /// Which route a request came in on; a few fields differ between them.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,8 @@ pub(crate) enum Endpoint {
 /// Validated generation options of one request.
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
-    pub(crate) params: SamplingParams,
+    /// What the request set; the deployment's defaults and then OpenAI's fill the rest.
+    pub(crate) sampling: Sampling,
     /// `None`: up to the end of the context.
     pub(crate) max_tokens: Option<usize>,
     pub(crate) stop: Vec<String>,
@@ -45,18 +46,19 @@ impl Options {
             return Err(OpenAiError::invalid("stream_options is only allowed when stream is true", Some("stream_options")));
         }
         let include_usage = fields.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        let temperature = range(fields.temperature, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
-        let top_p = range(fields.top_p, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
-        let min_p = range(fields.min_p, "min_p", 0.0, 1.0)?.unwrap_or(0.0);
-        let frequency_penalty = range(fields.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
-        let presence_penalty = range(fields.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
-        let repetition_penalty = range(fields.repetition_penalty, "repetition_penalty", 0.0, 10.0)?.unwrap_or(1.0);
-        if repetition_penalty == 0.0 {
+        let temperature = range(fields.temperature, "temperature", 0.0, 2.0)?;
+        let top_p = range(fields.top_p, "top_p", 0.0, 1.0)?;
+        let min_p = range(fields.min_p, "min_p", 0.0, 1.0)?;
+        let frequency_penalty = range(fields.frequency_penalty, "frequency_penalty", -2.0, 2.0)?;
+        let presence_penalty = range(fields.presence_penalty, "presence_penalty", -2.0, 2.0)?;
+        let repetition_penalty = range(fields.repetition_penalty, "repetition_penalty", 0.0, 10.0)?;
+        if repetition_penalty == Some(0.0) {
             return Err(OpenAiError::invalid("repetition_penalty must be greater than 0", Some("repetition_penalty")));
         }
         let top_k = match fields.top_k {
-            None | Some(-1) | Some(0) => 0,
-            Some(k) if (1..=1_000_000).contains(&k) => k as usize,
+            None => None,
+            Some(-1) | Some(0) => Some(0),
+            Some(k) if (1..=1_000_000).contains(&k) => Some(k as usize),
             Some(k) => return Err(OpenAiError::invalid(format!("top_k must be -1, 0 or a positive count; got {k}"), Some("top_k"))),
         };
         // max_completion_tokens is the newer name; a request naming both gets the newer one.
@@ -107,26 +109,26 @@ impl Options {
         }
         let seed = fields.seed.map(|s| s as u64);
         let ignore_eos = fields.ignore_eos.unwrap_or(false);
-        let params = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, penalty_last_n: 0, seed, ignore_eos };
-        Ok(Options { params, max_tokens, stop, n: n as usize, stream, include_usage, logprobs, grammar })
-    }
-
-    /// The sampling settings of choice `index`: with a seed, each choice gets its own stream.
-    pub(crate) fn params_for(&self, index: usize) -> SamplingParams {
-        let mut params = self.params.clone();
-        params.seed = params.seed.map(|seed| seed.wrapping_add(index as u64));
-        params
+        let sampling = Sampling { temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty, presence_penalty, penalty_last_n: None, seed, ignore_eos };
+        Ok(Options { sampling, max_tokens, stop, n: n as usize, stream, include_usage, logprobs, grammar })
     }
 }
 
 /// `response_format`: `text`, `json_object`, or `json_schema` with a schema the grammar
-/// compiler supports (a feature it cannot enforce is a 400 naming it).
+/// compiler supports (a feature it cannot enforce is a 400 naming it). `json_object` with a
+/// `schema` beside it (what llama-server accepts and instructor's `JSON_SCHEMA` mode sends) is
+/// held to that schema.
 fn response_format(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, OpenAiError> {
     let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
     let param = "response_format";
+    let schema = |schema: &serde_json::Value, param: &str| Grammar::from_schema(schema).map(Some).map_err(|err| OpenAiError::invalid(format!("{param}: {err}"), Some(param)));
     match format.get("type").and_then(|t| t.as_str()) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(Grammar::json_object())),
+        Some("json_object") => match format.get("schema") {
+            None | Some(serde_json::Value::Null) => Ok(Some(Grammar::json_object())),
+            Some(found) if found.is_object() || found.is_boolean() => schema(found, "response_format.schema"),
+            Some(_) => Err(OpenAiError::invalid("response_format.schema must be a JSON schema object", Some("response_format.schema"))),
+        },
         Some("json_schema") => {
             let spec = format.get("json_schema").filter(|s| s.is_object()).ok_or_else(|| OpenAiError::invalid("response_format.json_schema is required for type json_schema", Some(param)))?;
             let name = spec.get("name").and_then(|n| n.as_str()).unwrap_or_default();
@@ -135,7 +137,7 @@ fn response_format(format: Option<&serde_json::Value>) -> Result<Option<Grammar>
             }
             match spec.get("schema") {
                 None | Some(serde_json::Value::Null) => Ok(Some(Grammar::json_object())),
-                Some(schema) => Grammar::from_schema(schema).map(Some).map_err(|err| OpenAiError::invalid(format!("response_format.json_schema.schema: {err}"), Some("response_format.json_schema.schema"))),
+                Some(found) => schema(found, "response_format.json_schema.schema"),
             }
         }
         Some(other) => Err(OpenAiError::invalid(format!("response_format.type {other:?} is not one of text, json_object, json_schema"), Some(param))),
@@ -219,4 +221,24 @@ fn tool_calls(calls: &serde_json::Value, param: &str) -> Result<serde_json::Valu
         out.push(serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
     }
     Ok(serde_json::Value::Array(out))
+}
+
+impl Options {
+    /// The inference service's request for `input`.
+    pub(crate) fn request(&self, api: &'static str, input: crate::inference::Input, tools: Option<crate::inference::tools::ToolPlan>) -> crate::inference::GenerationRequest {
+        crate::inference::GenerationRequest {
+            api,
+            input,
+            sampling: self.sampling.clone(),
+            // OpenAI's defaults: temperature 1, top_p 1, no penalties.
+            fallback: engine::SamplingParams::default(),
+            max_tokens: self.max_tokens,
+            clip_to_context: false,
+            stop: self.stop.clone(),
+            n: self.n,
+            logprobs: self.logprobs,
+            constraint: self.grammar.clone(),
+            tools,
+        }
+    }
 }

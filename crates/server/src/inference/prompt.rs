@@ -79,8 +79,9 @@ pub(crate) async fn texts(engine: &Engine, texts: Vec<String>) -> Result<Vec<Vec
     off_async(move || texts.iter().map(|text| tokenize_within_context(&engine, text)).collect()).await
 }
 
-/// Tokenizes embedding inputs (the encoder's tokenizer stops one token past its maximum).
-pub(crate) async fn embedding_inputs(engine: &engine::EmbedEngine, texts: Vec<String>) -> Vec<Vec<Token>> {
+/// Tokenizes embedding inputs, truncated to the encoder's maximum as its tokenizer truncates,
+/// each with whether it was cut.
+pub(crate) async fn embedding_inputs(engine: &engine::EmbedEngine, texts: Vec<String>) -> Vec<(Vec<Token>, bool)> {
     let engine = engine.clone();
     off_async(move || texts.iter().map(|text| engine.tokenize(text)).collect()).await
 }
@@ -94,7 +95,7 @@ struct Marks {
 
 impl Marks {
     fn random() -> Self {
-        let nonce = crate::routes::openai::random_id();
+        let nonce = super::random_id();
         Marks { open: format!("\u{e000}{nonce}\u{e001}"), close: format!("\u{e002}{nonce}\u{e003}") }
     }
 

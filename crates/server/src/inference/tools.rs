@@ -536,8 +536,9 @@ pub(crate) fn parse_call(text: &str) -> Option<Call> {
     Some(Call { name, arguments })
 }
 
-/// Splits a whole answer into content and calls.
-pub(crate) fn split_answer(text: &str, mut parser: CallParser) -> (String, Vec<Call>) {
+/// Splits a whole answer into content and calls (the streamed parse, all at once).
+#[cfg(test)]
+fn split_answer(text: &str, mut parser: CallParser) -> (String, Vec<Call>) {
     let mut pieces = parser.push(text);
     pieces.extend(parser.finish());
     let mut content = String::new();
@@ -558,7 +559,7 @@ pub(crate) fn split_answer(text: &str, mut parser: CallParser) -> (String, Vec<C
 
 /// A fresh call id, as OpenAI writes them.
 pub(crate) fn call_id() -> String {
-    format!("call_{}", crate::routes::openai::random_id())
+    format!("call_{}", super::random_id())
 }
 
 #[cfg(test)]

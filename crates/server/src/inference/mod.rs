@@ -1,0 +1,90 @@
+//! The transport-neutral inference service. Every API surface (OpenAI, Ollama, and the ones to
+//! come) translates its wire format into a [`GenerationRequest`] or an [`EmbedRequest`], calls
+//! [`resolve`] and then [`generate`] or [`embed`], and translates the [`Answer`]'s
+//! [`Output`]s back. What every surface must get the same lives here, once: authentication of
+//! the caller, which deployment a name means and loading it (residency), prompt building
+//! (chat templates, tools, tokenization, context checks), sampling defaults (request, then the
+//! deployment's, then the API's), quota admission, usage accounting and metrics, tool-call
+//! parsing, and the exact-revision fingerprint.
+//!
+//! A protocol module only parses its own fields and phrases errors and answers in its shape;
+//! it never calls the engine, the quotas or the usage log itself.
+
+mod embed;
+mod error;
+mod generate;
+pub(crate) mod prompt;
+pub mod quotas;
+mod request;
+mod residency;
+pub(crate) mod tools;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use domain::auth::Principal;
+
+pub(crate) use embed::{embed, EmbedInput, EmbedRequest};
+pub(crate) use error::InferenceError;
+pub(crate) use generate::{generate, Answer, Finish, Output};
+pub(crate) use request::{GenerationRequest, Input, Sampling};
+pub(crate) use residency::{apply_keep_alive, KeepAlive};
+
+use crate::runtime::{Backend, Served};
+use crate::AppState;
+
+/// A deployment resolved for one caller and loaded.
+pub(crate) struct Target {
+    pub(crate) served: Arc<Served>,
+    /// How long this request waited for the model to be loaded (zero when it was resident).
+    pub(crate) load: Duration,
+}
+
+impl Target {
+    /// The deployment's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.served.deployment.name
+    }
+
+    /// Whether the model generates text (rather than embeddings).
+    pub(crate) fn generates(&self) -> bool {
+        matches!(self.served.backend, Backend::Generate(_))
+    }
+
+    /// Whether the model has a chat template (prompts can be rendered from messages).
+    pub(crate) fn has_chat_template(&self) -> bool {
+        self.served.chat.is_some()
+    }
+}
+
+/// The Bearer token's principal; inference always needs one.
+pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, InferenceError> {
+    let principal = crate::auth::principal(state, headers).await?;
+    principal.user()?;
+    Ok(principal)
+}
+
+/// The loaded model behind `name`, if the caller may use it. A deployment that is gone
+/// (undeployed, perhaps by another replica) is unloaded here.
+pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str) -> Result<Target, InferenceError> {
+    let started = Instant::now();
+    match state.hub.runnable_deployment(principal, name).await {
+        Ok(deployment) => {
+            let served = state.runtime.get(&state.hub, deployment).await?;
+            Ok(Target { served, load: started.elapsed() })
+        }
+        Err(err) => {
+            if matches!(err, domain::Error::NotFound(_)) {
+                state.runtime.unload(name);
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// A random identifier (24 letters and digits) for response and call ids.
+pub(crate) fn random_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString as _};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
+}
