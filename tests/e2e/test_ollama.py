@@ -114,7 +114,7 @@ def test_errors_are_ollama_shaped(server, smol):
     api = client(server, token)
     cases = [
         dict(model="no-such-model", messages=[QUESTION]),
-        dict(model=name, messages=[QUESTION], format={"type": "string", "format": "ipv6"}),
+        dict(model=name, messages=[QUESTION], format={"type": "string", "format": "idn-hostname"}),
         dict(model=name, messages=[QUESTION], tools=[{"type": "function", "function": {"name": "bad name!", "description": "d", "parameters": {"type": "object", "properties": {}}}}]),
         dict(model=name, messages=[QUESTION], options={"temperature": 7}),
         dict(model=name, messages=[QUESTION], options={"mirostat": 2}),

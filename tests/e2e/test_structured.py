@@ -96,7 +96,7 @@ def test_json_schema_output_validates_with_the_135m_model(server, smol):
     assert isinstance(json.loads(answer.choices[0].message.content), dict)
     # A schema feature that cannot be enforced is refused, naming it.
     with pytest.raises(openai.BadRequestError) as err:
-        api.chat.completions.create(model=name, messages=ask, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"address": {"type": "string", "format": "ipv6"}}}}})
+        api.chat.completions.create(model=name, messages=ask, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"address": {"type": "string", "format": "idn-hostname"}}}}})
     assert "format" in err.value.body["message"] and err.value.body["param"] == "response_format.json_schema.schema"
 
 
@@ -175,4 +175,4 @@ def test_ollama_format_and_tools(server, smol):
         assert isinstance(call.function.arguments, dict)
     with pytest.raises(ollama.ResponseError) as err:
         api.chat(model=name, messages=ask, format={"type": "string", "pattern": "(?<=a)b"})
-    assert err.value.status_code == 400 and "lookaround" in err.value.error
+    assert err.value.status_code == 400 and "look-around" in err.value.error

@@ -13,7 +13,6 @@ pub mod hf_tokenizer;
 pub mod llama;
 mod load;
 pub mod mock;
-pub mod regex;
 mod sampler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,10 +130,10 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: send each sampled token's log probability and the `k` likeliest alternatives.
     pub logprobs: Option<usize>,
-    /// Output constrained to a grammar (structured output, forced tool calls): every sampled
-    /// token keeps the text on a path the grammar accepts, and generation stops when it is
-    /// complete.
-    pub grammar: Option<Arc<grammar::Grammar>>,
+    /// Output constrained to a grammar (structured output, forced tool calls), started with
+    /// [`Engine::constrain`]: every sampled token keeps the text on a path the grammar accepts,
+    /// and generation stops when it is complete.
+    pub constraint: Option<grammar::Constraint>,
 }
 
 /// What a stream receives.
@@ -214,6 +213,18 @@ pub struct Engine {
     tokenizer: Arc<dyn Tokenizer>,
     batch_size: Arc<AtomicUsize>,
     health: tokio::sync::watch::Receiver<Health>,
+    /// The vocabulary indexed for grammar masks.
+    vocabulary: Arc<LazyVocabulary>,
+}
+
+/// Each token's bytes (by id) and the end tokens: what a grammar index is built from.
+type VocabularyBytes = (Vec<Vec<u8>>, Vec<Token>);
+
+/// A model's grammar index, built from its token bytes when a request first needs it.
+struct LazyVocabulary {
+    /// Token bytes and end tokens, until the index is built.
+    bytes: std::sync::Mutex<Option<VocabularyBytes>>,
+    built: std::sync::OnceLock<Result<grammar::Vocabulary, String>>,
 }
 
 /// Work done for one request so far, counted by the runner thread as it happens, so a request
@@ -276,6 +287,10 @@ impl Engine {
     pub fn start(runner: Box<dyn ModelRunner>, config: EngineConfig) -> Self {
         let info = runner.info();
         let tokenizer = runner.tokenizer();
+        // Token bytes for grammar masks; the index over them is built on the first constrained request.
+        let ends: Vec<Token> = (0..info.n_vocab as Token).filter(|t| runner.is_end(*t)).collect();
+        let bytes: Vec<Vec<u8>> = (0..info.n_vocab as Token).map(|t| if ends.contains(&t) { Vec::new() } else { runner.token_bytes(t) }).collect();
+        let vocabulary = Arc::new(LazyVocabulary { bytes: std::sync::Mutex::new(Some((bytes, ends))), built: std::sync::OnceLock::new() });
         let capacity = config.max_batch + config.max_queue;
         let (commands, inbox) = std::sync::mpsc::sync_channel(capacity.max(1));
         let batch_size = Arc::new(AtomicUsize::new(0));
@@ -297,7 +312,7 @@ impl Engine {
                 }
             })
             .expect("spawn the runner thread");
-        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size, health }
+        Engine { commands, admitted: Arc::new(AtomicUsize::new(0)), capacity, info, tokenizer, batch_size, health, vocabulary }
     }
 
     /// Whether the runner thread is serving.
@@ -308,6 +323,17 @@ impl Engine {
     /// A watch on the runner's health, to react when it fails.
     pub fn watch_health(&self) -> tokio::sync::watch::Receiver<Health> {
         self.health.clone()
+    }
+
+    /// A constraint following `grammar` over this model's vocabulary, for a request's
+    /// `constraint`. Compiling a grammar is CPU work the caller chooses: call it off the async
+    /// workers. The vocabulary index is built on the first call.
+    pub fn constrain(&self, grammar: &grammar::Grammar) -> Result<grammar::Constraint, String> {
+        let vocabulary = self.vocabulary.built.get_or_init(|| {
+            let (bytes, ends) = self.vocabulary.bytes.lock().expect("not poisoned").take().unwrap_or_default();
+            grammar::Vocabulary::new(bytes, &ends)
+        });
+        vocabulary.as_ref().map_err(Clone::clone)?.start(grammar)
     }
 
     /// The model's facts.
@@ -383,7 +409,7 @@ struct Active {
     /// Bytes of `text` already sent; the rest may be the start of a stop sequence.
     sent: usize,
     next_input: Option<Token>,
-    matcher: Option<grammar::Matcher>,
+    constraint: Option<grammar::Constraint>,
 }
 
 fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>, batch_size: &AtomicUsize) {
@@ -396,9 +422,6 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
     let mut active: Vec<Active> = Vec::new();
     // End-of-generation tokens, masked out for requests that ignore them.
     let end_tokens: Vec<Token> = (0..runner.info().n_vocab as Token).filter(|t| runner.is_end(*t)).collect();
-    // The vocabulary indexed for grammar masks, built on the first constrained request.
-    let mut vocab: Option<grammar::VocabIndex> = None;
-    let mut mask_scratch = grammar::MaskScratch::default();
     loop {
         // Block only when idle; otherwise take what has arrived and keep decoding.
         if active.is_empty() && waiting.is_empty() {
@@ -438,10 +461,10 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             cached[slot].clear();
             let sampler = Sampler::new(request.params.clone());
             let kv = request.prompt[..reused].to_vec();
-            let matcher = request.grammar.as_ref().map(|g| g.start());
+            let constraint = request.constraint.clone();
             // A reused cached prefix counts as fed: a finished request is charged its whole prompt too.
             progress.prefilled.store(reused, Ordering::Release);
-            active.push(Active { slot, request, events, progress, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, matcher });
+            active.push(Active { slot, request, events, progress, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, constraint });
         }
         // Dropped clients cancel their sequences and free their slots.
         active.retain_mut(|seq| {
@@ -513,25 +536,26 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
                     }
                 }
             }
-            if let Some(matcher) = &seq.matcher {
-                let indexed = vocab.get_or_insert_with(|| grammar::VocabIndex::new((0..runner.info().n_vocab as Token).map(|t| if runner.is_end(t) { Vec::new() } else { runner.token_bytes(t) })));
-                let bits = matcher.mask(indexed, &mut mask_scratch);
-                let mut any = false;
+            if let Some(constraint) = &mut seq.constraint {
+                let mask = match constraint.mask() {
+                    Ok(mask) => mask,
+                    Err(err) => {
+                        tracing::error!("the grammar could not compute a mask ({err}); ending the sequence");
+                        finished.push((index, FinishReason::Stop));
+                        continue;
+                    }
+                };
                 for (token, logit) in logits.iter_mut().enumerate() {
-                    if grammar::is_allowed(bits, token as Token) {
-                        any |= *logit > f32::NEG_INFINITY;
-                    } else {
+                    if !mask.allows(token as Token) {
                         *logit = f32::NEG_INFINITY;
                     }
                 }
-                if matcher.can_end() && !seq.request.params.ignore_eos {
-                    for end in &end_tokens {
-                        logits[*end as usize] = raw_logits[*end as usize];
-                        any = true;
-                    }
+                let may_end = mask.can_end && !seq.request.params.ignore_eos;
+                for end in &end_tokens {
+                    logits[*end as usize] = if may_end { raw_logits[*end as usize] } else { f32::NEG_INFINITY };
                 }
-                if !any {
-                    // Nothing the grammar accepts can follow (a dead end of a recursive schema).
+                if !may_end && logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    // Nothing the grammar accepts can follow.
                     finished.push((index, FinishReason::Stop));
                     continue;
                 }
@@ -549,11 +573,12 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             seq.next_input = Some(token);
             let bytes = runner.token_bytes(token);
             let mut complete = false;
-            if let Some(matcher) = &mut seq.matcher {
-                if !matcher.advance(&bytes) {
+            if let Some(constraint) = &mut seq.constraint {
+                if !constraint.advance(token) {
                     tracing::error!("a sampled token left the grammar; ending the sequence");
+                    complete = true;
                 }
-                complete = matcher.is_finished();
+                complete |= constraint.is_finished();
             }
             seq.pending_bytes.extend(bytes);
             let piece = take_complete_utf8(&mut seq.pending_bytes);

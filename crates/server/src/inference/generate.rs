@@ -3,9 +3,9 @@
 //! parsed out of the text, and the request accounted for however it ends.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use domain::auth::Principal;
+use engine::grammar::Constraint;
 use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, Token, TokenLogprob};
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt as _;
@@ -130,9 +130,18 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
         if request.constraint.is_some() {
             return Err(InferenceError::unsupported("response_format", "a response format together with tools"));
         }
-        request.constraint = plan.grammar().map(Arc::new);
+        request.constraint = plan.grammar();
     }
     let prompts = prompts(engine, target, &mut request).await?;
+    // The grammar over this model's vocabulary: CPU work the caller chooses, off the async workers.
+    let constraint = match request.constraint.clone() {
+        Some(grammar) => {
+            let engine = engine.clone();
+            let constraint = prompt::off_async(move || engine.constrain(&grammar)).await;
+            Some(constraint.map_err(|err| InferenceError::invalid(format!("the response format cannot be enforced on this model: {err}"), Some("response_format")))?)
+        }
+        None => None,
+    };
     if prompts.is_empty() || prompts.len() * request.n > MAX_GENERATIONS {
         return Err(InferenceError::invalid(format!("prompt must hold 1 to {MAX_GENERATIONS} prompts (times n)"), Some("prompt")));
     }
@@ -140,7 +149,7 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
     let admission = quotas::admit(state, principal, prompt_tokens * request.n).await?;
     let limits = admission.limits.clone();
     let timer = state.metrics.start(target.name()).billed(&state.usage, principal, request.api, &served.deployment.settings, admission);
-    let mut answer = start(engine, target, prompts, &request, timer)?;
+    let mut answer = start(engine, target, prompts, &request, constraint, timer)?;
     answer.limits = limits;
     answer.parsers = match &request.tools {
         Some(plan) => (0..answer.n_choices).map(|_| CallParser::for_plan(plan)).collect(),
@@ -179,7 +188,7 @@ async fn prompts(engine: &Engine, target: &Target, request: &mut GenerationReque
 }
 
 /// Starts every prompt times `n` choices; a failure drops those already started, which cancels them.
-fn start(engine: &Engine, target: &Target, prompts: Vec<Vec<Token>>, request: &GenerationRequest, mut timer: RequestTimer) -> Result<Answer, InferenceError> {
+fn start(engine: &Engine, target: &Target, prompts: Vec<Vec<Token>>, request: &GenerationRequest, constraint: Option<Constraint>, mut timer: RequestTimer) -> Result<Answer, InferenceError> {
     let served = &target.served;
     let n_ctx = engine.info().n_ctx;
     let defaults = served.sampling_defaults();
@@ -202,7 +211,7 @@ fn start(engine: &Engine, target: &Target, prompts: Vec<Vec<Token>>, request: &G
             let mut params = params.clone();
             // With a seed, each choice gets its own stream.
             params.seed = params.seed.map(|seed| seed.wrapping_add(j as u64));
-            let generate = GenerateRequest { prompt: prompt.clone(), params, max_tokens, stop: request.stop.clone(), logprobs: request.logprobs, grammar: request.constraint.clone() };
+            let generate = GenerateRequest { prompt: prompt.clone(), params, max_tokens, stop: request.stop.clone(), logprobs: request.logprobs, constraint: constraint.clone() };
             let generation = engine.generate(generate).map_err(|err| {
                 timer.reject(&err);
                 InferenceError::from(err)

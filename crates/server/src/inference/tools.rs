@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use engine::grammar::{Framing, Grammar};
+use engine::grammar::Grammar;
 use serde_json::{json, Value};
 
 /// A function the model may call.
@@ -20,9 +20,6 @@ pub(crate) struct Tool {
     pub(crate) description: Option<String>,
     /// Its parameters' JSON schema (an empty object schema when the request gave none).
     pub(crate) parameters: Value,
-    /// The parameters compiled into a grammar, for the tools a forced call may use (only those:
-    /// a schema the grammar cannot enforce is fine while the model calls freely).
-    arguments: Option<Arc<Grammar>>,
 }
 
 impl Tool {
@@ -47,6 +44,9 @@ pub(crate) struct ToolPlan {
     pub(crate) tools: Vec<Tool>,
     pub(crate) choice: Choice,
     pub(crate) parallel: bool,
+    /// The grammar of forced calls (`required` or a named function), compiled when the request
+    /// is parsed.
+    forced: Option<Arc<Grammar>>,
 }
 
 /// A request problem: the message and the parameter it concerns.
@@ -102,7 +102,7 @@ impl ToolPlan {
             if parameters.get("type").is_some_and(|t| t != "object") {
                 return Err(invalid(&param, format!("{param}.function.parameters must describe an object")));
             }
-            parsed.push(Tool { name: name.to_owned(), description: function.get("description").and_then(Value::as_str).map(str::to_owned), parameters, arguments: None });
+            parsed.push(Tool { name: name.to_owned(), description: function.get("description").and_then(Value::as_str).map(str::to_owned), parameters });
         }
         let choice = match choice {
             None | Some(Value::Null) => Choice::Auto,
@@ -126,7 +126,10 @@ impl ToolPlan {
                 _ => Err(invalid("tool_choice", "tool_choice requires tools")),
             };
         }
-        for (i, tool) in parsed.iter_mut().enumerate() {
+        // The tools a forced call may use have their parameters checked one by one (a schema the
+        // grammar cannot enforce is fine while the model calls freely), then compiled together.
+        let mut functions = Vec::new();
+        for (i, tool) in parsed.iter().enumerate() {
             let forced = match &choice {
                 Choice::Required => true,
                 Choice::Named(name) => &tool.name == name,
@@ -134,11 +137,17 @@ impl ToolPlan {
             };
             if forced {
                 let param = format!("tools[{i}]");
-                let grammar = Grammar::from_schema(&tool.parameters).map_err(|err| invalid(&param, format!("{param}.function.parameters cannot constrain a forced call: {err}")))?;
-                tool.arguments = Some(Arc::new(grammar));
+                Grammar::from_schema(&tool.parameters).map_err(|err| invalid(&param, format!("{param}.function.parameters cannot constrain a forced call: {err}")))?;
+                functions.push((tool.name.clone(), tool.parameters.clone()));
             }
         }
-        Ok(Some(ToolPlan { tools: parsed, choice, parallel: parallel.unwrap_or(true) }))
+        let parallel = parallel.unwrap_or(true);
+        let max_calls = if matches!(choice, Choice::Required) && parallel { MAX_PARALLEL_CALLS } else { 1 };
+        let forced = match functions.is_empty() {
+            true => None,
+            false => Some(Arc::new(Grammar::tool_calls(&functions, &format!("{OPEN}\n"), &format!("\n{CLOSE}"), max_calls).map_err(|err| invalid("tools", format!("the tools cannot constrain a forced call: {err}")))?)),
+        };
+        Ok(Some(ToolPlan { tools: parsed, choice, parallel, forced }))
     }
 
     /// Whether the model is shown the tools and its output parsed for calls.
@@ -179,14 +188,8 @@ impl ToolPlan {
     }
 
     /// The grammar that forces calls, for `required` and a named function.
-    pub(crate) fn grammar(&self) -> Option<Grammar> {
-        let call = |tool: &Tool| Some(Grammar::object(vec![("name".into(), Grammar::constant(&Value::String(tool.name.clone()))), ("arguments".into(), (**tool.arguments.as_ref()?).clone())]));
-        let (value, repeat) = match &self.choice {
-            Choice::Named(name) => (call(self.tools.iter().find(|t| &t.name == name)?)?, false),
-            Choice::Required => (Grammar::any_of(self.tools.iter().map(call).collect::<Option<_>>()?), self.parallel),
-            Choice::None | Choice::Auto => return None,
-        };
-        Some(value.framed(Framing { prefix: format!("{OPEN}\n").into_bytes(), suffix: format!("\n{CLOSE}").into_bytes(), separator: repeat.then(|| b"\n".to_vec()), max_items: if repeat { MAX_PARALLEL_CALLS } else { 1 } }))
+    pub(crate) fn grammar(&self) -> Option<Arc<Grammar>> {
+        self.forced.clone()
     }
 
     /// The finish reason of an answer that made calls (OpenAI says `stop` for a forced function).
@@ -582,7 +585,7 @@ mod tests {
         // Free calls take any schema; a forced call needs one the grammar can enforce.
         assert!(ToolPlan::parse(Some(&bad), None, None).is_ok());
         let err = ToolPlan::parse(Some(&bad), Some(&json!("required")), None).unwrap_err();
-        assert!(err.message.contains("lookaround") && err.param == "tools[0]", "{err:?}");
+        assert!(err.message.contains("look-around") && err.message.contains("#/properties/a/pattern") && err.param == "tools[0]", "{err:?}");
     }
 
     #[test]
@@ -632,17 +635,17 @@ mod tests {
 
     #[test]
     fn forced_calls_follow_the_schema() {
-        let grammar = Arc::new(plan(json!("required")).grammar().unwrap());
-        let mut m = grammar.start();
-        assert!(m.advance(b"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\", \"unit\": \"f\"}}\n</tool_call>"));
-        assert!(m.can_end());
-        let mut bad = grammar.start();
-        assert!(!bad.advance(b"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\""));
-        let named = Arc::new(plan(json!({"type": "function", "function": {"name": "now"}})).grammar().unwrap());
-        assert!(!named.start().advance(b"<tool_call>\n{\"name\": \"get_"));
-        let mut m = named.start();
-        assert!(m.advance(b"<tool_call>\n{\"name\":\"now\",\"arguments\":{}}\n</tool_call>"));
-        assert!(m.is_finished());
+        use engine::grammar::TextMatch;
+        let grammar = plan(json!("required")).grammar().unwrap();
+        let call = b"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\", \"unit\": \"f\"}}\n</tool_call>";
+        assert_eq!(grammar.check_text(call), TextMatch::Complete, "parallel calls may follow");
+        let two = [&call[..], b"\n", &call[..]].concat();
+        assert_eq!(grammar.check_text(&two), TextMatch::Complete);
+        assert_eq!(grammar.check_text(b"<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\""), TextMatch::Rejected, "city comes first");
+        assert_eq!(grammar.check_text(b"<tool_call>\n{\"name\": \"now\", \"arguments\": {}}"), TextMatch::Prefix);
+        let named = plan(json!({"type": "function", "function": {"name": "now"}})).grammar().unwrap();
+        assert_eq!(named.check_text(b"<tool_call>\n{\"name\": \"get_"), TextMatch::Rejected);
+        assert_eq!(named.check_text(b"<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"), TextMatch::Finished);
     }
 
     #[test]

@@ -283,19 +283,25 @@ async fn r11_downloads_are_never_rendered_on_the_consoles_origin() {
 }
 
 #[tokio::test]
-async fn r11_a_pathological_pattern_is_too_complex_and_others_are_served_meanwhile() {
+async fn r11_a_pathological_pattern_is_bounded_and_others_are_served_meanwhile() {
+    // llguidance matches patterns by lazy derivatives under fuel limits: a pattern that blew up
+    // a subset construction is served (or refused by a limit) without stalling anyone.
     let (server, token) = deployed(|_| {}, false, 4).await;
     let schema = serde_json::json!({ "type": "object", "properties": { "a": { "type": "string", "pattern": "^(?:[a-z]?[0-9]?){999}$" } }, "required": ["a"] });
     let hostile = server.json("POST", "/v1/chat/completions", Some(&token), chat("x", serde_json::json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": schema } } })));
     let normal = server.json("POST", "/v1/chat/completions", Some(&token), chat("hello", serde_json::json!({})));
     let (hostile, normal) = tokio::join!(hostile, normal);
-    assert_openai_error(&hostile, StatusCode::BAD_REQUEST, Some("response_format.json_schema.schema"));
-    assert!(hostile.json()["error"]["message"].as_str().unwrap().contains("too complex"), "{:?}", hostile.json());
+    match hostile.status {
+        StatusCode::OK => {
+            let content = hostile.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+            assert!(content.starts_with("{\"a\": \"") && content[8..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '"' || c == '}'), "{content}");
+        }
+        _ => assert_openai_error(&hostile, StatusCode::BAD_REQUEST, Some("response_format.json_schema.schema")),
+    }
     assert_eq!(normal.status, StatusCode::OK, "{:?}", normal.json());
     // The same through Ollama's format.
     let ollama = server.json("POST", "/api/chat", Some(&token), serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": "x" }], "stream": false, "format": schema })).await;
-    assert_eq!(ollama.status, StatusCode::BAD_REQUEST, "{:?}", ollama.json());
-    assert!(ollama.json()["error"].as_str().unwrap().contains("too complex"));
+    assert!(matches!(ollama.status, StatusCode::OK | StatusCode::BAD_REQUEST), "{:?}", ollama.json());
 }
 
 #[tokio::test]

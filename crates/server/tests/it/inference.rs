@@ -128,7 +128,7 @@ async fn r12_json_object_with_a_schema_is_held_to_the_schema() {
         let value: Value = serde_json::from_str(&content).unwrap_or_else(|err| panic!("{content:?}: {err}"));
         let object = value.as_object().unwrap();
         assert_eq!(object.len(), 4, "{content}");
-        assert!(value["city"].is_string() && value["country"].is_string() && value["population"].is_i64() && value["capital"].is_boolean(), "{content}");
+        assert!(value["city"].is_string() && value["country"].is_string() && crate::structured::is_integer(&value["population"]) && value["capital"].is_boolean(), "{content}");
     }
     // A schema the grammar cannot enforce, or that is not a schema, is a 400 naming it.
     for (schema, param) in [(json!({ "type": "string", "pattern": "(?!a)" }), "response_format.schema"), (json!("object"), "response_format.schema")] {

@@ -201,7 +201,7 @@ async fn bad_requests_get_openai_errors() {
         (serde_json::json!({ "logprobs": 3 }), "logprobs"),
         (serde_json::json!({ "logprobs": true, "top_logprobs": 21 }), "top_logprobs"),
         (serde_json::json!({ "top_logprobs": 2 }), "top_logprobs"),
-        (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f", "parameters": { "type": "object", "properties": { "a": { "type": "string", "format": "ipv6" } } } } }], "tool_choice": "required" }), "tools[0]"),
+        (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f", "parameters": { "type": "object", "properties": { "a": { "type": "string", "format": "idn-hostname" } } } } }], "tool_choice": "required" }), "tools[0]"),
         (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "bad name" } }] }), "tools[0]"),
         (serde_json::json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": { "type": "function", "function": { "name": "g" } } }), "tool_choice"),
         (serde_json::json!({ "tool_choice": "required" }), "tool_choice"),
