@@ -129,15 +129,21 @@ pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> R
     Ok(files.into_values().collect())
 }
 
-/// Metadata persistence. Each method is one transaction; each mutating method takes the audit
+/// Metadata persistence, as focused ports (accounts, repos, blobs, audit, scans, policies,
+/// deployments, quotas). Each method is one transaction; each mutating method takes the audit
 /// event and appends it in that same transaction, so the change and its record land together.
+/// `MetaStore` is all of them: what a backend implements and what `Hub` holds.
+pub trait MetaStore: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + Send + Sync + 'static {}
+
+impl<T: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + Send + Sync + 'static> MetaStore for T {}
+
+/// Accounts, organisations and tokens.
 #[async_trait::async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait AccountStore: Send + Sync {
     /// Makes sure a site admin named `admin_name` exists and holds a token with `token_hash`.
     /// With `rotate`, a newly registered token revokes the admin's earlier bootstrap tokens.
     /// Returns whether anything was created.
     async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str, rotate: bool) -> Result<bool>;
-
     /// Creates a user or org; a user may be added to `member_of` in the same transaction.
     async fn create_account(&self, name: &AccountName, kind: AccountKind, member_of: Option<&AccountName>, event: AuditEvent) -> Result<Account>;
     /// Looks up an account by name.
@@ -148,7 +154,6 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn add_member(&self, org: &AccountName, user: &AccountName, event: AuditEvent) -> Result<()>;
     /// The orgs a user belongs to.
     async fn orgs_of(&self, user: &AccountName) -> Result<Vec<String>>;
-
     /// Stores a new token (by hash) for a user.
     async fn create_token(&self, token: NewToken<'_>, event: AuditEvent) -> Result<TokenInfo>;
     /// Looks up a token by id.
@@ -160,7 +165,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn lookup_token(&self, token_hash: &str) -> Result<Option<TokenLookup>>;
     /// Lists tokens, of one user or of all.
     async fn list_tokens(&self, user: Option<&AccountName>) -> Result<Vec<TokenInfo>>;
+}
 
+/// Repositories, commits (with their files) and refs.
+#[async_trait::async_trait]
+pub trait RepoStore: Send + Sync {
     /// Creates a repo with its first commit on `main`. Conflict if the name is taken.
     async fn create_repo(&self, kind: RepoKind, name: &RepoName, private: bool, initial: Vec<FileEntry>, author: &str, event: AuditEvent) -> Result<Repo>;
     /// Looks up a repo.
@@ -173,7 +182,6 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn set_private(&self, repo_id: i64, private: bool, event: AuditEvent) -> Result<()>;
     /// Moves a repo to a new name (and namespace). Conflict if the name is taken.
     async fn rename_repo(&self, repo_id: i64, to: &RepoName, event: AuditEvent) -> Result<()>;
-
     /// Resolves a branch, tag or full commit id of this repo.
     async fn resolve(&self, repo_id: i64, revision: &str) -> Result<Option<CommitId>>;
     /// A commit of this repo.
@@ -186,14 +194,17 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn get_file(&self, commit: &CommitId, path: &RepoPath) -> Result<Option<FileEntry>>;
     /// Applies a commit to a branch head. The commit id goes into the audit details as `commit`.
     async fn commit(&self, new: NewCommit, event: AuditEvent) -> Result<Commit>;
-
     /// Branches and tags of a repo.
     async fn list_refs(&self, repo_id: i64) -> Result<Vec<GitRef>>;
     /// Creates a branch or tag. Conflict if it exists.
     async fn create_ref(&self, repo_id: i64, kind: RefKind, name: &str, target: &CommitId, event: AuditEvent) -> Result<()>;
     /// Deletes a branch or tag. NotFound if missing.
     async fn delete_ref(&self, repo_id: i64, kind: RefKind, name: &str, event: AuditEvent) -> Result<()>;
+}
 
+/// Which blobs are referenced, claimed by GC, or granted to a repo.
+#[async_trait::async_trait]
+pub trait BlobLedger: Send + Sync {
     /// Every sha256 that some commit still references.
     async fn referenced_blobs(&self) -> Result<HashSet<String>>;
     /// GC's claim on an unreferenced blob before deleting its object, in one write transaction:
@@ -212,17 +223,24 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Who may reuse a stored blob: whether an upload to `repo_id` proved possession, and the
     /// repos whose commits hold it.
     async fn blob_access(&self, repo_id: i64, sha256: &str) -> Result<BlobAccess>;
+}
 
+/// The audit chain and the shared secrets kept beside it.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
     /// Appends an event that has no other change attached (e.g. a gc run).
     async fn append_audit(&self, event: AuditEvent) -> Result<()>;
     /// Audit rows with `seq > after_seq`, oldest first, at most `limit`.
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
     /// The newest audit row (the chain head), if any.
     async fn audit_head(&self) -> Result<Option<AuditRecord>>;
-
     /// A persistent server secret: returns the stored value, or stores and returns `candidate`.
     async fn secret(&self, key: &str, candidate: &str) -> Result<String>;
+}
 
+/// The scan queue and scan results.
+#[async_trait::async_trait]
+pub trait ScanStore: Send + Sync {
     /// Queues scans of `(sha256, hint)` pairs not queued yet (commits do this in their own transaction).
     async fn enqueue_scans(&self, keys: &[(String, String)]) -> Result<()>;
     /// Claims the next due scan job for `lease_secs`; a job whose lease ran out is claimable again.
@@ -238,7 +256,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn scan_results(&self, sha256s: &[String], scanner_version: &str) -> Result<Vec<ScanResult>>;
     /// Jobs that failed for good, by `(sha256, hint)`, with their last error.
     async fn failed_scans(&self, sha256s: &[String]) -> Result<Vec<(String, String, String)>>;
+}
 
+/// Vetting policies and overrides.
+#[async_trait::async_trait]
+pub trait PolicyStore: Send + Sync {
     /// A namespace's policy, if one was set.
     async fn get_policy(&self, namespace: &str) -> Result<Option<Policy>>;
     /// Sets a namespace's policy.
@@ -247,12 +269,24 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn add_override(&self, item: &Override, event: AuditEvent) -> Result<Override>;
     /// Overrides of a namespace.
     async fn list_overrides(&self, namespace: &str) -> Result<Vec<Override>>;
+}
 
+/// Deployments.
+#[async_trait::async_trait]
+pub trait DeploymentStore: Send + Sync {
     /// Stores a deployment. Conflict if the name is taken.
     async fn create_deployment(&self, deployment: &Deployment, event: AuditEvent) -> Result<()>;
     /// All deployments, by name.
     async fn list_deployments(&self) -> Result<Vec<Deployment>>;
+    /// One deployment by name.
+    async fn get_deployment(&self, name: &str) -> Result<Option<Deployment>>;
+    /// Removes a deployment. NotFound if missing.
+    async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()>;
+}
 
+/// Quotas, their counters, and usage records.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync {
     /// Sets (creates or replaces) a quota, audited.
     async fn set_quota(&self, quota: &Quota, event: AuditEvent) -> Result<()>;
     /// Removes a quota, audited; NotFound if there is none.
@@ -263,16 +297,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// returns the new totals (requests, tokens) of the charged ones and the totals of the read
     /// ones (zero where nothing was counted yet), in order. Periods are `m:<minute>`, `M:<month>`.
     async fn charge(&self, charges: &[Charge], reads: &[(QuotaSubject, String)]) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64)>)>;
-
     /// Appends usage records and adds their tokens to quota counters, in one transaction (not
     /// audited: they are the audit of use).
     async fn record_usage(&self, records: &[UsageRecord], charges: &[Charge]) -> Result<()>;
     /// Usage grouped as asked, by key.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
-    /// One deployment by name.
-    async fn get_deployment(&self, name: &str) -> Result<Option<Deployment>>;
-    /// Removes a deployment. NotFound if missing.
-    async fn delete_deployment(&self, name: &str, event: AuditEvent) -> Result<()>;
 }
 
 /// A name bound to one file of one pinned revision, with engine settings.

@@ -2,6 +2,9 @@
 //! included) without executing anything, so it can name each global a pickle imports, also when
 //! `STACK_GLOBAL` takes its module and name from memoized strings, and each call site that uses
 //! them. Every pickle in a stream is scanned (legacy PyTorch files hold several back to back).
+//!
+//! Longer than the usual file on purpose: the machine is one match over every opcode, kept whole
+//! so each opcode's effect on the stack, marks and memo reads in one place against the spec.
 
 use std::collections::HashMap;
 use std::io::Read;

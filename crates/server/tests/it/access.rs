@@ -71,9 +71,13 @@ async fn expired_tokens_are_refused() {
     let event = domain::audit::AuditEvent::new("test", "token.create", "user:carol", serde_json::json!({}));
     // Written behind the server's back (the API never creates a token that is already expired).
     let meta = store::SqlMetaStore::connect(&server.state.config.database_url).await.unwrap();
-    domain::meta::MetaStore::create_token(&meta, domain::meta::NewToken { user: &name, name: "old", role: domain::auth::Role::Read, hash: &domain::auth::hash_token(secret), expires_at: Some("2020-01-01T00:00:00.000Z".into()), parent: None }, event)
-        .await
-        .unwrap();
+    domain::meta::AccountStore::create_token(
+        &meta,
+        domain::meta::NewToken { user: &name, name: "old", role: domain::auth::Role::Read, hash: &domain::auth::hash_token(secret), expires_at: Some("2020-01-01T00:00:00.000Z".into()), parent: None },
+        event,
+    )
+    .await
+    .unwrap();
     assert_eq!(server.get("/api/whoami-v2", Some(secret)).await.status, StatusCode::UNAUTHORIZED);
 }
 

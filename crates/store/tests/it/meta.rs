@@ -5,7 +5,7 @@ use std::sync::Arc;
 use domain::audit::{AuditEvent, ChainVerifier};
 use domain::auth::Role;
 use domain::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
-use domain::meta::{AccountKind, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
+use domain::meta::{AccountKind, AccountStore as _, Charge, Deployment, EngineSettings, FileOperation, MetaStore, NewCommit, Quota, QuotaSubject, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 use domain::repo::{FileEntry, RefKind};
 use domain::Error;
 use store::SqlMetaStore;

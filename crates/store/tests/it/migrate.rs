@@ -62,7 +62,7 @@ async fn check(fresh: &str, old: &str, scripts: &[&str]) {
     assert_eq!(recorded(old).await, all);
     assert_eq!(setting(old).await.as_deref(), Some("yes"));
     let admin = domain::ids::AccountName::parse("admin").unwrap();
-    assert!(domain::meta::MetaStore::ensure_admin_token(&store, &admin, &"a".repeat(64), true).await.unwrap());
+    assert!(domain::meta::AccountStore::ensure_admin_token(&store, &admin, &"a".repeat(64), true).await.unwrap());
     drop(store);
     SqlMetaStore::connect(old).await.unwrap();
     assert_eq!(recorded(old).await, all);
