@@ -5,7 +5,10 @@ llama.cpp's llama-server (whose `response_format` turns the schema into a GBNF g
 model, same prompts, greedy, one server at a time, rounds alternated. Decode rate is
 (completion tokens - 1) / (time of the last token - time of the first), from the SSE stream.
 
-Usage: python bench/structured.py --mantle BIN --llama-server BIN --gguf FILE [--rounds 3] [--max-tokens 160] [--streams 1]
+With `--baseline BIN` instead of `--llama-server`, the peer is another Mantle binary (say, the
+previous commit's), which compares two versions of Mantle's constrained decoding.
+
+Usage: python bench/structured.py --mantle BIN (--llama-server BIN | --baseline BIN) --gguf FILE [--rounds 3] [--max-tokens 160] [--streams 1]
 """
 
 import argparse
@@ -78,8 +81,9 @@ def concurrent_rate(url, token, model, body, max_tokens, streams):
 
 
 def run_server(kind, args, workdir):
-    if kind == "mantle":
-        proc, url, token, model = start_mantle(args.mantle, args.gguf, args.threads, args.streams, 2048, workdir)
+    if kind in ("mantle", "baseline"):
+        binary = args.mantle if kind == "mantle" else args.baseline
+        proc, url, token, model = start_mantle(binary, args.gguf, args.threads, args.streams, 2048, workdir)
     else:
         proc, url, token, model = start_llama_server(args.llama_server, args.gguf, args.threads, args.streams, 2048)
     results = {}
@@ -98,17 +102,21 @@ def run_server(kind, args, workdir):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mantle", required=True)
-    parser.add_argument("--llama-server", required=True)
+    parser.add_argument("--llama-server")
+    parser.add_argument("--baseline", help="another mantle binary as the peer, instead of llama-server")
     parser.add_argument("--gguf", required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--streams", type=int, default=1, help="identical answers at once (the server batches them)")
     args = parser.parse_args()
-    rates = {(kind, name): [] for kind in ("mantle", "llama-server") for name, _, _ in WORKLOADS}
+    if bool(args.llama_server) == bool(args.baseline):
+        parser.error("give exactly one of --llama-server and --baseline")
+    peer = "baseline" if args.baseline else "llama-server"
+    rates = {(kind, name): [] for kind in ("mantle", peer) for name, _, _ in WORKLOADS}
     tokens = {}
     for round_ in range(args.rounds):
-        for kind in (("mantle", "llama-server") if round_ % 2 == 0 else ("llama-server", "mantle")):
+        for kind in (("mantle", peer) if round_ % 2 == 0 else (peer, "mantle")):
             workdir = tempfile.mkdtemp(prefix="mantle-structured-")
             try:
                 for name, (rate, count) in run_server(kind, args, workdir).items():
@@ -120,10 +128,11 @@ def main():
     median = {key: statistics.median(values) if values else None for key, values in rates.items()}
     free = WORKLOADS[0][0]
     print(f"\nDecode tokens/s of {args.streams} stream(s) together, greedy, up to {args.max_tokens} tokens, medians of {args.rounds} round(s); 'vs free' is each server against its own free-text rate\n")
-    print(f"{'workload':<32} {'tokens':>7} {'mantle':>8} {'vs free':>8} {'llama-srv':>10} {'vs free':>8} {'mantle/llama':>13}")
+    label = "baseline" if peer == "baseline" else "llama-srv"
+    print(f"{'workload':<32} {'tokens':>7} {'mantle':>8} {'vs free':>8} {label:>10} {'vs free':>8} {'mantle/' + label[:5]:>13}")
     for name, _, _ in WORKLOADS:
-        m, p = median[("mantle", name)], median[("llama-server", name)]
-        m_free, p_free = median[("mantle", free)], median[("llama-server", free)]
+        m, p = median[("mantle", name)], median[(peer, name)]
+        m_free, p_free = median[("mantle", free)], median[(peer, free)]
         cells = [
             f"{m:8.1f}" if m else f"{'-':>8}",
             f"{m / m_free:7.2f}x" if m and m_free else f"{'-':>8}",

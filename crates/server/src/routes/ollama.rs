@@ -197,8 +197,28 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
     if plan.is_some() && options.grammar.is_some() {
         return Err(OllamaError::unsupported("format", "format together with tools"));
     }
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for (i, message) in request.messages.iter().enumerate() {
+    let messages = chat_messages(&request.messages)?;
+    let keep = keep_alive(request.common.keep_alive.as_ref())?;
+    let model = request.model;
+    let target = load(&state, &principal, &model).await?;
+    if !target.generates() {
+        return Err(InferenceError::NotGenerative { model: target.name().to_owned() }.into());
+    }
+    let unloaded = inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, messages.is_empty())?;
+    if messages.is_empty() {
+        // Ollama's way to load (or, with keep_alive 0, unload) a model: an empty chat answers at once.
+        let reason = if unloaded { "unload" } else { "load" };
+        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats(reason, started, target.load, 0, Duration::ZERO, 0, Duration::ZERO)) };
+        return Ok(with_revision(&target, Json(line).into_response()));
+    }
+    let answer = inference::generate(&state, &principal, &target, options.request("ollama.chat", Input::Chat(messages), plan)).await?;
+    Ok(with_revision(&target, Run::new(answer, started, target.load).respond(model, options.stream, Shape::Chat).await))
+}
+
+/// Ollama chat messages as the chat template sees them (tool calls with object arguments), checked.
+fn chat_messages(messages: &[wire::Message]) -> Result<Vec<Value>, OllamaError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
         if !matches!(message.role.as_str(), "system" | "user" | "assistant" | "tool") {
             return Err(OllamaError::invalid(format!("messages[{i}].role {:?} is not one of system, user, assistant, tool", message.role)));
         }
@@ -226,23 +246,9 @@ pub(crate) async fn chat(State(state): State<AppState>, headers: HeaderMap, requ
         if let Some(name) = &message.tool_name {
             entry["name"] = Value::String(name.clone());
         }
-        messages.push(entry);
+        out.push(entry);
     }
-    let keep = keep_alive(request.common.keep_alive.as_ref())?;
-    let model = request.model;
-    let target = load(&state, &principal, &model).await?;
-    if !target.generates() {
-        return Err(InferenceError::NotGenerative { model: target.name().to_owned() }.into());
-    }
-    let unloaded = inference::apply_keep_alive(&state, &principal, &target.served.deployment, keep, messages.is_empty())?;
-    if messages.is_empty() {
-        // Ollama's way to load (or, with keep_alive 0, unload) a model: an empty chat answers at once.
-        let reason = if unloaded { "unload" } else { "load" };
-        let line = wire::ChatResponse { model, created_at: now(), message: assistant(String::new()), done: true, stats: Some(stats(reason, started, target.load, 0, Duration::ZERO, 0, Duration::ZERO)) };
-        return Ok(with_revision(&target, Json(line).into_response()));
-    }
-    let answer = inference::generate(&state, &principal, &target, options.request("ollama.chat", Input::Chat(messages), plan)).await?;
-    Ok(with_revision(&target, Run::new(answer, started, target.load).respond(model, options.stream, Shape::Chat).await))
+    Ok(out)
 }
 
 /// `POST /api/generate`.
