@@ -55,9 +55,41 @@ async fn verify_chain(store: &dyn MetaStore) -> Result<u64, domain::audit::Broke
     Ok(verifier.checked)
 }
 
-async fn check_meta_store(store: Arc<SqlMetaStore>) {
-    let meta: Arc<dyn MetaStore> = store.clone();
+/// One port's contract, run on SQLite and (when `TEST_DATABASE_URL` is set) on PostgreSQL, each
+/// on a fresh database.
+macro_rules! contract {
+    ($sqlite:ident, $postgres:ident, $check:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let (store, _dir) = sqlite().await;
+            $check(Arc::new(store)).await;
+        }
 
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(url) = postgres_url().await else { return };
+            $check(Arc::new(SqlMetaStore::connect(&url).await.unwrap())).await;
+        }
+    };
+}
+
+contract!(sqlite_account_store, postgres_account_store, account_store);
+contract!(sqlite_repo_store_and_blob_ledger, postgres_repo_store_and_blob_ledger, repo_store_and_blob_ledger);
+contract!(sqlite_audit_store, postgres_audit_store, audit_store);
+contract!(sqlite_scan_and_policy_stores, postgres_scan_and_policy_stores, scan_and_policy_stores);
+contract!(sqlite_deployment_store, postgres_deployment_store, deployment_store);
+contract!(sqlite_quota_store, postgres_quota_store, quota_store);
+
+/// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
+async fn seed_accounts(meta: &dyn MetaStore) {
+    meta.create_account(&name("acme"), AccountKind::Org, None, event("org.create")).await.unwrap();
+    meta.create_account(&name("alice"), AccountKind::User, Some(&name("acme")), event("user.create")).await.unwrap();
+    meta.create_account(&name("bob"), AccountKind::User, Some(&name("acme")), event("user.create")).await.unwrap();
+}
+
+/// `AccountStore`: bootstrap, accounts and memberships, tokens and their revocation.
+async fn account_store(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
     // Bootstrap is idempotent and creates a site admin.
     assert!(meta.ensure_admin_token(&name("admin"), &"e".repeat(64), true).await.unwrap());
     assert!(meta.ensure_admin_token(&name("admin"), &"f".repeat(64), true).await.unwrap());
@@ -100,7 +132,12 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
         assert!(meta.get_token(id).await.unwrap().unwrap().revoked_at.is_some(), "token {id}");
     }
     assert!(meta.get_token(sibling.id).await.unwrap().unwrap().revoked_at.is_none());
+}
 
+/// `RepoStore` and `BlobLedger`: repos, commits, refs, blob grants and GC tombstones.
+async fn repo_store_and_blob_ledger(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
     // Repos start with one commit on main.
     let repo_name = RepoName::parse("acme/bert").unwrap();
     let repo = meta.create_repo(RepoKind::Model, &repo_name, true, vec![file(".gitattributes", 'a')], "alice", event("repo.create")).await.unwrap();
@@ -194,15 +231,42 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     let head = meta.resolve(busy.id, "main").await.unwrap().unwrap();
     assert_eq!(meta.list_commits(busy.id, &head).await.unwrap().len(), 13);
     assert_eq!(meta.list_files(&head).await.unwrap().len(), 12);
+}
 
+/// `AuditStore`: the chain holds and a row edited behind the store's back is caught; secrets.
+async fn audit_store(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
+    for i in 0..20 {
+        meta.create_account(&name(&format!("user{i}")), AccountKind::User, None, event("user.create")).await.unwrap();
+    }
     // The audit chain holds, and a row edited behind the store's back is caught at its seq.
     let checked = verify_chain(meta.as_ref()).await.unwrap();
     assert!(checked > 20, "{checked}");
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 5").execute(store.pool()).await.unwrap();
     assert_eq!(verify_chain(meta.as_ref()).await.unwrap_err().seq, 5);
 
-    check_scan_queue(meta.as_ref()).await;
+    // Secrets are created once.
+    assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
+    assert_eq!(meta.secret("k", "two").await.unwrap(), "one");
+}
 
+/// `ScanStore` and `PolicyStore`: commits queue scans, leases, retries, results; policies and overrides.
+async fn scan_and_policy_stores(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
+    let repo = meta.create_repo(RepoKind::Model, &RepoName::parse("acme/bert").unwrap(), false, vec![file(".gitattributes", 'a')], "alice", event("repo.create")).await.unwrap();
+    meta.commit(new_commit(repo.id, vec![add("config.json", 'b'), add("w/model.bin", 'c'), add("x", 'd')], None), event("repo.commit")).await.unwrap();
+    check_scan_queue(meta.as_ref()).await;
+}
+
+/// `DeploymentStore`: by name, listed, a taken name is a conflict, removal is once.
+async fn deployment_store(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
+    let repo_name = RepoName::parse("acme/bert").unwrap();
+    let repo = meta.create_repo(RepoKind::Model, &repo_name, false, vec![file(".gitattributes", 'a')], "alice", event("repo.create")).await.unwrap();
+    let c1 = meta.commit(new_commit(repo.id, vec![add("w/model.bin", 'c')], None), event("repo.commit")).await.unwrap();
     // Deployments: by name, listed, a taken name is a conflict, removal is once.
     let deployment = Deployment {
         name: "chat".into(),
@@ -232,7 +296,12 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     meta.delete_deployment("chat", event("deployment.delete")).await.unwrap();
     assert!(meta.get_deployment("chat").await.unwrap().is_none());
     assert!(matches!(meta.delete_deployment("chat", event("x")).await, Err(Error::NotFound(_))));
+}
 
+/// `QuotaStore`: usage records and reports, quotas, atomic counters, charges with usage.
+async fn quota_store(store: Arc<SqlMetaStore>) {
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
     // Usage: recorded in one go, grouped by day, deployment, account or token, filtered by time,
     // account and org membership (alice and bob are in acme; carol is not).
     meta.create_account(&name("carol"), AccountKind::User, None, event("user.create")).await.unwrap();
@@ -295,22 +364,6 @@ async fn check_meta_store(store: Arc<SqlMetaStore>) {
     assert_eq!(meta.charge(&[], &keys[2..]).await.unwrap().1, [(0, 10)]);
     meta.delete_quota(&QuotaSubject::Org("acme".into()), event("quota.delete")).await.unwrap();
     assert!(matches!(meta.delete_quota(&QuotaSubject::Org("acme".into()), event("x")).await, Err(Error::NotFound(_))));
-
-    // Secrets are created once.
-    assert_eq!(meta.secret("k", "one").await.unwrap(), "one");
-    assert_eq!(meta.secret("k", "two").await.unwrap(), "one");
-}
-
-#[tokio::test]
-async fn sqlite_meta_store() {
-    let (store, _dir) = sqlite().await;
-    check_meta_store(Arc::new(store)).await;
-}
-
-#[tokio::test]
-async fn postgres_meta_store() {
-    let Some(url) = postgres_url().await else { return };
-    check_meta_store(Arc::new(SqlMetaStore::connect(&url).await.unwrap())).await;
 }
 
 /// Two stores on one PostgreSQL database stand for two replicas: their concurrent writes keep one
