@@ -226,6 +226,10 @@ pub struct Deployment {
     /// Default sampling parameters stored with the deployment.
     #[serde(default)]
     pub sampling: SamplingDefaults,
+    /// Where the deployment is resident (in the replica that answered): the defaults in effect,
+    /// the stored ones over the model file's own recommendation (GGUF `general.sampling.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_sampling: Option<SamplingDefaults>,
 }
 
 /// `GET /api/usage`: requests, tokens and cost, grouped.

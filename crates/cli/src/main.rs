@@ -517,7 +517,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let deployments: Vec<api::admin::Deployment> = client()?.get_json("/api/admin/deployments").await?;
             for d in deployments {
                 let resident = if d.resident { "resident" } else { "not loaded" };
-                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}{}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads, sampling_text(&d.sampling));
+                // Resident: the defaults in effect, with the model file's own recommendation under the stored ones.
+                let sampling = sampling_text(d.effective_sampling.as_ref().unwrap_or(&d.sampling));
+                println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}{sampling}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
             }
         }
         Command::Undeploy { name } => {

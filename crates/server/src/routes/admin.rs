@@ -146,7 +146,14 @@ pub(crate) async fn export_audit(State(state): State<AppState>, Query(query): Qu
     Ok(Json(entries))
 }
 
-fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deployment {
+fn sampling_wire(s: &domain::meta::SamplingDefaults) -> api::admin::SamplingDefaults {
+    api::admin::SamplingDefaults { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, repetition_penalty: s.repetition_penalty, max_tokens: s.max_tokens }
+}
+
+/// A deployment as the admin API shows it; `served` when it is resident here.
+fn deployment(d: domain::meta::Deployment, served: Option<&crate::runtime::Served>) -> api::admin::Deployment {
+    let resident = served.is_some();
+    let effective_sampling = served.map(|s| sampling_wire(&s.sampling_defaults()));
     api::admin::Deployment {
         name: d.name,
         kind: d.kind.as_str().into(),
@@ -163,10 +170,8 @@ fn deployment(d: domain::meta::Deployment, resident: bool) -> api::admin::Deploy
         price_prompt: d.settings.price_prompt_micros as f64 / 1e6,
         price_completion: d.settings.price_completion_micros as f64 / 1e6,
         keep_alive_max: d.settings.keep_alive_max_secs,
-        sampling: {
-            let s = &d.settings.sampling;
-            api::admin::SamplingDefaults { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, repetition_penalty: s.repetition_penalty, max_tokens: s.max_tokens }
-        },
+        sampling: sampling_wire(&d.settings.sampling),
+        effective_sampling,
     }
 }
 
@@ -235,11 +240,12 @@ pub(crate) async fn create_deployment(State(state): State<AppState>, Auth(princi
     };
     let request = domain::hub::DeployRequest { name: body.name, kind, repo, revision: body.revision, file: body.file, settings };
     let created = state.hub.deploy(&principal, request).await?;
-    Ok(Json(deployment(created, false)))
+    Ok(Json(deployment(created, None)))
 }
 
 #[utoipa::path(get, path = "/api/admin/deployments", tag = "deployments", responses((status = 200, body = Vec<api::admin::Deployment>), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]
 pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<api::admin::Deployment>>> {
+    let resident = state.runtime.resident();
     Ok(Json(
         state
             .hub
@@ -247,8 +253,8 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, Auth(princip
             .await?
             .into_iter()
             .map(|d| {
-                let resident = state.runtime.is_resident(&d.name);
-                deployment(d, resident)
+                let served = resident.iter().find(|s| s.deployment.name == d.name).map(|s| s.as_ref());
+                deployment(d, served)
             })
             .collect(),
     ))

@@ -115,6 +115,12 @@ async fn r12_generation_config_and_gguf_metadata_fill_what_the_deployer_left_out
     assert_eq!(reply.json()["sampling"], json!({}), "file metadata is read at load, not stored");
     let answers: Vec<String> = futures::future::join_all((0..4).map(|_| ask(&server, &token, "file", json!({ "max_tokens": 12 })))).await.iter().map(text).collect();
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // Once resident, the admin listing shows the defaults in effect, the file's included.
+    let listed = server.get("/api/admin/deployments", Some(ADMIN)).await.json();
+    let file = listed.as_array().unwrap().iter().find(|d| d["name"] == "file").unwrap().clone();
+    assert_eq!((file["resident"].clone(), file["effective_sampling"].clone()), (json!(true), json!({ "temperature": 0.0, "top_k": 0 })), "{file}");
+    let hf = listed.as_array().unwrap().iter().find(|d| d["name"] == "hf").unwrap().clone();
+    assert_eq!(hf["effective_sampling"]["top_p"], 0.5, "{hf}");
 }
 
 #[tokio::test]
