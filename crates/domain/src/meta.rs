@@ -350,30 +350,48 @@ pub struct SamplingDefaults {
     pub max_tokens: Option<u32>,
 }
 
+/// The allowed range of each sampling default, as the error states it.
+const TEMPERATURE: &str = "between 0 and 2";
+const TOP_P: &str = "above 0 and at most 1";
+const MIN_P: &str = "between 0 and 1";
+const REPETITION_PENALTY: &str = "above 0 and at most 10";
+const TOP_K: &str = "0 (off) to 1000000";
+const MAX_TOKENS: &str = "at least 1";
+
+fn valid_temperature(v: &f32) -> bool {
+    v.is_finite() && (0.0..=2.0).contains(v)
+}
+fn valid_top_p(v: &f32) -> bool {
+    v.is_finite() && *v > 0.0 && *v <= 1.0
+}
+fn valid_min_p(v: &f32) -> bool {
+    v.is_finite() && (0.0..=1.0).contains(v)
+}
+fn valid_repetition_penalty(v: &f32) -> bool {
+    v.is_finite() && *v > 0.0 && *v <= 10.0
+}
+fn valid_top_k(k: &u32) -> bool {
+    *k <= 1_000_000
+}
+fn valid_max_tokens(n: &u32) -> bool {
+    *n >= 1
+}
+
 impl SamplingDefaults {
     /// Checks every value's range; the error names the field.
     pub fn check(&self) -> crate::Result<()> {
-        let bad = |name: &str, range: &str| Err(crate::Error::invalid(format!("sampling default {name} must be {range}")));
-        let within = |v: Option<f32>, low: f32, high: f32| v.is_some_and(|v| !(v.is_finite() && (low..=high).contains(&v)));
-        if within(self.temperature, 0.0, 2.0) {
-            return bad("temperature", "between 0 and 2");
+        let problems = [
+            ("temperature", TEMPERATURE, self.temperature.is_some_and(|v| !valid_temperature(&v))),
+            ("top_p", TOP_P, self.top_p.is_some_and(|v| !valid_top_p(&v))),
+            ("min_p", MIN_P, self.min_p.is_some_and(|v| !valid_min_p(&v))),
+            ("repetition_penalty", REPETITION_PENALTY, self.repetition_penalty.is_some_and(|v| !valid_repetition_penalty(&v))),
+            ("top_k", TOP_K, self.top_k.is_some_and(|k| !valid_top_k(&k))),
+            ("max_tokens", MAX_TOKENS, self.max_tokens.is_some_and(|n| !valid_max_tokens(&n))),
+        ];
+        match problems.iter().find(|(_, _, bad)| *bad) {
+            Some((name, range, _)) => Err(crate::Error::invalid(format!("sampling default {name} must be {range}"))),
+            None => Ok(()),
         }
-        if within(self.top_p, 0.0, 1.0) || self.top_p == Some(0.0) {
-            return bad("top_p", "above 0 and at most 1");
-        }
-        if within(self.min_p, 0.0, 1.0) {
-            return bad("min_p", "between 0 and 1");
-        }
-        if within(self.repetition_penalty, 0.0, 10.0) || self.repetition_penalty == Some(0.0) {
-            return bad("repetition_penalty", "above 0 and at most 10");
-        }
-        if self.top_k.is_some_and(|k| k > 1_000_000) {
-            return bad("top_k", "0 (off) to 1000000");
-        }
-        if self.max_tokens == Some(0) {
-            return bad("max_tokens", "at least 1");
-        }
-        Ok(())
     }
 
     /// These defaults, with `other`'s filling the fields these leave out.
@@ -392,28 +410,17 @@ impl SamplingDefaults {
     /// `temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`, `max_new_tokens`). A
     /// config with `do_sample: false` asks for greedy decoding. Values out of range are left out.
     pub fn from_generation_config(json: &serde_json::Value) -> SamplingDefaults {
-        let float = |key: &str| json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
-        let mut defaults = SamplingDefaults {
-            temperature: float("temperature"),
-            top_p: float("top_p"),
-            top_k: json.get("top_k").and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok()),
-            min_p: float("min_p"),
-            repetition_penalty: float("repetition_penalty"),
-            max_tokens: json.get("max_new_tokens").and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok()),
-        };
-        if json.get("do_sample") == Some(&serde_json::Value::Bool(false)) {
-            defaults.temperature = Some(0.0);
-        }
         // Each value on its own: one bad key does not discard the others.
-        let valid = |d: SamplingDefaults| d.check().is_ok();
-        let none = SamplingDefaults::default;
+        let float = |key: &str| json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32);
+        let count = |key: &str| json.get(key).and_then(serde_json::Value::as_u64).and_then(|k| u32::try_from(k).ok());
+        let greedy = json.get("do_sample") == Some(&serde_json::Value::Bool(false));
         SamplingDefaults {
-            temperature: defaults.temperature.filter(|&v| valid(SamplingDefaults { temperature: Some(v), ..none() })),
-            top_p: defaults.top_p.filter(|&v| valid(SamplingDefaults { top_p: Some(v), ..none() })),
-            top_k: defaults.top_k.filter(|&v| valid(SamplingDefaults { top_k: Some(v), ..none() })),
-            min_p: defaults.min_p.filter(|&v| valid(SamplingDefaults { min_p: Some(v), ..none() })),
-            repetition_penalty: defaults.repetition_penalty.filter(|&v| valid(SamplingDefaults { repetition_penalty: Some(v), ..none() })),
-            max_tokens: defaults.max_tokens.filter(|&v| valid(SamplingDefaults { max_tokens: Some(v), ..none() })),
+            temperature: if greedy { Some(0.0) } else { float("temperature").filter(valid_temperature) },
+            top_p: float("top_p").filter(valid_top_p),
+            top_k: count("top_k").filter(valid_top_k),
+            min_p: float("min_p").filter(valid_min_p),
+            repetition_penalty: float("repetition_penalty").filter(valid_repetition_penalty),
+            max_tokens: count("max_new_tokens").filter(valid_max_tokens),
         }
     }
 

@@ -90,7 +90,10 @@ impl Grammar {
         match grammar.check() {
             Ok(()) => Ok(grammar),
             // llguidance does not say where; a pattern or format it refuses is found by trying each.
-            Err(err) => Err(locate(schema, "#".into(), 0).map(|path| SchemaError { path, message: err.message.clone() }).unwrap_or(err)),
+            Err(err) => {
+                let mut budget = LOCATE_BUDGET;
+                Err(locate(schema, "#".into(), 0, &mut budget).map(|path| SchemaError { path, message: err.message.clone() }).unwrap_or(err))
+            }
         }
     }
 
@@ -214,14 +217,22 @@ fn close_objects(schema: &mut Value, depth: usize) {
     }
 }
 
+/// The most patterns and formats compiled one by one to say where an error is, so a schema with
+/// thousands of them costs bounded work (past that, the error says `#`).
+const LOCATE_BUDGET: usize = 64;
+
 /// The path of the first `pattern` or `format` that does not compile on its own.
-fn locate(schema: &Value, path: String, depth: usize) -> Option<String> {
+fn locate(schema: &Value, path: String, depth: usize, budget: &mut usize) -> Option<String> {
     let Value::Object(map) = schema else { return None };
     if depth > MAX_DEPTH {
         return None;
     }
     for key in ["pattern", "format"] {
         if let Some(value) = map.get(key) {
+            if *budget == 0 {
+                return None;
+            }
+            *budget -= 1;
             let alone = Grammar { source: Source::Schema(json!({ "type": "string", key: value })) };
             if alone.check().is_err() {
                 return Some(format!("{path}/{key}"));
@@ -231,11 +242,11 @@ fn locate(schema: &Value, path: String, depth: usize) -> Option<String> {
     map.iter().find_map(|(key, value)| {
         let key = key.as_str();
         if SUBSCHEMA_MAPS.contains(&key) {
-            value.as_object()?.iter().find_map(|(name, child)| locate(child, format!("{path}/{key}/{}", pointer_escape(name)), depth + 1))
+            value.as_object()?.iter().find_map(|(name, child)| locate(child, format!("{path}/{key}/{}", pointer_escape(name)), depth + 1, budget))
         } else if SUBSCHEMA_LISTS.contains(&key) && value.is_array() {
-            value.as_array()?.iter().enumerate().find_map(|(i, child)| locate(child, format!("{path}/{key}/{i}"), depth + 1))
+            value.as_array()?.iter().enumerate().find_map(|(i, child)| locate(child, format!("{path}/{key}/{i}"), depth + 1, budget))
         } else if SUBSCHEMA.contains(&key) {
-            locate(value, format!("{path}/{key}"), depth + 1)
+            locate(value, format!("{path}/{key}"), depth + 1, budget)
         } else {
             None
         }

@@ -122,33 +122,34 @@ impl std::fmt::Debug for Live {
     }
 }
 
+/// One family of values labelled by deployment.
+fn encode_family<M: prometheus_client::encoding::EncodeMetric>(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, values: Vec<(String, M)>) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (deployment, value) in values {
+        value.encode(family.encode_family(&deployment_labels(&deployment))?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let resident = self.runtime.resident();
-        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, values: Vec<(String, f64)>| -> Result<(), std::fmt::Error> {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (deployment, value) in values {
-                let labels = deployment_labels(&deployment);
-                ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-            }
-            Ok(())
-        };
-        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, values: Vec<(String, u64)>| -> Result<(), std::fmt::Error> {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (deployment, value) in values {
-                let labels = deployment_labels(&deployment);
-                ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-            }
-            Ok(())
-        };
-        let per = |value: &dyn Fn(&crate::runtime::Served) -> f64| resident.iter().map(|s| (s.deployment.name.clone(), value(s))).collect::<Vec<_>>();
+        let per = |value: &dyn Fn(&crate::runtime::Served) -> i64| resident.iter().map(|s| (s.deployment.name.clone(), ConstGauge::new(value(s)))).collect::<Vec<_>>();
+        let seconds = resident.iter().map(|s| (s.deployment.name.clone(), ConstGauge::new(s.load_seconds))).collect::<Vec<_>>();
+        let counts = |values: Vec<(String, u64)>| values.into_iter().map(|(name, n)| (name, ConstCounter::new(n))).collect::<Vec<_>>();
         ConstGauge::new(resident.len() as i64).encode(encoder.encode_descriptor("mantle_loaded_models", "Deployments loaded in this process.", None, MetricType::Gauge)?)?;
-        gauge(&mut encoder, "mantle_queue_depth", "Requests admitted and not finished (running and waiting).", per(&|s| s.in_flight() as f64))?;
-        gauge(&mut encoder, "mantle_batch_size", "Sequences in the engine's latest step.", per(&|s| s.batch_size() as f64))?;
-        gauge(&mut encoder, "mantle_model_load_seconds", "How long loading each resident deployment took.", per(&|s| s.load_seconds))?;
-        gauge(&mut encoder, "mantle_model_memory_bytes", "Memory each resident deployment holds (weights and KV cache, estimated), counted against runtime.memory_budget.", per(&|s| s.memory_bytes as f64))?;
-        counter(&mut encoder, "mantle_model_evictions", "Deployments unloaded to make room under the memory budget.", self.runtime.evictions())?;
-        counter(&mut encoder, "mantle_runner_restarts", "Deployments loaded again after their runner thread failed.", self.runtime.restarts())?;
+        encode_family(&mut encoder, "mantle_queue_depth", "Requests admitted and not finished (running and waiting).", MetricType::Gauge, per(&|s| s.in_flight() as i64))?;
+        encode_family(&mut encoder, "mantle_batch_size", "Sequences in the engine's latest step.", MetricType::Gauge, per(&|s| s.batch_size() as i64))?;
+        encode_family(&mut encoder, "mantle_model_load_seconds", "How long loading each resident deployment took.", MetricType::Gauge, seconds)?;
+        encode_family(
+            &mut encoder,
+            "mantle_model_memory_bytes",
+            "Memory each resident deployment holds (weights and KV cache, estimated), counted against runtime.memory_budget.",
+            MetricType::Gauge,
+            per(&|s| i64::try_from(s.memory_bytes).unwrap_or(i64::MAX)),
+        )?;
+        encode_family(&mut encoder, "mantle_model_evictions", "Deployments unloaded to make room under the memory budget.", MetricType::Counter, counts(self.runtime.evictions()))?;
+        encode_family(&mut encoder, "mantle_runner_restarts", "Deployments loaded again after their runner thread failed.", MetricType::Counter, counts(self.runtime.restarts()))?;
         ConstCounter::new(self.usage.dropped() as u64).encode(encoder.encode_descriptor("mantle_usage_records_dropped", "Usage records lost (writer queue full, or the database refused them after retries).", None, MetricType::Counter)?)?;
         Ok(())
     }

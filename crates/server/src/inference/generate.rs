@@ -132,7 +132,15 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
         }
         request.constraint = plan.grammar();
     }
+    // The field holding the input, named by errors about it (the input itself is consumed below).
+    let param = request.input.param();
     let prompts = prompts(engine, target, &mut request).await?;
+    if prompts.is_empty() || prompts.len() * request.n > MAX_GENERATIONS {
+        return Err(InferenceError::invalid(format!("prompt must hold 1 to {MAX_GENERATIONS} prompts (times n)"), Some(param)));
+    }
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(InferenceError::invalid("a prompt has no tokens", Some(param)));
+    }
     // The grammar over this model's vocabulary: CPU work the caller chooses, off the async workers.
     let constraint = match request.constraint.clone() {
         Some(grammar) => {
@@ -142,21 +150,20 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
         }
         None => None,
     };
-    if prompts.is_empty() || prompts.len() * request.n > MAX_GENERATIONS {
-        return Err(InferenceError::invalid(format!("prompt must hold 1 to {MAX_GENERATIONS} prompts (times n)"), Some("prompt")));
-    }
     let prompt_tokens = prompts.iter().map(Vec::len).sum::<usize>();
     let admission = quotas::admit(state, principal, prompt_tokens * request.n).await?;
     let limits = admission.limits.clone();
     let timer = state.metrics.start(target.name()).billed(&state.usage, principal, request.api, &served.deployment.settings, admission);
-    let mut answer = start(engine, target, prompts, &request, constraint, timer)?;
-    answer.limits = limits;
-    answer.parsers = match &request.tools {
-        Some(plan) => (0..answer.n_choices).map(|_| CallParser::for_plan(plan)).collect(),
-        None => Vec::new(),
-    };
-    answer.tools = request.tools;
-    Ok(answer)
+    start(engine, target, Started { prompts, param, constraint, limits, timer }, request)
+}
+
+/// What `generate` has prepared for `start`.
+struct Started {
+    prompts: Vec<Vec<Token>>,
+    param: &'static str,
+    constraint: Option<Constraint>,
+    limits: domain::quota::Limits,
+    timer: RequestTimer,
 }
 
 /// The request's prompts as tokens: chat messages rendered through the template (with the tools
@@ -188,12 +195,12 @@ async fn prompts(engine: &Engine, target: &Target, request: &mut GenerationReque
 }
 
 /// Starts every prompt times `n` choices; a failure drops those already started, which cancels them.
-fn start(engine: &Engine, target: &Target, prompts: Vec<Vec<Token>>, request: &GenerationRequest, constraint: Option<Constraint>, mut timer: RequestTimer) -> Result<Answer, InferenceError> {
+fn start(engine: &Engine, target: &Target, prepared: Started, request: GenerationRequest) -> Result<Answer, InferenceError> {
+    let Started { prompts, param, constraint, limits, mut timer } = prepared;
     let served = &target.served;
     let n_ctx = engine.info().n_ctx;
     let defaults = served.sampling_defaults();
     let params = request.sampling.resolve(&defaults, &request.fallback);
-    let param = request.input.param();
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let mut streams = Vec::with_capacity(prompts.len() * request.n);
     for (p, prompt) in prompts.into_iter().enumerate() {
@@ -214,25 +221,33 @@ fn start(engine: &Engine, target: &Target, prompts: Vec<Vec<Token>>, request: &G
             let generate = GenerateRequest { prompt: prompt.clone(), params, max_tokens, stop: request.stop.clone(), logprobs: request.logprobs, constraint: constraint.clone() };
             let generation = engine.generate(generate).map_err(|err| {
                 timer.reject(&err);
-                InferenceError::from(err)
+                match err {
+                    // The prompt and max_tokens do not fit the context together.
+                    engine::InferError::Invalid(message) => InferenceError::context_exceeded(param, message),
+                    other => InferenceError::from(other),
+                }
             })?;
             timer.track(generation.progress());
             streams.push(events_of(p * request.n + j, generation));
         }
     }
+    let parsers = match &request.tools {
+        Some(plan) => (0..streams.len()).map(|_| CallParser::for_plan(plan)).collect(),
+        None => Vec::new(),
+    };
     Ok(Answer {
         id: super::random_id(),
         created: chrono::Utc::now().timestamp(),
         fingerprint: served.fingerprint.clone(),
         revision: served.revision.clone(),
-        limits: domain::quota::Limits::default(),
+        limits,
         prompt_tokens,
         n_choices: streams.len(),
         logprobs: request.logprobs.is_some(),
         events: futures::stream::select_all(streams),
         timer,
-        tools: None,
-        parsers: Vec::new(),
+        tools: request.tools,
+        parsers,
         ready: VecDeque::new(),
         completion_tokens: 0,
         ended: false,

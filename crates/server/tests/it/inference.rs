@@ -142,3 +142,22 @@ async fn r12_json_object_with_a_schema_is_held_to_the_schema() {
         crate::openai::assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some(param));
     }
 }
+
+#[tokio::test]
+async fn r12_a_prompt_over_the_context_names_the_field_that_holds_it() {
+    // The mock's context is 4096 tokens at one token per byte: 5,000 bytes pass the byte bound
+    // that is checked before tokenizing, and are refused once counted.
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let long = "y".repeat(5000);
+    let chat = server.json("POST", "/v1/chat/completions", Some(&token), json!({ "model": "tiny", "messages": [{ "role": "user", "content": long }] })).await;
+    crate::openai::assert_openai_error(&chat, StatusCode::BAD_REQUEST, Some("messages"));
+    assert_eq!(chat.json()["error"]["code"], "context_length_exceeded");
+    let completion = server.json("POST", "/v1/completions", Some(&token), json!({ "model": "tiny", "prompt": long })).await;
+    crate::openai::assert_openai_error(&completion, StatusCode::BAD_REQUEST, Some("prompt"));
+    // A max_tokens that does not fit beside the prompt, likewise.
+    let crowded = server.json("POST", "/v1/completions", Some(&token), json!({ "model": "tiny", "prompt": "y".repeat(4000), "max_tokens": 500 })).await;
+    crate::openai::assert_openai_error(&crowded, StatusCode::BAD_REQUEST, Some("prompt"));
+    // An empty token prompt is the caller's 400, not an engine error.
+    let empty = server.json("POST", "/v1/completions", Some(&token), json!({ "model": "tiny", "prompt": [[]] })).await;
+    crate::openai::assert_openai_error(&empty, StatusCode::BAD_REQUEST, Some("prompt"));
+}
