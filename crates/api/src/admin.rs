@@ -79,6 +79,10 @@ pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
     pub temporary_deleted: u64,
+    #[serde(default)]
+    pub xet_files_deleted: u64,
+    #[serde(default)]
+    pub xorbs_deleted: u64,
 }
 
 /// `GET /api/admin/audit/verify`.

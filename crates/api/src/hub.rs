@@ -158,6 +158,9 @@ pub struct TreeEntry {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lfs: Option<TreeLfs>,
+    /// For files stored through Xet: their Xet hash (clients with hf_xet download by it).
+    #[serde(rename = "xetHash", skip_serializing_if = "Option::is_none", default)]
+    pub xet_hash: Option<String>,
     /// With `expand=true`: the file's vetting status in the Hub's shape.
     #[serde(rename = "securityFileStatus", skip_serializing_if = "Option::is_none", default)]
     pub security_file_status: Option<serde_json::Value>,

@@ -103,7 +103,7 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
-        match self.write_object(&temp, stream, &expect).await {
+        match self.write_object(&temp, stream, &expect, &mut |_| Ok(())).await {
             Ok(stored) => {
                 let key = Self::blob_key(&stored.sha256);
                 let already = self.size_of(&stored.sha256).await? == Some(stored.size);
@@ -121,7 +121,9 @@ impl BlobStore {
         }
     }
 
-    async fn write_object<E>(&self, temp: &Path, mut stream: BoxStream<'_, std::result::Result<Bytes, E>>, expect: &Expect) -> Result<StoredBlob>
+    /// Writes the stream to `temp`, hashing it and showing each piece to `inspect`, which may
+    /// refuse it (and is called with `None` at the end, where it may still refuse).
+    async fn write_object<E>(&self, temp: &Path, mut stream: BoxStream<'_, std::result::Result<Bytes, E>>, expect: &Expect, inspect: &mut (dyn FnMut(Option<&Bytes>) -> Result<()> + Send)) -> Result<StoredBlob>
     where
         E: std::fmt::Display,
     {
@@ -135,7 +137,10 @@ impl BlobStore {
         };
         let failed = loop {
             let chunk = match stream.next().await {
-                None => break None,
+                None => match inspect(None) {
+                    Ok(()) => break None,
+                    Err(err) => break Some(err),
+                },
                 Some(Ok(chunk)) => chunk,
                 Some(Err(err)) => break Some(Error::invalid(format!("upload interrupted: {err}"))),
             };
@@ -146,6 +151,9 @@ impl BlobStore {
                 }
             }
             hasher.update(&chunk);
+            if let Err(err) = inspect(Some(&chunk)) {
+                break Some(err);
+            }
             if let Err(err) = writer.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await {
                 break Some(Error::internal(err));
             }
@@ -191,7 +199,7 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         // A part goes straight to its own key: the backend makes it visible only once complete.
-        let stored = self.write_object(&Self::part_key(digest, part), stream, &Expect { max_size: Some(max_size), ..Expect::default() }).await?;
+        let stored = self.write_object(&Self::part_key(digest, part), stream, &Expect { max_size: Some(max_size), ..Expect::default() }, &mut |_| Ok(())).await?;
         Ok(stored.sha256.to_string())
     }
 
@@ -221,10 +229,60 @@ impl BlobStore {
         Ok(stored)
     }
 
+    fn xorb_key(hash: &str) -> Path {
+        Path::from(format!("xet/xorbs/{hash}"))
+    }
+
+    /// Streams a xorb to a temporary object (at most `max_size` bytes), showing each piece to
+    /// `inspect`, which validates it; moves it under `xet/xorbs/<hash>` only once `inspect`
+    /// accepted the end. Returns the stored size.
+    pub async fn put_xorb<E>(&self, hash: &str, stream: BoxStream<'_, std::result::Result<Bytes, E>>, max_size: u64, inspect: &mut (dyn FnMut(Option<&Bytes>) -> Result<()> + Send)) -> Result<u64>
+    where
+        E: std::fmt::Display,
+    {
+        let temp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
+        let stored = match self.write_object(&temp, stream, &Expect { max_size: Some(max_size), ..Expect::default() }, inspect).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                let _ = self.store.delete(&temp).await;
+                return Err(err);
+            }
+        };
+        if let Err(err) = self.store.rename(&temp, &Self::xorb_key(hash)).await {
+            let _ = self.store.delete(&temp).await;
+            return Err(Error::internal(err));
+        }
+        Ok(stored.size)
+    }
+
+    /// Whether a xorb's object exists.
+    pub async fn xorb_exists(&self, hash: &str) -> Result<bool> {
+        match self.store.head(&Self::xorb_key(hash)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(Error::internal(err)),
+        }
+    }
+
+    /// A byte range of a stored xorb.
+    pub async fn get_xorb(&self, hash: &str, range: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
+        let res = self.store.get_opts(&Self::xorb_key(hash), options).await.map_err(|err| match err {
+            object_store::Error::NotFound { .. } => Error::NotFound(format!("xorb {hash} is missing from the blob store")),
+            other => Error::internal(other),
+        })?;
+        Ok(res.into_stream().map_err(Error::internal).boxed())
+    }
+
+    /// Deletes a xorb's object (missing is not an error).
+    pub async fn delete_xorb(&self, hash: &str) -> Result<()> {
+        self.delete_key(Self::xorb_key(hash).as_ref()).await
+    }
+
     /// Writes a named record (e.g. `audit/checkpoints/...`): one atomic put, outside the
     /// content-addressed `sha256/` space.
     pub async fn put_record(&self, key: &str, bytes: Bytes) -> Result<()> {
-        if key.starts_with("sha256/") || key.starts_with("tmp/") || key.starts_with("parts/") {
+        if key.starts_with("sha256/") || key.starts_with("tmp/") || key.starts_with("parts/") || key.starts_with("xet/") {
             return Err(Error::internal(format!("{key} is not a record key")));
         }
         self.store.put(&Path::from(key), PutPayload::from_bytes(bytes)).await.map_err(Error::internal)?;

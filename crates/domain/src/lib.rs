@@ -14,6 +14,7 @@ pub mod quota;
 pub mod repo;
 mod system;
 pub mod vetting;
+pub mod xet;
 
 pub use error::{Error, Result};
 

@@ -29,8 +29,20 @@ impl Hub {
 
     /// A stored blob's bytes (a range of them). Callers have resolved the digest through an
     /// authorized operation (a file of a visible revision, a deployment, a scan job).
+    /// Files uploaded through Xet are rebuilt from their xorbs.
     pub async fn blob_stream(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BoxStream<'static, Result<Bytes>>> {
-        self.blobs.get(digest, range).await
+        match self.blobs.get(digest, range.clone()).await {
+            Err(crate::Error::NotFound(why)) => self.xet_stream(digest, range).await?.ok_or(crate::Error::NotFound(why)),
+            other => other,
+        }
+    }
+
+    /// The size of a file's bytes, stored whole or through Xet, or `None`.
+    pub async fn content_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self.blobs.size_of(digest).await? {
+            Some(size) => Ok(Some(size)),
+            None => self.xet_size(digest).await,
+        }
     }
 
     /// A signed basic upload: streams the bytes, checks them against the digest and size, and

@@ -25,7 +25,7 @@ use domain::hub::Hub;
 
 pub use config::{Config, FlagOverrides, RawConfig};
 pub use error::{ApiError, ApiResult};
-pub use signing::Signer;
+pub use signing::{read_xet_token, xet_token, Signer};
 
 /// Cheap handles shared by every handler.
 #[derive(Clone)]

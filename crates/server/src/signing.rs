@@ -43,6 +43,33 @@ impl Signer {
     }
 }
 
+/// A CAS access token: the scope as base64url JSON, its expiry and a signature over both.
+/// hf_xet sends it back as `Authorization: Bearer`; it stands for itself (no database lookup).
+pub fn xet_token(signer: &Signer, scope: &domain::xet::XetScope, exp: i64) -> String {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(scope).unwrap_or_default());
+    let exp = exp.to_string();
+    let sig = signer.sign(&["xet-token", &payload, &exp]);
+    format!("mxet1.{payload}.{exp}.{sig}")
+}
+
+/// The scope of a CAS token, if its signature holds and it has not expired.
+pub fn read_xet_token(signer: &Signer, token: &str) -> Result<domain::xet::XetScope, domain::Error> {
+    use base64::Engine as _;
+    let invalid = || domain::Error::Unauthenticated("invalid Xet token: ask the xet-read-token or xet-write-token endpoint for one".into());
+    let mut parts = token.split('.');
+    let (Some("mxet1"), Some(payload), Some(exp), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) else { return Err(invalid()) };
+    if !signer.verify(&["xet-token", payload, exp], sig) {
+        return Err(invalid());
+    }
+    let exp: i64 = exp.parse().map_err(|_| invalid())?;
+    if chrono::Utc::now().timestamp() >= exp {
+        return Err(domain::Error::Unauthenticated("the Xet token has expired; refresh it".into()));
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid())?;
+    serde_json::from_slice(&json).map_err(|_| invalid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ const SQLITE: &[Script] = &[
     (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
     (5, "quotas", include_str!("../migrations/sqlite/0005_quotas.sql")),
     (6, "hardening", include_str!("../migrations/sqlite/0006_hardening.sql")),
+    (7, "xet", include_str!("../migrations/sqlite/0007_xet.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -35,6 +36,7 @@ const POSTGRES: &[Script] = &[
     (4, "usage", include_str!("../migrations/postgres/0004_usage.sql")),
     (5, "quotas", include_str!("../migrations/postgres/0005_quotas.sql")),
     (6, "hardening", include_str!("../migrations/postgres/0006_hardening.sql")),
+    (7, "xet", include_str!("../migrations/postgres/0007_xet.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -21,6 +21,9 @@ mod deployments;
 mod operations;
 mod repos;
 mod vetting;
+mod xet;
+
+pub use xet::{plan, PlannedTerm, Reconstruction};
 
 /// Settings the Hub needs from config.
 #[derive(Clone, Debug)]
@@ -91,6 +94,9 @@ pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
     pub temporary_deleted: u64,
+    /// Files stored through Xet that no commit referenced.
+    pub xet_files_deleted: u64,
+    pub xorbs_deleted: u64,
 }
 
 /// The outcome of verifying the audit chain.

@@ -43,9 +43,35 @@ impl Hub {
                 report.temporary_deleted += 1;
             }
         }
-        let event = AuditEvent::new(&admin.name, "blobs.gc", "blobs", json!({ "deleted": report.blobs_deleted, "bytes": report.bytes_freed, "temporary": report.temporary_deleted }));
+        self.gc_xet(cutoff, &mut report).await?;
+        let event =
+            AuditEvent::new(&admin.name, "blobs.gc", "blobs", json!({ "deleted": report.blobs_deleted, "bytes": report.bytes_freed, "temporary": report.temporary_deleted, "xet_files": report.xet_files_deleted, "xorbs": report.xorbs_deleted }));
         self.meta.append_audit(event).await?;
         Ok(report)
+    }
+
+    /// Xet storage: files no commit references (and no recent upload grant mentions), then
+    /// xorbs no file uses. A xorb's row goes first, in the serialized write path, leaving a
+    /// tombstone; a shard that names it afterwards fails its foreign key, and a re-upload of the
+    /// same bytes while the object is being deleted is told to retry.
+    async fn gc_xet(&self, cutoff: chrono::DateTime<chrono::Utc>, report: &mut GcReport) -> Result<()> {
+        let before = format_time(cutoff);
+        for hash in self.meta.unreferenced_xet_files(&before).await? {
+            if self.meta.delete_xet_file(&hash, &before).await? {
+                report.xet_files_deleted += 1;
+            }
+        }
+        for hash in self.meta.unreferenced_xorbs(&before).await? {
+            let size = self.meta.xorb(&hash).await?.map_or(0, |x| x.size);
+            if !self.meta.condemn_xorb(&hash, &before).await? {
+                continue;
+            }
+            self.blobs.delete_xorb(&hash).await?;
+            self.meta.xorb_deleted(&hash).await?;
+            report.xorbs_deleted += 1;
+            report.bytes_freed += size;
+        }
+        Ok(())
     }
 
     /// Recomputes the audit chain and names the first broken link. Site admin only.

@@ -119,7 +119,7 @@ impl Hub {
         authorize_write(principal, repo)?;
         let sha256 = Digest::parse(oid)?;
         let never_uploaded = || Error::invalid(format!("LFS object {sha256} for {path} was never uploaded"));
-        let stored_size = self.blobs.size_of(&sha256).await?.ok_or_else(never_uploaded)?;
+        let stored_size = self.content_size(&sha256).await?.ok_or_else(never_uploaded)?;
         if !self.may_reuse_blob(principal, repo, &sha256).await? {
             return Err(never_uploaded());
         }

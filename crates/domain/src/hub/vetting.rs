@@ -42,7 +42,10 @@ impl Hub {
 
     pub(super) async fn small_text(&self, files: &[FileEntry], path: &str) -> Result<Option<String>> {
         match files.iter().find(|f| f.path.as_str() == path) {
-            Some(file) if file.size <= 1024 * 1024 => Ok(Some(String::from_utf8_lossy(&self.blobs.read_all(&file.sha256).await?).into_owned())),
+            Some(file) if file.size <= 1024 * 1024 => {
+                let chunks: Vec<Bytes> = futures::TryStreamExt::try_collect(self.blob_stream(&file.sha256, None).await?).await?;
+                Ok(Some(String::from_utf8_lossy(&chunks.concat()).into_owned()))
+            }
             _ => Ok(None),
         }
     }

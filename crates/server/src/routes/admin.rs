@@ -67,7 +67,14 @@ pub(crate) async fn gc(State(state): State<AppState>, Auth(principal): Auth, bod
         return Err(ApiError::invalid("min_age_secs must be 0 to 3155760000 (a century)"));
     };
     let report = state.hub.gc(&principal, min_age).await?;
-    Ok(Json(api::admin::GcReport { blobs_seen: report.blobs_seen, blobs_deleted: report.blobs_deleted, bytes_freed: report.bytes_freed, temporary_deleted: report.temporary_deleted }))
+    Ok(Json(api::admin::GcReport {
+        blobs_seen: report.blobs_seen,
+        blobs_deleted: report.blobs_deleted,
+        bytes_freed: report.bytes_freed,
+        temporary_deleted: report.temporary_deleted,
+        xet_files_deleted: report.xet_files_deleted,
+        xorbs_deleted: report.xorbs_deleted,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/admin/audit/verify", tag = "audit", responses((status = 200, body = api::admin::AuditVerify), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed")))]

@@ -63,14 +63,6 @@ pub(crate) async fn preupload(State(state): State<AppState>, Path(p): Path<RevPa
     Ok(Json(api::hub::PreuploadResponse { files: answers, commit_oid: commit }))
 }
 
-/// Clients with `hf_xet` ask for a Xet token before uploading LFS-mode files. Mantle does not speak
-/// Xet yet, so the answer says plainly what to do instead.
-pub(crate) async fn xet_unsupported(State(state): State<AppState>, uri: axum::http::Uri) -> ApiError {
-    // hf_xet shows only the status and URL, so the hint goes to the server log as well.
-    tracing::info!(%uri, "a client asked for Xet, which is not supported; it should set HF_HUB_DISABLE_XET=1 for files above the LFS threshold");
-    ApiError::invalid(format!("this Mantle server does not support the Xet protocol yet: set HF_HUB_DISABLE_XET=1 to upload files larger than {} bytes through Git LFS", state.config.hub.lfs_threshold))
-}
-
 pub(crate) async fn create_commit(State(state): State<AppState>, Path(p): Path<RevParams>, Query(query): Query<CommitQuery>, headers: HeaderMap, Auth(principal): Auth, body: Body) -> ApiResult<Json<api::hub::CommitResponse>> {
     let (kind, name) = p.repo()?;
     // Rights are checked before a single byte of the body is read or stored.

@@ -53,6 +53,15 @@ async fn resolve(State(state): State<AppState>, method: Method, Path(p): Path<Re
     put("x-content-type-options", "nosniff");
     put("content-security-policy", "sandbox; default-src 'none'");
     put("content-disposition", &attachment(p.path.rsplit('/').next().unwrap_or("file")));
+    // Files stored through Xet name their Xet hash and where a read token comes from, so
+    // clients with hf_xet fetch them chunk-wise; everyone else gets the bytes below.
+    if file.lfs {
+        if let Some(xet_hash) = state.hub.xet_hashes(std::slice::from_ref(&file.sha256.to_string())).await?.remove(file.sha256.as_str()) {
+            put("x-xet-hash", &xet_hash);
+            let token_url = format!("{}/api/{kinds}/{name}/xet-read-token/{commit}", super::base_url(&state, &headers));
+            put("link", &format!("<{token_url}>; rel=\"xet-auth\""));
+        }
+    }
     // Content-addressed under a commit id, the bytes never change; under a branch they may.
     put("cache-control", if p.rev == commit.as_str() { "public, max-age=31536000, immutable" } else { "no-cache" });
 

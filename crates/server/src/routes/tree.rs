@@ -72,7 +72,21 @@ pub(crate) async fn list_tree(State(state): State<AppState>, Path(p): Path<TreeP
             out.insert("link", value);
         }
     }
+    fill_xet_hashes(&state, &mut page).await?;
     Ok((out, Json(page)))
+}
+
+/// Adds `xetHash` to the LFS entries stored through Xet.
+async fn fill_xet_hashes(state: &AppState, entries: &mut [api::hub::TreeEntry]) -> ApiResult<()> {
+    let sha256s: Vec<String> = entries.iter().filter_map(|e| e.lfs.as_ref().map(|lfs| lfs.oid.clone())).collect();
+    if sha256s.is_empty() {
+        return Ok(());
+    }
+    let hashes = state.hub.xet_hashes(&sha256s).await?;
+    for entry in entries {
+        entry.xet_hash = entry.lfs.as_ref().and_then(|lfs| hashes.get(&lfs.oid).cloned());
+    }
+    Ok(())
 }
 
 fn encode_cursor(offset: usize) -> String {
@@ -121,6 +135,7 @@ pub(crate) fn file_entry(file: &FileEntry) -> api::hub::TreeEntry {
         size: file.size,
         path: file.path.to_string(),
         lfs: file.lfs.then(|| api::hub::TreeLfs { oid: file.sha256.to_string(), size: file.size, pointer_size: file.pointer_size() }),
+        xet_hash: None,
         security_file_status: None,
     }
 }
@@ -128,7 +143,7 @@ pub(crate) fn file_entry(file: &FileEntry) -> api::hub::TreeEntry {
 /// A folder entry; its oid is a stable digest of what it holds.
 fn folder_entry(path: &str, contents: &[&FileEntry]) -> api::hub::TreeEntry {
     let listing: String = contents.iter().map(|f| format!("{} {}\n", f.git_oid, f.path)).collect();
-    api::hub::TreeEntry { kind: "directory".into(), oid: git_blob_oid(listing.as_bytes()), size: 0, path: path.to_owned(), lfs: None, security_file_status: None }
+    api::hub::TreeEntry { kind: "directory".into(), oid: git_blob_oid(listing.as_bytes()), size: 0, path: path.to_owned(), lfs: None, xet_hash: None, security_file_status: None }
 }
 
 /// `POST .../paths-info/{rev}`: the client sends a form (`paths=a&paths=b&expand=...`); JSON works too.
@@ -160,6 +175,7 @@ pub(crate) async fn paths_info(State(state): State<AppState>, Path(p): Path<RevP
             }
         }
     }
+    fill_xet_hashes(&state, &mut out).await?;
     Ok(Json(out))
 }
 

@@ -73,12 +73,22 @@ impl TestServer {
     }
 
     pub(crate) async fn send(&self, method: &str, uri: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri).header("host", "mantle.test");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
         }
         if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
+            headers.push(("content-type", content_type));
+        }
+        self.send_with(method, uri, &headers, body).await
+    }
+
+    /// Sends a request with these headers (besides Host).
+    pub(crate) async fn send_with(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri).header("host", "mantle.test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
         let status = response.status();

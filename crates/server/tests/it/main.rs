@@ -14,3 +14,4 @@ mod structured;
 mod tidy;
 mod usage;
 mod vetting;
+mod xet;

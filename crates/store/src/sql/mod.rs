@@ -33,6 +33,7 @@ mod policies;
 mod quotas;
 mod repos;
 mod scans;
+mod xet;
 
 /// The SQL metadata store.
 pub struct SqlMetaStore {
