@@ -39,6 +39,14 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis prometheus-client
 "$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
 
+# An older client (huggingface_hub 1.19 negotiates Xet through the LFS batch endpoint) must keep working.
+OLD_VENV="$CACHE/venv-hf119"
+if [ ! -x "$OLD_VENV/bin/python" ]; then
+  python3 -m venv "$OLD_VENV"
+fi
+"$OLD_VENV/bin/pip" install -q --disable-pip-version-check 'huggingface_hub==1.19.0'
+export MANTLE_OLD_HF_PYTHON="$OLD_VENV/bin/python"
+
 # The engine's tokenizer tests compare against Hugging Face's Python `tokenizers`.
 export MANTLE_PYTHON="$VENV/bin/python"
 

@@ -83,7 +83,7 @@ def models_dir():
 
 def push_folder(server, token, repo, files, readme):
     """Pushes local files (path in repo -> local path, linked, not copied) and a README as a new
-    repo through huggingface_hub, like a user would (LFS path for the large ones)."""
+    repo through huggingface_hub, like a user would (Xet for the large ones)."""
     src = Path(tempfile.mkdtemp(prefix="push-"))
     for name, path in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ api = HfApi(token={token!r})
 api.create_repo({repo!r})
 api.upload_folder(folder_path={str(src)!r}, repo_id={repo!r})
 """,
-        env={"HF_HUB_DISABLE_XET": "1", "HF_ENDPOINT": server.endpoint},
+        env={"HF_ENDPOINT": server.endpoint},
     )
 
 

@@ -136,6 +136,7 @@ def test_filesystem_and_invalid_card(server, alice, tmp_path):
 
 
 def test_large_file_goes_through_lfs(server, alice, tmp_path):
+    """The Git LFS path (clients without hf_xet, or with HF_HUB_DISABLE_XET=1) still works."""
     user, token = alice
     repo = f"{user}/big-model"
     big = tmp_path / "up" / "weights.bin"

@@ -36,6 +36,10 @@ pub struct Metrics {
     ttft: HistogramFamily,
     itl: HistogramFamily,
     duration: HistogramFamily,
+    /// Xorb bytes received (accepted uploads) and newly stored, by this process.
+    xet_received: Counter,
+    xet_stored: Counter,
+    xet_reconstructions: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +51,9 @@ impl Default for Metrics {
             ttft: Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS.iter().copied())),
             itl: Family::new_with_constructor(|| Histogram::new(ITL_BUCKETS.iter().copied())),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS.iter().copied())),
+            xet_received: Counter::default(),
+            xet_stored: Counter::default(),
+            xet_reconstructions: Counter::default(),
         }
     }
 }
@@ -94,6 +101,19 @@ impl Metrics {
         RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), labels, ttft, itl, started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
     }
 
+    /// A xorb upload was accepted: `size` bytes received, stored anew or not.
+    pub fn xorb_uploaded(&self, size: u64, inserted: bool) {
+        self.xet_received.inc_by(size);
+        if inserted {
+            self.xet_stored.inc_by(size);
+        }
+    }
+
+    /// A reconstruction was handed out.
+    pub fn reconstruction_served(&self) {
+        self.xet_reconstructions.inc();
+    }
+
     /// The exposition (OpenMetrics text), with what the runtime and the usage log hold now.
     pub fn render(&self, runtime: &Runtime, usage: &crate::usage::UsageLog) -> String {
         let mut registry = Registry::default();
@@ -103,6 +123,9 @@ impl Metrics {
         registry.register("mantle_time_to_first_token_seconds", "Time from request to the first generated text.", self.ttft.clone());
         registry.register("mantle_inter_token_latency_seconds", "Time between successive pieces of generated text.", self.itl.clone());
         registry.register("mantle_request_duration_seconds", "Time from request to its last token.", self.duration.clone());
+        registry.register("mantle_xet_received_bytes", "Bytes of xorbs received through accepted Xet uploads.", self.xet_received.clone());
+        registry.register("mantle_xet_stored_bytes", "Bytes of xorbs stored anew (not already held).", self.xet_stored.clone());
+        registry.register("mantle_xet_reconstructions", "File reconstructions handed to Xet clients.", self.xet_reconstructions.clone());
         registry.register_collector(Box::new(Live { runtime: runtime.clone(), usage: usage.clone() }));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");

@@ -214,7 +214,7 @@ impl Runtime {
         let name = deployment.name.clone();
         // Room for at least the file before loading it (set aside while it loads, so concurrent
         // loads cannot overshoot the budget together); the exact size is known after.
-        let file_bytes = hub.blob_size(&deployment.file_sha256).await?.unwrap_or(0);
+        let file_bytes = hub.content_size(&deployment.file_sha256).await?.unwrap_or(0);
         if let Some(slot) = self.inner.loaded.lock().expect("runtime map not poisoned").get_mut(&name).filter(|slot| Arc::ptr_eq(&slot.cell, cell)) {
             slot.reserved = file_bytes;
         }
@@ -517,7 +517,7 @@ fn read_gguf_metadata(path: &Path) -> (Option<ChatTemplate>, SamplingDefaults) {
 /// copied anew. The engine only ever opens such copies.
 async fn materialize(hub: &Hub, dir: &Path, digest: &Digest) -> Result<PathBuf, Error> {
     let path = dir.join(digest.as_str());
-    let expected = hub.blob_size(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
+    let expected = hub.content_size(digest).await?.ok_or_else(|| Error::Internal(format!("blob {digest} is missing")))?;
     if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == expected) {
         let (check, digest_text) = (path.clone(), digest.as_str().to_owned());
         let verified = tokio::task::spawn_blocking(move || verify_copy(&check, &digest_text)).await.map_err(Error::internal)?;

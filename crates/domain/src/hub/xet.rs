@@ -56,7 +56,8 @@ impl Hub {
     /// Stores a xorb streamed in: chunk records parsed and hashed as they arrive (each bounded),
     /// the xorb hash recomputed and compared with `hash`, and only then made visible. Uploading
     /// bytes that are already stored proves possession: the tenant may reuse them from now on.
-    pub async fn put_xorb<E: std::fmt::Display>(&self, scope: &XetScope, hash: &str, stream: BoxStream<'_, std::result::Result<Bytes, E>>) -> Result<bool> {
+    /// Returns whether it was new, and its size.
+    pub async fn put_xorb<E: std::fmt::Display>(&self, scope: &XetScope, hash: &str, stream: BoxStream<'_, std::result::Result<Bytes, E>>) -> Result<(bool, u64)> {
         require_write(scope)?;
         let expected = parse_hash(hash)?;
         let mut parser = ChunkParser::default();
@@ -83,7 +84,7 @@ impl Hub {
                 }
             }
         };
-        let size = self.blobs.put_xorb(hash, stream, format::MAX_XORB_BYTES + 4096, &mut inspect).await?;
+        let size = self.blobs.put_xorb(hash, stream, format::MAX_XORB_UPLOAD, &mut inspect).await?;
         let index = index.ok_or_else(|| Error::internal("xorb validated without an index"))?;
         let dedup: Vec<String> = index.chunks.iter().filter(|c| format::dedup_eligible(&c.hash)).map(|c| c.hash.hex()).collect();
         let record = XorbRecord { hash: hash.to_owned(), size, chunks: index.encode() };
@@ -92,7 +93,7 @@ impl Hub {
         if !self.blobs.xorb_exists(hash).await? {
             return Err(Error::conflict(format!("xorb {hash} was garbage-collected during the upload; upload it again")));
         }
-        Ok(inserted)
+        Ok((inserted, size))
     }
 
     /// A stored xorb's index, if the scope's tenant may use it (uploaded through one of its

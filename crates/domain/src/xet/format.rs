@@ -16,10 +16,14 @@ use xet_core_structures::xorb_object::XORB_CHUNK_HEADER_LENGTH;
 
 pub(crate) use crate::{Error, Result};
 
-/// The largest serialized xorb accepted (the protocol's limit).
+/// The most chunk bytes (uncompressed) one xorb may hold: the protocol's 64 MiB.
 pub const MAX_XORB_BYTES: u64 = 64 * 1024 * 1024;
 /// The most chunks one xorb may hold.
 pub const MAX_XORB_CHUNKS: usize = 8192;
+/// The largest upload body accepted for a xorb: its chunks uncompressed plus an 8-byte header
+/// each (incompressible chunks are stored as they are), and room for the storage footer some
+/// writers append (per chunk a hash and two offsets).
+pub const MAX_XORB_UPLOAD: u64 = MAX_XORB_BYTES + MAX_XORB_CHUNKS as u64 * (8 + 48) + 4096;
 /// The largest chunk (uncompressed) the chunker produces: twice the 64 KiB target.
 pub const MAX_CHUNK_BYTES: usize = 128 * 1024;
 /// The largest compressed chunk record accepted: LZ4 framing can make incompressible data a
@@ -253,8 +257,8 @@ impl XorbIndexer {
         }
         self.packed += packed_len as u64;
         self.unpacked += data.len() as u64;
-        if self.packed > MAX_XORB_BYTES {
-            return Err(Error::invalid(format!("a xorb is at most {MAX_XORB_BYTES} bytes")));
+        if self.unpacked > MAX_XORB_BYTES {
+            return Err(Error::invalid(format!("a xorb holds at most {MAX_XORB_BYTES} bytes of chunks")));
         }
         let hash = merklehash::compute_data_hash(data);
         self.chunks.push(ChunkMeta { hash, packed_end: self.packed as u32, unpacked_end: u32::try_from(self.unpacked).map_err(|_| Error::invalid("a xorb's contents exceed 4 GiB"))? });

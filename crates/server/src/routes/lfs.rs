@@ -49,6 +49,26 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
         return Err(ApiError::invalid("at most 1000 objects per batch"));
     }
     let repo = state.hub.writable_repo(&principal, kind, &name).await?;
+    // huggingface_hub 1.x with hf_xet offers Xet here: the client then uploads through the CAS
+    // API (chunk-level dedup) and needs no upload URLs, only the objects acknowledged.
+    if body.transfers.iter().any(|t| t == "xet") {
+        let answers = body
+            .objects
+            .into_iter()
+            .map(|object| {
+                let error = if Digest::parse(&object.oid).is_err() {
+                    Some(api::lfs::BatchError { code: 422, message: "oid must be 64 hex characters (sha256)".into() })
+                } else if object.size > state.config.hub.max_lfs_file {
+                    Some(api::lfs::BatchError { code: 422, message: format!("object is larger than the limit of {} bytes", state.config.hub.max_lfs_file) })
+                } else {
+                    None
+                };
+                api::lfs::BatchAnswer { oid: object.oid, size: object.size, authenticated: Some(true), actions: None, error }
+            })
+            .collect();
+        let response = api::lfs::BatchResponse { transfer: "xet".into(), objects: answers, hash_algo: "sha256".into() };
+        return Ok(([("content-type", HeaderValue::from_static("application/vnd.git-lfs+json"))], Json(response)));
+    }
     let multipart_allowed = body.transfers.iter().any(|t| t == "multipart");
     // One answer lists a URL per part: bound them, so a batch of huge declared sizes cannot make
     // the server sign and send millions of URLs.
@@ -74,7 +94,7 @@ async fn batch(State(state): State<AppState>, Path(p): Path<BatchParams>, header
             answers.push(error(422, format!("object is larger than the limit of {} bytes", state.config.hub.max_lfs_file)));
             continue;
         }
-        if state.hub.blob_size(&digest).await? == Some(object.size) && state.hub.may_reuse_blob(&principal, &repo, &digest).await? {
+        if state.hub.content_size(&digest).await? == Some(object.size) && state.hub.may_reuse_blob(&principal, &repo, &digest).await? {
             // Already stored, and the caller may use it: no actions, the client skips the upload.
             // Anyone else uploads the bytes (which proves possession), so a stored blob is never
             // revealed to, or reused by, a tenant who only knows its digest.

@@ -125,7 +125,7 @@ pub(crate) async fn tags(State(state): State<AppState>, headers: HeaderMap) -> R
     let principal = inference::authenticate(&state, &headers).await?;
     let mut models = Vec::new();
     for deployment in state.hub.runnable_deployments(&principal).await? {
-        let size = state.hub.blob_size(&deployment.file_sha256).await?.unwrap_or(0);
+        let size = state.hub.content_size(&deployment.file_sha256).await?.unwrap_or(0);
         models.push(wire::TagsModel { name: deployment.name.clone(), model: deployment.name.clone(), modified_at: deployment.created_at.clone(), size, digest: deployment.file_sha256.to_string(), details: details(&deployment) });
     }
     Ok(Json(wire::TagsResponse { models }))

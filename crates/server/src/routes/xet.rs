@@ -89,19 +89,21 @@ fn check_prefix(prefix: &str, allowed: &[&str]) -> ApiResult<()> {
 pub(crate) async fn upload_xorb(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((prefix, hash)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult<Json<serde_json::Value>> {
     check_prefix(&prefix, &["default"])?;
     if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if length > domain::xet::format::MAX_XORB_BYTES {
-            return Err(ApiError::invalid(format!("a xorb is at most {} bytes; this one declares {length}", domain::xet::format::MAX_XORB_BYTES)));
+        if length > domain::xet::format::MAX_XORB_UPLOAD {
+            return Err(ApiError::invalid(format!("a xorb upload is at most {} bytes; this one declares {length}", domain::xet::format::MAX_XORB_UPLOAD)));
         }
     }
     let stream = body.into_data_stream().map_err(|err| err.to_string()).boxed();
-    let inserted = state.hub.put_xorb(&scope, &hash, stream).await?;
+    // hf_xet shows only a refusal's status and URL: the reason goes to the log as well.
+    let (inserted, size) = state.hub.put_xorb(&scope, &hash, stream).await.inspect_err(|err| tracing::info!(%hash, user = %scope.user, "xorb refused: {err}"))?;
+    state.metrics.xorb_uploaded(size, inserted);
     Ok(Json(json!({ "was_inserted": inserted })))
 }
 
 /// `POST /xet/v1/shards`: file reconstructions over uploaded xorbs.
 pub(crate) async fn upload_shard(State(state): State<AppState>, XetAuth(scope): XetAuth, body: Body) -> ApiResult<Json<serde_json::Value>> {
     let bytes = axum::body::to_bytes(body, MAX_SHARD_BYTES).await.map_err(|err| ApiError::invalid(format!("the shard could not be read (at most {MAX_SHARD_BYTES} bytes): {err}")))?;
-    let files = state.hub.put_shard(&scope, &bytes).await?;
+    let files = state.hub.put_shard(&scope, &bytes).await.inspect_err(|err| tracing::info!(user = %scope.user, "shard refused: {err}"))?;
     tracing::info!(files, repo_id = scope.repo_id, user = %scope.user, "xet shard registered");
     Ok(Json(json!({ "result": 1 })))
 }
@@ -125,6 +127,7 @@ pub(crate) async fn reconstruction(State(state): State<AppState>, XetAuth(scope)
     let Some(plan) = state.hub.xet_reconstruction(&scope, &file_id, range.map(|(start, end)| start..end.saturating_add(1))).await? else {
         return Ok((StatusCode::RANGE_NOT_SATISFIABLE, Json(json!({ "error": "the range starts past the end of the file" }))).into_response());
     };
+    state.metrics.reconstruction_served();
     let base = format!("{}/xet/v1/fetch", base_url(&state, &headers));
     let exp = (chrono::Utc::now().timestamp() + FETCH_TTL_SECS).to_string();
     let mut terms = Vec::with_capacity(plan.terms.len());

@@ -107,6 +107,8 @@ impl XetStore for SqlMetaStore {
                 .execute(&mut *tx.tx)
                 .await
                 .map_err(db_err)?;
+            // The bytes are stored again: a tombstone GC left for them no longer holds.
+            sqlx::query("DELETE FROM gc_tombstones WHERE sha256 = $1 AND state = 'deleted'").bind(&file.sha256).execute(&mut *tx.tx).await.map_err(db_err)?;
         }
         for (chunk, xorb) in dedup_chunks {
             sqlx::query("INSERT INTO xet_chunks (chunk_hash, xorb_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING").bind(chunk).bind(xorb).execute(&mut *tx.tx).await.map_err(db_err)?;
@@ -164,6 +166,8 @@ impl XetStore for SqlMetaStore {
 
     async fn delete_xet_file(&self, hash: &str, before: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        let Some(row) = sqlx::query("SELECT sha256 FROM xet_files WHERE hash = $1").bind(hash).fetch_optional(&mut *tx.tx).await.map_err(db_err)? else { return Ok(false) };
+        let sha256: String = row.try_get("sha256").map_err(db_err)?;
         let deleted = sqlx::query(
             "DELETE FROM xet_files WHERE hash = $1 AND created_at < $2 AND NOT EXISTS (SELECT 1 FROM commit_files f WHERE f.sha256 = xet_files.sha256) \
              AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = xet_files.sha256 AND g.created_at >= $2)",
@@ -177,6 +181,15 @@ impl XetStore for SqlMetaStore {
             // PostgreSQL cascades through the foreign key; SQLite does too with foreign_keys on,
             // but the links go explicitly so that the rule does not hang on a pragma.
             sqlx::query("DELETE FROM xet_file_xorbs WHERE file_hash = $1").bind(hash).execute(&mut *tx.tx).await.map_err(db_err)?;
+            // A commit that checked the file before this and lands after it must fail, as for a
+            // collected blob: the tombstone is checked in the commit's own transaction. Bytes
+            // uploaded again (whole or through Xet) lift it.
+            sqlx::query("INSERT INTO gc_tombstones (sha256, state, created_at) SELECT $1, 'deleted', $2 WHERE NOT EXISTS (SELECT 1 FROM xet_files WHERE sha256 = $1) ON CONFLICT (sha256) DO NOTHING")
+                .bind(&sha256)
+                .bind(now_rfc3339())
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await?;
         Ok(deleted.rows_affected() == 1)

@@ -79,6 +79,7 @@ contract!(sqlite_audit_store, postgres_audit_store, audit_store);
 contract!(sqlite_scan_and_policy_stores, postgres_scan_and_policy_stores, scan_and_policy_stores);
 contract!(sqlite_deployment_store, postgres_deployment_store, deployment_store);
 contract!(sqlite_quota_store, postgres_quota_store, quota_store);
+contract!(sqlite_xet_store, postgres_xet_store, xet_store);
 
 /// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
 async fn seed_accounts(meta: &dyn MetaStore) {
@@ -505,4 +506,66 @@ async fn postgres_replicas_claim_each_job_once() {
     all.sort();
     all.dedup();
     assert_eq!((count, all.len()), (40, 40));
+}
+
+/// `XetStore`: xorbs and their owners, files and their grants, dedup chunks, GC claims that a
+/// shard naming the xorb afterwards (or a re-upload meanwhile) cannot slip past.
+async fn xet_store(store: Arc<SqlMetaStore>) {
+    use domain::xet::{Term, XetFile, XorbRecord};
+    let meta: Arc<dyn MetaStore> = store.clone();
+    seed_accounts(meta.as_ref()).await;
+    let repo = meta.create_repo(RepoKind::Model, &RepoName::parse("acme/m").unwrap(), true, vec![], "alice", event("repo.create")).await.unwrap();
+    let (x1, x2) = ("1".repeat(64), "2".repeat(64));
+    let record = |hash: &str| XorbRecord { hash: hash.to_owned(), size: 100, chunks: vec![7; 40] };
+    assert!(meta.put_xorb(&record(&x1), "acme", &["c".repeat(64)]).await.unwrap());
+    assert!(!meta.put_xorb(&record(&x1), "bob", &[]).await.unwrap(), "a second upload is not new");
+    let mut owners = meta.xorb_owners(&x1).await.unwrap();
+    owners.sort();
+    assert_eq!(owners, vec!["acme".to_owned(), "bob".to_owned()]);
+    assert_eq!(meta.xorb(&x1).await.unwrap().unwrap().chunks, vec![7; 40]);
+    assert_eq!(meta.xorbs_with_chunk(&"c".repeat(64)).await.unwrap(), vec![x1.clone()]);
+    assert!(meta.put_xorb(&record(&x2), "acme", &[]).await.unwrap());
+
+    let sha = "5".repeat(64);
+    let file = XetFile { hash: "f".repeat(64), sha256: sha.clone(), size: 30, terms: vec![Term { xorb: x1.clone(), start: 0, end: 2, len: 30 }] };
+    meta.put_xet_files(repo.id, std::slice::from_ref(&file), &[("d".repeat(64), x1.clone())]).await.unwrap();
+    meta.put_xet_files(repo.id, std::slice::from_ref(&file), &[]).await.unwrap();
+    assert_eq!(meta.xet_file(&file.hash).await.unwrap(), Some(file.clone()));
+    assert_eq!(meta.xet_file_by_sha256(&sha).await.unwrap(), Some(file.clone()));
+    assert_eq!(meta.xet_hashes(&[sha.clone(), "6".repeat(64)]).await.unwrap().into_iter().collect::<Vec<_>>(), vec![(sha.clone(), file.hash.clone())]);
+    assert!(meta.repo_has_file(repo.id, &sha).await.unwrap(), "the upload granted it");
+    assert!(!meta.repo_has_file(repo.id + 1, &sha).await.unwrap());
+    assert_eq!(meta.related_xorbs(&x1, 10).await.unwrap(), vec![x1.clone()]);
+
+    // GC: nothing young is claimed; a xorb a file uses never is; an unused old one is, once.
+    let future = "9999-01-01T00:00:00.000Z";
+    assert!(meta.unreferenced_xorbs("2000-01-01T00:00:00.000Z").await.unwrap().is_empty());
+    assert_eq!(meta.unreferenced_xorbs(future).await.unwrap(), vec![x2.clone()]);
+    assert!(!meta.condemn_xorb(&x1, future).await.unwrap());
+    assert!(meta.condemn_xorb(&x2, future).await.unwrap());
+    assert!(!meta.condemn_xorb(&x2, future).await.unwrap());
+    assert!(meta.xorb(&x2).await.unwrap().is_none());
+    // A re-upload while GC is deleting the object is told to retry; once deleted, it lands.
+    assert!(matches!(meta.put_xorb(&record(&x2), "acme", &[]).await, Err(Error::Conflict(_))));
+    meta.xorb_deleted(&x2).await.unwrap();
+    assert!(meta.put_xorb(&record(&x2), "acme", &[]).await.unwrap());
+    // A shard naming a xorb GC removed fails in its own transaction (the foreign key).
+    assert!(meta.condemn_xorb(&x2, future).await.unwrap());
+    let late = XetFile { hash: "e".repeat(64), sha256: "4".repeat(64), size: 1, terms: vec![Term { xorb: x2.clone(), start: 0, end: 1, len: 1 }] };
+    assert!(meta.put_xet_files(repo.id, &[late], &[]).await.is_err());
+
+    // Files: an uncommitted file with a fresh grant is kept; without one it goes, and leaves a
+    // tombstone that a commit naming it meets; registering it again lifts the tombstone.
+    assert!(meta.unreferenced_xet_files("2000-01-01T00:00:00.000Z").await.unwrap().is_empty());
+    assert!(!meta.delete_xet_file(&file.hash, "2000-01-01T00:00:00.000Z").await.unwrap());
+    assert_eq!(meta.unreferenced_xet_files(future).await.unwrap(), vec![file.hash.clone()]);
+    assert!(meta.delete_xet_file(&file.hash, future).await.unwrap());
+    assert!(meta.xet_file(&file.hash).await.unwrap().is_none());
+    assert!(meta.blob_tombstone(&sha).await.unwrap().is_some());
+    let committed = FileEntry { path: RepoPath::parse("w.bin").unwrap(), size: 30, sha256: Digest::parse(&sha).unwrap(), git_oid: "0".repeat(40), lfs: true };
+    assert!(matches!(meta.commit(new_commit(repo.id, vec![FileOperation::Add(committed.clone())], None), event("repo.commit")).await, Err(Error::Conflict(_))));
+    meta.put_xet_files(repo.id, std::slice::from_ref(&file), &[]).await.unwrap();
+    assert!(meta.blob_tombstone(&sha).await.unwrap().is_none());
+    meta.commit(new_commit(repo.id, vec![FileOperation::Add(committed)], None), event("repo.commit")).await.unwrap();
+    assert!(meta.unreferenced_xet_files(future).await.unwrap().is_empty(), "a committed file is referenced");
 }
