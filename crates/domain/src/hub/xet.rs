@@ -301,10 +301,9 @@ async fn send_planned(blobs: &crate::blobs::BlobStore, plan: Reconstruction, tx:
                 let take = usize::try_from(remaining.min((data.len() - from) as u64)).unwrap_or(0);
                 remaining -= take as u64;
                 piece.extend_from_slice(&data[from..from + take]);
-                if piece.len() >= READ_PIECE {
-                    if tx.send(Ok(Bytes::from(std::mem::replace(&mut piece, Vec::with_capacity(READ_PIECE))))).await.is_err() {
-                        return Ok(());
-                    }
+                // A receiver that went away (the client left) ends the task.
+                if piece.len() >= READ_PIECE && tx.send(Ok(Bytes::from(std::mem::replace(&mut piece, Vec::with_capacity(READ_PIECE))))).await.is_err() {
+                    return Ok(());
                 }
             }
         }

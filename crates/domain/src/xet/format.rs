@@ -73,7 +73,7 @@ impl XorbIndex {
 
     /// Reads the stored form back.
     pub fn decode(hash: MerkleHash, bytes: &[u8]) -> Result<Self> {
-        if bytes.len() % INDEX_ENTRY != 0 {
+        if !bytes.len().is_multiple_of(INDEX_ENTRY) {
             return Err(Error::internal(format!("the chunk index of xorb {hash} is corrupt")));
         }
         let chunks = bytes

@@ -253,7 +253,7 @@ async fn r13_dedup_stays_inside_a_tenant_and_another_tenant_cannot_learn_or_obta
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     // Alice's private file is invisible through Bob's own repo, and Alice's repo is invisible to him.
     assert_eq!(server.get("/bob/m/resolve/main/w.bin", Some(&bob)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(server.get(&format!("/api/models/alice/base/xet-read-token/main"), Some(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/api/models/alice/base/xet-read-token/main", Some(&bob)).await.status, StatusCode::NOT_FOUND);
 
     // Uploading the bytes himself proves possession: then Bob may use them.
     assert_eq!(post_xorb(&server, &bob_cas, &up.xorb.hash, up.xorb.bytes.clone()).await.json()["was_inserted"], false);
