@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use bytes::Buf as _;
 use futures::stream::{BoxStream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 
@@ -16,8 +17,6 @@ use crate::xet::{parse_hash, Term, XetFile, XetScope, XorbIndex, XorbRecord};
 
 /// The most xorbs one global-dedup answer lists.
 const MAX_DEDUP_XORBS: i64 = 64;
-/// Decompressed bytes gathered before a piece of a file goes out.
-const READ_PIECE: usize = 512 * 1024;
 
 /// One term of a reconstruction, narrowed to the chunks a byte range needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,33 +282,29 @@ impl Hub {
 async fn send_planned(blobs: &crate::blobs::BlobStore, plan: Reconstruction, tx: &tokio::sync::mpsc::Sender<Result<Bytes>>) -> Result<()> {
     let mut skip = plan.offset_into_first_range;
     let mut remaining = plan.len;
-    let mut piece = Vec::with_capacity(READ_PIECE);
     for term in plan.terms {
         let mut stream = blobs.get_xorb(&term.xorb, term.bytes.clone()).await?;
         let mut parser = ChunkParser::default();
         let mut chunks_left = term.chunks.end - term.chunks.start;
-        while chunks_left > 0 {
+        while chunks_left > 0 && remaining > 0 {
             let Some(bytes) = stream.next().await.transpose()? else {
                 return Err(Error::internal(format!("xorb {} ended before its chunks", term.xorb)));
             };
             parser.push(&bytes);
             while let Some(record) = parser.next_record()? {
                 chunks_left = chunks_left.saturating_sub(1);
-                let data = record.decompress()?;
-                let from = usize::try_from(skip.min(data.len() as u64)).unwrap_or(data.len());
-                skip -= from as u64;
-                let take = usize::try_from(remaining.min((data.len() - from) as u64)).unwrap_or(0);
-                remaining -= take as u64;
-                piece.extend_from_slice(&data[from..from + take]);
+                let mut data = record.decompress()?;
+                let from = skip.min(data.len() as u64);
+                skip -= from;
+                data.advance(from as usize);
+                data.truncate(remaining.min(data.len() as u64) as usize);
+                remaining -= data.len() as u64;
                 // A receiver that went away (the client left) ends the task.
-                if piece.len() >= READ_PIECE && tx.send(Ok(Bytes::from(std::mem::replace(&mut piece, Vec::with_capacity(READ_PIECE))))).await.is_err() {
+                if !data.is_empty() && tx.send(Ok(data)).await.is_err() {
                     return Ok(());
                 }
             }
         }
-    }
-    if !piece.is_empty() {
-        let _ = tx.send(Ok(Bytes::from(piece))).await;
     }
     Ok(())
 }

@@ -152,19 +152,16 @@ pub struct ChunkRecord {
 }
 
 impl ChunkRecord {
-    /// The chunk's bytes, decompressed under the declared length (never more memory than that).
-    pub fn decompress(&self) -> Result<Vec<u8>> {
+    /// The chunk's bytes, decompressed under the declared length (never more memory than that;
+    /// stored chunks are not copied).
+    pub fn decompress(&self) -> Result<Bytes> {
         let expect = self.uncompressed_len;
         let out = match self.scheme {
-            0 => self.data.to_vec(),
+            0 => self.data.clone(),
             1 | 2 => {
                 let mut out = Vec::with_capacity(expect);
                 lz4_flex::frame::FrameDecoder::new(&self.data[..]).take(expect as u64 + 1).read_to_end(&mut out).map_err(|err| Error::invalid(format!("a chunk does not decompress: {err}")))?;
-                if self.scheme == 2 {
-                    bg4_regroup(&out)
-                } else {
-                    out
-                }
+                Bytes::from(if self.scheme == 2 { bg4_regroup(&out) } else { out })
             }
             other => return Err(Error::invalid(format!("unknown chunk compression scheme {other}"))),
         };
