@@ -190,3 +190,28 @@ def test_a_second_replica_serves_what_the_first_stored(server, alice, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_two_accounts_push_the_same_file_from_one_machine(server, tmp_path):
+    """hf_xet remembers what it uploaded (per CAS URL). Pushing the same bytes for a second account
+    from the same machine must not lean on the first account's xorbs, which that account may not
+    use: the client uploads them again (proving possession) and the push succeeds."""
+    f = random_file(tmp_path / "up" / "w.bin", 24 * 1024 * 1024 + 9, 41)
+    home = tempfile.mkdtemp(prefix="hf-home-shared-")
+    stored = metric(server, "mantle_xet_stored_bytes_total")
+    for n in range(2):
+        user, token = server.new_user()
+        env = dict(client_env(server, token), HF_HOME=home)
+        out = run_python(
+            f"""
+from huggingface_hub import HfApi, hf_hub_download
+api = HfApi()
+api.create_repo("{user}/same", private=True)
+api.upload_file(path_or_fileobj={str(f)!r}, path_in_repo="w.bin", repo_id="{user}/same")
+print(hf_hub_download("{user}/same", "w.bin"))
+""",
+            env,
+        )
+        assert filecmp.cmp(out.strip().splitlines()[-1], f, shallow=False)
+    # The bytes are stored once.
+    assert metric(server, "mantle_xet_stored_bytes_total") - stored < 2 * f.stat().st_size

@@ -45,9 +45,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/{kinds}/{ns}/{name}/preupload/{rev}", post(commit::preupload))
         .route("/api/{kinds}/{ns}/{name}/xet-write-token/{rev}", get(xet::write_token))
         .route("/api/{kinds}/{ns}/{name}/xet-read-token/{rev}", get(xet::read_token))
-        .route("/xet/v1/chunks/{prefix}/{hash}", get(xet::dedup_chunk))
-        .route("/xet/v1/reconstructions/{file_id}", get(xet::reconstruction))
-        .route("/xet/v1/fetch/{xorb}", get(xet::fetch))
+        .route("/xet/{partition}/v1/chunks/{prefix}/{hash}", get(xet::dedup_chunk))
+        .route("/xet/{partition}/v1/reconstructions/{file_id}", get(xet::reconstruction))
+        .route("/xet-fetch/{xorb}", get(xet::fetch))
         .route("/api/{kinds}/{ns}/{name}/vetting/{rev}", get(vetting::revision_verdict))
         .route("/api/{kinds}/{ns}/{name}/bom/{rev}", get(vetting::bom))
         .route("/api/policies/{namespace}", get(vetting::get_policy).put(vetting::set_policy))
@@ -96,8 +96,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}", put(lfs::upload_object).post(lfs::complete_multipart))
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/verify", post(lfs::verify_object))
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/{part}", put(lfs::upload_part))
-        .route("/xet/v1/xorbs/{prefix}/{hash}", post(xet::upload_xorb))
-        .route("/xet/v1/shards", post(xet::upload_shard))
+        .route("/xet/{partition}/v1/xorbs/{prefix}/{hash}", post(xet::upload_xorb))
+        .route("/xet/{partition}/v1/shards", post(xet::upload_shard))
         .layer(DefaultBodyLimit::disable());
     let files = Router::new().route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model)).route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
     api.merge(streaming).merge(files).fallback(not_found).layer(TraceLayer::new_for_http()).with_state(state)

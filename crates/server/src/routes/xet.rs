@@ -1,6 +1,10 @@
-//! Xet: the Hub's token endpoints, and the CAS API hf_xet talks to, under `/xet/v1` on Mantle's
-//! own port (`casUrl` is `{base}/xet`). CAS calls carry a signed token (`XetAuth`); xorb byte
-//! ranges are fetched through signed URLs that carry their own authority, bound to one range.
+//! Xet: the Hub's token endpoints, and the CAS API hf_xet talks to, on Mantle's own port under
+//! `casUrl` = `{base}/xet/{namespace}` (the repo's namespace). The namespace in the URL grants
+//! nothing (the token carries the scope): it partitions clients' local caches, which hf_xet keys
+//! by CAS URL, so a machine that pushed for one account never offers the server that account's
+//! xorbs in another account's push (they would be refused: dedup stays inside a tenant). CAS
+//! calls carry a signed token (`XetAuth`); xorb byte ranges are fetched through signed URLs
+//! (`/xet-fetch`) that carry their own authority, bound to one range.
 
 use std::collections::BTreeMap;
 
@@ -50,7 +54,7 @@ async fn token(State(state): State<AppState>, Path(p): Path<RevParams>, Query(qu
     let scope = state.hub.xet_scope(&principal, kind, &name, revision, write).await?;
     let exp = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
     let access_token = crate::signing::xet_token(&state.signer, &scope, exp);
-    let cas_url = format!("{}/xet", base_url(&state, &headers));
+    let cas_url = format!("{}/xet/{}", base_url(&state, &headers), name.namespace);
     let mut out = HeaderMap::new();
     for (key, value) in [("x-xet-cas-url", cas_url.clone()), ("x-xet-access-token", access_token.clone()), ("x-xet-token-expiration", exp.to_string())] {
         if let Ok(value) = HeaderValue::from_str(&value) {
@@ -85,8 +89,8 @@ fn check_prefix(prefix: &str, allowed: &[&str]) -> ApiResult<()> {
     }
 }
 
-/// `POST /xet/v1/xorbs/default/{hash}`: a serialized xorb (chunk records, no footer), streamed.
-pub(crate) async fn upload_xorb(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((prefix, hash)): Path<(String, String)>, headers: HeaderMap, body: Body) -> ApiResult<Json<serde_json::Value>> {
+/// `POST {cas}/v1/xorbs/default/{hash}`: a serialized xorb (chunk records, no footer), streamed.
+pub(crate) async fn upload_xorb(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((_, prefix, hash)): Path<(String, String, String)>, headers: HeaderMap, body: Body) -> ApiResult<Json<serde_json::Value>> {
     check_prefix(&prefix, &["default"])?;
     if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if length > domain::xet::format::MAX_XORB_UPLOAD {
@@ -100,7 +104,7 @@ pub(crate) async fn upload_xorb(State(state): State<AppState>, XetAuth(scope): X
     Ok(Json(json!({ "was_inserted": inserted })))
 }
 
-/// `POST /xet/v1/shards`: file reconstructions over uploaded xorbs.
+/// `POST {cas}/v1/shards`: file reconstructions over uploaded xorbs.
 pub(crate) async fn upload_shard(State(state): State<AppState>, XetAuth(scope): XetAuth, body: Body) -> ApiResult<Json<serde_json::Value>> {
     let bytes = axum::body::to_bytes(body, MAX_SHARD_BYTES).await.map_err(|err| ApiError::invalid(format!("the shard could not be read (at most {MAX_SHARD_BYTES} bytes): {err}")))?;
     let files = state.hub.put_shard(&scope, &bytes).await.inspect_err(|err| tracing::info!(user = %scope.user, "shard refused: {err}"))?;
@@ -108,8 +112,8 @@ pub(crate) async fn upload_shard(State(state): State<AppState>, XetAuth(scope): 
     Ok(Json(json!({ "result": 1 })))
 }
 
-/// `GET /xet/v1/chunks/{prefix}/{hash}`: a shard of the tenant's xorbs holding the chunk, or 404.
-pub(crate) async fn dedup_chunk(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((prefix, hash)): Path<(String, String)>) -> ApiResult<Response> {
+/// `GET {cas}/v1/chunks/{prefix}/{hash}`: a shard of the tenant's xorbs holding the chunk, or 404.
+pub(crate) async fn dedup_chunk(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((_, prefix, hash)): Path<(String, String, String)>) -> ApiResult<Response> {
     check_prefix(&prefix, &["default-merkledb", "default"])?;
     match state.hub.xet_dedup_shard(&scope, &hash).await? {
         Some(shard) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], shard).into_response()),
@@ -117,9 +121,9 @@ pub(crate) async fn dedup_chunk(State(state): State<AppState>, XetAuth(scope): X
     }
 }
 
-/// `GET /xet/v1/reconstructions/{file_id}` (optional `Range: bytes=a-b`): terms and signed
+/// `GET {cas}/v1/reconstructions/{file_id}` (optional `Range: bytes=a-b`): terms and signed
 /// fetch URLs.
-pub(crate) async fn reconstruction(State(state): State<AppState>, XetAuth(scope): XetAuth, Path(file_id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+pub(crate) async fn reconstruction(State(state): State<AppState>, XetAuth(scope): XetAuth, Path((_, file_id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Response> {
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(text) => Some(parse_inclusive_range(text).ok_or_else(|| ApiError::invalid(format!("malformed Range {text:?}: expected bytes=START-END")))?),
@@ -128,7 +132,7 @@ pub(crate) async fn reconstruction(State(state): State<AppState>, XetAuth(scope)
         return Ok((StatusCode::RANGE_NOT_SATISFIABLE, Json(json!({ "error": "the range starts past the end of the file" }))).into_response());
     };
     state.metrics.reconstruction_served();
-    let base = format!("{}/xet/v1/fetch", base_url(&state, &headers));
+    let base = format!("{}/xet-fetch", base_url(&state, &headers));
     let exp = (chrono::Utc::now().timestamp() + FETCH_TTL_SECS).to_string();
     let mut terms = Vec::with_capacity(plan.terms.len());
     let mut fetch_info: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -154,7 +158,7 @@ pub(crate) struct FetchQuery {
     sig: String,
 }
 
-/// `GET /xet/v1/fetch/{xorb}?range&exp&sig`: serialized xorb bytes within the signed range
+/// `GET /xet-fetch/{xorb}?range&exp&sig`: serialized xorb bytes within the signed range
 /// (the client's `Range` may ask for part of it). No credentials: the URL is the authority.
 pub(crate) async fn fetch(State(state): State<AppState>, Path(xorb): Path<String>, Query(q): Query<FetchQuery>, headers: HeaderMap) -> ApiResult<Response> {
     if !state.signer.verify(&["xet-fetch", &xorb, &q.range, &q.exp.to_string()], &q.sig) {

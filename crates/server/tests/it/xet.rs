@@ -29,7 +29,7 @@ async fn cas_token(server: &TestServer, user_token: &str, repo: &str, write: boo
     let json = reply.json();
     let cas = (reply.status == StatusCode::OK).then(|| {
         assert_eq!(reply.header("x-xet-access-token").as_deref(), json["accessToken"].as_str());
-        assert_eq!(reply.header("x-xet-cas-url").as_deref(), Some("http://mantle.test/xet"));
+        assert_eq!(reply.header("x-xet-cas-url"), Some(format!("http://mantle.test/xet/{}", repo.split('/').next().unwrap())));
         assert_eq!(reply.header("x-xet-token-expiration"), Some(json["exp"].to_string()));
         Cas { token: json["accessToken"].as_str().unwrap().to_owned() }
     });
@@ -38,12 +38,12 @@ async fn cas_token(server: &TestServer, user_token: &str, repo: &str, write: boo
 
 async fn post_xorb(server: &TestServer, cas: &Cas, hash: &str, bytes: Vec<u8>) -> crate::harness::Reply {
     let auth = format!("Bearer {}", cas.token);
-    server.send_with("POST", &format!("/xet/v1/xorbs/default/{hash}"), &[("authorization", &auth)], bytes).await
+    server.send_with("POST", &format!("/xet/alice/v1/xorbs/default/{hash}"), &[("authorization", &auth)], bytes).await
 }
 
 async fn post_shard(server: &TestServer, cas: &Cas, bytes: Vec<u8>) -> crate::harness::Reply {
     let auth = format!("Bearer {}", cas.token);
-    server.send_with("POST", "/xet/v1/shards", &[("authorization", &auth)], bytes).await
+    server.send_with("POST", "/xet/alice/v1/shards", &[("authorization", &auth)], bytes).await
 }
 
 fn lfs_line(path: &str, sha256: &str, size: usize) -> serde_json::Value {
@@ -112,7 +112,7 @@ async fn r13_a_file_uploaded_through_xet_downloads_both_ways_byte_identical() {
     let (status, read, _) = cas_token(&server, &alice, "alice/m", false).await;
     assert_eq!(status, StatusCode::OK);
     let auth = format!("Bearer {}", read.unwrap().token);
-    let rec = server.send_with("GET", &format!("/xet/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth), ("range", "bytes=50000-60000")], Vec::new()).await;
+    let rec = server.send_with("GET", &format!("/xet/alice/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth), ("range", "bytes=50000-60000")], Vec::new()).await;
     assert_eq!(rec.status, StatusCode::OK, "{}", String::from_utf8_lossy(&rec.body));
     let rec = rec.json();
     let term = &rec["terms"][0];
@@ -128,7 +128,7 @@ async fn r13_a_file_uploaded_through_xet_downloads_both_ways_byte_identical() {
     assert_eq!(server.send_with("GET", &url, &[("range", &beyond)], Vec::new()).await.status, StatusCode::FORBIDDEN);
     let forged = url.replace("range=", "range=0");
     assert_eq!(server.get(&forged, None).await.status, StatusCode::FORBIDDEN);
-    let past = server.send_with("GET", &format!("/xet/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth), ("range", "bytes=99999999-99999999")], Vec::new()).await;
+    let past = server.send_with("GET", &format!("/xet/alice/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth), ("range", "bytes=99999999-99999999")], Vec::new()).await;
     assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
 }
 
@@ -161,8 +161,8 @@ async fn r13_hostile_xet_uploads_are_refused_with_a_4xx_and_store_nothing() {
     // tampered, missing or expired.
     assert_eq!(post_xorb(&server, &cas, "ZZ", good.bytes.clone()).await.status, StatusCode::BAD_REQUEST);
     let auth = format!("Bearer {}", cas.token);
-    assert_eq!(server.send_with("POST", &format!("/xet/v1/xorbs/other/{}", good.hash), &[("authorization", &auth)], good.bytes.clone()).await.status, StatusCode::BAD_REQUEST);
-    let big = server.send_with("POST", &format!("/xet/v1/xorbs/default/{}", good.hash), &[("authorization", &auth), ("content-length", "999999999")], Vec::new()).await;
+    assert_eq!(server.send_with("POST", &format!("/xet/alice/v1/xorbs/other/{}", good.hash), &[("authorization", &auth)], good.bytes.clone()).await.status, StatusCode::BAD_REQUEST);
+    let big = server.send_with("POST", &format!("/xet/alice/v1/xorbs/default/{}", good.hash), &[("authorization", &auth), ("content-length", "999999999")], Vec::new()).await;
     assert_eq!(big.status, StatusCode::BAD_REQUEST);
     let (_, read, _) = cas_token(&server, &alice, "alice/m", false).await;
     assert_eq!(post_xorb(&server, &read.unwrap(), &good.hash, good.bytes.clone()).await.status, StatusCode::FORBIDDEN);
@@ -172,7 +172,7 @@ async fn r13_hostile_xet_uploads_are_refused_with_a_4xx_and_store_nothing() {
     let scope = server::read_xet_token(&server.state.signer, &cas.token).unwrap();
     let expired = server::xet_token(&server.state.signer, &scope, chrono::Utc::now().timestamp() - 1);
     assert_eq!(post_xorb(&server, &Cas { token: expired }, &good.hash, good.bytes.clone()).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(server.send("POST", &format!("/xet/v1/xorbs/default/{}", good.hash), None, None, good.bytes.clone()).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(server.send("POST", &format!("/xet/alice/v1/xorbs/default/{}", good.hash), None, None, good.bytes.clone()).await.status, StatusCode::UNAUTHORIZED);
     // None of that stored a xorb.
     let stored = std::fs::read_dir(server.state.config.data_dir.join("blobs/xet/xorbs")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(stored, 0, "a refused xorb left an object behind");
@@ -230,7 +230,7 @@ async fn r13_dedup_stays_inside_a_tenant_and_another_tenant_cannot_learn_or_obta
     let (_, tuned, _) = cas_token(&server, &alice, "alice/tuned", true).await;
     let tuned = tuned.unwrap();
     let auth = format!("Bearer {}", tuned.token);
-    let dedup = server.send_with("GET", &format!("/xet/v1/chunks/default-merkledb/{first_chunk}"), &[("authorization", &auth)], Vec::new()).await;
+    let dedup = server.send_with("GET", &format!("/xet/alice/v1/chunks/default-merkledb/{first_chunk}"), &[("authorization", &auth)], Vec::new()).await;
     assert_eq!(dedup.status, StatusCode::OK);
     let listed = xet_core_structures::metadata_shard::shard_in_memory::MDBInMemoryShard::from_reader(&mut std::io::Cursor::new(&dedup.body)).unwrap();
     assert_eq!(listed.num_xorb_entries(), 1);
@@ -241,13 +241,13 @@ async fn r13_dedup_stays_inside_a_tenant_and_another_tenant_cannot_learn_or_obta
     let (_, bob_cas, _) = cas_token(&server, &bob, "bob/m", true).await;
     let bob_cas = bob_cas.unwrap();
     let auth = format!("Bearer {}", bob_cas.token);
-    let dedup = server.send_with("GET", &format!("/xet/v1/chunks/default-merkledb/{first_chunk}"), &[("authorization", &auth)], Vec::new()).await;
+    let dedup = server.send_with("GET", &format!("/xet/alice/v1/chunks/default-merkledb/{first_chunk}"), &[("authorization", &auth)], Vec::new()).await;
     assert_eq!(dedup.status, StatusCode::NOT_FOUND);
     let (shard, _) = testing::shard(&[TestFile { terms: vec![(&up.xorb.index, 0, 10)], sha256: None }], |_, _| {});
     let refused = post_shard(&server, &bob_cas, shard.clone()).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&refused.body).contains("not stored"));
-    let rec = server.send_with("GET", &format!("/xet/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth)], Vec::new()).await;
+    let rec = server.send_with("GET", &format!("/xet/alice/v1/reconstructions/{}", up.file_hash), &[("authorization", &auth)], Vec::new()).await;
     assert_eq!(rec.status, StatusCode::NOT_FOUND);
     let reply = server.commit(&bob, "bob/m", &[header("steal"), lfs_line("w.bin", &up.sha256, up.content.len())]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
