@@ -42,6 +42,12 @@ pub struct Expect {
     pub max_size: Option<u64>,
 }
 
+/// What a hashed write stored.
+fn hashed((size, sha256): (u64, Option<Digest>)) -> Result<StoredBlob> {
+    let sha256 = sha256.ok_or_else(|| Error::internal("a blob was written without its sha256"))?;
+    Ok(StoredBlob { sha256, size })
+}
+
 /// One object listed by `list_blobs` or `list_temporary`.
 #[derive(Clone, Debug)]
 pub struct ListedObject {
@@ -103,7 +109,7 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
-        match self.write_object(&temp, stream, &expect, &mut |_| Ok(())).await {
+        match self.write_object(&temp, stream, &expect, true, &mut |_| Ok(())).await.and_then(hashed) {
             Ok(stored) => {
                 let key = Self::blob_key(&stored.sha256);
                 let already = self.size_of(&stored.sha256).await? == Some(stored.size);
@@ -123,13 +129,15 @@ impl BlobStore {
 
     /// Writes the stream to `temp`, hashing it and showing each piece to `inspect`, which may
     /// refuse it (and is called with `None` at the end, where it may still refuse).
-    async fn write_object<E>(&self, temp: &Path, mut stream: BoxStream<'_, std::result::Result<Bytes, E>>, expect: &Expect, inspect: &mut (dyn FnMut(Option<&Bytes>) -> Result<()> + Send)) -> Result<StoredBlob>
+    /// Without `hash`, no sha256 is computed (the caller checks the bytes its own way, as a xorb's
+    /// chunk hashes).
+    async fn write_object<E>(&self, temp: &Path, mut stream: BoxStream<'_, std::result::Result<Bytes, E>>, expect: &Expect, hash: bool, inspect: &mut (dyn FnMut(Option<&Bytes>) -> Result<()> + Send)) -> Result<(u64, Option<Digest>)>
     where
         E: std::fmt::Display,
     {
         let upload = self.store.put_multipart(temp).await.map_err(Error::internal)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut hasher = Sha256::new();
+        let mut hasher = hash.then(Sha256::new);
         let mut size: u64 = 0;
         let limit = match (expect.size, expect.max_size) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -150,7 +158,9 @@ impl BlobStore {
                     break Some(Error::invalid(format!("upload is larger than the declared or allowed size of {limit} bytes")));
                 }
             }
-            hasher.update(&chunk);
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&chunk);
+            }
             if let Err(err) = inspect(Some(&chunk)) {
                 break Some(err);
             }
@@ -163,10 +173,10 @@ impl BlobStore {
             let _ = writer.abort().await;
             return Err(err);
         }
-        let sha256 = Digest::from_bytes(&hasher.finalize().into());
-        let mismatch = match (&expect.sha256, expect.size) {
-            (Some(want), _) if *want != sha256 => Some(format!("content sha256 is {sha256}, but {want} was declared")),
-            (_, Some(want)) if want != size => Some(format!("content is {size} bytes, but {want} were declared")),
+        let sha256 = hasher.map(|h| Digest::from_bytes(&h.finalize().into()));
+        let mismatch = match (&expect.sha256, &sha256, expect.size) {
+            (Some(want), Some(got), _) if want != got => Some(format!("content sha256 is {got}, but {want} was declared")),
+            (_, _, Some(want)) if want != size => Some(format!("content is {size} bytes, but {want} were declared")),
             _ => None,
         };
         if let Some(why) = mismatch {
@@ -174,7 +184,7 @@ impl BlobStore {
             return Err(Error::invalid(why));
         }
         writer.finish().await.map_err(Error::internal)?;
-        Ok(StoredBlob { sha256, size })
+        Ok((size, sha256))
     }
 
     /// Reads a blob, or a byte range of it.
@@ -199,7 +209,7 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         // A part goes straight to its own key: the backend makes it visible only once complete.
-        let stored = self.write_object(&Self::part_key(digest, part), stream, &Expect { max_size: Some(max_size), ..Expect::default() }, &mut |_| Ok(())).await?;
+        let stored = hashed(self.write_object(&Self::part_key(digest, part), stream, &Expect { max_size: Some(max_size), ..Expect::default() }, true, &mut |_| Ok(())).await?)?;
         Ok(stored.sha256.to_string())
     }
 
@@ -222,7 +232,7 @@ impl BlobStore {
             })
             .try_flatten()
             .boxed();
-        let stored = self.put_stream(joined, Expect { sha256: Some(digest.clone()), size: Some(size), max_size: None }).await?;
+        let stored = self.put_stream(joined, Expect { sha256: Some(digest.clone()), size: Some(size), ..Expect::default() }).await?;
         for key in keys {
             let _ = self.store.delete(&key).await;
         }
@@ -241,7 +251,7 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
-        let stored = match self.write_object(&temp, stream, &Expect { max_size: Some(max_size), ..Expect::default() }, inspect).await {
+        let (size, _) = match self.write_object(&temp, stream, &Expect { max_size: Some(max_size), ..Expect::default() }, false, inspect).await {
             Ok(stored) => stored,
             Err(err) => {
                 let _ = self.store.delete(&temp).await;
@@ -252,7 +262,7 @@ impl BlobStore {
             let _ = self.store.delete(&temp).await;
             return Err(Error::internal(err));
         }
-        Ok(stored.size)
+        Ok(size)
     }
 
     /// Whether a xorb's object exists.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Buf as _;
-use futures::stream::{BoxStream, StreamExt as _};
+use futures::stream::{BoxStream, StreamExt as _, TryStreamExt as _};
 use sha2::{Digest as _, Sha256};
 
 use super::*;
@@ -127,8 +127,11 @@ impl Hub {
             }
             checked.push(XetFile { hash: file.hash.hex(), sha256: String::new(), size, terms });
         }
-        for (file, declared) in checked.iter_mut().zip(&files) {
-            file.sha256 = self.xet_sha256(file, &xorbs).await?;
+        // Two files hash at once: each pass is one core's work (reading, then sha256).
+        let passes: Vec<_> = checked.iter().map(|file| self.xet_sha256(file, &xorbs)).collect();
+        let digests: Vec<String> = futures::stream::iter(passes).buffered(2).try_collect().await?;
+        for ((file, declared), digest) in checked.iter_mut().zip(&files).zip(digests) {
+            file.sha256 = digest;
             if let Some(declared) = &declared.sha256 {
                 if *declared != file.sha256 && declared.bytes().any(|b| b != b'0') {
                     return Err(Error::invalid(format!("file {} declares sha256 {declared}, but its bytes hash to {}", file.hash, file.sha256)));
