@@ -280,3 +280,33 @@ async fn r13_gc_removes_xorbs_no_file_uses_and_keeps_committed_ones() {
     assert!(xorbs.join(&kept.xorb.hash).exists());
     assert!(server.get("/alice/m/resolve/main/w.bin", None).await.body == kept.content);
 }
+
+#[tokio::test]
+async fn r13_vetting_reads_a_xet_file_from_its_chunks_and_finds_what_the_last_chunk_hides() {
+    let server = TestServer::new().await;
+    let alice = server.user("alice", None, "write").await;
+    assert_eq!(server.create_repo(&alice, "alice/m", false).await.status, StatusCode::OK);
+    // A pickle whose first 200 kB are one harmless string; the call sits in the last chunk.
+    let padding = 200_000usize;
+    let mut pickle = b"\x80\x02T".to_vec();
+    pickle.extend_from_slice(&(padding as u32).to_le_bytes());
+    pickle.extend(std::iter::repeat_n(b'a', padding));
+    pickle.extend_from_slice(b"0cos\nsystem\nX\x02\x00\x00\x00id\x85R.");
+    let call_at = pickle.len() - 21;
+    let chunks: Vec<Vec<u8>> = pickle.chunks(60_000).map(<[u8]>::to_vec).collect();
+    let xorb = testing::xorb(&chunks, Compression::Lz4);
+    let sha256 = hex::encode(Sha256::digest(&pickle));
+    let (_, cas, _) = cas_token(&server, &alice, "alice/m", true).await;
+    let cas = cas.unwrap();
+    assert_eq!(post_xorb(&server, &cas, &xorb.hash, xorb.bytes.clone()).await.status, StatusCode::OK);
+    let (shard, _) = testing::shard(&[TestFile { terms: vec![(&xorb.index, 0, chunks.len() as u32)], sha256: Some(sha256.clone()) }], |_, _| {});
+    assert_eq!(post_shard(&server, &cas, shard).await.status, StatusCode::OK);
+    let reply = server.commit(&alice, "alice/m", &[header("weights"), lfs_line("model.pkl", &sha256, pickle.len())]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    let verdict = server.get("/api/models/alice/m/vetting/main", Some(&alice)).await.json();
+    let file = verdict["files"].as_array().unwrap().iter().find(|f| f["path"] == "model.pkl").unwrap().clone();
+    assert_eq!(file["status"], "unsafe", "{verdict}");
+    assert_eq!(file["findings"][0]["subject"], "os.system");
+    assert_eq!(file["findings"][0]["offset"], call_at as u64, "{file}");
+}
