@@ -395,7 +395,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Gc { min_age } => {
             let min_age = domain_duration_secs(&min_age)?;
             let report: api::admin::GcReport = client()?.post_json("/api/admin/gc", &api::admin::GcRequest { min_age_secs: Some(min_age) }).await?;
-            println!("gc: {} blobs seen, {} deleted ({} bytes freed), {} temporary objects removed", report.blobs_seen, report.blobs_deleted, report.bytes_freed, report.temporary_deleted);
+            println!(
+                "gc: {} blobs seen, {} deleted, {} Xet files and {} xorbs deleted ({} bytes freed), {} temporary objects removed",
+                report.blobs_seen, report.blobs_deleted, report.xet_files_deleted, report.xorbs_deleted, report.bytes_freed, report.temporary_deleted
+            );
         }
         Command::Audit(AuditCommand::Verify { pubkey }) if !pubkey.is_empty() => {
             let keys: Vec<String> = pubkey.into_iter().map(|key| std::fs::read_to_string(&key).map_or(key, |text| text.trim().to_owned())).collect();
