@@ -148,6 +148,13 @@ def server():
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    # The suite stores gigabytes (Xet tests push 1 GiB): the blobs and model copies go, the log
+    # and the database stay for whoever reads a failure.
+    import shutil
+
+    for entry in Path(data_dir).iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @pytest.fixture()

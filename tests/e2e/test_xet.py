@@ -4,8 +4,8 @@ still works, a small edit of a large file sends and stores only what changed, an
 replica serves what the first stored."""
 
 import filecmp
-import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,9 +45,21 @@ def random_file(path, size, seed):
     return path
 
 
+# Client homes hold downloaded gigabytes: removed when the module is done.
+HOMES = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def remove_client_homes():
+    yield
+    for home in HOMES:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def client_env(server, token, **extra):
     """Default client settings, an empty cache of its own (as on another machine)."""
     home = tempfile.mkdtemp(prefix="hf-home-")
+    HOMES.append(home)
     return dict(os.environ, HF_ENDPOINT=server.endpoint, HF_TOKEN=token, HF_HOME=home, HF_HUB_DISABLE_PROGRESS_BARS="1", **extra)
 
 
@@ -112,6 +124,7 @@ print(snapshot_download({repo!r}, allow_patterns=["folder/*"]))
     assert filecmp.cmp(plain / "eleven.bin", src / "eleven.bin", shallow=False)
     assert filecmp.cmp(plain / "folder" / "forty.bin", src / "folder" / "forty.bin", shallow=False)
     assert filecmp.cmp(plain / "model.safetensors", big, shallow=False)
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_a_small_edit_of_a_large_file_sends_and_stores_only_what_changed(server, alice, tmp_path):
@@ -146,6 +159,7 @@ api.upload_file(path_or_fileobj=sys.argv[1], path_in_repo="weights.bin", repo_id
     assert stored <= 4 * 1024 * 1024, f"the 1 MiB edit stored {stored} bytes"
     out = run_python(f"from huggingface_hub import hf_hub_download\nprint(hf_hub_download({repo!r}, 'weights.bin'))", client_env(server, token))
     assert filecmp.cmp(out.strip().splitlines()[-1], second, shallow=False)
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_an_older_client_still_pushes_and_pulls(server, alice, tmp_path):
@@ -198,6 +212,7 @@ def test_two_accounts_push_the_same_file_from_one_machine(server, tmp_path):
     use: the client uploads them again (proving possession) and the push succeeds."""
     f = random_file(tmp_path / "up" / "w.bin", 24 * 1024 * 1024 + 9, 41)
     home = tempfile.mkdtemp(prefix="hf-home-shared-")
+    HOMES.append(home)
     stored = metric(server, "mantle_xet_stored_bytes_total")
     for n in range(2):
         user, token = server.new_user()
