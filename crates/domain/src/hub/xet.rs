@@ -174,8 +174,14 @@ impl Hub {
         Ok((terms, all_chunks.first().map(|(h, _)| h.hex())))
     }
 
-    /// sha256 of a file, computed from its reconstructed bytes.
+    /// sha256 of a file, computed from its reconstructed bytes. A file registered before (same
+    /// Xet hash, so the same chunks, checked above) already had its bytes hashed.
     async fn xet_sha256(&self, file: &XetFile, xorbs: &HashMap<String, XorbIndex>) -> Result<String> {
+        if let Some(known) = self.meta.xet_file(&file.hash).await? {
+            if known.size == file.size {
+                return Ok(known.sha256);
+            }
+        }
         let plan = plan(&file.terms, xorbs, 0..file.size)?;
         let mut stream = self.read_planned(plan);
         let mut hasher = Sha256::new();
