@@ -104,7 +104,7 @@ def main():
         extra = {} if xet else {"HF_HUB_DISABLE_XET": "1"}
         return dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN=token, HF_HOME=home, HF_HUB_DISABLE_PROGRESS_BARS="1", **extra)
 
-    times = {key: [] for key in ["cp", "cp+fsync", "xet up", "lfs up", "xet down", "lfs down", "curl"]}
+    times = {key: [] for key in ["cp", "cp+fsync", "xet up", "lfs up", "xet down", "lfs down", "curl xet", "curl lfs"]}
     try:
         for round_no in range(args.rounds):
             # Fresh content per path and round, so no upload is skipped as already stored.
@@ -131,11 +131,12 @@ def main():
                 times[f"{path} down"].append(run(DOWNLOAD, env(path == "xet"), repo, str(cache)))
                 downloaded = next(cache.rglob("weights.bin"))
                 assert downloaded.stat().st_size == size
-            # The server alone: a plain GET with curl into /dev/null (no client-side disk or Python cost).
-            if shutil.which("curl"):
-                start = time.perf_counter()
-                subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"authorization: Bearer {token}", f"{endpoint}/{repo}/resolve/main/weights.bin"], check=True)
-                times["curl"].append(time.perf_counter() - start)
+                # The server alone: a plain GET with curl into /dev/null (no client-side disk or
+                # Python cost); a Xet-stored file is rebuilt from its xorbs, an LFS one read whole.
+                if shutil.which("curl"):
+                    start = time.perf_counter()
+                    subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"authorization: Bearer {token}", f"{endpoint}/{repo}/resolve/main/weights.bin"], check=True)
+                    times[f"curl {path}"].append(time.perf_counter() - start)
         # Files are removed only at the end: on this disk, deleting a large file right before a timed
         # write slows that write (discard), which would skew whichever side came next.
 
@@ -164,7 +165,8 @@ def main():
         ("upload_file, HF_HUB_DISABLE_XET=1 (LFS)", "lfs up", None),
         ("hf_hub_download, default (Xet)", "xet down", "lfs down"),
         ("hf_hub_download, HF_HUB_DISABLE_XET=1", "lfs down", None),
-        ("server alone: curl GET > /dev/null", "curl", None),
+        ("server alone: curl GET, Xet-stored file", "curl xet", "curl lfs"),
+        ("server alone: curl GET, LFS-stored file", "curl lfs", None),
     ]
     print(f"\nTransfer of a {mib:.0f} MiB file, median of {args.rounds} rounds (latest huggingface_hub + hf_xet)\n")
     print(f"| {'operation':<42} | {'seconds':>8} | {'MiB/s':>7} | {'vs cp':>6} | {'vs cp+fsync':>11} | {'vs LFS path':>11} |")

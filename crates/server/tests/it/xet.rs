@@ -164,6 +164,14 @@ async fn r13_hostile_xet_uploads_are_refused_with_a_4xx_and_store_nothing() {
     assert_eq!(server.send_with("POST", &format!("/xet/alice/v1/xorbs/other/{}", good.hash), &[("authorization", &auth)], good.bytes.clone()).await.status, StatusCode::BAD_REQUEST);
     let big = server.send_with("POST", &format!("/xet/alice/v1/xorbs/default/{}", good.hash), &[("authorization", &auth), ("content-length", "999999999")], Vec::new()).await;
     assert_eq!(big.status, StatusCode::BAD_REQUEST);
+    // A body past the limit without a declared length is cut off while it streams; a shard past
+    // its limit likewise.
+    let endless = good.bytes.repeat(domain::xet::format::MAX_XORB_UPLOAD as usize / good.bytes.len() + 1);
+    let reply = post_xorb(&server, &cas, &good.hash, endless).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let why = String::from_utf8_lossy(&reply.body);
+    assert!(why.contains("allowed size") || why.contains("at most"), "{why}");
+    assert_eq!(post_shard(&server, &cas, vec![0u8; 64 * 1024 * 1024 + 1]).await.status, StatusCode::BAD_REQUEST);
     let (_, read, _) = cas_token(&server, &alice, "alice/m", false).await;
     assert_eq!(post_xorb(&server, &read.unwrap(), &good.hash, good.bytes.clone()).await.status, StatusCode::FORBIDDEN);
     let mut tampered = cas.token.clone();
