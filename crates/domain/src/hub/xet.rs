@@ -17,6 +17,10 @@ use crate::xet::{parse_hash, Term, XetFile, XetScope, XorbIndex, XorbRecord};
 
 /// The most xorbs one global-dedup answer lists.
 const MAX_DEDUP_XORBS: i64 = 64;
+/// The most chunks one shard's files may name in all: each is held in memory (40 bytes) while
+/// the file hash is checked, and a hostile xorb of 1-byte chunks must not turn a 64 MiB shard
+/// into gigabytes. A million 64 KiB chunks is 64 GiB of files, past the Hub's 50 GB per file.
+const MAX_SHARD_CHUNKS: usize = 1 << 20;
 
 /// One term of a reconstruction, narrowed to the chunks a byte range needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,8 +120,9 @@ impl Hub {
         let mut xorbs: HashMap<String, XorbIndex> = HashMap::new();
         let mut checked = Vec::with_capacity(files.len());
         let mut dedup = Vec::new();
+        let mut budget = MAX_SHARD_CHUNKS;
         for file in &files {
-            let (terms, first_chunk) = self.check_shard_file(scope, file, &mut xorbs).await?;
+            let (terms, first_chunk) = self.check_shard_file(scope, file, &mut xorbs, &mut budget).await?;
             let size: u64 = terms.iter().map(|t| t.len).sum();
             if size > self.config.max_lfs_file {
                 return Err(Error::invalid(format!("file {} is {size} bytes, over the limit of {}", file.hash, self.config.max_lfs_file)));
@@ -142,7 +147,7 @@ impl Hub {
         Ok(files.len())
     }
 
-    async fn check_shard_file(&self, scope: &XetScope, file: &ShardFile, xorbs: &mut HashMap<String, XorbIndex>) -> Result<(Vec<Term>, Option<String>)> {
+    async fn check_shard_file(&self, scope: &XetScope, file: &ShardFile, xorbs: &mut HashMap<String, XorbIndex>, budget: &mut usize) -> Result<(Vec<Term>, Option<String>)> {
         let Some(proofs) = &file.verification else {
             return Err(Error::invalid(format!("file {} carries no verification hashes; every term must prove its chunks", file.hash)));
         };
@@ -161,6 +166,7 @@ impl Hub {
             if len != u64::from(*declared_len) {
                 return Err(Error::invalid(format!("term {i} of file {} declares {declared_len} bytes; its chunks hold {len}", file.hash)));
             }
+            *budget = budget.checked_sub((end - start) as usize).ok_or_else(|| Error::invalid(format!("a shard may name at most {MAX_SHARD_CHUNKS} chunks in all; send its files in several shards")))?;
             let chunks = index.chunk_list(*start, *end);
             if format::range_hash(&chunks) != *proof {
                 return Err(Error::invalid(format!("term {i} of file {} has a wrong verification hash for chunks [{start}, {end}) of xorb {key}", file.hash)));
@@ -225,9 +231,14 @@ impl Hub {
     /// of the files using them, restricted to the tenant's own xorbs. `None` when there is none.
     pub async fn xet_dedup_shard(&self, scope: &XetScope, chunk_hash: &str) -> Result<Option<Vec<u8>>> {
         parse_hash(chunk_hash)?;
+        // Each xorb's rights are checked once: the chunk's own xorbs, then the rest of their files.
+        let mut checked: HashMap<String, Option<XorbIndex>> = HashMap::new();
         let mut wanted: Vec<String> = Vec::new();
         for xorb in self.meta.xorbs_with_chunk(chunk_hash).await? {
-            if self.tenant_xorb(scope, &xorb).await?.is_none() {
+            let allowed = self.tenant_xorb(scope, &xorb).await?;
+            let usable = allowed.is_some();
+            checked.insert(xorb.clone(), allowed);
+            if !usable {
                 continue;
             }
             for related in std::iter::once(xorb.clone()).chain(self.meta.related_xorbs(&xorb, MAX_DEDUP_XORBS).await?) {
@@ -238,9 +249,11 @@ impl Hub {
         }
         let mut indexes = Vec::new();
         for xorb in wanted {
-            if let Some(index) = self.tenant_xorb(scope, &xorb).await? {
-                indexes.push(index);
-            }
+            let index = match checked.remove(&xorb) {
+                Some(known) => known,
+                None => self.tenant_xorb(scope, &xorb).await?,
+            };
+            indexes.extend(index);
         }
         if indexes.is_empty() {
             return Ok(None);

@@ -60,20 +60,30 @@ struct Uploaded {
 /// Uploads one file of `n` chunks through Xet to `repo` and commits it as `path`.
 async fn upload_file(server: &TestServer, token: &str, repo: &str, path: &str, seed: u32, n: u32) -> Uploaded {
     let chunks: Vec<Vec<u8>> = (0..n).map(|i| chunk(seed * 1000 + i, 20_000 + (i as usize * 777) % 9_000)).collect();
+    upload_chunks(server, token, repo, path, &chunks).await
+}
+
+/// Uploads these chunks as one file through Xet to `repo` and commits it as `path`.
+async fn upload_chunks(server: &TestServer, token: &str, repo: &str, path: &str, chunks: &[Vec<u8>]) -> Uploaded {
     let content = chunks.concat();
     let sha256 = hex::encode(Sha256::digest(&content));
-    let xorb = testing::xorb(&chunks, Compression::Lz4);
+    let xorb = testing::xorb(chunks, Compression::Lz4);
     let (_, cas, _) = cas_token(server, token, repo, true).await;
     let cas = cas.unwrap();
     let reply = post_xorb(server, &cas, &xorb.hash, xorb.bytes.clone()).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
-    let (shard, hashes) = testing::shard(&[TestFile { terms: vec![(&xorb.index, 0, n)], sha256: Some(sha256.clone()) }], |_, _| {});
+    let (shard, hashes) = testing::shard(&[TestFile { terms: vec![(&xorb.index, 0, chunks.len() as u32)], sha256: Some(sha256.clone()) }], |_, _| {});
     let reply = post_shard(server, &cas, shard).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
     assert_eq!(reply.json()["result"], 1);
     let reply = server.commit(token, repo, &[header("xet upload"), lfs_line(path, &sha256, content.len())]).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     Uploaded { xorb, content, sha256, file_hash: hashes[0].clone() }
+}
+
+/// Objects in a folder of the blob store (0 when it does not exist).
+fn objects(server: &TestServer, folder: &str) -> usize {
+    std::fs::read_dir(server.state.config.data_dir.join("blobs").join(folder)).map(|d| d.count()).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -181,13 +191,15 @@ async fn r13_hostile_xet_uploads_are_refused_with_a_4xx_and_store_nothing() {
     let expired = server::xet_token(&server.state.signer, &scope, chrono::Utc::now().timestamp() - 1);
     assert_eq!(post_xorb(&server, &Cas { token: expired }, &good.hash, good.bytes.clone()).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(server.send("POST", &format!("/xet/alice/v1/xorbs/default/{}", good.hash), None, None, good.bytes.clone()).await.status, StatusCode::UNAUTHORIZED);
-    // None of that stored a xorb.
-    let stored = std::fs::read_dir(server.state.config.data_dir.join("blobs/xet/xorbs")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(stored, 0, "a refused xorb left an object behind");
+    // None of that stored a xorb or left a temporary object (the count of 1 after the good
+    // upload below shows where xorbs live).
+    assert_eq!(objects(&server, "xet/xorbs"), 0, "a refused xorb left an object behind");
+    assert_eq!(objects(&server, "tmp"), 0, "a refused xorb left a temporary object behind");
 
     // Shards: a missing xorb, ranges out of bounds, a wrong verification hash, a lying length,
     // a wrong file hash, a wrong sha256, garbage.
     assert_eq!(post_xorb(&server, &cas, &good.hash, good.bytes.clone()).await.status, StatusCode::OK);
+    assert_eq!(objects(&server, "xet/xorbs"), 1);
     let content: Vec<u8> = [chunk(1, 30_000), chunk(2, 30_000), chunk(3, 30_000)].concat();
     let sha = hex::encode(Sha256::digest(&content));
     let file = |terms| TestFile { terms, sha256: Some(sha.clone()) };
@@ -302,19 +314,28 @@ async fn r13_vetting_reads_a_xet_file_from_its_chunks_and_finds_what_the_last_ch
     pickle.extend_from_slice(b"0cos\nsystem\nX\x02\x00\x00\x00id\x85R.");
     let call_at = pickle.len() - 21;
     let chunks: Vec<Vec<u8>> = pickle.chunks(60_000).map(<[u8]>::to_vec).collect();
-    let xorb = testing::xorb(&chunks, Compression::Lz4);
-    let sha256 = hex::encode(Sha256::digest(&pickle));
-    let (_, cas, _) = cas_token(&server, &alice, "alice/m", true).await;
-    let cas = cas.unwrap();
-    assert_eq!(post_xorb(&server, &cas, &xorb.hash, xorb.bytes.clone()).await.status, StatusCode::OK);
-    let (shard, _) = testing::shard(&[TestFile { terms: vec![(&xorb.index, 0, chunks.len() as u32)], sha256: Some(sha256.clone()) }], |_, _| {});
-    assert_eq!(post_shard(&server, &cas, shard).await.status, StatusCode::OK);
-    let reply = server.commit(&alice, "alice/m", &[header("weights"), lfs_line("model.pkl", &sha256, pickle.len())]).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    upload_chunks(&server, &alice, "alice/m", "model.pkl", &chunks).await;
     server::scanner::scan_pending(&server.state).await.unwrap();
     let verdict = server.get("/api/models/alice/m/vetting/main", Some(&alice)).await.json();
     let file = verdict["files"].as_array().unwrap().iter().find(|f| f["path"] == "model.pkl").unwrap().clone();
     assert_eq!(file["status"], "unsafe", "{verdict}");
     assert_eq!(file["findings"][0]["subject"], "os.system");
     assert_eq!(file["findings"][0]["offset"], call_at as u64, "{file}");
+}
+
+#[tokio::test]
+async fn r13_a_shard_naming_millions_of_tiny_chunks_is_refused_before_they_are_held() {
+    let server = TestServer::new().await;
+    let alice = server.user("alice", None, "write").await;
+    assert_eq!(server.create_repo(&alice, "alice/m", false).await.status, StatusCode::OK);
+    // 8192 one-byte chunks, and one file naming them 130 times over: 1,064,960 chunks.
+    let tiny: Vec<Vec<u8>> = (0..8192u32).map(|i| vec![i as u8]).collect();
+    let xorb = testing::xorb(&tiny, Compression::None);
+    let (_, cas, _) = cas_token(&server, &alice, "alice/m", true).await;
+    let cas = cas.unwrap();
+    assert_eq!(post_xorb(&server, &cas, &xorb.hash, xorb.bytes.clone()).await.status, StatusCode::OK);
+    let (shard, _) = testing::shard(&[TestFile { terms: vec![(&xorb.index, 0, 8192); 130], sha256: None }], |_, _| {});
+    let reply = post_shard(&server, &cas, shard).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&reply.body).contains("at most 1048576 chunks"), "{}", String::from_utf8_lossy(&reply.body));
 }

@@ -202,15 +202,13 @@ impl XetStore for SqlMetaStore {
 
     async fn condemn_xorb(&self, hash: &str, before: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        for sql in [
-            "DELETE FROM xet_chunks WHERE xorb_hash = $1 AND EXISTS (SELECT 1 FROM xet_xorbs x WHERE x.hash = $1 AND x.created_at < $2 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = x.hash))",
-            "DELETE FROM xet_xorb_owners WHERE xorb_hash = $1 AND EXISTS (SELECT 1 FROM xet_xorbs x WHERE x.hash = $1 AND x.created_at < $2 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = x.hash))",
-        ] {
-            sqlx::query(sql).bind(hash).bind(before).execute(&mut *tx.tx).await.map_err(db_err)?;
-        }
         let deleted = sqlx::query("DELETE FROM xet_xorbs WHERE hash = $1 AND created_at < $2 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = xet_xorbs.hash)").bind(hash).bind(before).execute(&mut *tx.tx).await.map_err(db_err)?;
         if deleted.rows_affected() == 0 {
             return Ok(false);
+        }
+        // The foreign keys cascade too; deleted explicitly so the rule does not hang on a pragma.
+        for sql in ["DELETE FROM xet_chunks WHERE xorb_hash = $1", "DELETE FROM xet_xorb_owners WHERE xorb_hash = $1"] {
+            sqlx::query(sql).bind(hash).execute(&mut *tx.tx).await.map_err(db_err)?;
         }
         sqlx::query("INSERT INTO xet_tombstones (hash, state, created_at) VALUES ($1, 'deleting', $2) ON CONFLICT (hash) DO UPDATE SET state = 'deleting', created_at = excluded.created_at")
             .bind(hash)
