@@ -154,8 +154,8 @@ impl XetStore for SqlMetaStore {
 
     async fn unreferenced_xet_files(&self, before: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT x.hash FROM xet_files x WHERE x.created_at < $1 AND NOT EXISTS (SELECT 1 FROM commit_files f WHERE f.sha256 = x.sha256) \
-             AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = x.sha256 AND g.created_at >= $1)",
+            "SELECT x.hash FROM xet_files x WHERE x.created_at <= $1 AND NOT EXISTS (SELECT 1 FROM commit_files f WHERE f.sha256 = x.sha256) \
+             AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = x.sha256 AND g.created_at > $1)",
         )
         .bind(before)
         .fetch_all(&self.pool)
@@ -169,8 +169,8 @@ impl XetStore for SqlMetaStore {
         let Some(row) = sqlx::query("SELECT sha256 FROM xet_files WHERE hash = $1").bind(hash).fetch_optional(&mut *tx.tx).await.map_err(db_err)? else { return Ok(false) };
         let sha256: String = row.try_get("sha256").map_err(db_err)?;
         let deleted = sqlx::query(
-            "DELETE FROM xet_files WHERE hash = $1 AND created_at < $2 AND NOT EXISTS (SELECT 1 FROM commit_files f WHERE f.sha256 = xet_files.sha256) \
-             AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = xet_files.sha256 AND g.created_at >= $2)",
+            "DELETE FROM xet_files WHERE hash = $1 AND created_at <= $2 AND NOT EXISTS (SELECT 1 FROM commit_files f WHERE f.sha256 = xet_files.sha256) \
+             AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = xet_files.sha256 AND g.created_at > $2)",
         )
         .bind(hash)
         .bind(before)
@@ -196,13 +196,13 @@ impl XetStore for SqlMetaStore {
     }
 
     async fn unreferenced_xorbs(&self, before: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT x.hash FROM xet_xorbs x WHERE x.created_at < $1 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = x.hash)").bind(before).fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT x.hash FROM xet_xorbs x WHERE x.created_at <= $1 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = x.hash)").bind(before).fetch_all(&self.pool).await.map_err(db_err)?;
         strings(&rows, "hash")
     }
 
     async fn condemn_xorb(&self, hash: &str, before: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM xet_xorbs WHERE hash = $1 AND created_at < $2 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = xet_xorbs.hash)").bind(hash).bind(before).execute(&mut *tx.tx).await.map_err(db_err)?;
+        let deleted = sqlx::query("DELETE FROM xet_xorbs WHERE hash = $1 AND created_at <= $2 AND NOT EXISTS (SELECT 1 FROM xet_file_xorbs l WHERE l.xorb_hash = xet_xorbs.hash)").bind(hash).bind(before).execute(&mut *tx.tx).await.map_err(db_err)?;
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
