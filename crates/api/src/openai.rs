@@ -351,3 +351,59 @@ pub struct EmbeddingUsage {
     pub prompt_tokens: u64,
     pub total_tokens: u64,
 }
+
+/// vLLM's `POST /tokenize`: a `prompt` or chat `messages`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Add the model's own special tokens (a BOS); vLLM's default is true.
+    #[serde(default)]
+    pub add_special_tokens: Option<bool>,
+    /// With `messages`: end with the assistant's turn opened (the only form served).
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
+    #[serde(default)]
+    pub return_token_strs: Option<bool>,
+}
+
+/// vLLM's `/tokenize` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenizeResponse {
+    pub count: usize,
+    pub max_model_len: usize,
+    pub tokens: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_strs: Option<Vec<String>>,
+}
+
+/// vLLM's `POST /detokenize`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
+/// vLLM's `/detokenize` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}
+
+/// vLLM's `GET /tokenizer_info`: the tokenizer's special tokens, chat template and length.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    pub tokenizer_class: String,
+    pub eos_token: Option<String>,
+    pub bos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub chat_template: Option<String>,
+    pub model_max_length: usize,
+}

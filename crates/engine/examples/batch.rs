@@ -29,7 +29,7 @@ fn main() {
                     let prompt = engine.tokenize(&text);
                     let t0 = Instant::now();
                     let mut first = None;
-                    let request = engine::GenerateRequest { prompt, params: engine::SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() }, max_tokens: 128, stop: vec![], logprobs: None, constraint: None };
+                    let request = engine::GenerateRequest { prompt, params: engine::SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() }, max_tokens: 128, stop: vec![], logprobs: None, constraint: None, prompt_logprobs: None };
                     let mut generation = engine.generate(request).unwrap();
                     let mut done = 0;
                     while let Some(event) = generation.next().await {

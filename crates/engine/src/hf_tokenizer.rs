@@ -84,6 +84,15 @@ impl Tokenizer for HfTokenizer {
         self.encode_checked(text).0
     }
 
+    /// The text alone (without the default prompt), truncated at the model's length.
+    fn encode_special(&self, text: &str, add_special: bool) -> Vec<Token> {
+        self.inner.encode_fast(text, add_special).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    }
+
+    fn decode(&self, tokens: &[Token]) -> Vec<u8> {
+        self.inner.decode(tokens, false).unwrap_or_default().into_bytes()
+    }
+
     fn encode_truncating(&self, text: &str, max: usize) -> (Vec<Token>, bool) {
         let (ids, truncated) = self.encode_checked(text);
         if ids.len() <= max {

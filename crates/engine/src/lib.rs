@@ -45,6 +45,8 @@ pub struct RunnerInfo {
     pub n_vocab: usize,
     pub n_ctx: usize,
     pub eos: Token,
+    /// The beginning-of-sequence token, when the model has one.
+    pub bos: Option<Token>,
     /// The backend and its version (e.g. `llama.cpp`), part of every response's fingerprint.
     pub backend: String,
     /// Memory the loaded model holds: weights plus its KV cache (an estimate, for the budget).
@@ -66,6 +68,12 @@ pub trait Tokenizer: Send + Sync {
     fn special_texts(&self) -> Arc<Vec<String>> {
         Arc::default()
     }
+    /// Tokens of `text` with special-token text parsed as such, and the model's own special
+    /// tokens (a BOS) added only when `add_special` (vLLM's `/tokenize`).
+    fn encode_special(&self, text: &str, add_special: bool) -> Vec<Token>;
+    /// The bytes `tokens` stand for, special tokens spelled as their text (what `encode` parses
+    /// back into them).
+    fn decode(&self, tokens: &[Token]) -> Vec<u8>;
     /// Tokens of `text` cut to at most `max` (keeping the closing special token, as a
     /// tokenizer's own truncation does for right-truncated encoders), and whether anything was cut.
     fn encode_truncating(&self, text: &str, max: usize) -> (Vec<Token>, bool) {
@@ -92,7 +100,11 @@ pub fn truncate_keeping_end(mut ids: Vec<Token>, max: usize) -> (Vec<Token>, boo
 pub struct SeqStep {
     pub slot: usize,
     pub tokens: Vec<Token>,
-    /// Filled by the runner: the logits after the last fed token.
+    /// Whether the runner must give the logits after every fed token (scoring a prompt), not
+    /// only after the last.
+    pub all_logits: bool,
+    /// Filled by the runner: the logits after the last fed token, or with `all_logits` one row
+    /// of `n_vocab` after each fed token, in order.
     pub logits: Vec<f32>,
 }
 
@@ -134,6 +146,12 @@ pub struct GenerateRequest {
     /// [`Engine::constrain`]: every sampled token keeps the text on a path the grammar accepts,
     /// and generation stops when it is complete.
     pub constraint: Option<grammar::Constraint>,
+    /// `Some(k)`: score the prompt too (OpenAI's `echo` with `logprobs`): every prompt token after
+    /// the first gets its log probability and the `k` likeliest alternatives, sent as one
+    /// `Event::PromptLogprobs` before anything generated. Such a prompt is prefilled whole (a
+    /// cached prefix has no logits to give), `max_tokens` may be 0 (score only), and an end
+    /// token that stops generation is reported with its log probability like any other token.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// What a stream receives.
@@ -144,6 +162,10 @@ pub enum Event {
     /// Log probabilities of the tokens sampled since the last event (when the request asked).
     /// They arrive before the text those tokens complete.
     Logprobs(Vec<TokenLogprob>),
+    /// The prompt's tokens with their log probabilities (only when `prompt_logprobs` was asked):
+    /// the first token's bytes (nothing precedes it, so it has no probability), then every other
+    /// prompt token in order.
+    PromptLogprobs { first: Vec<u8>, scored: Vec<TokenLogprob> },
     /// The end, with why and the token counts.
     Done { finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
     /// The backend failed mid-stream.
@@ -351,6 +373,11 @@ impl Engine {
         self.tokenizer.encode_pieces(pieces)
     }
 
+    /// The model's tokenizer, for handlers that tokenize or decode on their own threads.
+    pub fn tokenizer(&self) -> &Arc<dyn Tokenizer> {
+        &self.tokenizer
+    }
+
     /// The texts the tokenizer turns into special tokens.
     pub fn special_texts(&self) -> Arc<Vec<String>> {
         self.tokenizer.special_texts()
@@ -410,6 +437,8 @@ struct Active {
     sent: usize,
     next_input: Option<Token>,
     constraint: Option<grammar::Constraint>,
+    /// With `prompt_logprobs`: the prompt tokens scored so far.
+    prompt_scores: Vec<TokenLogprob>,
 }
 
 fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::sync::mpsc::Receiver<Command>, batch_size: &AtomicUsize) {
@@ -447,7 +476,8 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             // backend's kernels may round differently for a one-token tail than for the whole
             // prompt (llama.cpp's F16 matrix code does), and the same seed must give the same
             // text. It takes the slot whose cache is least useful to others.
-            let seeded = request.params.seed.is_some();
+            // A scored prompt needs the logits of every position, so it takes no cached prefix either.
+            let seeded = request.params.seed.is_some() || request.prompt_logprobs.is_some();
             let (position, shared) = if seeded { candidates.min_by_key(|(i, n)| (*n, *i)).map(|(i, _)| (i, 0)) } else { candidates.max_by_key(|(i, n)| (*n, *i)) }.expect("checked non-empty");
             let slot = free.remove(position);
             let reused = if shared > 0 && runner.truncate(slot, shared) {
@@ -464,7 +494,7 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             let constraint = request.constraint.clone();
             // A reused cached prefix counts as fed: a finished request is charged its whole prompt too.
             progress.prefilled.store(reused, Ordering::Release);
-            active.push(Active { slot, request, events, progress, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, constraint });
+            active.push(Active { slot, request, events, progress, sampler, fed: reused, kv, generated: Vec::new(), pending_bytes: Vec::new(), text: String::new(), sent: 0, next_input: None, constraint, prompt_scores: Vec::new() });
         }
         // Dropped clients cancel their sequences and free their slots.
         active.retain_mut(|seq| {
@@ -489,19 +519,19 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
         let mut included: Vec<usize> = Vec::with_capacity(active.len());
         let mut batch: Vec<SeqStep> = Vec::with_capacity(active.len());
         for (index, seq) in active.iter().enumerate() {
-            let tokens = match seq.next_input {
-                Some(token) => vec![token],
+            let (tokens, all_logits) = match seq.next_input {
+                Some(token) => (vec![token], false),
                 None => {
                     let n = config.prefill_chunk.min(seq.request.prompt.len() - seq.fed).min(budget);
                     if n == 0 {
                         continue;
                     }
                     budget -= n;
-                    seq.request.prompt[seq.fed..seq.fed + n].to_vec()
+                    (seq.request.prompt[seq.fed..seq.fed + n].to_vec(), seq.request.prompt_logprobs.is_some())
                 }
             };
             included.push(index);
-            batch.push(SeqStep { slot: seq.slot, tokens, logits: Vec::new() });
+            batch.push(SeqStep { slot: seq.slot, tokens, all_logits, logits: Vec::new() });
         }
         debug_assert!(batch.len() >= decoding);
         batch_size.store(batch.len(), Ordering::Relaxed);
@@ -519,15 +549,34 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
         for (index, step) in included.into_iter().zip(batch) {
             let seq = &mut active[index];
             seq.kv.extend_from_slice(&step.tokens);
+            let mut raw_logits = step.logits;
+            if step.all_logits {
+                match score_prompt(runner.as_ref(), seq, raw_logits, step.tokens.len()) {
+                    Ok(last) => raw_logits = last,
+                    Err(err) => {
+                        tracing::error!("{err}");
+                        let _ = seq.events.send(Event::Failed(err));
+                        finished.push((index, FinishReason::Stop));
+                        continue;
+                    }
+                }
+            }
             if seq.next_input.is_none() {
                 seq.fed += step.tokens.len();
                 seq.progress.prefilled.fetch_add(step.tokens.len(), Ordering::AcqRel);
                 if seq.fed < seq.request.prompt.len() {
                     continue; // still prefilling: no token sampled yet
                 }
+                if seq.request.prompt_logprobs.is_some() {
+                    let first = runner.token_bytes(seq.request.prompt[0]);
+                    let _ = seq.events.send(Event::PromptLogprobs { first, scored: std::mem::take(&mut seq.prompt_scores) });
+                }
+                if seq.request.max_tokens == 0 {
+                    finished.push((index, FinishReason::Length));
+                    continue; // scoring only
+                }
             }
             let history: Vec<Token> = seq.request.prompt.iter().chain(seq.generated.iter()).copied().collect();
-            let raw_logits = step.logits;
             let mut logits = raw_logits.clone();
             if seq.request.params.ignore_eos {
                 for end in &end_tokens {
@@ -562,6 +611,13 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             }
             let token = seq.sampler.sample(&logits, &history);
             if runner.is_end(token) {
+                // Scoring clients (echo) read the last entry as the generated token: it is there
+                // even when it is the end.
+                if let (Some(top), Some(_)) = (seq.request.logprobs, seq.request.prompt_logprobs) {
+                    let _ = seq.events.send(Event::Logprobs(vec![token_logprob(runner.as_ref(), &raw_logits, token, top)]));
+                    seq.generated.push(token);
+                    seq.progress.generated.fetch_add(1, Ordering::AcqRel);
+                }
                 finished.push((index, FinishReason::Stop));
                 continue;
             }
@@ -624,6 +680,23 @@ fn run_loop(mut runner: Box<dyn ModelRunner>, config: EngineConfig, inbox: std::
             free.push(seq.slot);
         }
     }
+}
+
+/// Scores the prompt tokens a prefill chunk of `fed` tokens predicts (row `r` of `logits` is what
+/// followed the chunk's token `r`, so it scores the prompt token after it) and gives back the
+/// last row, which predicts the first generated token.
+fn score_prompt(runner: &dyn ModelRunner, seq: &mut Active, logits: Vec<f32>, fed: usize) -> Result<Vec<f32>, String> {
+    let n_vocab = runner.info().n_vocab;
+    if fed == 0 || logits.len() != fed * n_vocab {
+        return Err(format!("the backend gave {} logits for {fed} tokens of a vocabulary of {n_vocab}", logits.len()));
+    }
+    let top = seq.request.prompt_logprobs.unwrap_or(0);
+    for (r, row) in logits.chunks_exact(n_vocab).enumerate() {
+        if let Some(next) = seq.request.prompt.get(seq.fed + r + 1) {
+            seq.prompt_scores.push(token_logprob(runner, row, *next, top));
+        }
+    }
+    Ok(logits[(fed - 1) * n_vocab..].to_vec())
 }
 
 /// How many leading tokens two sequences share.

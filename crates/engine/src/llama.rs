@@ -106,6 +106,7 @@ impl ModelRunner for LlamaRunner {
             n_vocab: self.model.n_vocab() as usize,
             n_ctx: self.n_ctx,
             eos: self.model.vocab().eos().0 as Token,
+            bos: Some(self.model.vocab().bos().0).filter(|t| *t >= 0).map(|t| t as Token),
             backend: if self.weights.is_empty() { "llama.cpp".into() } else { format!("llama.cpp ({})", self.weights) },
             memory_bytes: self.memory_bytes,
         }
@@ -131,22 +132,33 @@ impl ModelRunner for LlamaRunner {
         // slots 0..n is one pass; in arrival order it could be one pass per sequence.
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|i| batch[*i].slot);
+        // Per sequence: the batch index of its first output row (its last token, or its first
+        // token when every token's logits are wanted).
         let mut outputs = vec![0; batch.len()];
         for i in order {
             let seq = &batch[i];
             let position = self.positions.entry(seq.slot).or_insert(0);
+            outputs[i] = if seq.all_logits { self.batch.n_tokens() } else { self.batch.n_tokens() + seq.tokens.len() as i32 - 1 };
             for (j, token) in seq.tokens.iter().enumerate() {
-                let last = j + 1 == seq.tokens.len();
-                self.batch.add(LlamaToken(*token as i32), *position, &[seq.slot as i32], last).map_err(|e| e.to_string())?;
+                let wanted = seq.all_logits || j + 1 == seq.tokens.len();
+                self.batch.add(LlamaToken(*token as i32), *position, &[seq.slot as i32], wanted).map_err(|e| e.to_string())?;
                 *position += 1;
             }
-            outputs[i] = self.batch.n_tokens() - 1;
         }
         let started = std::time::Instant::now();
         self.ctx.decode(&mut self.batch).map_err(|e| format!("decode failed: {e}"))?;
         tracing::trace!(tokens = total, sequences = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "step");
-        for (seq, index) in batch.iter_mut().zip(outputs) {
-            seq.logits = self.ctx.get_logits_ith(index).to_vec();
+        for (seq, first) in batch.iter_mut().zip(outputs) {
+            seq.logits = if seq.all_logits {
+                let n_vocab = self.model.n_vocab() as usize;
+                let mut rows = Vec::with_capacity(seq.tokens.len() * n_vocab);
+                for j in 0..seq.tokens.len() as i32 {
+                    rows.extend_from_slice(self.ctx.get_logits_ith(first + j));
+                }
+                rows
+            } else {
+                self.ctx.get_logits_ith(first).to_vec()
+            };
         }
         Ok(())
     }
@@ -195,6 +207,15 @@ impl Tokenizer for LlamaTokenizer {
             tokens.extend(vocab.tokenize(text.as_bytes(), add_bos, !literal).into_iter().map(|t| t.0 as Token));
         }
         tokens
+    }
+
+    fn encode_special(&self, text: &str, add_special: bool) -> Vec<Token> {
+        self.model.vocab().tokenize(text.as_bytes(), add_special, true).into_iter().map(|t| t.0 as Token).collect()
+    }
+
+    fn decode(&self, tokens: &[Token]) -> Vec<u8> {
+        let tokens: Vec<LlamaToken> = tokens.iter().map(|t| LlamaToken(*t as i32)).collect();
+        self.model.vocab().detokenize(&tokens, false, true)
     }
 
     fn special_texts(&self) -> Arc<Vec<String>> {

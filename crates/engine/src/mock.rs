@@ -31,7 +31,7 @@ impl MockRunner {
 
 impl ModelRunner for MockRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS, backend: "mock".into(), memory_bytes: self.memory_bytes }
+        RunnerInfo { n_vocab: 257, n_ctx: self.n_ctx, eos: EOS, bos: None, backend: "mock".into(), memory_bytes: self.memory_bytes }
     }
 
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
@@ -48,27 +48,14 @@ impl ModelRunner for MockRunner {
         self.step_slots.lock().expect("not poisoned").push(batch.iter().map(|s| s.slot).collect());
         for seq in batch.iter_mut() {
             let history = self.slots.entry(seq.slot).or_default();
+            let start = history.len();
             history.extend(&seq.tokens);
             // A test hook for runner failures: a sequence that says `[[panic]]` crashes the step.
             assert!(!history.windows(9).any(|w| w == b"[[panic]]".map(Token::from)), "the mock runner was asked to panic");
             if history.len() > self.n_ctx {
                 return Err(format!("slot {} exceeded the context", seq.slot));
             }
-            // Lowercase letters and spaces, chosen by a hash of the history; EOS grows likelier with length.
-            let mut hash: u64 = 1469598103934665603;
-            for token in history.iter().rev().take(8) {
-                hash = (hash ^ u64::from(*token)).wrapping_mul(1099511628211);
-            }
-            let mut logits = vec![-10.0f32; 257];
-            for (i, letter) in (b'a'..=b'z').chain([b' ']).enumerate() {
-                logits[usize::from(letter)] = ((hash >> (i % 60)) & 0xff) as f32 / 64.0;
-            }
-            logits[EOS as usize] = history.len() as f32 / 40.0 - 2.0;
-            if let Some(next) = scripted(history) {
-                logits = vec![-10.0; 257];
-                logits[next as usize] = 100.0;
-            }
-            seq.logits = logits;
+            seq.logits = if seq.all_logits { (start + 1..=history.len()).flat_map(|end| logits_after(&history[..end])).collect() } else { logits_after(history) };
         }
         Ok(())
     }
@@ -81,6 +68,25 @@ impl ModelRunner for MockRunner {
         self.slots.entry(slot).or_default().truncate(keep);
         true
     }
+}
+
+/// The logits after `history`: lowercase letters and spaces, chosen by a hash of the last tokens;
+/// EOS grows likelier with length.
+pub fn logits_after(history: &[Token]) -> Vec<f32> {
+    let mut hash: u64 = 1469598103934665603;
+    for token in history.iter().rev().take(8) {
+        hash = (hash ^ u64::from(*token)).wrapping_mul(1099511628211);
+    }
+    let mut logits = vec![-10.0f32; 257];
+    for (i, letter) in (b'a'..=b'z').chain([b' ']).enumerate() {
+        logits[usize::from(letter)] = ((hash >> (i % 60)) & 0xff) as f32 / 64.0;
+    }
+    logits[EOS as usize] = history.len() as f32 / 40.0 - 2.0;
+    if let Some(next) = scripted(history) {
+        logits = vec![-10.0; 257];
+        logits[next as usize] = 100.0;
+    }
+    logits
 }
 
 /// A test hook: a history holding `[[panic]]` panics the step (see `step`); one holding `[[say:TEXT]]` answers TEXT exactly, byte by byte from the last
@@ -104,5 +110,15 @@ pub struct ByteTokenizer;
 impl Tokenizer for ByteTokenizer {
     fn encode(&self, text: &str) -> Vec<Token> {
         text.bytes().map(Token::from).collect()
+    }
+
+    /// No special tokens to add: the same bytes either way.
+    fn encode_special(&self, text: &str, _add_special: bool) -> Vec<Token> {
+        self.encode(text)
+    }
+
+    /// Byte tokens are their byte; EOS has no text.
+    fn decode(&self, tokens: &[Token]) -> Vec<u8> {
+        tokens.iter().filter_map(|t| u8::try_from(*t).ok()).collect()
     }
 }

@@ -12,7 +12,7 @@ fn engine(max_batch: usize, max_queue: usize) -> (Engine, std::sync::Arc<std::sy
 }
 
 fn request(prompt: &str, max_tokens: usize, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt: ByteTokenizer.encode(prompt), params, max_tokens, stop: Vec::new(), logprobs: None, constraint: None }
+    GenerateRequest { prompt: ByteTokenizer.encode(prompt), params, max_tokens, stop: Vec::new(), logprobs: None, constraint: None, prompt_logprobs: None }
 }
 
 async fn collect(mut generation: crate::Generation) -> (String, Event) {
@@ -155,6 +155,7 @@ async fn logprobs_cover_each_sampled_token() {
             Event::Logprobs(list) => entries.extend(list),
             Event::Done { .. } => break,
             Event::Failed(err) => panic!("{err}"),
+            Event::PromptLogprobs { .. } => panic!("the prompt was not asked for"),
         }
     }
     assert_eq!(entries.len(), 6);
@@ -167,6 +168,63 @@ async fn logprobs_cover_each_sampled_token() {
         assert!((entry.top[0].logprob - entry.logprob).abs() < 1e-6);
         assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob) && entry.logprob <= 0.0);
     }
+}
+
+/// The prompt's scores and everything after them, from a request that asked for them.
+async fn scored(engine: &Engine, prompt: &str, max_tokens: usize) -> (Vec<u8>, Vec<crate::TokenLogprob>, Vec<crate::TokenLogprob>, Event) {
+    let mut asked = request(prompt, max_tokens, SamplingParams { temperature: 0.0, seed: Some(1), ..Default::default() });
+    asked.logprobs = Some(2);
+    asked.prompt_logprobs = Some(2);
+    let mut generation = engine.generate(asked).unwrap();
+    let (mut first, mut prompt_scores, mut generated) = (None, Vec::new(), Vec::new());
+    loop {
+        match generation.next().await.unwrap() {
+            Event::PromptLogprobs { first: bytes, scored } => {
+                assert!(first.is_none() && generated.is_empty(), "one prompt event, before anything generated");
+                first = Some(bytes);
+                prompt_scores = scored;
+            }
+            Event::Logprobs(list) => generated.extend(list),
+            Event::Text(_) => {}
+            end => return (first.expect("the prompt was scored"), prompt_scores, generated, end),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_scored_prompt_gets_every_tokens_logprob_across_prefill_chunks() {
+    let (engine, _) = engine(2, 2);
+    // 150 bytes: three prefill chunks of 64.
+    let prompt: String = "the quick brown fox jumps over the lazy dog ".repeat(4)[..150].to_owned();
+    for _ in 0..2 {
+        // The second time, the slot caches the prompt: scoring must not take the cached prefix.
+        let (first, scores, generated, end) = scored(&engine, &prompt, 1).await;
+        assert_eq!(first, prompt.as_bytes()[..1]);
+        assert_eq!(scores.len(), prompt.len() - 1);
+        let tokens = ByteTokenizer.encode(&prompt);
+        for (i, entry) in scores.iter().enumerate() {
+            assert_eq!(entry.token, tokens[i + 1]);
+            let logits = crate::mock::logits_after(&tokens[..=i]);
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let norm = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+            assert!((entry.logprob - (logits[tokens[i + 1] as usize] - norm)).abs() < 1e-5, "token {i}");
+            assert_eq!(entry.top.len(), 2);
+        }
+        assert_eq!(generated.len(), 1);
+        assert!(matches!(end, Event::Done { completion_tokens: 1, prompt_tokens: 150, .. }), "{end:?}");
+    }
+}
+
+#[tokio::test]
+async fn max_tokens_zero_scores_the_prompt_only_and_an_end_token_is_reported_when_scoring() {
+    let (engine, _) = engine(2, 2);
+    let (_, scores, generated, end) = scored(&engine, "hello there", 0).await;
+    assert_eq!((scores.len(), generated.len()), (10, 0));
+    assert_eq!(end, Event::Done { finish_reason: crate::FinishReason::Length, prompt_tokens: 11, completion_tokens: 0 });
+    // The mock's `[[say:]]` hook ends at once after `assistant\n`: the end token is the one generated.
+    let (_, _, generated, end) = scored(&engine, "[[say:]] assistant\n", 1).await;
+    assert_eq!(generated.iter().map(|e| e.token).collect::<Vec<_>>(), [crate::mock::EOS]);
+    assert!(matches!(end, Event::Done { finish_reason: crate::FinishReason::Stop, completion_tokens: 1, .. }), "{end:?}");
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ async fn smollm2_answers_and_seeds_repeat_inside_a_batch() {
     let runner = LlamaRunner::load(&path, &settings).unwrap();
     let prompt = runner.tokenizer().encode(PROMPT);
     let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 4, max_queue: 4, prefill_chunk: 64, max_step_tokens: 256 });
-    let request = |params: SamplingParams| GenerateRequest { prompt: prompt.clone(), params, max_tokens: 32, stop: Vec::new(), logprobs: None, constraint: None };
+    let request = |params: SamplingParams| GenerateRequest { prompt: prompt.clone(), params, max_tokens: 32, stop: Vec::new(), logprobs: None, constraint: None, prompt_logprobs: None };
 
     let greedy = collect(engine.generate(request(SamplingParams { temperature: 0.0, ..Default::default() })).unwrap()).await;
     assert!(greedy.contains("Paris"), "{greedy:?}");
@@ -62,7 +62,7 @@ async fn q4_1_weights_run_from_a_checked_f16_expansion() {
     let greedy = |runner: Box<dyn engine::ModelRunner>| async move {
         let prompt = runner.tokenizer().encode(PROMPT);
         let engine = Engine::start(runner, EngineConfig { max_batch: 2, max_queue: 2, prefill_chunk: 64, max_step_tokens: 256 });
-        collect(engine.generate(GenerateRequest { prompt, params: SamplingParams { temperature: 0.0, ..Default::default() }, max_tokens: 24, stop: Vec::new(), logprobs: None, constraint: None }).unwrap()).await
+        collect(engine.generate(GenerateRequest { prompt, params: SamplingParams { temperature: 0.0, ..Default::default() }, max_tokens: 24, stop: Vec::new(), logprobs: None, constraint: None, prompt_logprobs: None }).unwrap()).await
     };
 
     // As it is: one sequence at a time, or no room for the expansion.
@@ -87,7 +87,7 @@ async fn q4_1_weights_run_from_a_checked_f16_expansion() {
     let runner = engine::load_runner(&config(4, u64::MAX)).unwrap();
     let prompt = runner.tokenizer().encode("<|im_start|>user\nWrite a short poem about rivers.<|im_end|>\n<|im_start|>assistant\n");
     let engine = Engine::start(runner, EngineConfig { max_batch: 4, max_queue: 4, prefill_chunk: 64, max_step_tokens: 256 });
-    let request = |seed: u64| GenerateRequest { prompt: prompt.clone(), params: SamplingParams { temperature: 0.8, seed: Some(seed), ..Default::default() }, max_tokens: 48, stop: Vec::new(), logprobs: None, constraint: None };
+    let request = |seed: u64| GenerateRequest { prompt: prompt.clone(), params: SamplingParams { temperature: 0.8, seed: Some(seed), ..Default::default() }, max_tokens: 48, stop: Vec::new(), logprobs: None, constraint: None, prompt_logprobs: None };
     let alone = collect(engine.generate(request(1234)).unwrap()).await;
     let again = collect(engine.generate(request(1234)).unwrap()).await;
     assert_eq!(again, alone, "the same seed alone gives the same text");

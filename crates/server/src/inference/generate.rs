@@ -3,6 +3,7 @@
 //! parsed out of the text, and the request accounted for however it ends.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use domain::auth::Principal;
 use engine::grammar::Constraint;
@@ -43,6 +44,14 @@ impl Finish {
 /// `Usage` (after every choice finished) or `Failed`, and nothing comes after either.
 #[derive(Debug)]
 pub(crate) enum Output {
+    /// The prompt, given back first when the request asked (`echo`): its text, and with
+    /// `logprobs` its tokens: the first one's bytes (it has no probability), then each other
+    /// token scored.
+    Prompt {
+        choice: usize,
+        text: String,
+        scores: Option<PromptScores>,
+    },
     /// Log probabilities of the tokens behind the next output of this choice.
     Logprobs {
         choice: usize,
@@ -76,6 +85,9 @@ pub(crate) enum Output {
     Failed(String),
 }
 
+/// A scored prompt: the first token's bytes (it has no probability), then every other token.
+pub(crate) type PromptScores = (Vec<u8>, Vec<TokenLogprob>);
+
 /// A generation under way: what every API's answer repeats, and its outputs.
 pub(crate) struct Answer {
     /// A fresh random id (each API adds its own prefix).
@@ -92,6 +104,10 @@ pub(crate) struct Answer {
     pub(crate) n_choices: usize,
     /// Whether outputs carry log probabilities.
     pub(crate) logprobs: bool,
+    /// With `echo`: each prompt's text as given (`None` for token ids, spelled from their bytes),
+    /// choice `c` belonging to prompt `c / n`.
+    echo: Option<Arc<Vec<Option<String>>>>,
+    n: usize,
     events: SelectAll<BoxStream<'static, (usize, Event)>>,
     timer: RequestTimer,
     tools: Option<ToolPlan>,
@@ -112,6 +128,8 @@ pub(crate) struct Collected {
 /// One choice of a gathered answer.
 #[derive(Default)]
 pub(crate) struct CollectedChoice {
+    /// With `echo`: the prompt's text and, with logprobs, its scored tokens.
+    pub(crate) prompt: Option<(String, Option<PromptScores>)>,
     pub(crate) text: String,
     pub(crate) calls: Vec<tools::Call>,
     pub(crate) logprobs: Vec<TokenLogprob>,
@@ -134,6 +152,11 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
     }
     // The field holding the input, named by errors about it (the input itself is consumed below).
     let param = request.input.param();
+    let echo = request.echo.then(|| match &request.input {
+        Input::Texts(texts) => Arc::new(texts.iter().cloned().map(Some).collect()),
+        Input::Tokens(lists) => Arc::new(vec![None; lists.len()]),
+        Input::Chat(_) => Arc::new(vec![None]),
+    });
     let prompts = prompts(engine, target, &mut request).await?;
     if prompts.is_empty() || prompts.len() * request.n > MAX_GENERATIONS {
         return Err(InferenceError::invalid(format!("prompt must hold 1 to {MAX_GENERATIONS} prompts (times n)"), Some(param)));
@@ -154,7 +177,7 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
     let admission = quotas::admit(state, principal, prompt_tokens * request.n).await?;
     let limits = admission.limits.clone();
     let timer = state.metrics.start(target.name()).billed(&state.usage, principal, request.api, &served.deployment.settings, admission);
-    start(engine, target, Started { prompts, param, constraint, limits, timer }, request)
+    start(engine, target, Started { prompts, param, constraint, limits, timer, echo }, request)
 }
 
 /// What `generate` has prepared for `start`.
@@ -164,6 +187,7 @@ struct Started {
     constraint: Option<Constraint>,
     limits: domain::quota::Limits,
     timer: RequestTimer,
+    echo: Option<Arc<Vec<Option<String>>>>,
 }
 
 /// The request's prompts as tokens: chat messages rendered through the template (with the tools
@@ -196,7 +220,7 @@ async fn prompts(engine: &Engine, target: &Target, request: &mut GenerationReque
 
 /// Starts every prompt times `n` choices; a failure drops those already started, which cancels them.
 fn start(engine: &Engine, target: &Target, prepared: Started, request: GenerationRequest) -> Result<Answer, InferenceError> {
-    let Started { prompts, param, constraint, limits, mut timer } = prepared;
+    let Started { prompts, param, constraint, limits, mut timer, echo } = prepared;
     let served = &target.served;
     let n_ctx = engine.info().n_ctx;
     let defaults = served.sampling_defaults();
@@ -218,7 +242,9 @@ fn start(engine: &Engine, target: &Target, prepared: Started, request: Generatio
             let mut params = params.clone();
             // With a seed, each choice gets its own stream.
             params.seed = params.seed.map(|seed| seed.wrapping_add(j as u64));
-            let generate = GenerateRequest { prompt: prompt.clone(), params, max_tokens, stop: request.stop.clone(), logprobs: request.logprobs, constraint: constraint.clone() };
+            // An echoed prompt is always scored: token ids are spelled from the scores' bytes.
+            let prompt_logprobs = echo.as_ref().map(|_| request.logprobs.unwrap_or(0));
+            let generate = GenerateRequest { prompt: prompt.clone(), params, max_tokens, stop: request.stop.clone(), logprobs: request.logprobs, constraint: constraint.clone(), prompt_logprobs };
             let generation = engine.generate(generate).map_err(|err| {
                 timer.reject(&err);
                 match err {
@@ -244,6 +270,8 @@ fn start(engine: &Engine, target: &Target, prepared: Started, request: Generatio
         prompt_tokens,
         n_choices: streams.len(),
         logprobs: request.logprobs.is_some(),
+        echo,
+        n: request.n,
         events: futures::stream::select_all(streams),
         timer,
         tools: request.tools,
@@ -281,6 +309,15 @@ impl Answer {
                     }
                 }
                 Some((choice, Event::Logprobs(entries))) => return Some(Output::Logprobs { choice, entries }),
+                Some((choice, Event::PromptLogprobs { first, scored })) => {
+                    let given = self.echo.as_ref().and_then(|texts| texts.get(choice / self.n.max(1)).cloned().flatten());
+                    let text = given.unwrap_or_else(|| {
+                        let bytes: Vec<u8> = first.iter().chain(scored.iter().flat_map(|e| e.bytes.iter())).copied().collect();
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    });
+                    let scores = self.logprobs.then_some((first, scored));
+                    return Some(Output::Prompt { choice, text, scores });
+                }
                 Some((choice, Event::Done { finish_reason, completion_tokens, .. })) => {
                     self.completion_tokens += completion_tokens;
                     let mut reason = match finish_reason {
@@ -327,6 +364,7 @@ impl Answer {
         let mut choices: Vec<CollectedChoice> = (0..self.n_choices).map(|_| CollectedChoice::default()).collect();
         while let Some(output) = self.next().await {
             match output {
+                Output::Prompt { choice, text, scores } => choices[choice].prompt = Some((text, scores)),
                 Output::Logprobs { choice, entries } => choices[choice].logprobs.extend(entries),
                 Output::Text { choice, text } => choices[choice].text.push_str(&text),
                 Output::CallStart { choice, name, .. } => choices[choice].calls.push(tools::Call { name, arguments: String::new() }),

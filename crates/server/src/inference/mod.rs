@@ -17,6 +17,7 @@ pub(crate) mod prompt;
 pub mod quotas;
 mod request;
 mod residency;
+mod tokenize;
 pub(crate) mod tools;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub(crate) use error::InferenceError;
 pub(crate) use generate::{generate, Answer, Finish, Output};
 pub(crate) use request::{GenerationRequest, Input, Sampling};
 pub(crate) use residency::{apply_keep_alive, KeepAlive};
+pub(crate) use tokenize::{detokenize, resolve_named_or_only, tokenize, tokenizer_info, TokenizeInput};
 
 use crate::runtime::{Backend, Served};
 use crate::AppState;

@@ -28,6 +28,9 @@ pub(crate) struct GenerationRequest {
     pub(crate) n: usize,
     /// `Some(k)`: each token's log probability and its `k` likeliest alternatives.
     pub(crate) logprobs: Option<usize>,
+    /// Give the prompt back ahead of the answer, its tokens scored when `logprobs` is set
+    /// (OpenAI's `echo`; likelihood evaluation reads it). `max_tokens` may then be 0.
+    pub(crate) echo: bool,
     /// Structured output: the answer must match this grammar.
     pub(crate) constraint: Option<Arc<Grammar>>,
     /// Tools offered to a chat (forced calls compile into the constraint).

@@ -451,6 +451,7 @@ impl Options {
             stop: self.stop.clone(),
             n: 1,
             logprobs: None,
+            echo: false,
             constraint: self.grammar.clone(),
             tools,
         }
@@ -605,7 +606,7 @@ impl Run {
                 return Ok(step);
             }
             match self.answer.next().await {
-                Some(Output::Logprobs { .. }) => {}
+                Some(Output::Logprobs { .. } | Output::Prompt { .. }) => {}
                 Some(Output::Text { text, .. }) => {
                     self.first.get_or_insert_with(Instant::now);
                     return Ok(Step::Text(text));

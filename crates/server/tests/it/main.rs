@@ -7,6 +7,7 @@ mod console;
 mod hardening;
 mod harness;
 mod inference;
+mod likelihood;
 mod openai;
 mod quotas;
 mod residency;

@@ -61,7 +61,18 @@ async fn collect(answer: Answer, head: Head) -> Result<Response, OpenAiError> {
                 .choices
                 .into_iter()
                 .enumerate()
-                .map(|(i, choice)| wire::CompletionChoice { index: i as u32, logprobs: wants_logprobs.then(|| logprobs_json(head.endpoint, &choice.logprobs, 0)), text: choice.text, finish_reason: Some(finish(choice.reason)) })
+                .map(|(i, choice)| {
+                    let (prompt, scores) = choice.prompt.unwrap_or_default();
+                    let logprobs = wants_logprobs.then(|| match scores {
+                        Some((first, scored)) => {
+                            let mut json = prompt_logprobs_json(&first, &scored);
+                            append_logprobs(&mut json, logprobs_json(head.endpoint, &choice.logprobs, prompt_bytes(&first, &scored)));
+                            json
+                        }
+                        None => logprobs_json(head.endpoint, &choice.logprobs, 0),
+                    });
+                    wire::CompletionChoice { index: i as u32, logprobs, text: prompt + &choice.text, finish_reason: Some(finish(choice.reason)) }
+                })
                 .collect();
             Json(wire::Completion { id: head.id, object: "text_completion".into(), created: head.created, model: head.model, system_fingerprint: head.fingerprint, choices, usage: Some(Some(usage)) }).into_response()
         }
@@ -158,6 +169,11 @@ fn stream_chunks(answer: Answer, head: Head, include_usage: bool) -> BoxStream<'
                 return None;
             }
             match state.answer.next().await {
+                Some(Output::Prompt { choice, text, scores }) => {
+                    state.sent_len[choice] += scores.as_ref().map_or(text.len(), |(first, scored)| prompt_bytes(first, scored));
+                    let logprobs = scores.map(|(first, scored)| prompt_logprobs_json(&first, &scored));
+                    state.push(Part { index: choice, content: Some(text), logprobs, ..Part::default() });
+                }
                 Some(Output::Logprobs { choice, entries }) => state.pending[choice].extend(entries),
                 Some(Output::Text { choice, text }) => {
                     let logprobs = state.take_logprobs(choice, true);
@@ -227,6 +243,28 @@ fn logprobs_json(endpoint: Endpoint, entries: &[TokenLogprob], offset: usize) ->
                 "top_logprobs": top,
                 "text_offset": offsets,
             })
+        }
+    }
+}
+
+/// An echoed prompt's log probabilities in the completions API's shape: the first token has
+/// none (`null`, as OpenAI and vLLM give it), every other token its own and its alternatives.
+fn prompt_logprobs_json(first: &[u8], scored: &[TokenLogprob]) -> serde_json::Value {
+    let mut json = serde_json::json!({ "tokens": [String::from_utf8_lossy(first)], "token_logprobs": [null], "top_logprobs": [null], "text_offset": [0] });
+    append_logprobs(&mut json, logprobs_json(Endpoint::Completions, scored, first.len()));
+    json
+}
+
+/// The length in bytes of a scored prompt's tokens, where the answer's text offsets continue.
+fn prompt_bytes(first: &[u8], scored: &[TokenLogprob]) -> usize {
+    first.len() + scored.iter().map(|e| e.bytes.len()).sum::<usize>()
+}
+
+/// Appends the parallel arrays of `more` to those of `json` (completions shape).
+fn append_logprobs(json: &mut serde_json::Value, more: serde_json::Value) {
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        if let (Some(list), Some(serde_json::Value::Array(extra))) = (json.get_mut(key).and_then(|v| v.as_array_mut()), more.get(key)) {
+            list.extend(extra.iter().cloned());
         }
     }
 }

@@ -6,6 +6,7 @@
 mod answer;
 mod error;
 mod params;
+mod tokenizer;
 
 use api::openai as wire;
 use axum::extract::rejection::JsonRejection;
@@ -17,6 +18,7 @@ use base64::Engine as _;
 
 pub(crate) use error::OpenAiError;
 use params::{Endpoint, Options};
+pub(crate) use tokenizer::{detokenize, tokenize, tokenizer_info};
 
 use crate::inference::tools::ToolPlan;
 use crate::inference::{self, EmbedInput, EmbedRequest, Input};
@@ -78,8 +80,12 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
     if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(OpenAiError::unsupported("suffix", "suffix (fill-in-the-middle)"));
     }
-    if request.echo == Some(true) {
-        return Err(OpenAiError::unsupported("echo", "echo"));
+    let echo = request.echo.unwrap_or(false);
+    if options.max_tokens == Some(0) && !echo {
+        return Err(OpenAiError::invalid("max_tokens must be at least 1 (0 scores the prompt only, with echo)", Some("max_tokens")));
+    }
+    if echo && options.grammar.is_some() {
+        return Err(OpenAiError::unsupported("echo", "echo together with response_format"));
     }
     let input = match request.prompt {
         wire::Prompt::Text(text) => Input::Texts(vec![text]),
@@ -88,7 +94,8 @@ pub(crate) async fn create_completion(State(state): State<AppState>, headers: He
         wire::Prompt::TokenLists(lists) => Input::Tokens(lists),
     };
     let target = inference::resolve(&state, &principal, &request.model).await?;
-    let generation = options.request("openai.completions", input, None);
+    let mut generation = options.request("openai.completions", input, None);
+    generation.echo = echo;
     let answer = inference::generate(&state, &principal, &target, generation).await?;
     Ok(answer::respond(answer, Endpoint::Completions, request.model, options.stream, options.include_usage).await)
 }

@@ -63,7 +63,9 @@ impl Options {
         };
         // max_completion_tokens is the newer name; a request naming both gets the newer one.
         let max_tokens = match (fields.max_completion_tokens, fields.max_tokens) {
-            (Some(0), _) | (None, Some(0)) => return Err(OpenAiError::invalid("max_tokens must be at least 1", Some("max_tokens"))),
+            // Completions may score a prompt without generating (`echo` with `max_tokens: 0`); the
+            // route checks that echo is on.
+            (Some(0), _) | (None, Some(0)) if endpoint == Endpoint::Chat => return Err(OpenAiError::invalid("max_tokens must be at least 1", Some("max_tokens"))),
             (Some(n), _) | (None, Some(n)) => Some(n as usize),
             (None, None) => None,
         };
@@ -237,6 +239,7 @@ impl Options {
             stop: self.stop.clone(),
             n: self.n,
             logprobs: self.logprobs,
+            echo: false,
             constraint: self.grammar.clone(),
             tools,
         }
