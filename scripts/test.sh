@@ -47,6 +47,15 @@ fi
 "$OLD_VENV/bin/pip" install -q --disable-pip-version-check 'huggingface_hub==1.19.0'
 export MANTLE_OLD_HF_PYTHON="$OLD_VENV/bin/python"
 
+# EleutherAI's lm-evaluation-harness (latest, its API extra only: no torch) drives likelihood
+# evaluation end to end; its own environment keeps its many dependencies away from the clients'.
+EVAL_VENV="$CACHE/venv-lmeval"
+if [ ! -x "$EVAL_VENV/bin/python" ]; then
+  python3 -m venv "$EVAL_VENV"
+fi
+"$EVAL_VENV/bin/pip" install -q --disable-pip-version-check --upgrade 'lm-eval[api]'
+export MANTLE_LM_EVAL_PYTHON="$EVAL_VENV/bin/python"
+
 # The engine's tokenizer tests compare against Hugging Face's Python `tokenizers`.
 export MANTLE_PYTHON="$VENV/bin/python"
 

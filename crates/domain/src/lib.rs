@@ -7,6 +7,7 @@ pub mod auth;
 pub mod blobs;
 pub mod card;
 pub mod error;
+pub mod evals;
 pub mod hub;
 pub mod ids;
 pub mod meta;

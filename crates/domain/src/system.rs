@@ -136,4 +136,68 @@ impl Hub {
     pub async fn ensure_admin_token(&self, admin_name: &AccountName, token_hash: &str, rotate: bool) -> Result<bool> {
         self.meta.ensure_admin_token(admin_name, token_hash, rotate).await
     }
+
+    // ---- eval runs -------------------------------------------------------------------------
+
+    /// Claims the oldest queued run, or one whose worker's lease expired, for `lease_secs`.
+    pub async fn claim_eval_run(&self, lease_secs: i64) -> Result<Option<crate::evals::EvalRun>> {
+        let now = chrono::Utc::now();
+        self.meta.claim_run(&crate::format_time(now), &crate::format_time(now + chrono::Duration::seconds(lease_secs))).await
+    }
+
+    /// Extends a claimed run's lease and stores its summary so far; `false` once it was
+    /// canceled or deleted.
+    pub async fn renew_eval_run(&self, run_id: &str, lease_secs: i64, summary: &serde_json::Value) -> Result<bool> {
+        let until = crate::format_time(chrono::Utc::now() + chrono::Duration::seconds(lease_secs));
+        self.meta.renew_run(run_id, &until, summary).await
+    }
+
+    /// The eval a claimed run belongs to.
+    pub async fn eval_of_run(&self, run: &crate::evals::EvalRun) -> Result<Option<crate::evals::Eval>> {
+        self.meta.get_eval(&run.eval_id).await
+    }
+
+    /// A claimed run's output items so far (a resumed run skips them).
+    pub async fn run_output_items(&self, run_id: &str) -> Result<Vec<crate::evals::OutputItem>> {
+        self.meta.output_items(run_id).await
+    }
+
+    /// Stores one output item of a run in progress.
+    pub async fn put_eval_output_item(&self, item: &crate::evals::OutputItem) -> Result<()> {
+        self.meta.put_output_item(item).await
+    }
+
+    /// Ends a run in progress, audited as the system; `false` if it had been canceled or deleted.
+    pub async fn finish_eval_run(&self, run: &crate::evals::EvalRun, status: crate::evals::RunStatus, summary: &serde_json::Value) -> Result<bool> {
+        let action = format!("eval.run.{}", if status == crate::evals::RunStatus::Completed { "succeeded" } else { "failed" });
+        let details = serde_json::json!({ "eval": run.eval_id, "result_counts": summary.get("result_counts"), "error": summary.get("error") });
+        let event = crate::audit::AuditEvent::new("system", &action, format!("evalrun:{}", run.id), details);
+        self.meta.finish_run(&run.id, status, summary, event).await
+    }
+
+    /// The principal a run acts as: the token that created it, if it is still valid.
+    pub async fn principal_of_token(&self, token_id: i64) -> Result<crate::auth::Principal> {
+        let gone = || crate::Error::Unauthenticated("the token that started this run was revoked, expired or deleted".into());
+        let token = self.meta.get_token(token_id).await?.ok_or_else(gone)?;
+        let expires = match &token.expires_at {
+            Some(at) => Some(chrono::DateTime::parse_from_rfc3339(at).map_err(crate::Error::internal)?.with_timezone(&chrono::Utc)),
+            None => None,
+        };
+        if token.revoked_at.is_some() || expires.is_some_and(|at| at <= chrono::Utc::now()) {
+            return Err(gone());
+        }
+        let name = AccountName::parse(&token.user_name)?;
+        let account = self.meta.get_account(&name).await?.ok_or_else(gone)?;
+        let orgs = self.meta.orgs_of(&name).await?;
+        Ok(crate::auth::Principal::User(crate::auth::UserPrincipal {
+            user_id: account.id,
+            name: token.user_name.clone(),
+            is_admin: account.is_admin,
+            role: token.role,
+            token_id: token.id,
+            token_name: token.name.clone(),
+            token_expires_at: expires,
+            orgs,
+        }))
+    }
 }

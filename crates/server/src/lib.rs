@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 mod error;
+pub mod evals;
 pub mod inference;
 pub mod metrics;
 mod routes;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Notified after a commit queues scans, so the worker starts at once.
     pub scan_wake: Arc<tokio::sync::Notify>,
+    /// Notified after an eval run is queued, so the run worker starts at once.
+    pub eval_wake: Arc<tokio::sync::Notify>,
     /// Loaded deployments.
     pub runtime: runtime::Runtime,
     /// Serving metrics.
@@ -72,7 +75,18 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     .context("sweep the models folder")?;
     let runtime = runtime::Runtime::with_engine_backends(config.runtime.clone());
     let audit_signer = Arc::new(audit_log::AuditSigner::load_or_create(config.audit_key_file.as_deref(), &config.data_dir).context("load the audit signing key")?);
-    Ok(AppState { hub, signer: Signer::new(&key), config: Arc::new(config), scan_wake: Arc::new(tokio::sync::Notify::new()), runtime, metrics: metrics::Metrics::default(), usage, quotas: quotas::QuotaCache::default(), audit_signer })
+    Ok(AppState {
+        hub,
+        signer: Signer::new(&key),
+        config: Arc::new(config),
+        scan_wake: Arc::new(tokio::sync::Notify::new()),
+        eval_wake: Arc::new(tokio::sync::Notify::new()),
+        runtime,
+        metrics: metrics::Metrics::default(),
+        usage,
+        quotas: quotas::QuotaCache::default(),
+        audit_signer,
+    })
 }
 
 /// Serves until `shutdown` resolves. Storage is opened and the admin token bootstrapped before the
@@ -85,12 +99,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let local = listener.local_addr().context("read the bound address")?;
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
+    let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
     let checkpoints = (state.config.audit_checkpoint_interval > 0).then(|| tokio::spawn(audit_log::run_checkpoints(state.clone(), std::time::Duration::from_secs(state.config.audit_checkpoint_interval), workers_stopped)));
     tracing::info!(addr = %local, "mantle is serving");
     let usage = state.usage.clone();
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
     let _ = stop_workers.send(true);
     let _ = worker.await;
+    let _ = evaluator.await;
     if let Some(checkpoints) = checkpoints {
         let _ = checkpoints.await;
     }

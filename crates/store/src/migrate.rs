@@ -28,6 +28,7 @@ const SQLITE: &[Script] = &[
     (5, "quotas", include_str!("../migrations/sqlite/0005_quotas.sql")),
     (6, "hardening", include_str!("../migrations/sqlite/0006_hardening.sql")),
     (7, "xet", include_str!("../migrations/sqlite/0007_xet.sql")),
+    (8, "evals", include_str!("../migrations/sqlite/0008_evals.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -37,6 +38,7 @@ const POSTGRES: &[Script] = &[
     (5, "quotas", include_str!("../migrations/postgres/0005_quotas.sql")),
     (6, "hardening", include_str!("../migrations/postgres/0006_hardening.sql")),
     (7, "xet", include_str!("../migrations/postgres/0007_xet.sql")),
+    (8, "evals", include_str!("../migrations/postgres/0008_evals.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -18,6 +18,8 @@ use crate::{format_time, Error, Result};
 
 mod accounts;
 mod deployments;
+mod evals;
+pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
 mod repos;
 mod vetting;

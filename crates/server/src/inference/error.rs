@@ -54,6 +54,21 @@ impl InferenceError {
     }
 }
 
+impl std::fmt::Display for InferenceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InferenceError::Invalid { message, .. } | InferenceError::ContextExceeded { message, .. } => f.write_str(message),
+            InferenceError::Unsupported { what, .. } => write!(f, "{what} is not supported"),
+            InferenceError::NotGenerative { model } => write!(f, "{model} serves embeddings, not text"),
+            InferenceError::NotEmbedding { model } => write!(f, "{model} generates text, not embeddings"),
+            InferenceError::NoChatTemplate { model } => write!(f, "{model} has no chat template"),
+            InferenceError::Quota(exceeded) => write!(f, "a quota refused the request: {exceeded:?}"),
+            InferenceError::Domain(err) => write!(f, "{err}"),
+            InferenceError::Engine(err) => write!(f, "{err}"),
+        }
+    }
+}
+
 impl From<domain::Error> for InferenceError {
     fn from(err: domain::Error) -> Self {
         InferenceError::Domain(err)

@@ -228,7 +228,8 @@ fn start(engine: &Engine, target: &Target, prepared: Started, request: Generatio
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let mut streams = Vec::with_capacity(prompts.len() * request.n);
     for (p, prompt) in prompts.into_iter().enumerate() {
-        if prompt.len() >= n_ctx {
+        // A prompt may fill the context only when nothing is generated after it (scoring).
+        if prompt.len() > n_ctx || (prompt.len() == n_ctx && request.max_tokens != Some(0)) {
             return Err(InferenceError::context_exceeded(param, format!("the prompt has {} tokens; the model's context holds {n_ctx}", prompt.len())));
         }
         let room = n_ctx - prompt.len();

@@ -149,4 +149,16 @@ async fn tokenizer_endpoints_speak_vllms_shape_and_keep_deployments_apart() {
     let reply = server.json("POST", "/tokenize", Some(&bob), json!({ "prompt": "a" })).await;
     assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some("model"));
     assert_eq!(server.json("POST", "/tokenize", Some(&bob), json!({ "model": "secret", "prompt": "a" })).await.status, StatusCode::OK);
+    // Or name it in the path, as lm-eval derives the tokenizer's URL from the completions URL.
+    let reply = server.json("POST", "/deployments/secret/tokenize", Some(&bob), json!({ "prompt": "ab", "add_special_tokens": false })).await;
+    assert_eq!(reply.json()["tokens"], json!([97, 98]));
+    assert_eq!(server.get("/deployments/tiny/tokenizer_info", Some(&bob)).await.status, StatusCode::OK);
+    assert_eq!(server.json("POST", "/deployments/tiny/detokenize", Some(&bob), json!({ "tokens": [97] })).await.json()["prompt"], "a");
+    let reply = server.json("POST", "/deployments/secret/v1/completions", Some(&bob), json!({ "model": "secret", "prompt": "ab", "max_tokens": 1, "echo": true, "logprobs": 1 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(reply.json()["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), 3);
+    let reply = server.json("POST", "/deployments/secret/v1/completions", Some(&bob), json!({ "model": "tiny", "prompt": "ab", "max_tokens": 1 })).await;
+    assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some("model"));
+    assert_eq!(server.json("POST", "/deployments/secret/tokenize", Some(&token), json!({ "prompt": "a" })).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/deployments/secret/tokenizer_info", Some(&token)).await.status, StatusCode::NOT_FOUND);
 }

@@ -4,6 +4,7 @@
 mod access;
 mod bad_input;
 mod console;
+mod evals;
 mod hardening;
 mod harness;
 mod inference;

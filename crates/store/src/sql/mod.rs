@@ -29,6 +29,7 @@ mod accounts;
 mod audit;
 mod blobs;
 mod deployments;
+mod evals;
 mod policies;
 mod quotas;
 mod repos;

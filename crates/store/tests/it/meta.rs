@@ -80,6 +80,7 @@ contract!(sqlite_scan_and_policy_stores, postgres_scan_and_policy_stores, scan_a
 contract!(sqlite_deployment_store, postgres_deployment_store, deployment_store);
 contract!(sqlite_quota_store, postgres_quota_store, quota_store);
 contract!(sqlite_xet_store, postgres_xet_store, xet_store);
+contract!(sqlite_eval_store, postgres_eval_store, eval_store);
 
 /// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
 async fn seed_accounts(meta: &dyn MetaStore) {
@@ -568,4 +569,57 @@ async fn xet_store(store: Arc<SqlMetaStore>) {
     assert!(meta.blob_tombstone(&sha).await.unwrap().is_none());
     meta.commit(new_commit(repo.id, vec![FileOperation::Add(committed)], None), event("repo.commit")).await.unwrap();
     assert!(meta.unreferenced_xet_files(future).await.unwrap().is_empty(), "a committed file is referenced");
+}
+
+async fn eval_store(store: Arc<SqlMetaStore>) {
+    use domain::evals::{Eval, EvalRun, OutputItem, RunStatus};
+    use serde_json::json;
+    let meta: Arc<dyn MetaStore> = store.clone();
+    let eval = Eval {
+        id: "eval_1".into(),
+        owner: "alice".into(),
+        name: "qa".into(),
+        data_source_config: json!({ "type": "custom" }),
+        testing_criteria: json!([{ "type": "string_check" }]),
+        metadata: json!({ "k": "v" }),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    meta.create_eval(&eval, event("eval.create")).await.unwrap();
+    assert_eq!(meta.get_eval("eval_1").await.unwrap().unwrap(), eval);
+    assert_eq!(meta.list_evals(Some("alice")).await.unwrap().len(), 1);
+    assert!(meta.list_evals(Some("bob")).await.unwrap().is_empty());
+    let run = |id: &str, at: &str| EvalRun { id: id.into(), eval_id: "eval_1".into(), owner: "alice".into(), token_id: 7, name: "r".into(), status: RunStatus::Queued, spec: json!({ "data_source": {} }), summary: json!({}), created_at: at.into() };
+    meta.create_run(&run("run_a", "2026-01-01T00:00:01.000Z"), event("eval.run.create")).await.unwrap();
+    meta.create_run(&run("run_b", "2026-01-01T00:00:02.000Z"), event("eval.run.create")).await.unwrap();
+    let orphan = EvalRun { eval_id: "eval_missing".into(), ..run("run_c", "2026-01-01T00:00:03.000Z") };
+    assert!(matches!(meta.create_run(&orphan, event("eval.run.create")).await, Err(Error::NotFound(_))));
+
+    // Oldest first; a claimed run is not claimed again while its lease holds.
+    let claimed = meta.claim_run("2026-01-01T00:01:00.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().unwrap();
+    assert_eq!((claimed.id.as_str(), claimed.status), ("run_a", RunStatus::InProgress));
+    assert_eq!(meta.claim_run("2026-01-01T00:01:30.000Z", "2026-01-01T00:02:30.000Z").await.unwrap().unwrap().id, "run_b");
+    assert!(meta.claim_run("2026-01-01T00:01:40.000Z", "2026-01-01T00:02:40.000Z").await.unwrap().is_none());
+    let item = |index: i64| OutputItem { run_id: "run_a".into(), index, id: format!("item_{index}"), status: "pass".into(), body: json!({ "n": index }), created_at: "2026-01-01T00:01:01.000Z".into() };
+    meta.put_output_item(&item(1)).await.unwrap();
+    meta.put_output_item(&item(0)).await.unwrap();
+    meta.put_output_item(&item(1)).await.unwrap();
+    assert_eq!(meta.output_items("run_a").await.unwrap().iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1]);
+    // Its worker died: once the lease is past, another takes it over, items kept.
+    let taken = meta.claim_run("2026-01-01T00:02:01.000Z", "2026-01-01T00:03:01.000Z").await.unwrap().unwrap();
+    assert_eq!(taken.id, "run_a");
+    assert!(meta.renew_run("run_a", "2026-01-01T00:04:00.000Z", &json!({ "result_counts": { "total": 2 } })).await.unwrap());
+    assert_eq!(meta.get_run("run_a").await.unwrap().unwrap().summary["result_counts"]["total"], 2);
+    assert!(meta.finish_run("run_a", RunStatus::Completed, &json!({ "done": true }), event("eval.run.succeeded")).await.unwrap());
+    assert!(!meta.finish_run("run_a", RunStatus::Failed, &json!({}), event("eval.run.failed")).await.unwrap(), "an ended run stays ended");
+    assert!(!meta.cancel_run("run_a", event("eval.run.cancel")).await.unwrap());
+    assert!(matches!(meta.put_output_item(&item(2)).await, Err(Error::Conflict(_))), "an ended run takes no items");
+    // A canceled run stops its worker.
+    assert!(meta.cancel_run("run_b", event("eval.run.cancel")).await.unwrap());
+    assert!(!meta.renew_run("run_b", "2026-01-01T00:09:00.000Z", &json!({})).await.unwrap());
+    assert_eq!(meta.get_run("run_b").await.unwrap().unwrap().status, RunStatus::Canceled);
+    assert_eq!(meta.list_runs("eval_1").await.unwrap().len(), 2);
+    meta.delete_eval("eval_1", event("eval.delete")).await.unwrap();
+    assert!(meta.get_run("run_a").await.unwrap().is_none());
+    assert!(meta.output_items("run_a").await.unwrap().is_empty());
+    assert!(matches!(meta.delete_eval("eval_1", event("eval.delete")).await, Err(Error::NotFound(_))));
 }

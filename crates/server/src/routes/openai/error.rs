@@ -20,6 +20,11 @@ pub(crate) struct OpenAiError {
 
 impl OpenAiError {
     /// A 400 about one request field.
+    /// What the body's message says.
+    pub(crate) fn message(&self) -> String {
+        self.message.clone()
+    }
+
     pub(crate) fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
         OpenAiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: param.map(str::to_owned), code: None, headers: None }
     }

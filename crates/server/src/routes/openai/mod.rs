@@ -5,6 +5,7 @@
 
 mod answer;
 mod error;
+pub(crate) mod evals;
 mod params;
 mod tokenizer;
 
@@ -18,7 +19,7 @@ use base64::Engine as _;
 
 pub(crate) use error::OpenAiError;
 use params::{Endpoint, Options};
-pub(crate) use tokenizer::{detokenize, tokenize, tokenizer_info};
+pub(crate) use tokenizer::{detokenize, detokenize_at, tokenize, tokenize_at, tokenizer_info, tokenizer_info_at};
 
 use crate::inference::tools::ToolPlan;
 use crate::inference::{self, EmbedInput, EmbedRequest, Input};
@@ -66,8 +67,22 @@ fn chat_options(sampling: &wire::SamplingFields) -> Result<(Options, Option<Tool
 
 /// `POST /v1/completions`.
 pub(crate) async fn create_completion(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<wire::CompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
+    completion(state, headers, body, None).await
+}
+
+/// `POST /deployments/{name}/v1/completions`: the same, for clients that derive other endpoints
+/// from the completions URL (lm-evaluation-harness's remote tokenizer strips `/v1/completions`
+/// and calls `/tokenize` there, naming no model). The body's `model` must name the same one.
+pub(crate) async fn create_completion_at(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Result<Json<wire::CompletionRequest>, JsonRejection>) -> Result<Response, OpenAiError> {
+    completion(state, headers, body, Some(name)).await
+}
+
+async fn completion(state: AppState, headers: HeaderMap, body: Result<Json<wire::CompletionRequest>, JsonRejection>, at: Option<String>) -> Result<Response, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
     let Json(request) = body.map_err(OpenAiError::from_rejection)?;
+    if let Some(at) = at.filter(|at| *at != request.model) {
+        return Err(OpenAiError::invalid(format!("model {:?} is not the deployment this path names ({at:?})", request.model), Some("model")));
+    }
     let (request, options) = inference::prompt::off_async(move || {
         let options = Options::parse(&request.sampling, Endpoint::Completions);
         (request, options)

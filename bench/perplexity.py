@@ -1,0 +1,136 @@
+"""Perplexity benchmark: the same model, text and context size through Mantle's likelihood API and
+through llama.cpp's own `llama-perplexity`.
+
+llama-perplexity tokenizes the text (with the model's BOS when it adds one), cuts it into chunks of
+`context` tokens, puts the BOS first in every chunk, and scores the second half of each chunk given
+everything before it in the chunk. This script does exactly that through Mantle: `/tokenize` for
+the tokens, then one `/v1/completions` request per chunk with `echo`, `logprobs` and `max_tokens`
+0, summing the prompt log probabilities of the same positions. The two perplexities must agree
+within 1%; the table also gives tokens scored per second (ratio Mantle / llama-perplexity).
+
+Mantle runs the file as it is when a deployment holds one sequence, and from its F16 expansion
+when it batches (Q4_1 has no batched CPU kernel): the second Mantle row is that form, four chunks
+at a time, so the table shows what the expansion costs in perplexity.
+
+Usage: python bench/perplexity.py --mantle BIN --llama-perplexity BIN --gguf FILE --corpus FILE
+"""
+
+import argparse
+import concurrent.futures
+import gzip
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import start_mantle  # noqa: E402
+
+
+def corpus_text(path, docs):
+    """The first `docs` SciFact abstracts, title then text, blank lines between."""
+    parts = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            doc = json.loads(line)
+            parts.append(f"{doc.get('title', '')}\n{doc.get('text', '')}".strip())
+            if len(parts) == docs:
+                break
+    return "\n\n".join(parts) + "\n"
+
+
+def llama_perplexity(binary, gguf, text_file, context, threads):
+    started = time.perf_counter()
+    run = subprocess.run([binary, "-m", gguf, "-f", text_file, "-c", str(context), "-b", str(context), "-t", str(threads), "-tb", str(threads)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    out = run.stdout + run.stderr
+    if run.returncode != 0:
+        raise RuntimeError(out[-3000:])
+    ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", out).group(1))
+    chunks = int(re.search(r"calculating perplexity over (\d+) chunks", out).group(1))
+    return ppl, chunks, elapsed
+
+
+def mantle_perplexity(url, token, model, text, context, concurrency):
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=600) as client:
+        info = client.get(f"{url}/deployments/{model}/tokenizer_info", headers=headers).raise_for_status().json()
+        tokens = client.post(f"{url}/deployments/{model}/tokenize", json={"prompt": text, "add_special_tokens": True}, headers=headers).raise_for_status().json()["tokens"]
+        bos = None
+        if info.get("bos_token"):
+            bos = client.post(f"{url}/deployments/{model}/tokenize", json={"prompt": info["bos_token"], "add_special_tokens": False}, headers=headers).raise_for_status().json()["tokens"][0]
+        adds_bos = bos is not None and tokens[:1] == [bos]
+        n_chunks = len(tokens) // context
+        first = context // 2
+
+        def score(i):
+            chunk = tokens[i * context : (i + 1) * context]
+            if adds_bos:
+                chunk[0] = bos
+            body = {"model": model, "prompt": [chunk], "max_tokens": 0, "echo": True, "logprobs": 0, "temperature": 0}
+            logprobs = client.post(f"{url}/v1/completions", json=body, headers=headers).raise_for_status().json()["choices"][0]["logprobs"]["token_logprobs"]
+            return sum(logprobs[first + 1 :]), len(logprobs) - first - 1
+
+        # Warm: the model loads on first use, outside the timing.
+        score(0)
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(score, range(n_chunks)))
+        elapsed = time.perf_counter() - started
+    total = sum(r[0] for r in results)
+    count = sum(r[1] for r in results)
+    return math.exp(-total / count), n_chunks, elapsed, count
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mantle", required=True)
+    parser.add_argument("--llama-perplexity", required=True)
+    parser.add_argument("--gguf", required=True)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--docs", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mantle-bench-ppl-"))
+    text_file = work / "text.txt"
+    text = corpus_text(args.corpus, args.docs)
+    text_file.write_text(text)
+
+    peer_ppl, peer_chunks, peer_seconds = llama_perplexity(args.llama_perplexity, args.gguf, str(text_file), args.context, args.threads)
+    scored_per_chunk = args.context - args.context // 2 - 1
+    peer_rate = peer_chunks * scored_per_chunk / peer_seconds
+
+    rows = []
+    for label, parallel in (("as stored (1 sequence)", 1), ("F16 expansion (4 sequences)", 4)):
+        run_dir = work / f"mantle-{parallel}"
+        run_dir.mkdir()
+        proc, url, token, model = start_mantle(args.mantle, args.gguf, args.threads, parallel, args.context, run_dir)
+        try:
+            ppl, chunks, seconds, count = mantle_perplexity(url, token, model, text, args.context, parallel)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        rows.append((label, ppl, chunks, count / seconds))
+
+    print(f"\nPerplexity of {Path(args.gguf).name}, {args.docs} SciFact abstracts ({len(text)} bytes), context {args.context}, {args.threads} threads\n")
+    print(f"| runner | chunks | PPL | vs llama-perplexity | tokens scored/s | ratio |")
+    print(f"|---|---:|---:|---:|---:|---:|")
+    print(f"| llama-perplexity | {peer_chunks} | {peer_ppl:.4f} | 1.0000 | {peer_rate:.0f} | 1.00 |")
+    for label, ppl, chunks, rate in rows:
+        print(f"| Mantle, {label} | {chunks} | {ppl:.4f} | {ppl / peer_ppl:.4f} | {rate:.0f} | {rate / peer_rate:.2f} |")
+    worst = max(abs(ppl / peer_ppl - 1) for _, ppl, _, _ in rows[:1])
+    print(f"\nMantle (same weights) differs from llama-perplexity by {worst * 100:.3f}% (target: under 1%).")
+    if worst > 0.01:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+//! OpenAI's Evals API (`/v1/evals`, runs and output items) over `domain`'s evals and the run
+//! worker in `crate::evals`. Bodies are checked by `evals::spec`; answers are built in OpenAI's
+//! shapes here. Beyond OpenAI: a run's data may be a hub file (`file_id` =
+//! `datasets/ns/name@revision:path`), pinned to its commit; every run records the exact model
+//! revision and data revision it used; per-grader results carry 95% intervals.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use domain::evals::{Eval, EvalRun, OutputItem, RunStatus};
+use serde_json::{json, Value};
+
+use super::OpenAiError;
+use crate::evals::spec::{self, Source};
+use crate::inference;
+use crate::AppState;
+
+/// List parameters (cursor pages, as the official client pages them).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    order: Option<String>,
+    order_by: Option<String>,
+    status: Option<String>,
+}
+
+type Reply = Result<Json<Value>, OpenAiError>;
+type QueryResult = Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>;
+
+fn body_of(body: Result<Json<Value>, JsonRejection>) -> Result<Value, OpenAiError> {
+    body.map(|Json(v)| v).map_err(OpenAiError::from_rejection)
+}
+
+fn unix(time: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time).map(|t| t.timestamp()).unwrap_or(0)
+}
+
+/// One page of `entries` (already in ascending order of creation), by the query.
+fn page(mut entries: Vec<Value>, query: &ListQuery) -> Reply {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(OpenAiError::invalid("limit must be between 1 and 100", Some("limit")));
+    }
+    match query.order.as_deref() {
+        None | Some("asc") => {}
+        Some("desc") => entries.reverse(),
+        Some(_) => return Err(OpenAiError::invalid("order must be asc or desc", Some("order"))),
+    }
+    if let Some(by) = query.order_by.as_deref().filter(|by| *by != "created_at") {
+        return Err(OpenAiError::unsupported("order_by", &format!("order_by {by}")));
+    }
+    if let Some(after) = &query.after {
+        let at = entries.iter().position(|e| e["id"] == *after).ok_or_else(|| OpenAiError::invalid(format!("after names no entry: {after}"), Some("after")))?;
+        entries.drain(..=at);
+    }
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    let (first, last) = (entries.first().map(|e| e["id"].clone()), entries.last().map(|e| e["id"].clone()));
+    Ok(Json(json!({ "object": "list", "data": entries, "first_id": first, "last_id": last, "has_more": has_more })))
+}
+
+fn eval_json(eval: &Eval) -> Value {
+    json!({ "object": "eval", "id": eval.id, "name": eval.name, "data_source_config": eval.data_source_config, "testing_criteria": eval.testing_criteria, "metadata": eval.metadata, "created_at": unix(&eval.created_at) })
+}
+
+fn run_json(run: &EvalRun) -> Value {
+    let summary = &run.summary;
+    let or = |key: &str, default: Value| summary.get(key).cloned().unwrap_or(default);
+    json!({
+        "object": "eval.run", "id": run.id, "eval_id": run.eval_id, "name": run.name, "status": run.status.as_str(),
+        "model": run.spec.get("model").cloned().unwrap_or(json!("")), "data_source": run.spec["data_source"], "metadata": run.spec["metadata"],
+        "created_at": unix(&run.created_at), "report_url": "",
+        "result_counts": or("result_counts", json!({ "total": 0, "passed": 0, "failed": 0, "errored": 0 })),
+        "per_testing_criteria_results": or("per_testing_criteria_results", json!([])), "per_model_usage": or("per_model_usage", json!([])),
+        "error": or("error", json!({ "code": "", "message": "" })),
+        "revision": run.spec.get("revision"), "data_revision": run.spec.get("data_revision"), "revisions_used": summary.get("revisions"),
+    })
+}
+
+fn item_json(eval_id: &str, item: &OutputItem) -> Value {
+    let body = &item.body;
+    let mut sample = body.get("sample").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    // Every sample has the fields the client's type names, whatever the data gave.
+    let text = sample.get("output_text").and_then(Value::as_str).map(str::to_owned);
+    for (key, default) in [
+        ("input", json!([])),
+        ("output", json!(text.map(|t| vec![json!({ "role": "assistant", "content": t })]).unwrap_or_default())),
+        ("finish_reason", json!("")),
+        ("model", json!("")),
+        ("usage", json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0 })),
+        ("error", json!({ "code": "", "message": "" })),
+        ("temperature", json!(0.0)),
+        ("top_p", json!(1.0)),
+        ("seed", json!(0)),
+        ("max_completion_tokens", json!(0)),
+    ] {
+        if sample.get(key).is_none() {
+            sample[key] = default;
+        }
+    }
+    json!({
+        "object": "eval.run.output_item", "id": item.id, "run_id": item.run_id, "eval_id": eval_id, "created_at": unix(&item.created_at), "status": item.status,
+        "datasource_item_id": item.index, "datasource_item": body["datasource_item"], "results": body["results"], "sample": sample,
+    })
+}
+
+/// `POST /v1/evals`.
+pub(crate) async fn create_eval(State(state): State<AppState>, headers: HeaderMap, body: Result<Json<Value>, JsonRejection>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let body = body_of(body)?;
+    let checked = inference::prompt::off_async(move || spec::eval(&body)).await?;
+    let eval = Eval {
+        id: format!("eval_{}", inference::random_id()),
+        owner: String::new(),
+        name: checked.name,
+        data_source_config: checked.data_source_config,
+        testing_criteria: checked.testing_criteria,
+        metadata: checked.metadata,
+        created_at: String::new(),
+    };
+    let eval = state.hub.create_eval(&principal, eval).await?;
+    Ok(Json(eval_json(&eval)))
+}
+
+/// `GET /v1/evals`.
+pub(crate) async fn list_evals(State(state): State<AppState>, headers: HeaderMap, query: QueryResult) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let Query(query) = query.map_err(|err| OpenAiError::invalid(err.body_text(), None))?;
+    if query.status.is_some() {
+        return Err(OpenAiError::unsupported("status", "status on evals"));
+    }
+    let evals = state.hub.evals(&principal).await?;
+    page(evals.iter().map(eval_json).collect(), &query)
+}
+
+/// `GET /v1/evals/{eval_id}`.
+pub(crate) async fn get_eval(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    Ok(Json(eval_json(&state.hub.eval(&principal, &id).await?)))
+}
+
+/// `POST /v1/evals/{eval_id}`: name and metadata.
+pub(crate) async fn update_eval(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let body = body_of(body)?;
+    if let Some(key) = body.as_object().and_then(|o| o.keys().find(|k| !["name", "metadata"].contains(&k.as_str()))) {
+        return Err(OpenAiError::unsupported(key, &format!("updating {key}")));
+    }
+    let name = body.get("name").and_then(Value::as_str).map(str::to_owned);
+    let metadata = body.get("metadata").map(|m| spec::metadata(Some(m))).transpose()?;
+    Ok(Json(eval_json(&state.hub.update_eval(&principal, &id, name, metadata).await?)))
+}
+
+/// `DELETE /v1/evals/{eval_id}`.
+pub(crate) async fn delete_eval(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    state.hub.delete_eval(&principal, &id).await?;
+    Ok(Json(json!({ "object": "eval.deleted", "deleted": true, "eval_id": id })))
+}
+
+/// `POST /v1/evals/{eval_id}/runs`: checks the data source against the eval (every item must
+/// match its schema, the model must be one the caller may use), pins what it names (the hub
+/// file's commit, the model's revision), and queues the run.
+pub(crate) async fn create_run(State(state): State<AppState>, headers: HeaderMap, Path(eval_id): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let body = body_of(body)?;
+    if let Some(key) = body.as_object().and_then(|o| o.keys().find(|k| !["name", "data_source", "metadata"].contains(&k.as_str()))) {
+        return Err(OpenAiError::unsupported(key, key));
+    }
+    let eval = state.hub.eval(&principal, &eval_id).await?;
+    let mut data_source_json = body.get("data_source").cloned().ok_or_else(|| OpenAiError::invalid("data_source is required", Some("data_source")))?;
+    let data_source = spec::data_source(&data_source_json)?;
+    let mut spec_json = json!({ "metadata": spec::metadata(body.get("metadata"))? });
+    let items = match &data_source.source {
+        Source::Inline(items) => items.clone(),
+        Source::Hub { kind, repo, commit: revision, path } => {
+            let name = domain::ids::RepoName::parse(repo).map_err(|err| OpenAiError::invalid(err.to_string(), Some("data_source.source.id")))?;
+            let (commit, bytes) = state.hub.data_file(&principal, *kind, &name, revision, path).await?;
+            let items = crate::evals::runner::parse_jsonl(&bytes).map_err(|err| OpenAiError::invalid(format!("{path}: {err}"), Some("data_source.source.id")))?;
+            let prefix = if *kind == domain::ids::RepoKind::Model { "models/" } else { "datasets/" };
+            let pinned = format!("{prefix}{repo}@{commit}:{path}");
+            data_source_json["source"]["id"] = json!(pinned);
+            spec_json["data_revision"] = json!(pinned);
+            items
+        }
+    };
+    let schema = eval.data_source_config.pointer("/schema/properties/item").cloned().unwrap_or(json!({}));
+    let checked = inference::prompt::off_async(move || {
+        let validator = spec::validator(&schema).map_err(|err| OpenAiError::invalid(err, Some("data_source_config")))?;
+        for (i, (item, _)) in items.iter().enumerate() {
+            if let Err(err) = validator.validate(item) {
+                return Err(OpenAiError::invalid(format!("item {i} does not match the eval's item_schema: {err}"), Some("data_source.source")));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    checked?;
+    if let Some(completions) = &data_source.completions {
+        let deployment = state.hub.runnable_deployment(&principal, &completions.model).await.map_err(|_| OpenAiError::invalid(format!("the model {:?} does not exist or you do not have access to it", completions.model), Some("data_source.model")))?;
+        spec_json["model"] = json!(completions.model);
+        spec_json["revision"] = json!(format!("{}@{}", deployment.repo, deployment.commit.as_str()));
+    }
+    spec_json["data_source"] = data_source_json;
+    let name = body.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("run of {}", eval.name));
+    let run = EvalRun { id: format!("evalrun_{}", inference::random_id()), eval_id, owner: String::new(), token_id: 0, name, status: RunStatus::Queued, spec: spec_json, summary: json!({}), created_at: String::new() };
+    let run = state.hub.create_eval_run(&principal, run).await?;
+    state.eval_wake.notify_one();
+    Ok(Json(run_json(&run)))
+}
+
+/// `GET /v1/evals/{eval_id}/runs`.
+pub(crate) async fn list_runs(State(state): State<AppState>, headers: HeaderMap, Path(eval_id): Path<String>, query: QueryResult) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let Query(query) = query.map_err(|err| OpenAiError::invalid(err.body_text(), None))?;
+    let runs = state.hub.eval_runs(&principal, &eval_id).await?;
+    let wanted = query.status.as_deref().map(|s| RunStatus::parse(s).ok_or_else(|| OpenAiError::invalid("status must be queued, in_progress, completed, canceled or failed", Some("status")))).transpose()?;
+    page(runs.iter().filter(|r| wanted.is_none_or(|w| r.status == w)).map(run_json).collect(), &query)
+}
+
+/// `GET /v1/evals/{eval_id}/runs/{run_id}`.
+pub(crate) async fn get_run(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id)): Path<(String, String)>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    Ok(Json(run_json(&state.hub.eval_run(&principal, &eval_id, &run_id).await?)))
+}
+
+/// `POST /v1/evals/{eval_id}/runs/{run_id}`: cancels the run.
+pub(crate) async fn cancel_run(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id)): Path<(String, String)>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    Ok(Json(run_json(&state.hub.cancel_eval_run(&principal, &eval_id, &run_id).await?)))
+}
+
+/// `DELETE /v1/evals/{eval_id}/runs/{run_id}`.
+pub(crate) async fn delete_run(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id)): Path<(String, String)>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    state.hub.delete_eval_run(&principal, &eval_id, &run_id).await?;
+    Ok(Json(json!({ "object": "eval.run.deleted", "deleted": true, "run_id": run_id })))
+}
+
+/// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items`.
+pub(crate) async fn list_output_items(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id)): Path<(String, String)>, query: QueryResult) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let Query(query) = query.map_err(|err| OpenAiError::invalid(err.body_text(), None))?;
+    if let Some(status) = query.status.as_deref().filter(|s| !["pass", "fail", "error"].contains(s)) {
+        return Err(OpenAiError::invalid(format!("status must be pass, fail or error, not {status:?}"), Some("status")));
+    }
+    let items = state.hub.eval_output_items(&principal, &eval_id, &run_id).await?;
+    page(items.iter().filter(|i| query.status.as_deref().is_none_or(|s| i.status == s)).map(|i| item_json(&eval_id, i)).collect(), &query)
+}
+
+/// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}`.
+pub(crate) async fn get_output_item(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id, item_id)): Path<(String, String, String)>) -> Reply {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let items = state.hub.eval_output_items(&principal, &eval_id, &run_id).await?;
+    let item = items.iter().find(|i| i.id == item_id).ok_or_else(|| OpenAiError::from(domain::Error::NotFound(format!("no output item {item_id}"))))?;
+    Ok(Json(item_json(&eval_id, item)))
+}
