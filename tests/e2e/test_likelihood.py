@@ -102,6 +102,7 @@ def test_lm_eval_local_completions_scores_equal_mantles_own_logprobs(server, sco
     assert "remote tokenizer" in run.stderr.lower(), run.stderr[-4000:]
 
     results = json.load(open(glob.glob(str(out / "**" / "results_*.json"), recursive=True)[0]))["results"]
+    print("lm_eval results:", json.dumps(results, indent=1))
     samples = {}
     for path in glob.glob(str(out / "**" / "samples_*.jsonl"), recursive=True):
         task = "mantle_mc" if "mantle_mc" in os.path.basename(path) else "mantle_ppl"

@@ -16,11 +16,51 @@ async fn collect(mut generation: engine::Generation) -> String {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Done { .. } => return text,
-            Event::Logprobs(_) => {}
+            Event::Logprobs(_) | Event::PromptLogprobs { .. } => {}
             Event::Failed(err) => panic!("{err}"),
         }
     }
     panic!("stream ended without Done");
+}
+
+#[tokio::test]
+async fn a_scored_prompt_gives_the_logprobs_its_generation_had() {
+    let Some(models) = needed("MANTLE_MODELS") else { return };
+    let path = std::path::Path::new(&models).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let settings = LlamaSettings { context: 1024, max_batch: 1, threads: 2, max_step_tokens: 256 };
+    let runner = LlamaRunner::load(&path, &settings).unwrap();
+    let tokenizer = runner.tokenizer();
+    let prompt = tokenizer.encode(PROMPT);
+    let engine = Engine::start(Box::new(runner), EngineConfig { max_batch: 1, max_queue: 2, prefill_chunk: 64, max_step_tokens: 256 });
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    // Generate greedily with each token's log probability...
+    let mut generation = engine.generate(GenerateRequest { prompt: prompt.clone(), params: greedy.clone(), max_tokens: 12, stop: Vec::new(), logprobs: Some(1), constraint: None, prompt_logprobs: None }).unwrap();
+    let mut generated = Vec::new();
+    while let Some(event) = generation.next().await {
+        match event {
+            Event::Logprobs(list) => generated.extend(list),
+            Event::Failed(err) => panic!("{err}"),
+            _ => {}
+        }
+    }
+    // ...then score prompt and answer as one prompt (chunks of 64 through the all-logits path):
+    // the answer's tokens get the same log probabilities.
+    let whole: Vec<u32> = prompt.iter().copied().chain(generated.iter().map(|e| e.token)).collect();
+    let mut scoring = engine.generate(GenerateRequest { prompt: whole.clone(), params: greedy, max_tokens: 0, stop: Vec::new(), logprobs: Some(1), constraint: None, prompt_logprobs: Some(1) }).unwrap();
+    let scored = loop {
+        match scoring.next().await.unwrap() {
+            Event::PromptLogprobs { scored, .. } => break scored,
+            Event::Failed(err) => panic!("{err}"),
+            _ => {}
+        }
+    };
+    assert_eq!(scored.len(), whole.len() - 1);
+    for (entry, sampled) in scored[prompt.len() - 1..].iter().zip(&generated) {
+        assert_eq!(entry.token, sampled.token);
+        // Greedy: the token was the likeliest, and the batched prefill agrees with decoding.
+        assert_eq!(entry.top[0].token, sampled.token);
+        assert!((entry.logprob - sampled.logprob).abs() < 0.02, "{} vs {}", entry.logprob, sampled.logprob);
+    }
 }
 
 #[tokio::test]

@@ -140,7 +140,7 @@ async fn process(state: &AppState, run: EvalRun) {
     match execute(state, &run).await {
         Ok(Some(summary)) => finish(state, &run, RunStatus::Completed, &summary).await,
         Ok(None) => tracing::info!("the run was canceled or deleted; stopped"),
-        Err((summary, _)) => finish(state, &run, RunStatus::Failed, &summary).await,
+        Err(summary) => finish(state, &run, RunStatus::Failed, &summary).await,
     }
 }
 
@@ -153,10 +153,10 @@ async fn finish(state: &AppState, run: &EvalRun, status: RunStatus, summary: &Va
 
 /// Runs the items; `Ok(None)` when the run was canceled or deleted meanwhile, `Err` with the
 /// failed run's summary when the run as a whole cannot go on.
-async fn execute(state: &AppState, run: &EvalRun) -> Result<Option<Value>, (Value, ())> {
+async fn execute(state: &AppState, run: &EvalRun) -> Result<Option<Value>, Value> {
     let fail = |code: &str, message: String| {
         tracing::warn!("the run failed: {message}");
-        (Tally::default().summary(&[], Some((code, message))), ())
+        Tally::default().summary(&[], Some((code, message)))
     };
     let eval = match state.hub.eval_of_run(run).await {
         Ok(Some(eval)) => eval,

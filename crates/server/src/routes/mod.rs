@@ -85,6 +85,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/evals/{eval_id}", get(openai::evals::get_eval).post(openai::evals::update_eval).delete(openai::evals::delete_eval))
         .route("/v1/evals/{eval_id}/runs", post(openai::evals::create_run).get(openai::evals::list_runs))
         .route("/v1/evals/{eval_id}/runs/{run_id}", get(openai::evals::get_run).post(openai::evals::cancel_run).delete(openai::evals::delete_run))
+        .route("/v1/evals/{eval_id}/runs/{run_id}/cancel", post(openai::evals::cancel_run))
         .route("/v1/evals/{eval_id}/runs/{run_id}/output_items", get(openai::evals::list_output_items))
         .route("/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}", get(openai::evals::get_output_item))
         .route("/tokenize", post(openai::tokenize))

@@ -196,7 +196,7 @@ async fn bad_evals_and_runs_are_refused_naming_the_field_and_a_canceled_run_stay
 
     let reply = server.json("POST", &runs, Some(&token), json!({ "data_source": { "type": "jsonl", "source": { "type": "file_content", "content": [{ "item": { "question": "q", "answer": "a" }, "sample": { "output_text": "a" } }] } } })).await;
     let run_id = reply.json()["id"].as_str().unwrap().to_owned();
-    let canceled = server.json("POST", &format!("{runs}/{run_id}"), Some(&token), json!(null)).await;
+    let canceled = server.json("POST", &format!("{runs}/{run_id}/cancel"), Some(&token), json!(null)).await;
     assert_eq!(canceled.json()["status"], "canceled");
     assert_eq!(server::evals::run_pending(&server.state).await.unwrap(), 0);
     assert_eq!(server.get(&format!("{runs}?status=canceled"), Some(&token)).await.json()["data"][0]["id"], run_id);

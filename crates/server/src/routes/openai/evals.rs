@@ -227,7 +227,8 @@ pub(crate) async fn get_run(State(state): State<AppState>, headers: HeaderMap, P
     Ok(Json(run_json(&state.hub.eval_run(&principal, &eval_id, &run_id).await?)))
 }
 
-/// `POST /v1/evals/{eval_id}/runs/{run_id}`: cancels the run.
+/// `POST /v1/evals/{eval_id}/runs/{run_id}/cancel` (what the client calls; also the run's own
+/// path, as the API reference gives it): cancels the run.
 pub(crate) async fn cancel_run(State(state): State<AppState>, headers: HeaderMap, Path((eval_id, run_id)): Path<(String, String)>) -> Reply {
     let principal = inference::authenticate(&state, &headers).await?;
     Ok(Json(run_json(&state.hub.cancel_eval_run(&principal, &eval_id, &run_id).await?)))
