@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import textwrap
+import time
 import urllib.request
 
 import pytest
@@ -150,3 +151,30 @@ def test_lm_eval_local_completions_scores_equal_mantles_own_logprobs(server, sco
     assert results["mantle_ppl"]["byte_perplexity,none"] == pytest.approx(math.exp(-total_ll / size), rel=1e-6)
     # A real model reads plain English far better than chance over its vocabulary.
     assert results["mantle_ppl"]["word_perplexity,none"] < 1000
+
+    # Mantle's own likelihood graders (an eval run) agree with lm_eval on the same model and data.
+    import openai
+
+    api = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=token)
+    created = api.evals.create(
+        name="likelihood",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[
+            {"type": "perplexity", "name": "ppl", "model": name, "input": "{{item.text}}", "unit": "word"},
+            {"type": "multiple_choice", "name": "mc", "model": name, "input": "{{item.question}}", "choices": "{{item.choices}}", "answer": "{{item.answer}}"},
+        ],
+    )
+    content = [{"item": {"text": t["text"], **q}} for t, q in zip(TEXTS * 2, QUESTIONS)]
+    run = api.evals.runs.create(created.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}})
+    for _ in range(600):
+        run = api.evals.runs.retrieve(run.id, eval_id=created.id)
+        if run.status in ("completed", "failed"):
+            break
+        time.sleep(0.5)
+    assert run.status == "completed" and run.result_counts.errored == 0, run
+    ppl, mc = run.per_testing_criteria_results
+    # Each text twice: the same perplexity as over the texts once.
+    assert ppl.model_extra["perplexity"] == pytest.approx(results["mantle_ppl"]["word_perplexity,none"], rel=1e-4)
+    assert mc.model_extra["acc"] == pytest.approx(results["mantle_mc"]["acc,none"])
+    assert mc.model_extra["acc_norm"] == pytest.approx(results["mantle_mc"]["acc_norm,none"])
+    print("Mantle's graders:", ppl.model_dump(), mc.model_dump())

@@ -281,3 +281,64 @@ pub struct SetQuota {
     #[serde(default)]
     pub tokens_per_month: Option<u64>,
 }
+
+/// A release route: the name clients put in `model`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Route {
+    pub name: String,
+    /// The deployment that answers callers not on the canary.
+    pub stable: String,
+    /// The deployment being tried, if any.
+    pub canary: Option<String>,
+    /// The share of callers (percent) the canary answers; each caller stays on its side.
+    pub canary_percent: u8,
+    pub updated_at: String,
+}
+
+/// Why a route changes and what the change rests on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteNote {
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Eval runs whose results justify the change; their results are kept in the history.
+    #[serde(default)]
+    pub eval_runs: Vec<String>,
+}
+
+/// `PUT /api/admin/routes/{name}`: create a route, or point it at one deployment.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRoute {
+    pub stable: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub eval_runs: Vec<String>,
+}
+
+/// `POST /api/admin/routes/{name}/canary`: send a share of the callers to a deployment.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRoute {
+    pub deployment: String,
+    /// 1 to 99.
+    pub percent: u8,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub eval_runs: Vec<String>,
+}
+
+/// One change of a route: who, when, from which deployments and revisions to which, why, and
+/// the evidence.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RouteChange {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub from: serde_json::Value,
+    pub to: serde_json::Value,
+    pub reason: String,
+    pub evidence: serde_json::Value,
+}

@@ -61,6 +61,11 @@ impl Client {
         let response = self.send(self.request(reqwest::Method::DELETE, path)).await?;
         response.json().await.context("read the JSON response")
     }
+
+    pub(crate) async fn delete_json_with<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let response = self.send(self.request(reqwest::Method::DELETE, path).json(body)).await?;
+        response.json().await.context("read the JSON response")
+    }
 }
 
 /// Turns a non-success response into an error carrying the server's message.

@@ -2,6 +2,7 @@
 //! running server (`--url`/`MANTLE_URL`, `--token`/`MANTLE_TOKEN`).
 
 mod client;
+mod routes;
 mod scan;
 mod transfer;
 
@@ -148,6 +149,9 @@ enum Command {
     },
     /// List deployments.
     Deployments,
+    /// Release routes: the names clients call, with canaries, promotions, rollbacks and history.
+    #[command(subcommand)]
+    Routes(routes::RouteCommand),
     /// Quotas per token, per user or per org: requests and tokens per minute, tokens per month.
     #[command(subcommand)]
     Quotas(QuotaCommand),
@@ -525,6 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{:<20} {}@{}  {}  context={} max_batch={} threads={}{sampling}  {resident}", d.name, d.repo, &d.commit[..12], d.file, d.context, d.max_batch, d.threads);
             }
         }
+        Command::Routes(command) => routes::run(&client()?, command).await?,
         Command::Undeploy { name } => {
             let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/deployments/{}", client::encode(&name))).await?;
             println!("undeployed {name}");

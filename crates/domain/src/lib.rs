@@ -13,6 +13,7 @@ pub mod ids;
 pub mod meta;
 pub mod quota;
 pub mod repo;
+pub mod routes;
 mod system;
 pub mod vetting;
 pub mod xet;

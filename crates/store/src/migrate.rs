@@ -29,6 +29,7 @@ const SQLITE: &[Script] = &[
     (6, "hardening", include_str!("../migrations/sqlite/0006_hardening.sql")),
     (7, "xet", include_str!("../migrations/sqlite/0007_xet.sql")),
     (8, "evals", include_str!("../migrations/sqlite/0008_evals.sql")),
+    (9, "routes", include_str!("../migrations/sqlite/0009_routes.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -39,6 +40,7 @@ const POSTGRES: &[Script] = &[
     (6, "hardening", include_str!("../migrations/postgres/0006_hardening.sql")),
     (7, "xet", include_str!("../migrations/postgres/0007_xet.sql")),
     (8, "evals", include_str!("../migrations/postgres/0008_evals.sql")),
+    (9, "routes", include_str!("../migrations/postgres/0009_routes.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -11,6 +11,9 @@ impl Hub {
         let (name, repo_name, revision, file) = (name.as_str(), &repo_name, revision.as_str(), file.as_deref());
         let admin = principal.site_admin()?;
         AccountName::parse(name).map_err(|_| Error::invalid(format!("invalid deployment name {name:?}: letters, digits, '-', '_' and '.'")))?;
+        if self.meta.get_route(name).await?.is_some() {
+            return Err(Error::conflict(format!("{name} is a route; a deployment needs a name of its own")));
+        }
         if settings.context == 0 || settings.context > 1 << 20 || settings.max_batch == 0 || settings.max_batch > 1024 || settings.threads == 0 || settings.threads > 256 {
             return Err(Error::invalid("context must be 1..=1048576, max_batch 1..=1024 and threads 1..=256"));
         }
@@ -128,6 +131,10 @@ impl Hub {
     /// Removes a deployment (site admin).
     pub async fn undeploy(&self, principal: &Principal, name: &str) -> Result<()> {
         let admin = principal.site_admin()?;
+        // Not under a route: its callers would be left without a model.
+        if let Some(route) = self.meta.list_routes().await?.into_iter().find(|r| r.stable == name || r.canary.as_ref().is_some_and(|(c, _)| c == name)) {
+            return Err(Error::conflict(format!("route {} points at {name}; move the route first", route.name)));
+        }
         let event = AuditEvent::new(&admin.name, "deployment.delete", format!("deployment:{name}"), json!({}));
         self.meta.delete_deployment(name, event).await
     }

@@ -22,6 +22,8 @@ mod evals;
 pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
 mod repos;
+mod routes;
+pub use routes::ChangeNote;
 mod vetting;
 mod xet;
 

@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 use super::grade;
-use super::spec::{self, Completions, Grader, Sampling, Source, TemplateMessage};
+use super::spec::{self, Completions, Grader, Sampling, Source, TemplateMessage, Unit};
 use crate::inference::{self, GenerationRequest, InferenceError, Input};
 use crate::AppState;
 
@@ -58,6 +58,16 @@ pub async fn run_pending(state: &AppState) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// A likelihood grader's totals.
+#[derive(Clone, Default)]
+struct Likelihood {
+    loglikelihood: f64,
+    units: f64,
+    acc: u64,
+    acc_norm: u64,
+    choices: u64,
+}
+
 /// What a run has counted so far.
 #[derive(Default)]
 struct Tally {
@@ -67,6 +77,9 @@ struct Tally {
     errored: u64,
     /// Per grader: passed, failed, scores.
     criteria: BTreeMap<String, (u64, u64, Vec<f64>)>,
+    /// Per likelihood grader: log-likelihood and units summed (perplexity), and multiple-choice
+    /// hits (acc, acc_norm) over items.
+    likelihood: BTreeMap<String, Likelihood>,
     /// Per model: invocations, prompt and completion tokens.
     usage: BTreeMap<String, (u64, u64, u64)>,
     revisions: BTreeMap<String, String>,
@@ -91,6 +104,18 @@ impl Tally {
             if let Some(score) = result["score"].as_f64() {
                 entry.2.push(score);
             }
+            let sample = &result["sample"];
+            if let (Some(ll), Some(units)) = (sample["loglikelihood"].as_f64(), sample["units"].as_f64()) {
+                let totals = self.likelihood.entry(result["name"].as_str().unwrap_or_default().to_owned()).or_default();
+                totals.loglikelihood += ll;
+                totals.units += units;
+            }
+            if let (Some(acc), Some(acc_norm)) = (sample["acc"].as_f64(), sample["acc_norm"].as_f64()) {
+                let totals = self.likelihood.entry(result["name"].as_str().unwrap_or_default().to_owned()).or_default();
+                totals.acc += u64::from(acc > 0.5);
+                totals.acc_norm += u64::from(acc_norm > 0.5);
+                totals.choices += 1;
+            }
         }
         for call in item.body["usage_by_model"].as_array().into_iter().flatten() {
             let model = call["model"].as_str().unwrap_or_default().to_owned();
@@ -114,6 +139,20 @@ impl Tally {
                 if let Some((mean, low, high)) = grade::mean_interval(&scores) {
                     result["mean_score"] = json!(mean);
                     result["mean_score_ci95"] = json!([low, high]);
+                }
+                if let Some(totals) = self.likelihood.get(grader.name()) {
+                    if totals.units > 0.0 {
+                        // Over the whole data, as perplexity is reported: not a mean of per-item values.
+                        result["perplexity"] = json!((-totals.loglikelihood / totals.units).exp());
+                        result["loglikelihood"] = json!(totals.loglikelihood);
+                    }
+                    if totals.choices > 0 {
+                        let n = totals.choices as f64;
+                        result["acc"] = json!(totals.acc as f64 / n);
+                        result["acc_ci95"] = json!(grade::wilson(totals.acc, totals.choices));
+                        result["acc_norm"] = json!(totals.acc_norm as f64 / n);
+                        result["acc_norm_ci95"] = json!(grade::wilson(totals.acc_norm, totals.choices));
+                    }
                 }
                 result
             })
@@ -336,7 +375,129 @@ async fn run_grader(state: &AppState, principal: &Principal, grader: &Grader, it
             let score = answer["score"].as_f64().filter(|s| (range.0..=range.1).contains(s)).ok_or("the judge gave no score within the range")?;
             (score, score >= *pass_threshold, Some(json!({ "output_text": turn.text })))
         }
+        Grader::Perplexity { model, input, unit, pass_threshold, .. } => {
+            let text = grade::render(input, item, sample)?;
+            let scored = score_text(state, principal, model, &text).await?;
+            record_usage(body, model, &scored.turn);
+            let units = match unit {
+                Unit::Token => scored.tokens,
+                Unit::Word => text.split_whitespace().count(),
+                Unit::Byte => text.len(),
+            };
+            if units == 0 {
+                return Err("the text to score is empty".into());
+            }
+            let perplexity = (-scored.loglikelihood / units as f64).exp();
+            let passed = pass_threshold.is_none_or(|t| perplexity <= t);
+            (perplexity, passed, Some(json!({ "loglikelihood": scored.loglikelihood, "units": units, "tokens": scored.tokens, "perplexity": perplexity })))
+        }
+        Grader::MultipleChoice { model, input, choices, answer, normalized, .. } => {
+            let context = grade::render(input, item, sample)?;
+            let choices = choice_list(&grade::render(choices, item, sample)?)?;
+            let answer = grade::render(answer, item, sample)?;
+            let gold = answer.trim().parse::<usize>().ok().filter(|i| *i < choices.len()).or_else(|| choices.iter().position(|c| *c == answer)).ok_or_else(|| format!("the answer {answer:?} is neither an index nor one of the choices"))?;
+            let (lls, turn) = score_choices(state, principal, model, &context, &choices).await?;
+            record_usage(body, model, &turn);
+            let best = |key: &dyn Fn(usize) -> f64| (0..lls.len()).max_by(|a, b| key(*a).total_cmp(&key(*b))).unwrap_or(0);
+            let acc = best(&|i| lls[i]);
+            // lm-evaluation-harness's acc_norm: per character of the continuation (" " + choice).
+            let acc_norm = best(&|i| lls[i] / (choices[i].chars().count() + 1) as f64);
+            let chosen = if *normalized { acc_norm } else { acc };
+            let passed = chosen == gold;
+            (if passed { 1.0 } else { 0.0 }, passed, Some(json!({ "loglikelihoods": lls, "chosen": chosen, "gold": gold, "acc": f64::from(u8::from(acc == gold)), "acc_norm": f64::from(u8::from(acc_norm == gold)) })))
+        }
     })
+}
+
+/// A multiple-choice grader's rendered `choices`: a JSON list of strings.
+fn choice_list(text: &str) -> Result<Vec<String>, String> {
+    let list: Vec<Value> = serde_json::from_str(text).map_err(|_| format!("choices must render to a JSON list of strings, not {text:?}"))?;
+    let choices: Vec<String> = list
+        .into_iter()
+        .map(|c| match c {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .collect();
+    if choices.len() < 2 || choices.len() > 32 {
+        return Err("multiple choice needs 2 to 32 choices".into());
+    }
+    Ok(choices)
+}
+
+/// A text's log-likelihood under a model.
+struct Scored {
+    loglikelihood: f64,
+    tokens: usize,
+    turn: Turn,
+}
+
+/// Scores every token of `text`: disjoint windows of up to a context length each, every window
+/// after the model's prefix token or the last token of the window before it.
+async fn score_text(state: &AppState, principal: &Principal, model: &str, text: &str) -> Result<Scored, String> {
+    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    let tokens = inference::tokenize(&target, inference::TokenizeInput::Text { text: text.to_owned(), add_special: false }).await.map_err(|err| err.to_string())?;
+    let prefix = inference::prefix_token(&target).map_err(|err| err.to_string())?;
+    let window = inference::context_length(&target).map_err(|err| err.to_string())?.saturating_sub(1).max(1);
+    let prompts: Vec<Vec<engine::Token>> = tokens.chunks(window).enumerate().map(|(k, chunk)| std::iter::once(if k == 0 { prefix } else { tokens[k * window - 1] }).chain(chunk.iter().copied()).collect()).collect();
+    let mut loglikelihood = 0.0;
+    let mut turn = Turn { text: String::new(), finish_reason: "length", prompt_tokens: 0, completion_tokens: 0, revision: target.served.revision.clone() };
+    // At most 64 windows a request: the inference service's limit on prompts.
+    for batch in prompts.chunks(64) {
+        let (scores, used) = score(state, principal, model, batch.to_vec()).await?;
+        loglikelihood += scores.iter().flatten().map(|l| f64::from(*l)).sum::<f64>();
+        turn.prompt_tokens += used.prompt_tokens;
+    }
+    Ok(Scored { loglikelihood, tokens: tokens.len(), turn })
+}
+
+/// The log-likelihood of each choice as the continuation of `context` (after a space), split as
+/// lm-evaluation-harness splits it: the context's tokens, then the rest of the tokens of both.
+async fn score_choices(state: &AppState, principal: &Principal, model: &str, context: &str, choices: &[String]) -> Result<(Vec<f64>, Turn), String> {
+    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    // Without special tokens, as the harness encodes; an empty context gets the prefix token.
+    let encode = |text: String| inference::tokenize(&target, inference::TokenizeInput::Text { text, add_special: false });
+    let mut context_tokens = encode(context.to_owned()).await.map_err(|err| err.to_string())?.len();
+    let prefix = (context_tokens == 0).then(|| inference::prefix_token(&target)).transpose().map_err(|err| err.to_string())?;
+    context_tokens += usize::from(prefix.is_some());
+    let mut prompts = Vec::with_capacity(choices.len());
+    let mut starts = Vec::with_capacity(choices.len());
+    for choice in choices {
+        let whole: Vec<engine::Token> = prefix.into_iter().chain(encode(format!("{context} {choice}")).await.map_err(|err| err.to_string())?).collect();
+        // At least one continuation token, and one before it to condition on.
+        starts.push(context_tokens.clamp(1, whole.len().saturating_sub(1).max(1)));
+        prompts.push(whole);
+    }
+    let (scores, turn) = score(state, principal, model, prompts).await?;
+    // `scores[i][j]` is the log probability of token j + 1 of prompt i.
+    let lls = scores.iter().zip(&starts).map(|(scored, start)| scored.iter().skip(start - 1).map(|l| f64::from(*l)).sum()).collect();
+    Ok((lls, turn))
+}
+
+/// The prompt log probabilities of token-id prompts (each prompt's tokens after its first), in
+/// one request with `echo` and nothing generated.
+async fn score(state: &AppState, principal: &Principal, model: &str, prompts: Vec<Vec<engine::Token>>) -> Result<(Vec<Vec<f32>>, Turn), String> {
+    let request = GenerationRequest {
+        api: "evals.run",
+        input: Input::Tokens(prompts),
+        sampling: crate::inference::Sampling { temperature: Some(0.0), ..Default::default() },
+        fallback: engine::SamplingParams::default(),
+        max_tokens: Some(0),
+        clip_to_context: false,
+        stop: Vec::new(),
+        n: 1,
+        logprobs: Some(0),
+        echo: true,
+        constraint: None,
+        tools: None,
+    };
+    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    let revision = target.served.revision.clone();
+    let answer = inference::generate(state, principal, &target, request).await.map_err(|err| err.to_string())?;
+    let collected = answer.collect().await?;
+    let scores =
+        collected.choices.into_iter().map(|choice| choice.prompt.and_then(|(_, scores)| scores).map(|(_, scored)| scored.into_iter().map(|e| e.logprob).collect()).ok_or("the model gave no prompt scores")).collect::<Result<Vec<Vec<f32>>, _>>()?;
+    Ok((scores, Turn { text: String::new(), finish_reason: "length", prompt_tokens: collected.prompt_tokens, completion_tokens: 0, revision }))
 }
 
 fn render_messages(template: &[TemplateMessage], item: &Value, sample: &Value) -> Result<Vec<Value>, String> {

@@ -147,12 +147,39 @@ pub(crate) enum Grader {
         pass_threshold: f64,
         sampling: Sampling,
     },
+    /// Mantle's: the perplexity of a text under a served model, from its log-likelihood (every
+    /// token scored, in disjoint windows as lm-evaluation-harness's `loglikelihood_rolling`).
+    Perplexity {
+        name: String,
+        model: String,
+        input: String,
+        unit: Unit,
+        pass_threshold: Option<f64>,
+    },
+    /// Mantle's: multiple choice by log-likelihood: the choice the model finds likeliest after
+    /// the context (`acc`), or likeliest per character (`acc_norm`), against the answer.
+    MultipleChoice {
+        name: String,
+        model: String,
+        input: String,
+        choices: String,
+        answer: String,
+        normalized: bool,
+    },
+}
+
+/// What a perplexity is counted per.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Token,
+    Word,
+    Byte,
 }
 
 impl Grader {
     pub(crate) fn name(&self) -> &str {
         match self {
-            Grader::StringCheck { name, .. } | Grader::TextSimilarity { name, .. } | Grader::LabelModel { name, .. } | Grader::ScoreModel { name, .. } => name,
+            Grader::StringCheck { name, .. } | Grader::TextSimilarity { name, .. } | Grader::LabelModel { name, .. } | Grader::ScoreModel { name, .. } | Grader::Perplexity { name, .. } | Grader::MultipleChoice { name, .. } => name,
         }
     }
 
@@ -162,6 +189,8 @@ impl Grader {
             Grader::TextSimilarity { .. } => "text_similarity",
             Grader::LabelModel { .. } => "label_model",
             Grader::ScoreModel { .. } => "score_model",
+            Grader::Perplexity { .. } => "perplexity",
+            Grader::MultipleChoice { .. } => "multiple_choice",
         }
     }
 }
@@ -223,8 +252,38 @@ pub(crate) fn grader(value: &Value, param: &str) -> Result<Grader, OpenAiError> 
             let sampling = sampling(value.get("sampling_params"), &format!("{param}.sampling_params"))?;
             Ok(Grader::ScoreModel { name, model: string(value, "model", param)?.to_owned(), input: messages(value.get("input"), &format!("{param}.input"))?, range, pass_threshold, sampling })
         }
+        "perplexity" => {
+            only(value, &["type", "name", "model", "input", "unit", "pass_threshold"], param)?;
+            let unit = match value.get("unit").and_then(Value::as_str).unwrap_or("token") {
+                "token" => Unit::Token,
+                "word" => Unit::Word,
+                "byte" => Unit::Byte,
+                other => return Err(invalid(format!("{param}.unit {other:?} is not one of token, word, byte"), &format!("{param}.unit"))),
+            };
+            let pass_threshold = match value.get("pass_threshold") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_f64().filter(|t| *t >= 1.0).ok_or_else(|| invalid(format!("{param}.pass_threshold must be a perplexity (at least 1)"), &format!("{param}.pass_threshold")))?),
+            };
+            Ok(Grader::Perplexity { name, model: string(value, "model", param)?.to_owned(), input: string(value, "input", param)?.to_owned(), unit, pass_threshold })
+        }
+        "multiple_choice" => {
+            only(value, &["type", "name", "model", "input", "choices", "answer", "normalize"], param)?;
+            let normalized = match value.get("normalize").and_then(Value::as_str).unwrap_or("none") {
+                "none" => false,
+                "chars" => true,
+                other => return Err(invalid(format!("{param}.normalize {other:?} is not one of none, chars"), &format!("{param}.normalize"))),
+            };
+            Ok(Grader::MultipleChoice {
+                name,
+                model: string(value, "model", param)?.to_owned(),
+                input: string(value, "input", param)?.to_owned(),
+                choices: string(value, "choices", param)?.to_owned(),
+                answer: string(value, "answer", param)?.to_owned(),
+                normalized,
+            })
+        }
         "python" | "multi" => Err(OpenAiError::unsupported(&format!("{param}.type"), &format!("{kind} graders (Mantle runs no caller code)"))),
-        other => Err(invalid(format!("{param}.type {other:?} is not one of string_check, text_similarity, label_model, score_model"), &format!("{param}.type"))),
+        other => Err(invalid(format!("{param}.type {other:?} is not one of string_check, text_similarity, label_model, score_model, perplexity, multiple_choice"), &format!("{param}.type"))),
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) use error::InferenceError;
 pub(crate) use generate::{generate, Answer, Finish, Output};
 pub(crate) use request::{GenerationRequest, Input, Sampling};
 pub(crate) use residency::{apply_keep_alive, KeepAlive};
-pub(crate) use tokenize::{detokenize, resolve_named_or_only, tokenize, tokenizer_info, TokenizeInput};
+pub(crate) use tokenize::{context_length, detokenize, prefix_token, resolve_named_or_only, tokenize, tokenizer_info, TokenizeInput};
 
 use crate::runtime::{Backend, Served};
 use crate::AppState;
@@ -71,18 +71,20 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
 /// (undeployed, perhaps by another replica) is unloaded here.
 pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str) -> Result<Target, InferenceError> {
     let started = Instant::now();
-    match state.hub.runnable_deployment(principal, name).await {
-        Ok(deployment) => {
-            let served = state.runtime.get(&state.hub, deployment).await?;
-            Ok(Target { served, load: started.elapsed() })
-        }
-        Err(err) => {
-            if matches!(err, domain::Error::NotFound(_)) {
+    let deployment = match state.hub.runnable_deployment(principal, name).await {
+        Ok(deployment) => deployment,
+        Err(err) if matches!(err, domain::Error::NotFound(_)) => match state.hub.route_target(principal, name).await? {
+            // A release route: the deployment the caller's sticky bucket falls on.
+            Some(deployment) => deployment,
+            None => {
                 state.runtime.unload(name);
+                return Err(err.into());
             }
-            Err(err.into())
-        }
-    }
+        },
+        Err(err) => return Err(err.into()),
+    };
+    let served = state.runtime.get(&state.hub, deployment).await?;
+    Ok(Target { served, load: started.elapsed() })
 }
 
 /// A random identifier (24 letters and digits) for response and call ids.

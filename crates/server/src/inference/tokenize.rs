@@ -11,10 +11,12 @@ use super::{prompt, InferenceError, Target};
 use crate::runtime::Backend;
 use crate::AppState;
 
-/// Text longer than this many bytes per context position is refused, as for prompts.
-const MAX_BYTES_PER_TOKEN: usize = 32;
-/// Token lists longer than this many context lengths are refused.
-const MAX_CONTEXTS_TO_DECODE: usize = 4;
+/// The longest text tokenized in one request. Unlike a prompt, a text to tokenize may be longer
+/// than the context (harnesses tokenize whole documents, then score them in windows);
+/// tokenizing is linear in the text, and runs on the blocking pool.
+const MAX_TOKENIZE_BYTES: usize = 8 * 1024 * 1024;
+/// The most token ids decoded in one request.
+const MAX_DECODE_TOKENS: usize = 1 << 21;
 
 /// What to tokenize.
 pub(crate) enum TokenizeInput {
@@ -57,11 +59,10 @@ fn engine(target: &Target) -> Result<&Engine, InferenceError> {
 /// The tokens of `input`.
 pub(crate) async fn tokenize(target: &Target, input: TokenizeInput) -> Result<Vec<Token>, InferenceError> {
     let engine = engine(target)?.clone();
-    let n_ctx = engine.info().n_ctx;
     match input {
         TokenizeInput::Text { text, add_special } => {
-            if text.len() > n_ctx.saturating_mul(MAX_BYTES_PER_TOKEN) {
-                return Err(InferenceError::context_exceeded("prompt", format!("the text has {} bytes, more than a context of {n_ctx} tokens can hold", text.len())));
+            if text.len() > MAX_TOKENIZE_BYTES {
+                return Err(InferenceError::invalid(format!("the text has {} bytes; at most {MAX_TOKENIZE_BYTES} are tokenized at once", text.len()), Some("prompt")));
             }
             Ok(prompt::off_async(move || engine.tokenizer().encode_special(&text, add_special)).await)
         }
@@ -77,9 +78,9 @@ pub(crate) async fn tokenize(target: &Target, input: TokenizeInput) -> Result<Ve
 /// The text `tokens` stand for, special tokens spelled out.
 pub(crate) async fn detokenize(target: &Target, tokens: Vec<Token>) -> Result<String, InferenceError> {
     let engine = engine(target)?.clone();
-    let (n_vocab, n_ctx) = (engine.info().n_vocab, engine.info().n_ctx);
-    if tokens.len() > n_ctx.saturating_mul(MAX_CONTEXTS_TO_DECODE) {
-        return Err(InferenceError::invalid(format!("tokens holds {} ids, more than {MAX_CONTEXTS_TO_DECODE} contexts of {n_ctx}", tokens.len()), Some("tokens")));
+    let n_vocab = engine.info().n_vocab;
+    if tokens.len() > MAX_DECODE_TOKENS {
+        return Err(InferenceError::invalid(format!("tokens holds {} ids; at most {MAX_DECODE_TOKENS} are decoded at once", tokens.len()), Some("tokens")));
     }
     if let Some(bad) = tokens.iter().find(|t| **t as usize >= n_vocab) {
         return Err(InferenceError::invalid(format!("token {bad} is outside the vocabulary of {n_vocab}"), Some("tokens")));
@@ -94,4 +95,16 @@ pub(crate) fn tokenizer_info(target: &Target) -> Result<TokenizerInfo, Inference
     let info = engine.info();
     let spell = |token: Token| Some(String::from_utf8_lossy(&engine.tokenizer().decode(&[token])).into_owned()).filter(|text| !text.is_empty());
     Ok(TokenizerInfo { tokenizer_class: info.backend.clone(), eos_token: spell(info.eos), bos_token: info.bos.and_then(spell), chat_template: target.served.chat.as_ref().map(|chat| chat.source.clone()), model_max_length: info.n_ctx })
+}
+
+/// The token put before a text scored whole (its BOS, else its EOS), as lm-evaluation-harness's
+/// rolling log-likelihood does, so the text's first token is scored too.
+pub(crate) fn prefix_token(target: &Target) -> Result<Token, InferenceError> {
+    let info = engine(target)?.info();
+    Ok(info.bos.unwrap_or(info.eos))
+}
+
+/// The tokens one sequence may hold.
+pub(crate) fn context_length(target: &Target) -> Result<usize, InferenceError> {
+    Ok(engine(target)?.info().n_ctx)
 }

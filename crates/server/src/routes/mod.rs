@@ -8,6 +8,7 @@ mod lfs;
 mod ollama;
 pub(crate) mod openai;
 mod openapi;
+mod release;
 mod repos;
 mod tree;
 mod vetting;
@@ -60,6 +61,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/gc", post(admin::gc))
         .route("/api/admin/deployments", get(admin::list_deployments).post(admin::create_deployment))
         .route("/api/admin/deployments/{name}", delete(admin::delete_deployment))
+        .route("/api/admin/routes", get(release::list_routes))
+        .route("/api/admin/routes/{name}", get(release::get_route).put(release::set_route).delete(release::delete_route))
+        .route("/api/admin/routes/{name}/canary", post(release::canary_route))
+        .route("/api/admin/routes/{name}/promote", post(release::promote_route))
+        .route("/api/admin/routes/{name}/rollback", post(release::rollback_route))
+        .route("/api/admin/routes/{name}/history", get(release::route_history))
         .route("/api/admin/audit", get(admin::export_audit))
         .route("/api/usage", get(admin::usage))
         .route("/api/admin/quotas", get(admin::list_quotas))

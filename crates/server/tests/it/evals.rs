@@ -207,3 +207,47 @@ async fn bad_evals_and_runs_are_refused_naming_the_field_and_a_canceled_run_stay
     assert_eq!(server.get(&format!("/v1/evals/{eval_id}"), Some(&reader)).await.status, StatusCode::OK);
     assert_eq!(server.json("POST", "/v1/evals", Some(&reader), qa_eval()).await.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn likelihood_graders_score_perplexity_and_multiple_choice_from_the_models_own_logprobs() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let eval = create(
+        &server,
+        &token,
+        json!({
+            "name": "likelihood",
+            "data_source_config": { "type": "custom", "item_schema": { "type": "object" } },
+            "testing_criteria": [
+                { "type": "perplexity", "name": "ppl", "model": "tiny", "input": "{{item.text}}", "unit": "byte" },
+                { "type": "multiple_choice", "name": "mc", "model": "tiny", "input": "{{item.q}}", "choices": "{{item.choices}}", "answer": "{{item.answer}}" },
+            ],
+        }),
+    )
+    .await;
+    let eval_id = eval["id"].as_str().unwrap();
+    // The mock answers after `[[say: yes]] ... assistant\n` with " yes": it is the likeliest choice.
+    let content = json!([
+        { "item": { "text": "hello world", "q": "[[say: yes]] assistant\n", "choices": ["no", "yes", "maybe"], "answer": "1" } },
+        { "item": { "text": "the cat", "q": "[[say: yes]] assistant\n", "choices": ["no", "yes"], "answer": "no" } },
+    ]);
+    let done = run(&server, &token, eval_id, json!({ "data_source": { "type": "jsonl", "source": { "type": "file_content", "content": content } } })).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result_counts"]["errored"], 0, "{done}");
+    // Every byte scored after the EOS the mock has for a prefix (it has no BOS).
+    let direct = |text: &str| -> f64 {
+        let tokens: Vec<u32> = std::iter::once(engine::mock::EOS).chain(text.bytes().map(u32::from)).collect();
+        (1..tokens.len()).map(|i| crate::likelihood::mock_logprob(&tokens[..i], tokens[i])).sum()
+    };
+    let (a, b) = (direct("hello world"), direct("the cat"));
+    let ppl = &done["per_testing_criteria_results"][0];
+    assert!((ppl["perplexity"].as_f64().unwrap() - (-(a + b) / 18.0).exp()).abs() < 1e-3, "{ppl}");
+    assert!((ppl["loglikelihood"].as_f64().unwrap() - (a + b)).abs() < 1e-3);
+    let mc = &done["per_testing_criteria_results"][1];
+    assert_eq!((mc["acc"].as_f64(), mc["passed"].as_u64()), (Some(0.5), Some(1)), "{mc}");
+    let items = server.get(&format!("/v1/evals/{eval_id}/runs/{}/output_items", done["id"].as_str().unwrap()), Some(&token)).await.json();
+    let first = &items["data"][0]["results"];
+    assert!((first[0]["score"].as_f64().unwrap() - (-a / 11.0).exp()).abs() < 1e-3);
+    assert_eq!(first[1]["sample"]["chosen"], 1);
+    let lls = first[1]["sample"]["loglikelihoods"].as_array().unwrap();
+    assert!(lls[1].as_f64().unwrap() > lls[0].as_f64().unwrap());
+}

@@ -10,7 +10,7 @@ use crate::harness::ADMIN;
 use crate::openai::{assert_openai_error, deployed, sse_data};
 
 /// The log probability the mock gives `next` after `history`.
-fn mock_logprob(history: &[u32], next: u32) -> f64 {
+pub(crate) fn mock_logprob(history: &[u32], next: u32) -> f64 {
     let logits = engine::mock::logits_after(history);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let norm = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();

@@ -12,6 +12,7 @@ mod likelihood;
 mod openai;
 mod quotas;
 mod residency;
+mod routes;
 mod structured;
 mod tidy;
 mod usage;

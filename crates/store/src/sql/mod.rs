@@ -33,6 +33,7 @@ mod evals;
 mod policies;
 mod quotas;
 mod repos;
+mod routes;
 mod scans;
 mod xet;
 

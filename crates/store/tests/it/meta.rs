@@ -81,6 +81,7 @@ contract!(sqlite_deployment_store, postgres_deployment_store, deployment_store);
 contract!(sqlite_quota_store, postgres_quota_store, quota_store);
 contract!(sqlite_xet_store, postgres_xet_store, xet_store);
 contract!(sqlite_eval_store, postgres_eval_store, eval_store);
+contract!(sqlite_route_store, postgres_route_store, route_store);
 
 /// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
 async fn seed_accounts(meta: &dyn MetaStore) {
@@ -622,4 +623,35 @@ async fn eval_store(store: Arc<SqlMetaStore>) {
     assert!(meta.get_run("run_a").await.unwrap().is_none());
     assert!(meta.output_items("run_a").await.unwrap().is_empty());
     assert!(matches!(meta.delete_eval("eval_1", event("eval.delete")).await, Err(Error::NotFound(_))));
+}
+
+async fn route_store(store: Arc<SqlMetaStore>) {
+    use domain::routes::{Route, RouteChange};
+    use serde_json::json;
+    let meta: Arc<dyn MetaStore> = store.clone();
+    let change = |action: &str| RouteChange {
+        route: "chat".into(),
+        at: "2026-01-01T00:00:00.000Z".into(),
+        actor: "admin".into(),
+        action: action.into(),
+        from: json!(null),
+        to: json!({ "stable": { "deployment": "a" } }),
+        reason: "why".into(),
+        evidence: json!({ "eval_runs": [] }),
+    };
+    let first = Route { name: "chat".into(), stable: "a".into(), canary: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
+    meta.put_route(&first, None, &change("create"), event("route.create")).await.unwrap();
+    // Creating again without reading it is a conflict; so is a stale read.
+    assert!(matches!(meta.put_route(&first, None, &change("create"), event("route.create")).await, Err(Error::Conflict(_))));
+    let second = Route { canary: Some(("b".into(), 25)), updated_at: "2026-01-01T00:00:01.000Z".into(), ..first.clone() };
+    assert!(matches!(meta.put_route(&second, Some("2025-01-01T00:00:00.000Z"), &change("canary"), event("route.canary")).await, Err(Error::Conflict(_))));
+    meta.put_route(&second, Some(&first.updated_at), &change("canary"), event("route.canary")).await.unwrap();
+    assert_eq!(meta.get_route("chat").await.unwrap().unwrap(), second);
+    assert_eq!(meta.list_routes().await.unwrap(), vec![second.clone()]);
+    meta.delete_route("chat", &change("delete"), event("route.delete")).await.unwrap();
+    assert!(meta.get_route("chat").await.unwrap().is_none());
+    let history = meta.route_history("chat").await.unwrap();
+    assert_eq!(history.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), ["create", "canary", "delete"]);
+    assert_eq!(history[0].to["stable"]["deployment"], "a");
+    assert!(matches!(meta.delete_route("chat", &change("delete"), event("route.delete")).await, Err(Error::NotFound(_))));
 }

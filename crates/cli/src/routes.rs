@@ -1,0 +1,141 @@
+//! `mantle routes`: release routes (the name clients put in `model`), their canaries,
+//! promotions, rollbacks and history.
+
+use clap::Subcommand;
+
+use crate::client::{self, Client};
+
+#[derive(Subcommand)]
+pub(crate) enum RouteCommand {
+    /// List routes.
+    List,
+    /// Create a route, or point it at one deployment (ending any canary).
+    Set {
+        name: String,
+        /// The deployment that answers every caller.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Send a share of the route's callers to a deployment (each caller stays on its side).
+    Canary {
+        name: String,
+        #[arg(long)]
+        to: String,
+        /// Percent of the callers, 1 to 99.
+        #[arg(long)]
+        weight: u8,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Make the canary the route's deployment for every caller.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// End the canary, or go back to the deployment the route had before.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Delete a route (its history stays).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Every change of a route: who, when, from which revision to which, why, on what evidence.
+    History {
+        name: String,
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a route changes.
+#[derive(clap::Args)]
+pub(crate) struct Note {
+    /// Why (kept in the history).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Eval runs that justify the change (comma-separated ids); their results are kept.
+    #[arg(long, value_delimiter = ',')]
+    evidence: Vec<String>,
+}
+
+impl Note {
+    fn wire(self) -> api::admin::RouteNote {
+        api::admin::RouteNote { reason: self.reason, eval_runs: self.evidence }
+    }
+}
+
+fn show(route: &api::admin::Route) {
+    match &route.canary {
+        Some(canary) => println!("{:<20} {} ({}%)  canary {} ({}%)", route.name, route.stable, 100 - u32::from(route.canary_percent), canary, route.canary_percent),
+        None => println!("{:<20} {} (100%)", route.name, route.stable),
+    }
+}
+
+fn side(state: &serde_json::Value) -> String {
+    if state.is_null() {
+        return "-".into();
+    }
+    let part = |v: &serde_json::Value| format!("{} [{}]", v["deployment"].as_str().unwrap_or("?"), v["revision"].as_str().unwrap_or("?"));
+    match state.get("canary").filter(|c| !c.is_null()) {
+        Some(canary) => format!("{} + canary {} at {}%", part(&state["stable"]), part(canary), canary["percent"]),
+        None => part(&state["stable"]),
+    }
+}
+
+pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Result<()> {
+    let path = |name: &str| format!("/api/admin/routes/{}", client::encode(name));
+    match command {
+        RouteCommand::List => {
+            let routes: Vec<api::admin::Route> = client.get_json("/api/admin/routes").await?;
+            routes.iter().for_each(show);
+        }
+        RouteCommand::Set { name, to, note } => {
+            let note = note.wire();
+            let body = api::admin::SetRoute { stable: to, reason: note.reason, eval_runs: note.eval_runs };
+            show(&client.put_json(&path(&name), &body).await?);
+        }
+        RouteCommand::Canary { name, to, weight, note } => {
+            let note = note.wire();
+            let body = api::admin::CanaryRoute { deployment: to, percent: weight, reason: note.reason, eval_runs: note.eval_runs };
+            show(&client.post_json(&format!("{}/canary", path(&name)), &body).await?);
+        }
+        RouteCommand::Promote { name, note } => show(&client.post_json(&format!("{}/promote", path(&name)), &note.wire()).await?),
+        RouteCommand::Rollback { name, note } => show(&client.post_json(&format!("{}/rollback", path(&name)), &note.wire()).await?),
+        RouteCommand::Delete { name, note } => {
+            let _: serde_json::Value = client.delete_json_with(&path(&name), &note.wire()).await?;
+            println!("deleted {name}");
+        }
+        RouteCommand::History { name, json } => {
+            let history: Vec<api::admin::RouteChange> = client.get_json(&format!("{}/history", path(&name))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+                return Ok(());
+            }
+            for change in history {
+                let runs: Vec<String> = change.evidence["eval_runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| format!("{} {} passed {}/{}", r["run"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?"), r["result_counts"]["passed"], r["result_counts"]["total"]))
+                    .collect();
+                println!("{}  {:<8} {:<9} {} -> {}", change.at, change.actor, change.action, side(&change.from), side(&change.to));
+                if !change.reason.is_empty() {
+                    println!("    reason: {}", change.reason);
+                }
+                for run in runs {
+                    println!("    evidence: {run}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

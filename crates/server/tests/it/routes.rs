@@ -1,0 +1,109 @@
+//! Release routes on the mock runner: a route answers with its stable deployment's revision, a
+//! canary takes a sticky share of the callers, promotion and rollback move it, and the history
+//! keeps who, when, from and to which revision, why and on what evidence (eval results).
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::harness::{file, header, TestServer, ADMIN};
+use crate::openai::{deployed, gguf_with_template, CHATML};
+
+/// Pushes a second revision of `ann/tiny` and deploys it as `tiny-v2`.
+async fn second_revision(server: &TestServer, token: &str) -> String {
+    let reply = server.commit(token, "ann/tiny", &[header("v2"), file("tiny.gguf", &gguf_with_template(&format!("{CHATML}{{# v2 #}}")))]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), json!({ "name": "tiny-v2", "repo": "ann/tiny", "max_batch": 2 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    reply.json()["commit"].as_str().unwrap().to_owned()
+}
+
+async fn revision_for(server: &TestServer, token: &str) -> String {
+    let reply = server.json("POST", "/v1/completions", Some(token), json!({ "model": "chat", "prompt": "hi", "max_tokens": 1 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    reply.header("x-mantle-revision").unwrap()
+}
+
+#[tokio::test]
+async fn a_route_moves_callers_between_revisions_with_its_history() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let first = server.get("/api/admin/deployments", Some(ADMIN)).await.json()[0]["commit"].as_str().unwrap().to_owned();
+    let second = second_revision(&server, &token).await;
+    let reply = server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny", "reason": "first release" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(revision_for(&server, &token).await, format!("ann/tiny@{first}"));
+
+    // A canary at 50%: callers split, each always on the same side.
+    let mut callers = Vec::new();
+    for i in 0..12 {
+        callers.push(server.user(&format!("caller{i}"), None, "read").await);
+    }
+    // An eval run as evidence: its results go into the history.
+    let eval = server.json("POST", "/v1/evals", Some(&token), json!({ "name": "gate", "data_source_config": { "type": "custom", "item_schema": { "type": "object" } }, "testing_criteria": [{ "type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq" }] })).await.json();
+    let run = server
+        .json("POST", &format!("/v1/evals/{}/runs", eval["id"].as_str().unwrap()), Some(&token), json!({ "data_source": { "type": "jsonl", "source": { "type": "file_content", "content": [{ "item": {}, "sample": { "output_text": "a" } }] } } }))
+        .await
+        .json();
+    server::evals::run_pending(&server.state).await.unwrap();
+    let reply = server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny-v2", "percent": 50, "reason": "try v2", "eval_runs": [run["id"]] })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!((reply.json()["canary"].as_str(), reply.json()["canary_percent"].as_u64()), (Some("tiny-v2"), Some(50)));
+    let mut sides = Vec::new();
+    for caller in &callers {
+        let revision = revision_for(&server, caller).await;
+        assert_eq!(revision_for(&server, caller).await, revision, "sticky");
+        sides.push(revision == format!("ann/tiny@{second}"));
+    }
+    assert!(sides.iter().any(|s| *s) && sides.iter().any(|s| !*s), "12 callers split at 50%: {sides:?}");
+    // Raising the share keeps every caller the canary had.
+    server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny-v2", "percent": 90 })).await;
+    for (caller, on_canary) in callers.iter().zip(&sides) {
+        if *on_canary {
+            assert_eq!(revision_for(&server, caller).await, format!("ann/tiny@{second}"));
+        }
+    }
+
+    // Promote, then roll back to where it was.
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/promote", Some(ADMIN), json!(null)).await.json()["stable"], "tiny-v2");
+    assert_eq!(revision_for(&server, &token).await, format!("ann/tiny@{second}"));
+    let reply = server.json("POST", "/api/admin/routes/chat/rollback", Some(ADMIN), json!({ "reason": "v2 regressed" })).await;
+    assert_eq!(reply.json()["stable"], "tiny", "{:?}", reply.json());
+    assert_eq!(revision_for(&server, &token).await, format!("ann/tiny@{first}"));
+
+    let history: Vec<Value> = serde_json::from_value(server.get("/api/admin/routes/chat/history", Some(ADMIN)).await.json()).unwrap();
+    let actions: Vec<&str> = history.iter().map(|c| c["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "canary", "canary", "promote", "rollback"]);
+    assert_eq!(history[1]["to"]["canary"]["revision"], format!("ann/tiny@{second}"));
+    assert_eq!(history[1]["from"]["stable"]["revision"], format!("ann/tiny@{first}"));
+    assert_eq!(history[1]["evidence"]["eval_runs"][0]["result_counts"]["passed"], 1);
+    assert_eq!(history[4]["reason"], "v2 regressed");
+    let audit = server.audit_actions().await;
+    for action in ["route.create", "route.canary", "route.promote", "route.rollback"] {
+        assert!(audit.iter().any(|a| a == action), "{action}");
+    }
+}
+
+#[tokio::test]
+async fn routes_are_for_admins_and_keep_their_names_and_deployments_apart() {
+    let (server, token) = deployed(|_| {}, true, 4).await;
+    assert_eq!(server.json("PUT", "/api/admin/routes/chat", Some(&token), json!({ "stable": "tiny" })).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(server.json("PUT", "/api/admin/routes/tiny", Some(ADMIN), json!({ "stable": "tiny" })).await.status, StatusCode::CONFLICT);
+    assert_eq!(server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "nope" })).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny", "weights": 3 })).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny" })).await.status, StatusCode::OK);
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny", "percent": 10 })).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny", "percent": 100 })).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/promote", Some(ADMIN), json!(null)).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/rollback", Some(ADMIN), json!(null)).await.status, StatusCode::BAD_REQUEST);
+    // A deployment under a route stays; a new deployment cannot take the route's name.
+    assert_eq!(server.json("DELETE", "/api/admin/deployments/tiny", Some(ADMIN), json!(null)).await.status, StatusCode::CONFLICT);
+    assert_eq!(server.json("POST", "/api/admin/deployments", Some(ADMIN), json!({ "name": "chat", "repo": "ann/tiny" })).await.status, StatusCode::CONFLICT);
+    // The repo is private: another user gets the route's name in a 404, never the deployment's.
+    let bob = server.user("bob", None, "write").await;
+    let reply = server.json("POST", "/v1/chat/completions", Some(&bob), json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("tiny"), "{:?}", reply.json());
+    assert_eq!(server.json("POST", "/v1/chat/completions", Some(&token), json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })).await.status, StatusCode::OK);
+    assert_eq!(server.json("DELETE", "/api/admin/routes/chat", Some(ADMIN), json!(null)).await.status, StatusCode::OK);
+    assert_eq!(server.json("DELETE", "/api/admin/deployments/tiny", Some(ADMIN), json!(null)).await.status, StatusCode::OK);
+}
