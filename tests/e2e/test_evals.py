@@ -116,3 +116,32 @@ def test_a_model_graded_suite_judges_under_a_schema(server, judged):
     assert api.evals.delete(created.id).deleted
     with pytest.raises(openai.NotFoundError):
         api.evals.retrieve(created.id)
+
+
+def test_a_route_canaries_promotes_and_rolls_back_with_its_history(server, judged):
+    """`mantle routes` moves the name clients call between deployments; the history names the
+    revisions and the eval run given as evidence."""
+    name, token, repo = judged
+    other = "smol-b-" + uuid.uuid4().hex[:6]
+    server.cli("deploy", other, f"{repo}@main", "--context", "512", "--max-batch", "1")
+    route = "chat-" + uuid.uuid4().hex[:6]
+    api = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=token)
+    created = api.evals.create(name="gate", data_source_config={"type": "custom", "item_schema": SCHEMA, "include_sample_schema": True}, testing_criteria=[{"type": "string_check", "name": "paris", "input": "{{sample.output_text}}", "reference": "Paris", "operation": "like"}])
+    run = api.evals.runs.create(created.id, data_source={**completions_source(other), "source": {"type": "file_content", "content": [{"item": ITEMS[0]}]}})
+    assert wait(api, created.id, run.id).result_counts.passed == 1
+
+    server.cli("routes", "set", route, "--to", name, "--reason", "first release")
+    answer = api.chat.completions.with_raw_response.create(model=route, messages=[SYSTEM, {"role": "user", "content": "Hi"}], max_tokens=4)
+    assert answer.headers["x-mantle-revision"].startswith(repo + "@")
+    server.cli("routes", "canary", route, "--to", other, "--weight", "25", "--evidence", run.id)
+    server.cli("routes", "promote", route)
+    listed = server.cli("routes", "list").stdout
+    assert route in listed and other in listed
+    server.cli("routes", "rollback", route, "--reason", "checking the way back")
+    history = server.cli("routes", "history", route).stdout
+    print(history)
+    for word in ("create", "canary", "promote", "rollback", "checking the way back", run.id):
+        assert word in history, history
+    assert api.chat.completions.create(model=route, messages=[SYSTEM, {"role": "user", "content": "Hi"}], max_tokens=4).choices
+    server.cli("routes", "delete", route)
+    server.cli("undeploy", other)
