@@ -292,6 +292,9 @@ pub struct Route {
     pub canary: Option<String>,
     /// The share of callers (percent) the canary answers; each caller stays on its side.
     pub canary_percent: u8,
+    /// A stepped rollout under analysis, while one runs (steps, bake time, SLOs, where it is).
+    #[serde(default)]
+    pub rollout: Option<serde_json::Value>,
     pub updated_at: String,
 }
 
@@ -322,8 +325,13 @@ pub struct SetRoute {
 #[serde(deny_unknown_fields)]
 pub struct CanaryRoute {
     pub deployment: String,
-    /// 1 to 99.
-    pub percent: u8,
+    /// 1 to 99; with `analysis`, its first step.
+    #[serde(default)]
+    pub percent: Option<u8>,
+    /// Roll the canary out in steps under analysis: promoted after the last step, rolled back
+    /// by itself when it breaks its SLOs.
+    #[serde(default)]
+    pub analysis: Option<RolloutAnalysis>,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
@@ -341,4 +349,27 @@ pub struct RouteChange {
     pub to: serde_json::Value,
     pub reason: String,
     pub evidence: serde_json::Value,
+}
+
+/// A stepped rollout: percentages, a bake time per step, SLOs the canary's requests must hold.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutAnalysis {
+    /// Increasing percentages ending at 100, e.g. `[5, 25, 50, 100]`.
+    pub steps: Vec<u8>,
+    /// Seconds each step runs before it is analysed (default 300).
+    #[serde(default)]
+    pub bake_secs: Option<u64>,
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    #[serde(default)]
+    pub max_latency_p95_ms: Option<u64>,
+    #[serde(default)]
+    pub min_tokens_per_sec: Option<f64>,
+    /// Requests a step needs before it is judged (default 20); fewer is inconclusive: it waits.
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Failed analyses tolerated before the rollback (default 0).
+    #[serde(default)]
+    pub failure_limit: Option<u32>,
 }

@@ -23,9 +23,31 @@ pub(crate) enum RouteCommand {
         name: String,
         #[arg(long)]
         to: String,
-        /// Percent of the callers, 1 to 99.
+        /// Percent of the callers, 1 to 99 (without --steps).
+        #[arg(long, required_unless_present = "steps")]
+        weight: Option<u8>,
+        /// Roll out in steps under analysis instead: increasing percentages ending at 100
+        /// (e.g. 5,25,50,100); promoted after the last, rolled back when an SLO breaks.
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<u8>>,
+        /// Seconds each step runs before it is analysed.
+        #[arg(long, default_value_t = 300)]
+        bake: u64,
+        /// SLO: the most failed requests over all.
         #[arg(long)]
-        weight: u8,
+        max_error_rate: Option<f64>,
+        /// SLO: the longest request latency at the 95th percentile.
+        #[arg(long)]
+        max_latency_p95_ms: Option<u64>,
+        /// SLO: the fewest completion tokens per second of request time.
+        #[arg(long)]
+        min_tokens_per_sec: Option<f64>,
+        /// Requests a step needs before it is judged.
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        /// Failed analyses tolerated before the rollback.
+        #[arg(long, default_value_t = 0)]
+        failure_limit: u32,
         #[command(flatten)]
         note: Note,
     },
@@ -103,9 +125,10 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
             let body = api::admin::SetRoute { stable: to, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.put_json(&path(&name), &body).await?);
         }
-        RouteCommand::Canary { name, to, weight, note } => {
+        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, min_tokens_per_sec, min_requests, failure_limit, note } => {
             let note = note.wire();
-            let body = api::admin::CanaryRoute { deployment: to, percent: weight, reason: note.reason, eval_runs: note.eval_runs };
+            let analysis = steps.map(|steps| api::admin::RolloutAnalysis { steps, bake_secs: Some(bake), max_error_rate, max_latency_p95_ms, min_tokens_per_sec, min_requests: Some(min_requests), failure_limit: Some(failure_limit) });
+            let body = api::admin::CanaryRoute { deployment: to, percent: weight, analysis, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.post_json(&format!("{}/canary", path(&name)), &body).await?);
         }
         RouteCommand::Promote { name, note } => show(&client.post_json(&format!("{}/promote", path(&name)), &note.wire()).await?),

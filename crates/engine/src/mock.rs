@@ -20,12 +20,14 @@ pub struct MockRunner {
     pub step_slots: std::sync::Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
     /// What `info().memory_bytes` reports (0 unless a test sets it).
     pub memory_bytes: u64,
+    /// Fault injection: every step fails (a deployment that errors).
+    pub fail: bool,
 }
 
 impl MockRunner {
     /// A mock with a context length.
     pub fn new(n_ctx: usize) -> Self {
-        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default(), step_slots: Default::default(), memory_bytes: 0 }
+        MockRunner { n_ctx, slots: Default::default(), steps: Default::default(), step_tokens: Default::default(), step_slots: Default::default(), memory_bytes: 0, fail: false }
     }
 }
 
@@ -43,6 +45,9 @@ impl ModelRunner for MockRunner {
     }
 
     fn step(&mut self, batch: &mut [SeqStep]) -> Result<(), String> {
+        if self.fail {
+            return Err("injected fault".into());
+        }
         self.steps.lock().expect("not poisoned").push(batch.len());
         self.step_tokens.lock().expect("not poisoned").push(batch.iter().map(|s| s.tokens.len()).sum());
         self.step_slots.lock().expect("not poisoned").push(batch.iter().map(|s| s.slot).collect());

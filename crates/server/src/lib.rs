@@ -10,6 +10,7 @@ mod error;
 pub mod evals;
 pub mod inference;
 pub mod metrics;
+pub mod rollouts;
 mod routes;
 pub mod runtime;
 pub mod scanner;
@@ -100,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
     let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
+    let controller = tokio::spawn(rollouts::run_controller(state.clone(), workers_stopped.clone()));
     let checkpoints = (state.config.audit_checkpoint_interval > 0).then(|| tokio::spawn(audit_log::run_checkpoints(state.clone(), std::time::Duration::from_secs(state.config.audit_checkpoint_interval), workers_stopped)));
     tracing::info!(addr = %local, "mantle is serving");
     let usage = state.usage.clone();
@@ -107,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _ = stop_workers.send(true);
     let _ = worker.await;
     let _ = evaluator.await;
+    let _ = controller.await;
     if let Some(checkpoints) = checkpoints {
         let _ = checkpoints.await;
     }

@@ -23,7 +23,7 @@ pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
 mod repos;
 mod routes;
-pub use routes::ChangeNote;
+pub use routes::{ChangeNote, RolloutPlan};
 mod vetting;
 mod xet;
 

@@ -3,7 +3,7 @@
 //! eval runs are looked up and their results attached). Any caller resolves a route to the
 //! deployment its sticky bucket falls on, if it may use that deployment.
 
-use crate::routes::{bucket, Route, RouteChange};
+use crate::routes::{analyze, bucket, Readings, Rollout, Route, RouteChange, Slo, Verdict};
 
 use super::*;
 
@@ -46,20 +46,27 @@ impl Hub {
         self.deployment_named(stable).await?;
         let current = self.meta.get_route(name).await?;
         let action = if current.is_some() { "set" } else { "create" };
-        self.change_route(principal, current, Route { name: name.to_owned(), stable: stable.to_owned(), canary: None, updated_at: String::new() }, action, note).await
+        self.change_route(principal, current, Route { name: name.to_owned(), stable: stable.to_owned(), canary: None, rollout: None, updated_at: String::new() }, action, note).await
     }
 
     /// Sends `percent` of the route's callers to `deployment` (a canary), the rest to its stable.
-    pub async fn canary_route(&self, principal: &Principal, name: &str, deployment: &str, percent: u8, note: ChangeNote) -> Result<Route> {
+    /// With a `plan`, the canary starts at its first step and the rollout controller moves it
+    /// through the steps, promoting it at the end or rolling it back when it breaks its SLOs.
+    pub async fn canary_route(&self, principal: &Principal, name: &str, deployment: &str, percent: u8, plan: Option<RolloutPlan>, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
-        if !(1..=99).contains(&percent) {
-            return Err(Error::invalid("a canary takes 1 to 99 percent of the callers; promote it for all of them"));
-        }
         if deployment == current.stable {
             return Err(Error::invalid(format!("{deployment} is already the route's stable deployment")));
         }
+        let rollout = match plan {
+            Some(plan) => Some(plan.check()?),
+            None => None,
+        };
+        let percent = rollout.as_ref().map_or(percent, |r| r.steps[0]);
+        if !(1..=99).contains(&percent) {
+            return Err(Error::invalid("a canary takes 1 to 99 percent of the callers; promote it for all of them"));
+        }
         self.deployment_named(deployment).await?;
-        let next = Route { canary: Some((deployment.to_owned(), percent)), ..current.clone() };
+        let next = Route { canary: Some((deployment.to_owned(), percent)), rollout, ..current.clone() };
         self.change_route(principal, Some(current), next, "canary", note).await
     }
 
@@ -67,7 +74,7 @@ impl Hub {
     pub async fn promote_route(&self, principal: &Principal, name: &str, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
         let Some((canary, _)) = current.canary.clone() else { return Err(Error::invalid(format!("route {name} has no canary to promote"))) };
-        let next = Route { stable: canary, canary: None, ..current.clone() };
+        let next = Route { stable: canary, canary: None, rollout: None, ..current.clone() };
         self.change_route(principal, Some(current), next, "promote", note).await
     }
 
@@ -76,13 +83,13 @@ impl Hub {
     pub async fn rollback_route(&self, principal: &Principal, name: &str, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
         let next = if current.canary.is_some() {
-            Route { canary: None, ..current.clone() }
+            Route { canary: None, rollout: None, ..current.clone() }
         } else {
             let history = self.meta.route_history(name).await?;
             let previous =
                 history.iter().rev().filter_map(|c| c.from.pointer("/stable/deployment").and_then(|d| d.as_str())).find(|d| *d != current.stable).ok_or_else(|| Error::invalid(format!("route {name} has no earlier deployment to go back to")))?;
             self.deployment_named(previous).await?;
-            Route { stable: previous.to_owned(), ..current.clone() }
+            Route { stable: previous.to_owned(), rollout: None, ..current.clone() }
         };
         self.change_route(principal, Some(current), next, "rollback", note).await
     }
@@ -123,11 +130,17 @@ impl Hub {
             Some((name, percent)) => json!({ "deployment": name, "percent": percent, "revision": revision(self.meta.get_deployment(name).await?) }),
             None => json!(null),
         };
-        Ok(json!({ "stable": stable, "canary": canary }))
+        let rollout = route.rollout.as_ref().map_or(json!(null), Rollout::to_json);
+        Ok(json!({ "stable": stable, "canary": canary, "rollout": rollout }))
     }
 
-    async fn change_route(&self, principal: &Principal, current: Option<Route>, mut next: Route, action: &str, note: ChangeNote) -> Result<Route> {
+    async fn change_route(&self, principal: &Principal, current: Option<Route>, next: Route, action: &str, note: ChangeNote) -> Result<Route> {
         let admin = principal.site_admin()?;
+        self.record_route(&admin.name, current, next, action, note).await
+    }
+
+    /// Stores a route change with its history entry and audit row (as `actor`).
+    async fn record_route(&self, actor: &str, current: Option<Route>, mut next: Route, action: &str, note: ChangeNote) -> Result<Route> {
         next.updated_at = format_time(chrono::Utc::now());
         let mut runs = Vec::with_capacity(note.eval_runs.len());
         for id in &note.eval_runs {
@@ -138,15 +151,93 @@ impl Hub {
         let change = RouteChange {
             route: next.name.clone(),
             at: next.updated_at.clone(),
-            actor: admin.name.clone(),
+            actor: actor.to_owned(),
             action: action.to_owned(),
             from: self.snapshot_route(current.as_ref()).await?,
             to: self.snapshot_route(Some(&next)).await?,
             reason: note.reason,
             evidence,
         };
-        let event = AuditEvent::new(&admin.name, &format!("route.{action}"), format!("route:{}", next.name), json!({ "from": change.from, "to": change.to, "reason": change.reason, "eval_runs": note.eval_runs }));
+        let event = AuditEvent::new(actor, &format!("route.{action}"), format!("route:{}", next.name), json!({ "from": change.from, "to": change.to, "reason": change.reason, "eval_runs": note.eval_runs, "analysis": note.extra }));
         self.meta.put_route(&next, current.as_ref().map(|r| r.updated_at.as_str()), &change, event).await?;
         Ok(next)
+    }
+}
+
+/// A stepped rollout as asked for (checked by [`RolloutPlan::check`]).
+#[derive(Clone, Debug, Default)]
+pub struct RolloutPlan {
+    pub steps: Vec<u8>,
+    pub bake_secs: u64,
+    pub slo: Slo,
+    pub min_requests: u64,
+    pub failure_limit: u32,
+}
+
+impl RolloutPlan {
+    fn check(self) -> Result<Rollout> {
+        let steps = self.steps;
+        if steps.len() < 2 || steps.len() > 10 || steps.last() != Some(&100) || steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 {
+            return Err(Error::invalid("steps must be 2 to 10 increasing percentages ending at 100 (promotion), e.g. 5,25,50,100"));
+        }
+        if self.bake_secs > 7 * 24 * 3600 {
+            return Err(Error::invalid("bake_secs may be at most a week"));
+        }
+        if self.slo == Slo::default() {
+            return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms or min_tokens_per_sec"));
+        }
+        if self.slo.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) || self.slo.min_tokens_per_sec.is_some_and(|t| t.is_nan() || t < 0.0) {
+            return Err(Error::invalid("max_error_rate must be within 0 to 1 and min_tokens_per_sec not negative"));
+        }
+        Ok(Rollout { steps, bake_secs: self.bake_secs, slo: self.slo, min_requests: self.min_requests.max(1), failure_limit: self.failure_limit, step: 0, step_started_at: format_time(chrono::Utc::now()), failures: 0 })
+    }
+}
+
+impl Hub {
+    /// The rollout controller's step (the server's own machinery, run every few seconds by any
+    /// replica): every canary under a rollout whose step has baked is analysed on what its
+    /// requests recorded since the step began; it moves to the next step, is promoted after the
+    /// last, waits when the readings are inconclusive, and is rolled back once its failures pass
+    /// the limit. A change lands only if the route did not change meanwhile (another replica, or
+    /// an admin), so replicas never step a route twice. Returns what changed, as `route: action`.
+    pub async fn step_rollouts(&self) -> Result<Vec<String>> {
+        let now = chrono::Utc::now();
+        let mut changed = Vec::new();
+        for route in self.meta.list_routes().await? {
+            let (Some(rollout), Some((canary, _))) = (route.rollout.clone(), route.canary.clone()) else { continue };
+            let started = chrono::DateTime::parse_from_rfc3339(&rollout.step_started_at).map_err(Error::internal)?.with_timezone(&chrono::Utc);
+            if (now - started).num_seconds() < rollout.bake_secs as i64 {
+                continue;
+            }
+            let rows = self.meta.deployment_outcomes(&canary, &rollout.step_started_at, 100_000).await?;
+            let readings = Readings::from_rows(&rows);
+            let verdict = analyze(&readings, &rollout.slo, rollout.min_requests);
+            let evidence = json!({ "analysis": { "step": rollout.step, "percent": rollout.steps[rollout.step], "requests": readings.requests, "failed": readings.failed, "error_rate": readings.error_rate(), "latency_p95_ms": readings.latency_p95_ms, "tokens_per_sec": readings.tokens_per_sec, "since": rollout.step_started_at, "verdict": format!("{verdict:?}") } });
+            let note = |reason: String| ChangeNote { reason, eval_runs: Vec::new(), extra: evidence.clone() };
+            let (next, action, reason) = match verdict {
+                Verdict::Inconclusive(_) => continue,
+                Verdict::Pass if rollout.step + 1 >= rollout.steps.len() || rollout.steps[rollout.step + 1] >= 100 => {
+                    (Route { stable: canary.clone(), canary: None, rollout: None, ..route.clone() }, "promote", format!("rollout passed its last step at {}%", rollout.steps[rollout.step]))
+                }
+                Verdict::Pass => {
+                    let step = rollout.step + 1;
+                    let percent = rollout.steps[step];
+                    let rollout = Rollout { step, step_started_at: format_time(now), ..rollout.clone() };
+                    (Route { canary: Some((canary.clone(), percent)), rollout: Some(rollout), ..route.clone() }, "canary", format!("analysis passed: step to {percent}%"))
+                }
+                Verdict::Fail(why) if rollout.failures + 1 > rollout.failure_limit => (Route { canary: None, rollout: None, ..route.clone() }, "rollback", format!("analysis failed ({why}): rolled back by itself")),
+                Verdict::Fail(why) => {
+                    let rollout = Rollout { failures: rollout.failures + 1, step_started_at: format_time(now), ..rollout.clone() };
+                    (Route { rollout: Some(rollout), ..route.clone() }, "analysis", format!("analysis failed ({why}); holding the step"))
+                }
+            };
+            let name = route.name.clone();
+            match self.record_route("system", Some(route), next, action, note(reason)).await {
+                Ok(_) => changed.push(format!("{name}: {action}")),
+                Err(Error::Conflict(_)) => {} // another replica or an admin moved it first
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(changed)
     }
 }

@@ -18,6 +18,8 @@ impl server::runtime::Loader for MockBackends {
         let mut runner = engine::mock::MockRunner::new(4096);
         // A size tests can choose per deployment, through its context setting.
         runner.memory_bytes = u64::from(config.context) * 1_000;
+        // Fault injection: a deployment with a context of 777 fails every request.
+        runner.fail = config.context == 777;
         Ok(Box::new(runner))
     }
     fn embedder(&self, _: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {

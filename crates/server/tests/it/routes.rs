@@ -107,3 +107,61 @@ async fn routes_are_for_admins_and_keep_their_names_and_deployments_apart() {
     assert_eq!(server.json("DELETE", "/api/admin/routes/chat", Some(ADMIN), json!(null)).await.status, StatusCode::OK);
     assert_eq!(server.json("DELETE", "/api/admin/deployments/tiny", Some(ADMIN), json!(null)).await.status, StatusCode::OK);
 }
+
+/// Chat requests from `callers`; how many failed.
+async fn traffic(server: &TestServer, callers: &[String]) -> usize {
+    let mut failed = 0;
+    for caller in callers {
+        let reply = server.json("POST", "/v1/chat/completions", Some(caller), json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })).await;
+        failed += usize::from(reply.status != StatusCode::OK);
+    }
+    server.state.usage.flush().await;
+    failed
+}
+
+#[tokio::test]
+async fn a_canary_that_breaks_its_slo_is_rolled_back_by_itself_and_a_healthy_one_promoted() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    second_revision(&server, &token).await;
+    let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), json!({ "name": "tiny-broken", "repo": "ann/tiny", "context": 777 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny" })).await;
+    let mut callers = Vec::new();
+    for i in 0..16 {
+        callers.push(server.user(&format!("caller{i}"), None, "read").await);
+    }
+    let analysis = json!({ "steps": [50, 100], "bake_secs": 0, "max_error_rate": 0.1, "min_requests": 3 });
+    let bad = json!({ "deployment": "tiny-broken", "analysis": analysis, "reason": "try the broken build" });
+    let reply = server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), bad).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!(reply.json()["canary_percent"], 50);
+    // No requests yet: inconclusive, nothing moves.
+    assert!(server.state.hub.step_rollouts().await.unwrap().is_empty());
+    let failed = traffic(&server, &callers).await;
+    assert!(failed >= 3 && failed < callers.len(), "{failed} of {} failed", callers.len());
+    assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: rollback"]);
+    let route = server.get("/api/admin/routes/chat", Some(ADMIN)).await.json();
+    assert_eq!((route["stable"].as_str(), route["canary"].as_str()), (Some("tiny"), None));
+    assert_eq!(traffic(&server, &callers).await, 0, "every caller is back on the stable deployment");
+    let history = server.get("/api/admin/routes/chat/history", Some(ADMIN)).await.json();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["action"].as_str(), last["actor"].as_str()), (Some("rollback"), Some("system")));
+    assert!(last["reason"].as_str().unwrap().contains("error rate"), "{last}");
+    assert_eq!(last["evidence"]["extra"]["analysis"]["failed"].as_u64(), Some(failed as u64));
+    assert!(server.audit_actions().await.iter().any(|a| a == "route.rollback"));
+
+    // A healthy canary steps through and is promoted.
+    let good = json!({ "deployment": "tiny-v2", "analysis": { "steps": [25, 60, 100], "bake_secs": 0, "max_error_rate": 0.0, "min_requests": 1 } });
+    assert_eq!(server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), good).await.status, StatusCode::OK);
+    traffic(&server, &callers).await;
+    assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: canary"]);
+    assert_eq!(server.get("/api/admin/routes/chat", Some(ADMIN)).await.json()["canary_percent"], 60);
+    traffic(&server, &callers).await;
+    assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: promote"]);
+    assert_eq!(server.get("/api/admin/routes/chat", Some(ADMIN)).await.json()["stable"], "tiny-v2");
+    // Bad plans are refused.
+    for analysis in [json!({ "steps": [50, 40, 100], "max_error_rate": 0.1 }), json!({ "steps": [10, 50] , "max_error_rate": 0.1 }), json!({ "steps": [10, 100] }), json!({ "steps": [10, 100], "max_error_rate": 2.0 })] {
+        let reply = server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny", "analysis": analysis })).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{analysis}");
+    }
+}

@@ -6,6 +6,7 @@ CREATE TABLE routes (
     stable TEXT NOT NULL,
     canary TEXT,
     canary_percent INTEGER NOT NULL,
+    rollout TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
 CREATE TABLE route_history (

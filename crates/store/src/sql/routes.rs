@@ -1,13 +1,21 @@
 //! RouteStore: release routes and their history.
 
-use domain::routes::{Route, RouteChange, RouteStore};
+use domain::routes::{Rollout, Route, RouteChange, RouteStore};
 
 use super::*;
 
 fn route_from_row(row: &AnyRow) -> Result<Route> {
     let canary: Option<String> = row.try_get("canary").map_err(db_err)?;
     let percent: i64 = row.try_get("canary_percent").map_err(db_err)?;
-    Ok(Route { name: row.try_get("name").map_err(db_err)?, stable: row.try_get("stable").map_err(db_err)?, canary: canary.map(|c| (c, percent.clamp(0, 100) as u8)), updated_at: row.try_get("updated_at").map_err(db_err)? })
+    let rollout: String = row.try_get("rollout").map_err(db_err)?;
+    let rollout = serde_json::from_str::<serde_json::Value>(&rollout).map_err(Error::internal)?;
+    Ok(Route {
+        name: row.try_get("name").map_err(db_err)?,
+        stable: row.try_get("stable").map_err(db_err)?,
+        canary: canary.map(|c| (c, percent.clamp(0, 100) as u8)),
+        rollout: Rollout::from_json(&rollout),
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+    })
 }
 
 async fn append(tx: &mut WriteTx<'_>, change: &RouteChange) -> Result<()> {
@@ -39,11 +47,13 @@ impl RouteStore for SqlMetaStore {
             None => (None, 0),
         };
         sqlx::query("DELETE FROM routes WHERE name = $1").bind(&route.name).execute(&mut *tx.tx).await.map_err(db_err)?;
-        sqlx::query("INSERT INTO routes (name, stable, canary, canary_percent, updated_at) VALUES ($1, $2, $3, $4, $5)")
+        let rollout = route.rollout.as_ref().map_or(serde_json::Value::Null, Rollout::to_json).to_string();
+        sqlx::query("INSERT INTO routes (name, stable, canary, canary_percent, rollout, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&route.name)
             .bind(&route.stable)
             .bind(canary)
             .bind(percent)
+            .bind(rollout)
             .bind(&route.updated_at)
             .execute(&mut *tx.tx)
             .await
@@ -54,12 +64,12 @@ impl RouteStore for SqlMetaStore {
     }
 
     async fn get_route(&self, name: &str) -> Result<Option<Route>> {
-        let row = sqlx::query("SELECT name, stable, canary, canary_percent, updated_at FROM routes WHERE name = $1").bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
+        let row = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at FROM routes WHERE name = $1").bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(route_from_row).transpose()
     }
 
     async fn list_routes(&self) -> Result<Vec<Route>> {
-        let rows = sqlx::query("SELECT name, stable, canary, canary_percent, updated_at FROM routes ORDER BY name").fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at FROM routes ORDER BY name").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(route_from_row).collect()
     }
 
@@ -72,6 +82,17 @@ impl RouteStore for SqlMetaStore {
         append(&mut tx, change).await?;
         tx.audit(&event).await?;
         tx.commit().await
+    }
+
+    async fn deployment_outcomes(&self, deployment: &str, since: &str, limit: i64) -> Result<Vec<(String, u64, u64)>> {
+        let rows = sqlx::query("SELECT outcome, latency_ms, completion_tokens FROM usage_records WHERE deployment = $1 AND at >= $2 ORDER BY id DESC LIMIT $3").bind(deployment).bind(since).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let latency: i64 = row.try_get("latency_ms").map_err(db_err)?;
+                let tokens: i64 = row.try_get("completion_tokens").map_err(db_err)?;
+                Ok((row.try_get("outcome").map_err(db_err)?, latency.max(0) as u64, tokens.max(0) as u64))
+            })
+            .collect()
     }
 
     async fn route_history(&self, name: &str) -> Result<Vec<RouteChange>> {

@@ -639,7 +639,7 @@ async fn route_store(store: Arc<SqlMetaStore>) {
         reason: "why".into(),
         evidence: json!({ "eval_runs": [] }),
     };
-    let first = Route { name: "chat".into(), stable: "a".into(), canary: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
+    let first = Route { name: "chat".into(), stable: "a".into(), canary: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
     meta.put_route(&first, None, &change("create"), event("route.create")).await.unwrap();
     // Creating again without reading it is a conflict; so is a stale read.
     assert!(matches!(meta.put_route(&first, None, &change("create"), event("route.create")).await, Err(Error::Conflict(_))));
