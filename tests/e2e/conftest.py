@@ -114,7 +114,9 @@ def start(data_dir, extra_env=None, blob_url=None):
     own, or `blob_url` (a second replica of another server)."""
     port = free_port()
     log = open(Path(data_dir) / "server.log", "w")
-    env = dict(os.environ, MANTLE_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="info", **(extra_env or {}))
+    # Webhook tests deliver to receivers on loopback; every server of the suite allows it (in
+    # scale-out they share one delivery queue).
+    env = dict(os.environ, MANTLE_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="info", MANTLE__WEBHOOKS__ALLOWED_HOSTS='["127.0.0.1"]', **(extra_env or {}))
     args = [BIN, "serve", "--data", str(data_dir), "--addr", f"127.0.0.1:{port}"]
     if os.environ.get("MANTLE_E2E_DATABASE_URL"):
         args += ["--database-url", os.environ["MANTLE_E2E_DATABASE_URL"]]

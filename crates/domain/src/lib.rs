@@ -16,6 +16,7 @@ pub mod repo;
 pub mod routes;
 mod system;
 pub mod vetting;
+pub mod webhooks;
 pub mod xet;
 
 pub use error::{Error, Result};

@@ -133,9 +133,16 @@ pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> R
 /// deployments, quotas). Each method is one transaction; each mutating method takes the audit
 /// event and appends it in that same transaction, so the change and its record land together.
 /// `MetaStore` is all of them: what a backend implements and what `Hub` holds.
-pub trait MetaStore: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + Send + Sync + 'static {}
+pub trait MetaStore:
+    AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + crate::webhooks::WebhookStore + Send + Sync + 'static
+{
+}
 
-impl<T: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + Send + Sync + 'static> MetaStore for T {}
+impl<
+        T: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + crate::webhooks::WebhookStore + Send + Sync + 'static,
+    > MetaStore for T
+{
+}
 
 /// Accounts, organisations and tokens.
 #[async_trait::async_trait]

@@ -20,6 +20,14 @@ pub struct RawConfig {
     pub hub: RawHub,
     pub auth: RawAuth,
     pub runtime: RawRuntime,
+    pub webhooks: RawWebhooks,
+}
+
+/// `[webhooks]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[server]`.
@@ -133,6 +141,8 @@ pub struct Config {
     /// Seconds between automatic audit checkpoints; 0 for on demand only.
     pub audit_checkpoint_interval: u64,
     pub runtime: RuntimeConfig,
+    /// Where webhooks may be delivered: host names, IP addresses and networks (CIDR).
+    pub webhook_hosts: Vec<crate::webhooks::AllowedHost>,
 }
 
 /// Validated `[runtime]`.
@@ -205,6 +215,7 @@ impl Config {
         }
         let models_dir = if runtime.models_dir.is_empty() { data_dir.join("models") } else { PathBuf::from(&runtime.models_dir) };
         let admin_name = domain::ids::AccountName::parse(&raw.auth.admin_name).map_err(|err| problems.push(format!("auth.admin_name: {err}"))).ok();
+        let webhook_hosts = raw.webhooks.allowed_hosts.iter().filter_map(|entry| crate::webhooks::AllowedHost::parse(entry).map_err(|err| problems.push(format!("webhooks.allowed_hosts {entry:?}: {err}"))).ok()).collect();
         if !problems.is_empty() {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -232,6 +243,7 @@ impl Config {
                 memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget },
                 usage_accounting: runtime.usage_accounting,
             },
+            webhook_hosts,
         })
     }
 }

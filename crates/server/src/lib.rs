@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod scanner;
 mod signing;
 pub mod usage;
+pub mod webhooks;
 
 pub use inference::quotas;
 
@@ -102,6 +103,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
     let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
     let controller = tokio::spawn(rollouts::run_controller(state.clone(), workers_stopped.clone()));
+    let webhooks = tokio::spawn(webhooks::run_worker(state.clone(), workers_stopped.clone()));
     let checkpoints = (state.config.audit_checkpoint_interval > 0).then(|| tokio::spawn(audit_log::run_checkpoints(state.clone(), std::time::Duration::from_secs(state.config.audit_checkpoint_interval), workers_stopped)));
     tracing::info!(addr = %local, "mantle is serving");
     let usage = state.usage.clone();
@@ -110,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _ = worker.await;
     let _ = evaluator.await;
     let _ = controller.await;
+    let _ = webhooks.await;
     if let Some(checkpoints) = checkpoints {
         let _ = checkpoints.await;
     }

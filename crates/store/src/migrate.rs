@@ -30,6 +30,7 @@ const SQLITE: &[Script] = &[
     (7, "xet", include_str!("../migrations/sqlite/0007_xet.sql")),
     (8, "evals", include_str!("../migrations/sqlite/0008_evals.sql")),
     (9, "routes", include_str!("../migrations/sqlite/0009_routes.sql")),
+    (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -41,6 +42,7 @@ const POSTGRES: &[Script] = &[
     (7, "xet", include_str!("../migrations/postgres/0007_xet.sql")),
     (8, "evals", include_str!("../migrations/postgres/0008_evals.sql")),
     (9, "routes", include_str!("../migrations/postgres/0009_routes.sql")),
+    (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -25,6 +25,7 @@ mod repos;
 mod routes;
 pub use routes::{ChangeNote, RolloutPlan};
 mod vetting;
+mod webhooks;
 mod xet;
 
 pub use xet::{plan, PlannedTerm, Reconstruction};

@@ -17,4 +17,5 @@ mod structured;
 mod tidy;
 mod usage;
 mod vetting;
+mod webhooks;
 mod xet;

@@ -35,6 +35,7 @@ mod quotas;
 mod repos;
 mod routes;
 mod scans;
+mod webhooks;
 mod xet;
 
 /// The SQL metadata store.

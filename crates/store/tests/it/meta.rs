@@ -82,6 +82,7 @@ contract!(sqlite_quota_store, postgres_quota_store, quota_store);
 contract!(sqlite_xet_store, postgres_xet_store, xet_store);
 contract!(sqlite_eval_store, postgres_eval_store, eval_store);
 contract!(sqlite_route_store, postgres_route_store, route_store);
+contract!(sqlite_webhook_store, postgres_webhook_store, webhook_store);
 
 /// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
 async fn seed_accounts(meta: &dyn MetaStore) {
@@ -654,4 +655,42 @@ async fn route_store(store: Arc<SqlMetaStore>) {
     assert_eq!(history.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), ["create", "canary", "delete"]);
     assert_eq!(history[0].to["stable"]["deployment"], "a");
     assert!(matches!(meta.delete_route("chat", &change("delete"), event("route.delete")).await, Err(Error::NotFound(_))));
+}
+
+async fn webhook_store(store: Arc<SqlMetaStore>) {
+    use domain::webhooks::{Endpoint, NewDelivery};
+    let meta: Arc<dyn MetaStore> = store.clone();
+    let endpoint = Endpoint {
+        id: "we_1".into(),
+        owner: "alice".into(),
+        name: "ci".into(),
+        url: "http://10.0.0.1/hook".into(),
+        event_types: vec!["repo.push".into()],
+        secrets: vec![("whsec_new".into(), None), ("whsec_old".into(), Some("2030-01-01T00:00:00.000Z".into()))],
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    meta.create_endpoint(&endpoint, event("webhook.create")).await.unwrap();
+    assert_eq!(meta.get_endpoint("we_1").await.unwrap().unwrap(), endpoint);
+    assert_eq!(meta.list_endpoints(Some("alice")).await.unwrap().len(), 1);
+    // The cursor starts at the log's head; one holder at a time until its lease expires.
+    let head = meta.audit_head().await.unwrap().map_or(0, |r| r.seq);
+    assert_eq!(meta.claim_webhook_cursor("a", "2026-01-01T00:00:00.000Z", "2026-01-01T00:01:00.000Z").await.unwrap(), Some(head));
+    assert_eq!(meta.claim_webhook_cursor("b", "2026-01-01T00:00:30.000Z", "2026-01-01T00:01:30.000Z").await.unwrap(), None);
+    let new = |n: u8| NewDelivery { endpoint_id: "we_1".into(), event_id: format!("evt_{n}"), event_type: "repo.push".into(), payload: "{}".into() };
+    assert!(!meta.enqueue_deliveries("b", &[new(0)], head + 1, "2026-01-01T00:00:31.000Z").await.unwrap(), "not the holder");
+    assert!(meta.enqueue_deliveries("a", &[new(1), new(2)], head + 1, "2026-01-01T00:00:31.000Z").await.unwrap());
+    assert!(!meta.enqueue_deliveries("a", &[new(3)], head + 1, "2026-01-01T00:00:32.000Z").await.unwrap(), "the cursor only moves forward");
+    assert_eq!(meta.claim_webhook_cursor("b", "2026-01-01T00:02:00.000Z", "2026-01-01T00:03:00.000Z").await.unwrap(), Some(head + 1));
+    // Due deliveries are held while they are sent.
+    let due = meta.due_deliveries("2026-01-01T00:00:40.000Z", "2026-01-01T00:01:10.000Z", 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["evt_1", "evt_2"]);
+    assert!(meta.due_deliveries("2026-01-01T00:00:41.000Z", "2026-01-01T00:01:11.000Z", 10).await.unwrap().is_empty());
+    meta.record_attempt(due[0].id, true, Some(200), "", None).await.unwrap();
+    meta.record_attempt(due[1].id, false, Some(500), "the endpoint answered 500", Some("2026-01-01T00:05:00.000Z")).await.unwrap();
+    let log = meta.deliveries("we_1", 10).await.unwrap();
+    assert_eq!((log[0].status.as_str(), log[0].attempts, log[0].last_status, log[0].next_at.as_str()), ("pending", 1, Some(500), "2026-01-01T00:05:00.000Z"));
+    assert_eq!(log[1].status, "delivered");
+    meta.delete_endpoint("we_1", event("webhook.delete")).await.unwrap();
+    assert!(meta.deliveries("we_1", 10).await.unwrap().is_empty());
 }

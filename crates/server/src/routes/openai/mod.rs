@@ -8,6 +8,7 @@ mod error;
 pub(crate) mod evals;
 mod params;
 mod tokenizer;
+pub(crate) mod webhooks;
 
 use api::openai as wire;
 use axum::extract::rejection::JsonRejection;
