@@ -288,7 +288,7 @@ struct Turn {
     revision: String,
 }
 
-async fn grade_item(state: &AppState, principal: &Principal, context: &ItemContext, run: &EvalRun, index: usize, item: Value, given: Option<Value>) -> OutputItem {
+async fn grade_item(state: &AppState, principal: &Principal, context: &Arc<ItemContext>, run: &EvalRun, index: usize, item: Value, given: Option<Value>) -> OutputItem {
     let mut body = json!({ "datasource_item": item, "datasource_item_id": index, "results": [], "usage_by_model": [] });
     let status = match grade_body(state, principal, context, &item, given, &mut body).await {
         Ok(true) => "pass",
@@ -302,8 +302,11 @@ async fn grade_item(state: &AppState, principal: &Principal, context: &ItemConte
 }
 
 /// Samples (when asked) and grades one item into `body`; whether every grader passed.
-async fn grade_body(state: &AppState, principal: &Principal, context: &ItemContext, item: &Value, given: Option<Value>, body: &mut Value) -> Result<bool, String> {
-    if let Err(err) = context.validator.validate(item) {
+async fn grade_body(state: &AppState, principal: &Principal, context: &Arc<ItemContext>, item: &Value, given: Option<Value>, body: &mut Value) -> Result<bool, String> {
+    // Schema validation and similarity metrics are CPU work the caller's data decides: off the
+    // async workers.
+    let (checker, checked) = (context.clone(), item.clone());
+    if let Err(err) = inference::prompt::off_async(move || checker.validator.validate(&checked).map_err(|err| err.to_string())).await {
         return Err(format!("the item does not match item_schema: {err}"));
     }
     let sample = match &context.completions {
@@ -350,7 +353,8 @@ async fn run_grader(state: &AppState, principal: &Principal, grader: &Grader, it
             (if passed { 1.0 } else { 0.0 }, passed, None)
         }
         Grader::TextSimilarity { input, reference, metric, pass_threshold, .. } => {
-            let score = grade::similarity(&grade::render(input, item, sample)?, &grade::render(reference, item, sample)?, *metric);
+            let (input, reference, metric) = (grade::render(input, item, sample)?, grade::render(reference, item, sample)?, *metric);
+            let score = inference::prompt::off_async(move || grade::similarity(&input, &reference, metric)).await;
             (score, score >= *pass_threshold, None)
         }
         Grader::LabelModel { model, input, labels, passing, .. } => {
@@ -442,8 +446,8 @@ async fn score_text(state: &AppState, principal: &Principal, model: &str, text: 
     let prompts: Vec<Vec<engine::Token>> = tokens.chunks(window).enumerate().map(|(k, chunk)| std::iter::once(if k == 0 { prefix } else { tokens[k * window - 1] }).chain(chunk.iter().copied()).collect()).collect();
     let mut loglikelihood = 0.0;
     let mut turn = Turn { text: String::new(), finish_reason: "length", prompt_tokens: 0, completion_tokens: 0, revision: target.served.revision.clone() };
-    // At most 64 windows a request: the inference service's limit on prompts.
-    for batch in prompts.chunks(64) {
+    // A few windows a request, so a long text never fills a deployment's queue by itself.
+    for batch in prompts.chunks(16) {
         let (scores, used) = score(state, principal, model, batch.to_vec()).await?;
         loglikelihood += scores.iter().flatten().map(|l| f64::from(*l)).sum::<f64>();
         turn.prompt_tokens += used.prompt_tokens;
