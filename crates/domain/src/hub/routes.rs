@@ -141,7 +141,13 @@ impl Hub {
 
     /// Stores a route change with its history entry and audit row (as `actor`).
     async fn record_route(&self, actor: &str, current: Option<Route>, mut next: Route, action: &str, note: ChangeNote) -> Result<Route> {
-        next.updated_at = format_time(chrono::Utc::now());
+        // Strictly later than the version it replaces, so the compare-and-set on `updated_at`
+        // tells every change apart, even two in one millisecond.
+        let mut at = chrono::Utc::now();
+        if let Some(before) = current.as_ref().and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.updated_at).ok()) {
+            at = at.max(before.with_timezone(&chrono::Utc) + chrono::Duration::milliseconds(1));
+        }
+        next.updated_at = format_time(at);
         let mut runs = Vec::with_capacity(note.eval_runs.len());
         for id in &note.eval_runs {
             let run = self.meta.get_run(id).await?.ok_or_else(|| Error::invalid(format!("evidence names no eval run {id}")))?;

@@ -101,6 +101,9 @@ impl Hub {
         let records = self.meta.audit_after(seq, 200).await?;
         let Some(last) = records.last().map(|r| r.seq) else { return Ok(0) };
         let endpoints = self.meta.list_endpoints(None).await?;
+        // An endpoint gets the events after its own creation in the log (by sequence, not by
+        // clock: both can fall in one millisecond). One made before this batch gets them all.
+        let made_at: std::collections::HashMap<&str, i64> = records.iter().filter(|r| r.action == "webhook.create").filter_map(|r| Some((r.target.strip_prefix("webhook:")?, r.seq))).collect();
         let mut deliveries = Vec::new();
         for record in &records {
             let Some((event_type, data, audience)) = event_of(record) else { continue };
@@ -108,8 +111,8 @@ impl Hub {
             // One event id per audit row: the same for every endpoint and every retry.
             let event_id = format!("evt_{}", &record.hash[..24.min(record.hash.len())]);
             let body = payload(&event_id, event_type, created, &data);
-            // An endpoint gets the events that happened after it was made.
-            for endpoint in endpoints.iter().filter(|e| e.created_at <= record.time && e.event_types.iter().any(|t| t == event_type)) {
+            let live = |e: &&Endpoint| made_at.get(e.id.as_str()).is_none_or(|seq| *seq < record.seq);
+            for endpoint in endpoints.iter().filter(live).filter(|e| e.event_types.iter().any(|t| t == event_type)) {
                 if self.may_receive(&endpoint.owner, &audience, &data).await? {
                     deliveries.push(NewDelivery { endpoint_id: endpoint.id.clone(), event_id: event_id.clone(), event_type: event_type.to_owned(), payload: body.clone() });
                 }
