@@ -31,7 +31,7 @@ pub(crate) use error::InferenceError;
 pub(crate) use generate::{generate, Answer, Finish, Output};
 pub(crate) use request::{GenerationRequest, Input, Sampling};
 pub(crate) use residency::{apply_keep_alive, KeepAlive};
-pub(crate) use tokenize::{context_length, detokenize, prefix_token, resolve_named_or_only, tokenize, tokenizer_info, TokenizeInput};
+pub(crate) use tokenize::{context_length, detokenize, prefix_token, resolve_named_or_only, token_strings, tokenize, tokenizer_info, TokenizeInput};
 
 use crate::runtime::{Backend, Served};
 use crate::AppState;

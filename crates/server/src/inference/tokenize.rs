@@ -89,6 +89,12 @@ pub(crate) async fn detokenize(target: &Target, tokens: Vec<Token>) -> Result<St
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Each token's own text (special tokens spelled out), in one pass off the async workers.
+pub(crate) async fn token_strings(target: &Target, tokens: Vec<Token>) -> Result<Vec<String>, InferenceError> {
+    let engine = engine(target)?.clone();
+    Ok(prompt::off_async(move || tokens.iter().map(|t| String::from_utf8_lossy(&engine.tokenizer().decode(&[*t])).into_owned()).collect()).await)
+}
+
 /// The tokenizer's special tokens, chat template and length.
 pub(crate) fn tokenizer_info(target: &Target) -> Result<TokenizerInfo, InferenceError> {
     let engine = engine(target)?;

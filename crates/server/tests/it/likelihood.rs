@@ -114,6 +114,8 @@ async fn tokenizer_endpoints_speak_vllms_shape_and_keep_deployments_apart() {
     assert_eq!(reply.json()["tokens"], json!("hi <|im_end|>".bytes().collect::<Vec<_>>()));
     assert_eq!(reply.json()["count"], 13);
     assert!(reply.json()["max_model_len"].as_u64().unwrap() > 0);
+    let reply = server.json("POST", "/tokenize", Some(&token), json!({ "prompt": "ab", "return_token_strs": true })).await;
+    assert_eq!(reply.json()["token_strs"], json!(["a", "b"]));
     let reply = server.json("POST", "/tokenize", Some(&token), json!({ "model": "tiny", "messages": [{ "role": "user", "content": "yo" }] })).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     assert_eq!(reply.json()["tokens"], json!("<|im_start|>user\nyo<|im_end|>\n<|im_start|>assistant\n".bytes().collect::<Vec<_>>()));

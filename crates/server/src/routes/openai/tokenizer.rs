@@ -52,13 +52,7 @@ async fn tokenize_for(state: AppState, headers: HeaderMap, body: Result<Json<wir
     let target = inference::resolve_named_or_only(&state, &principal, model.as_deref()).await?;
     let tokens = inference::tokenize(&target, input).await?;
     let token_strs = match request.return_token_strs {
-        Some(true) => {
-            let mut strs = Vec::with_capacity(tokens.len());
-            for token in &tokens {
-                strs.push(inference::detokenize(&target, vec![*token]).await?);
-            }
-            Some(strs)
-        }
+        Some(true) => Some(inference::token_strings(&target, tokens.clone()).await?),
         _ => None,
     };
     let max_model_len = inference::tokenizer_info(&target)?.model_max_length;
