@@ -104,6 +104,18 @@ impl Hub {
         self.meta.delete_route(name, &change, event).await
     }
 
+    /// The routes a caller may call (its stable deployment is one the caller may use).
+    pub async fn runnable_routes(&self, principal: &Principal) -> Result<Vec<Route>> {
+        principal.user()?;
+        let mut runnable = Vec::new();
+        for route in self.meta.list_routes().await? {
+            if self.runnable_deployment(principal, &route.stable).await.is_ok() {
+                runnable.push(route);
+            }
+        }
+        Ok(runnable)
+    }
+
     /// The deployment a caller reaches through route `name` (its sticky bucket decides between
     /// canary and stable), if the route exists and the caller may use that deployment.
     pub async fn route_target(&self, principal: &Principal, name: &str) -> Result<Option<Deployment>> {

@@ -32,6 +32,9 @@ async fn a_route_moves_callers_between_revisions_with_its_history() {
     let reply = server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny", "reason": "first release" })).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     assert_eq!(revision_for(&server, &token).await, format!("ann/tiny@{first}"));
+    let models = server.get("/v1/models", Some(&token)).await.json();
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "chat" && m["owned_by"] == "route"), "{models}");
+    assert_eq!(server.get("/v1/models/chat", Some(&token)).await.json()["id"], "chat");
 
     // A canary at 50%: callers split, each always on the same side.
     let mut callers = Vec::new();

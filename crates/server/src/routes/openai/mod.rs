@@ -30,15 +30,29 @@ use crate::AppState;
 pub(crate) async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<wire::ModelList>, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
     let deployments = state.hub.runnable_deployments(&principal).await?;
-    let data = deployments.iter().map(model_entry).collect();
+    let mut data: Vec<wire::Model> = deployments.iter().map(model_entry).collect();
+    // Release routes are models to call too.
+    for route in state.hub.runnable_routes(&principal).await? {
+        let created = chrono::DateTime::parse_from_rfc3339(&route.updated_at).map(|t| t.timestamp()).unwrap_or(0);
+        data.push(wire::Model { id: route.name, object: "model".into(), created, owned_by: "route".into() });
+    }
     Ok(Json(wire::ModelList { object: "list".into(), data }))
 }
 
 /// `GET /v1/models/{model}`.
 pub(crate) async fn retrieve_model(State(state): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> Result<Json<wire::Model>, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
-    let deployment = state.hub.runnable_deployment(&principal, &model).await?;
-    Ok(Json(model_entry(&deployment)))
+    match state.hub.runnable_deployment(&principal, &model).await {
+        Ok(deployment) => Ok(Json(model_entry(&deployment))),
+        Err(domain::Error::NotFound(message)) => match state.hub.runnable_routes(&principal).await?.into_iter().find(|r| r.name == model) {
+            Some(route) => {
+                let created = chrono::DateTime::parse_from_rfc3339(&route.updated_at).map(|t| t.timestamp()).unwrap_or(0);
+                Ok(Json(wire::Model { id: route.name, object: "model".into(), created, owned_by: "route".into() }))
+            }
+            None => Err(domain::Error::NotFound(message).into()),
+        },
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `POST /v1/chat/completions`.
