@@ -145,3 +145,30 @@ def test_a_route_canaries_promotes_and_rolls_back_with_its_history(server, judge
     assert api.chat.completions.create(model=route, messages=[SYSTEM, {"role": "user", "content": "Hi"}], max_tokens=4).choices
     server.cli("routes", "delete", route)
     server.cli("undeploy", other)
+
+
+def test_runs_queued_on_two_replicas_each_run_once(server):
+    """Scale-out: runs created on either replica are claimed by one worker each and completed
+    once (every item graded exactly once), whichever replica's worker takes them."""
+    if not server.scale_out:
+        pytest.skip("two replicas share PostgreSQL and S3 in the scale-out run")
+    import tempfile
+
+    from conftest import start
+
+    _, token = server.new_user()
+    proc, replica = start(tempfile.mkdtemp(prefix="mantle-e2e-replica-"), blob_url=server.blob_url)
+    try:
+        apis = [openai.OpenAI(base_url=s.endpoint + "/v1", api_key=token) for s in (server, replica)]
+        created = apis[0].evals.create(name="replicated", data_source_config={"type": "custom", "item_schema": {"type": "object"}}, testing_criteria=[{"type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": "{{item.want}}", "operation": "eq"}])
+        content = [{"item": {"want": "yes" if i % 3 else "no"}, "sample": {"output_text": "yes"}} for i in range(30)]
+        runs = [apis[i % 2].evals.runs.create(created.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}}) for i in range(6)]
+        for i, run in enumerate(runs):
+            done = wait(apis[(i + 1) % 2], created.id, run.id)
+            assert done.status == "completed", done
+            assert (done.result_counts.total, done.result_counts.passed, done.result_counts.failed) == (30, 20, 10), done.result_counts
+            items = list(apis[i % 2].evals.runs.output_items.list(run.id, eval_id=created.id, limit=100))
+            assert sorted(item.datasource_item_id for item in items) == list(range(30))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
