@@ -364,6 +364,9 @@ pub struct RolloutAnalysis {
     pub max_error_rate: Option<f64>,
     #[serde(default)]
     pub max_latency_p95_ms: Option<u64>,
+    /// Time to first token, 95th percentile.
+    #[serde(default)]
+    pub max_ttft_p95_ms: Option<u64>,
     #[serde(default)]
     pub min_tokens_per_sec: Option<f64>,
     /// Requests a step needs before it is judged (default 20); fewer is inconclusive: it waits.

@@ -39,6 +39,9 @@ pub(crate) enum RouteCommand {
         /// SLO: the longest request latency at the 95th percentile.
         #[arg(long)]
         max_latency_p95_ms: Option<u64>,
+        /// SLO: the longest time to first token at the 95th percentile.
+        #[arg(long)]
+        max_ttft_p95_ms: Option<u64>,
         /// SLO: the fewest completion tokens per second of request time.
         #[arg(long)]
         min_tokens_per_sec: Option<f64>,
@@ -125,9 +128,9 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
             let body = api::admin::SetRoute { stable: to, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.put_json(&path(&name), &body).await?);
         }
-        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, min_tokens_per_sec, min_requests, failure_limit, note } => {
+        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests, failure_limit, note } => {
             let note = note.wire();
-            let analysis = steps.map(|steps| api::admin::RolloutAnalysis { steps, bake_secs: Some(bake), max_error_rate, max_latency_p95_ms, min_tokens_per_sec, min_requests: Some(min_requests), failure_limit: Some(failure_limit) });
+            let analysis = steps.map(|steps| api::admin::RolloutAnalysis { steps, bake_secs: Some(bake), max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests: Some(min_requests), failure_limit: Some(failure_limit) });
             let body = api::admin::CanaryRoute { deployment: to, percent: weight, analysis, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.post_json(&format!("{}/canary", path(&name)), &body).await?);
         }

@@ -481,6 +481,8 @@ pub struct UsageRecord {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub latency_ms: u64,
+    /// Time to the first generated text, when any came.
+    pub ttft_ms: Option<u64>,
     /// In millionths of the currency unit, at the deployment's prices when it ran.
     pub cost_micros: f64,
 }

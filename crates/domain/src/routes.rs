@@ -47,7 +47,7 @@ impl Rollout {
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "steps": self.steps, "bake_secs": self.bake_secs, "min_requests": self.min_requests, "failure_limit": self.failure_limit,
-            "slo": { "max_error_rate": self.slo.max_error_rate, "max_latency_p95_ms": self.slo.max_latency_p95_ms, "min_tokens_per_sec": self.slo.min_tokens_per_sec },
+            "slo": { "max_error_rate": self.slo.max_error_rate, "max_latency_p95_ms": self.slo.max_latency_p95_ms, "max_ttft_p95_ms": self.slo.max_ttft_p95_ms, "min_tokens_per_sec": self.slo.min_tokens_per_sec },
             "step": self.step, "step_started_at": self.step_started_at, "failures": self.failures,
         })
     }
@@ -58,7 +58,7 @@ impl Rollout {
         Some(Rollout {
             steps: value["steps"].as_array()?.iter().map(|s| s.as_u64().map(|p| p.min(100) as u8)).collect::<Option<_>>()?,
             bake_secs: value["bake_secs"].as_u64()?,
-            slo: Slo { max_error_rate: slo["max_error_rate"].as_f64(), max_latency_p95_ms: slo["max_latency_p95_ms"].as_u64(), min_tokens_per_sec: slo["min_tokens_per_sec"].as_f64() },
+            slo: Slo { max_error_rate: slo["max_error_rate"].as_f64(), max_latency_p95_ms: slo["max_latency_p95_ms"].as_u64(), max_ttft_p95_ms: slo["max_ttft_p95_ms"].as_u64(), min_tokens_per_sec: slo["min_tokens_per_sec"].as_f64() },
             min_requests: value["min_requests"].as_u64()?,
             failure_limit: value["failure_limit"].as_u64()? as u32,
             step: value["step"].as_u64()? as usize,
@@ -75,8 +75,21 @@ pub struct Slo {
     pub max_error_rate: Option<f64>,
     /// Request latency (end to end), 95th percentile.
     pub max_latency_p95_ms: Option<u64>,
+    /// Time to first token, 95th percentile.
+    pub max_ttft_p95_ms: Option<u64>,
     /// Completion tokens per second of request time, at least.
     pub min_tokens_per_sec: Option<f64>,
+}
+
+/// What one request recorded (from the usage log).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// `ok`, `failed`, `cancelled`, `rejected`, `invalid`.
+    pub outcome: String,
+    pub latency_ms: u64,
+    pub completion_tokens: u64,
+    /// Time to the first generated text, when any came.
+    pub ttft_ms: Option<u64>,
 }
 
 /// What a deployment's requests recorded in a window.
@@ -85,19 +98,30 @@ pub struct Readings {
     pub requests: u64,
     pub failed: u64,
     pub latency_p95_ms: u64,
+    /// Time to first token, 95th percentile, over requests that produced text.
+    pub ttft_p95_ms: u64,
     pub tokens_per_sec: f64,
 }
 
+/// The 95th percentile of `values` (0 for none).
+fn p95(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values.get((values.len() * 95).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0)
+}
+
 impl Readings {
-    /// Readings from `(outcome, latency_ms, completion_tokens)` rows; requests the caller
-    /// cancelled or that were refused count neither way.
-    pub fn from_rows(rows: &[(String, u64, u64)]) -> Self {
-        let counted: Vec<&(String, u64, u64)> = rows.iter().filter(|(outcome, ..)| outcome == "ok" || outcome == "failed").collect();
-        let mut latencies: Vec<u64> = counted.iter().map(|(_, latency, _)| *latency).collect();
-        latencies.sort_unstable();
-        let p95 = latencies.get((latencies.len() * 95).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0);
-        let (tokens, millis) = counted.iter().fold((0u64, 0u64), |(t, m), (_, latency, tokens)| (t + tokens, m + latency));
-        Readings { requests: counted.len() as u64, failed: counted.iter().filter(|(o, ..)| o == "failed").count() as u64, latency_p95_ms: p95, tokens_per_sec: if millis > 0 { tokens as f64 * 1000.0 / millis as f64 } else { 0.0 } }
+    /// Readings from what requests recorded; requests the caller cancelled or that were refused
+    /// count neither way.
+    pub fn from_outcomes(rows: &[Outcome]) -> Self {
+        let counted: Vec<&Outcome> = rows.iter().filter(|o| o.outcome == "ok" || o.outcome == "failed").collect();
+        let (tokens, millis) = counted.iter().fold((0u64, 0u64), |(t, m), o| (t + o.completion_tokens, m + o.latency_ms));
+        Readings {
+            requests: counted.len() as u64,
+            failed: counted.iter().filter(|o| o.outcome == "failed").count() as u64,
+            latency_p95_ms: p95(counted.iter().map(|o| o.latency_ms).collect()),
+            ttft_p95_ms: p95(counted.iter().filter_map(|o| o.ttft_ms).collect()),
+            tokens_per_sec: if millis > 0 { tokens as f64 * 1000.0 / millis as f64 } else { 0.0 },
+        }
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -128,6 +152,9 @@ pub fn analyze(readings: &Readings, slo: &Slo, min_requests: u64) -> Verdict {
     }
     if let Some(max) = slo.max_latency_p95_ms.filter(|max| readings.latency_p95_ms > *max) {
         broken.push(format!("latency p95 {} ms above {max} ms", readings.latency_p95_ms));
+    }
+    if let Some(max) = slo.max_ttft_p95_ms.filter(|max| readings.ttft_p95_ms > *max) {
+        broken.push(format!("time to first token p95 {} ms above {max} ms", readings.ttft_p95_ms));
     }
     if let Some(min) = slo.min_tokens_per_sec.filter(|min| readings.tokens_per_sec < *min) {
         broken.push(format!("{:.1} tokens/s below {min}", readings.tokens_per_sec));
@@ -184,35 +211,36 @@ pub trait RouteStore: Send + Sync {
     async fn delete_route(&self, name: &str, change: &RouteChange, event: AuditEvent) -> Result<()>;
     /// A route's changes, oldest first.
     async fn route_history(&self, name: &str) -> Result<Vec<RouteChange>>;
-    /// What a deployment's requests recorded since `since`: `(outcome, latency_ms,
-    /// completion_tokens)`, at most `limit` of the newest.
-    async fn deployment_outcomes(&self, deployment: &str, since: &str, limit: i64) -> Result<Vec<(String, u64, u64)>>;
+    /// What a deployment's requests recorded since `since`, at most `limit` of the newest.
+    async fn deployment_outcomes(&self, deployment: &str, since: &str, limit: i64) -> Result<Vec<Outcome>>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rows(ok: usize, failed: usize, latency: u64) -> Vec<(String, u64, u64)> {
-        std::iter::repeat_n(("ok".to_owned(), latency, 10), ok).chain(std::iter::repeat_n(("failed".to_owned(), latency, 0), failed)).chain([("cancelled".to_owned(), 1, 0)]).collect()
+    fn rows(ok: usize, failed: usize, latency: u64) -> Vec<Outcome> {
+        let one = |outcome: &str, tokens: u64, ttft: Option<u64>| Outcome { outcome: outcome.into(), latency_ms: latency, completion_tokens: tokens, ttft_ms: ttft };
+        std::iter::repeat_n(one("ok", 10, Some(latency / 4)), ok).chain(std::iter::repeat_n(one("failed", 0, None), failed)).chain([Outcome { outcome: "cancelled".into(), latency_ms: 1, completion_tokens: 0, ttft_ms: Some(99_999) }]).collect()
     }
 
     #[test]
     fn a_canary_passes_fails_or_waits_for_requests() {
-        let slo = Slo { max_error_rate: Some(0.05), max_latency_p95_ms: Some(500), min_tokens_per_sec: None };
-        assert_eq!(analyze(&Readings::from_rows(&rows(40, 1, 100)), &slo, 20), Verdict::Pass);
-        assert!(matches!(analyze(&Readings::from_rows(&rows(30, 10, 100)), &slo, 20), Verdict::Fail(why) if why.contains("error rate")));
-        assert!(matches!(analyze(&Readings::from_rows(&rows(40, 0, 900)), &slo, 20), Verdict::Fail(why) if why.contains("p95")));
-        assert!(matches!(analyze(&Readings::from_rows(&rows(5, 5, 100)), &slo, 20), Verdict::Inconclusive(_)));
-        let readings = Readings::from_rows(&rows(2, 0, 500));
-        assert_eq!((readings.requests, readings.tokens_per_sec), (2, 20.0));
+        let slo = Slo { max_error_rate: Some(0.05), max_latency_p95_ms: Some(500), max_ttft_p95_ms: Some(100), min_tokens_per_sec: None };
+        assert_eq!(analyze(&Readings::from_outcomes(&rows(40, 1, 100)), &slo, 20), Verdict::Pass);
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(30, 10, 100)), &slo, 20), Verdict::Fail(why) if why.contains("error rate")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 900)), &slo, 20), Verdict::Fail(why) if why.contains("latency p95") && why.contains("first token")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 480)), &slo, 20), Verdict::Fail(why) if why.contains("first token p95 120")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(5, 5, 100)), &slo, 20), Verdict::Inconclusive(_)));
+        let readings = Readings::from_outcomes(&rows(2, 0, 500));
+        assert_eq!((readings.requests, readings.tokens_per_sec, readings.ttft_p95_ms), (2, 20.0, 125));
     }
 
     #[test]
     fn buckets_are_sticky_and_spread() {
         assert_eq!(bucket("chat", "ann"), bucket("chat", "ann"));
         let route = Route { name: "chat".into(), stable: "a".into(), canary: Some(("b".into(), 30)), rollout: None, updated_at: String::new() };
-        let rollout = Rollout { steps: vec![5, 50, 100], bake_secs: 60, slo: Slo { max_error_rate: Some(0.1), ..Slo::default() }, min_requests: 10, failure_limit: 1, step: 1, step_started_at: "t".into(), failures: 1 };
+        let rollout = Rollout { steps: vec![5, 50, 100], bake_secs: 60, slo: Slo { max_error_rate: Some(0.1), max_ttft_p95_ms: Some(300), ..Slo::default() }, min_requests: 10, failure_limit: 1, step: 1, step_started_at: "t".into(), failures: 1 };
         assert_eq!(Rollout::from_json(&rollout.to_json()), Some(rollout));
         let on_canary = (0..1000).filter(|i| route.pick(bucket("chat", &format!("user{i}"))) == "b").count();
         assert!((220..380).contains(&on_canary), "{on_canary}");

@@ -71,6 +71,8 @@ pub struct RequestTimer {
     ttft: Histogram,
     itl: Histogram,
     started: Instant,
+    /// When the first text came (time to first token, kept in the usage record).
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
     // A Cell: `reject` is called from a closure that only borrows the timer.
     outcome: std::cell::Cell<Option<&'static str>>,
@@ -98,7 +100,7 @@ impl Metrics {
         let labels = deployment_labels(deployment);
         let ttft = self.ttft.get_or_create(&labels).clone();
         let itl = self.itl.get_or_create(&labels).clone();
-        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), labels, ttft, itl, started: Instant::now(), last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
+        RequestTimer { metrics: self.clone(), deployment: deployment.to_owned(), labels, ttft, itl, started: Instant::now(), first_token: None, last_token: None, outcome: std::cell::Cell::new(None), bill: None, tokens: (0, 0), work: Vec::new() }
     }
 
     /// A xorb upload was accepted: `size` bytes received, stored anew or not.
@@ -199,7 +201,10 @@ impl RequestTimer {
     pub fn token(&mut self) {
         let now = Instant::now();
         match self.last_token {
-            None => self.ttft.observe((now - self.started).as_secs_f64()),
+            None => {
+                self.ttft.observe((now - self.started).as_secs_f64());
+                self.first_token = Some(now);
+            }
             Some(previous) => self.itl.observe((now - previous).as_secs_f64()),
         }
         self.last_token = Some(now);
@@ -258,6 +263,7 @@ impl Drop for RequestTimer {
                     prompt_tokens: prompt,
                     completion_tokens: completion,
                     latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    ttft_ms: self.first_token.map(|at| u64::try_from((at - self.started).as_millis()).unwrap_or(u64::MAX)),
                     cost_micros: bill.settings.cost_micros(prompt, completion),
                 },
                 bill.admission,

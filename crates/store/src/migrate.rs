@@ -31,6 +31,7 @@ const SQLITE: &[Script] = &[
     (8, "evals", include_str!("../migrations/sqlite/0008_evals.sql")),
     (9, "routes", include_str!("../migrations/sqlite/0009_routes.sql")),
     (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
+    (11, "usage_ttft", include_str!("../migrations/sqlite/0011_usage_ttft.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -43,6 +44,7 @@ const POSTGRES: &[Script] = &[
     (8, "evals", include_str!("../migrations/postgres/0008_evals.sql")),
     (9, "routes", include_str!("../migrations/postgres/0009_routes.sql")),
     (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
+    (11, "usage_ttft", include_str!("../migrations/postgres/0011_usage_ttft.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -202,7 +202,7 @@ impl RolloutPlan {
             return Err(Error::invalid("bake_secs may be at most a week"));
         }
         if self.slo == Slo::default() {
-            return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms or min_tokens_per_sec"));
+            return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms, max_ttft_p95_ms or min_tokens_per_sec"));
         }
         if self.slo.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) || self.slo.min_tokens_per_sec.is_some_and(|t| t.is_nan() || t < 0.0) {
             return Err(Error::invalid("max_error_rate must be within 0 to 1 and min_tokens_per_sec not negative"));
@@ -228,9 +228,9 @@ impl Hub {
                 continue;
             }
             let rows = self.meta.deployment_outcomes(&canary, &rollout.step_started_at, 100_000).await?;
-            let readings = Readings::from_rows(&rows);
+            let readings = Readings::from_outcomes(&rows);
             let verdict = analyze(&readings, &rollout.slo, rollout.min_requests);
-            let evidence = json!({ "analysis": { "step": rollout.step, "percent": rollout.steps[rollout.step], "requests": readings.requests, "failed": readings.failed, "error_rate": readings.error_rate(), "latency_p95_ms": readings.latency_p95_ms, "tokens_per_sec": readings.tokens_per_sec, "since": rollout.step_started_at, "verdict": format!("{verdict:?}") } });
+            let evidence = json!({ "analysis": { "step": rollout.step, "percent": rollout.steps[rollout.step], "requests": readings.requests, "failed": readings.failed, "error_rate": readings.error_rate(), "latency_p95_ms": readings.latency_p95_ms, "ttft_p95_ms": readings.ttft_p95_ms, "tokens_per_sec": readings.tokens_per_sec, "since": rollout.step_started_at, "verdict": format!("{verdict:?}") } });
             let note = |reason: String| ChangeNote { reason, eval_runs: Vec::new(), extra: evidence.clone() };
             let (next, action, reason) = match verdict {
                 Verdict::Inconclusive(_) => continue,

@@ -154,11 +154,14 @@ async fn a_canary_that_breaks_its_slo_is_rolled_back_by_itself_and_a_healthy_one
     assert!(server.audit_actions().await.iter().any(|a| a == "route.rollback"));
 
     // A healthy canary steps through and is promoted.
-    let good = json!({ "deployment": "tiny-v2", "analysis": { "steps": [25, 60, 100], "bake_secs": 0, "max_error_rate": 0.0, "min_requests": 1 } });
+    let good = json!({ "deployment": "tiny-v2", "analysis": { "steps": [25, 60, 100], "bake_secs": 0, "max_error_rate": 0.0, "max_ttft_p95_ms": 60000, "min_requests": 1 } });
     assert_eq!(server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), good).await.status, StatusCode::OK);
     traffic(&server, &callers).await;
     assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: canary"]);
     assert_eq!(server.get("/api/admin/routes/chat", Some(ADMIN)).await.json()["canary_percent"], 60);
+    let history = server.get("/api/admin/routes/chat/history", Some(ADMIN)).await.json();
+    let step = history.as_array().unwrap().last().unwrap()["evidence"]["extra"]["analysis"].clone();
+    assert!(step["requests"].as_u64().unwrap() >= 1 && step["ttft_p95_ms"].is_u64(), "{step}");
     traffic(&server, &callers).await;
     assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: promote"]);
     assert_eq!(server.get("/api/admin/routes/chat", Some(ADMIN)).await.json()["stable"], "tiny-v2");

@@ -55,7 +55,7 @@ impl QuotaStore for SqlMetaStore {
         // so they do not queue behind (or hold up) the serialized metadata writes.
         let mut tx = self.begin_counters().await?;
         for r in records {
-            sqlx::query("INSERT INTO usage_records (at, account, token_id, deployment, api, outcome, prompt_tokens, completion_tokens, latency_ms, cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            sqlx::query("INSERT INTO usage_records (at, account, token_id, deployment, api, outcome, prompt_tokens, completion_tokens, latency_ms, cost_micros, ttft_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
                 .bind(&r.at)
                 .bind(&r.account)
                 .bind(r.token_id)
@@ -66,6 +66,7 @@ impl QuotaStore for SqlMetaStore {
                 .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
                 .bind(i64::try_from(r.latency_ms).unwrap_or(i64::MAX))
                 .bind(r.cost_micros)
+                .bind(r.ttft_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;

@@ -1,6 +1,6 @@
 //! RouteStore: release routes and their history.
 
-use domain::routes::{Rollout, Route, RouteChange, RouteStore};
+use domain::routes::{Outcome, Rollout, Route, RouteChange, RouteStore};
 
 use super::*;
 
@@ -84,13 +84,15 @@ impl RouteStore for SqlMetaStore {
         tx.commit().await
     }
 
-    async fn deployment_outcomes(&self, deployment: &str, since: &str, limit: i64) -> Result<Vec<(String, u64, u64)>> {
-        let rows = sqlx::query("SELECT outcome, latency_ms, completion_tokens FROM usage_records WHERE deployment = $1 AND at >= $2 ORDER BY id DESC LIMIT $3").bind(deployment).bind(since).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
+    async fn deployment_outcomes(&self, deployment: &str, since: &str, limit: i64) -> Result<Vec<Outcome>> {
+        let rows =
+            sqlx::query("SELECT outcome, latency_ms, completion_tokens, ttft_ms FROM usage_records WHERE deployment = $1 AND at >= $2 ORDER BY id DESC LIMIT $3").bind(deployment).bind(since).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter()
             .map(|row| {
                 let latency: i64 = row.try_get("latency_ms").map_err(db_err)?;
                 let tokens: i64 = row.try_get("completion_tokens").map_err(db_err)?;
-                Ok((row.try_get("outcome").map_err(db_err)?, latency.max(0) as u64, tokens.max(0) as u64))
+                let ttft: Option<i64> = row.try_get("ttft_ms").map_err(db_err)?;
+                Ok(Outcome { outcome: row.try_get("outcome").map_err(db_err)?, latency_ms: latency.max(0) as u64, completion_tokens: tokens.max(0) as u64, ttft_ms: ttft.map(|t| t.max(0) as u64) })
             })
             .collect()
     }

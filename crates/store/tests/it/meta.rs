@@ -319,6 +319,7 @@ async fn quota_store(store: Arc<SqlMetaStore>) {
         prompt_tokens: prompt,
         completion_tokens: completion,
         latency_ms: 10,
+        ttft_ms: Some(4),
         cost_micros: (prompt * 150_000 + completion * 600_000) as f64 / 1e6,
     };
     meta.record_usage(
