@@ -27,6 +27,8 @@ pub struct Endpoint {
     pub secrets: Vec<(String, Option<String>)>,
     pub created_at: String,
     pub updated_at: String,
+    /// The audit sequence of its creation (set by the store): it gets the events after it.
+    pub created_seq: i64,
 }
 
 /// A delivery to one endpoint, and what became of it.
@@ -50,24 +52,23 @@ pub struct Delivery {
 /// Who may receive an event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Audience {
-    /// The account that owns the object (an eval run's owner).
-    Owner(String),
+    /// The owner of the eval run the event names.
+    RunOwner,
     /// Members (and site admins) of a namespace.
     Namespace(String),
     /// Site admins only (routes, deployments).
     Admins,
 }
 
-/// The webhook event an audit row stands for, if any: its type, data and audience (an eval
-/// run's owner is looked up by the caller through `run_owner`).
+/// The webhook event an audit row stands for, if any: its type, data and audience.
 pub fn event_of(record: &AuditRecord) -> Option<(&'static str, Value, Audience)> {
     let target = record.target.as_str();
     let id = |prefix: &str| target.strip_prefix(prefix).map(str::to_owned);
     let details: Value = serde_json::from_str(&record.details).unwrap_or(Value::Null);
     Some(match record.action.as_str() {
-        "eval.run.succeeded" => ("eval.run.succeeded", json!({ "id": id("evalrun:")? }), Audience::Owner(String::new())),
-        "eval.run.failed" => ("eval.run.failed", json!({ "id": id("evalrun:")? }), Audience::Owner(String::new())),
-        "eval.run.cancel" => ("eval.run.canceled", json!({ "id": id("evalrun:")? }), Audience::Owner(String::new())),
+        "eval.run.succeeded" => ("eval.run.succeeded", json!({ "id": id("evalrun:")? }), Audience::RunOwner),
+        "eval.run.failed" => ("eval.run.failed", json!({ "id": id("evalrun:")? }), Audience::RunOwner),
+        "eval.run.cancel" => ("eval.run.canceled", json!({ "id": id("evalrun:")? }), Audience::RunOwner),
         "route.canary" => ("route.canary", json!({ "id": id("route:")?, "from": details["from"], "to": details["to"], "reason": details["reason"] }), Audience::Admins),
         "route.promote" => ("route.promoted", json!({ "id": id("route:")?, "from": details["from"], "to": details["to"], "reason": details["reason"] }), Audience::Admins),
         "route.rollback" => ("route.rolled_back", json!({ "id": id("route:")?, "from": details["from"], "to": details["to"], "reason": details["reason"], "analysis": details["analysis"] }), Audience::Admins),
@@ -124,6 +125,7 @@ pub struct NewDelivery {
 /// Storage of endpoints, the dispatcher's cursor over the audit log, and deliveries.
 #[async_trait::async_trait]
 pub trait WebhookStore: Send + Sync {
+    /// Stores an endpoint with its audit row; its `created_seq` is that row's sequence.
     async fn create_endpoint(&self, endpoint: &Endpoint, event: AuditEvent) -> Result<()>;
     async fn get_endpoint(&self, id: &str) -> Result<Option<Endpoint>>;
     /// Endpoints of `owner` (all for `None`), oldest first.
@@ -131,6 +133,8 @@ pub trait WebhookStore: Send + Sync {
     async fn update_endpoint(&self, endpoint: &Endpoint, event: AuditEvent) -> Result<()>;
     /// Deletes an endpoint and its deliveries; NotFound if missing.
     async fn delete_endpoint(&self, id: &str, event: AuditEvent) -> Result<()>;
+    /// The last audit sequence dispatched (`None` before the first dispatcher ran); a read.
+    async fn webhook_cursor(&self) -> Result<Option<i64>>;
     /// Takes the dispatcher's lease on the audit-log cursor for `holder` if it is free or
     /// expired (or already `holder`'s); the cursor (last audit seq dispatched) when taken.
     async fn claim_webhook_cursor(&self, holder: &str, now: &str, lease_until: &str) -> Result<Option<i64>>;

@@ -14,6 +14,7 @@ impl Hub {
     /// Stores a new eval owned by the caller (a write token: it starts work billed to it).
     pub async fn create_eval(&self, principal: &Principal, mut eval: Eval) -> Result<Eval> {
         let user = writer(principal)?;
+        check_name(&eval.name)?;
         eval.owner = user.name.clone();
         eval.created_at = format_time(chrono::Utc::now());
         let event = AuditEvent::new(&user.name, "eval.create", format!("eval:{}", eval.id), json!({ "name": eval.name, "testing_criteria": eval.testing_criteria.as_array().map_or(0, Vec::len) }));
@@ -41,6 +42,7 @@ impl Hub {
         let user = writer(principal)?;
         let mut eval = self.eval(principal, id).await?;
         eval.name = name.unwrap_or(eval.name);
+        check_name(&eval.name)?;
         eval.metadata = metadata.unwrap_or(eval.metadata);
         let event = AuditEvent::new(&user.name, "eval.update", format!("eval:{id}"), json!({ "name": eval.name }));
         self.meta.update_eval(&eval, event).await?;
@@ -57,6 +59,7 @@ impl Hub {
     /// Queues a run of an eval the caller may see; the worker runs it as the caller's token.
     pub async fn create_eval_run(&self, principal: &Principal, mut run: EvalRun) -> Result<EvalRun> {
         let user = writer(principal)?;
+        check_name(&run.name)?;
         let eval = self.eval(principal, &run.eval_id).await?;
         run.owner = eval.owner;
         run.token_id = user.token_id;
@@ -128,6 +131,14 @@ fn writer(principal: &Principal) -> Result<&UserPrincipal> {
         return Err(Error::forbidden("this needs a write token"));
     }
     Ok(user)
+}
+
+/// Eval and run names: at most 256 characters.
+fn check_name(name: &str) -> Result<()> {
+    if name.chars().count() > 256 {
+        return Err(Error::invalid("a name may have at most 256 characters"));
+    }
+    Ok(())
 }
 
 /// Whether `user` may see what `owner` owns.

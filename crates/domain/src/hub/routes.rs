@@ -160,6 +160,9 @@ impl Hub {
             at = at.max(before.with_timezone(&chrono::Utc) + chrono::Duration::milliseconds(1));
         }
         next.updated_at = format_time(at);
+        if note.reason.chars().count() > 4096 || note.eval_runs.len() > 32 {
+            return Err(Error::invalid("a reason may have at most 4096 characters, and at most 32 eval runs may be given as evidence"));
+        }
         let mut runs = Vec::with_capacity(note.eval_runs.len());
         for id in &note.eval_runs {
             let run = self.meta.get_run(id).await?.ok_or_else(|| Error::invalid(format!("evidence names no eval run {id}")))?;

@@ -13,8 +13,9 @@ impl Hub {
     /// Creates an endpoint owned by the caller, with a fresh signing secret (returned once).
     /// `url` must already be allowed by the server's network policy.
     pub async fn create_webhook(&self, principal: &Principal, name: &str, url: &str, event_types: Vec<String>) -> Result<Endpoint> {
-        let user = principal.user()?;
+        let user = writer(principal)?;
         check_types(&event_types)?;
+        check_text(name, url)?;
         let now = format_time(chrono::Utc::now());
         let endpoint = Endpoint {
             id: format!("we_{}", uuid::Uuid::new_v4().simple()),
@@ -25,6 +26,7 @@ impl Hub {
             secrets: vec![(crate::webhooks::new_secret(), None)],
             created_at: now.clone(),
             updated_at: now,
+            created_seq: 0,
         };
         let event = AuditEvent::new(&user.name, "webhook.create", format!("webhook:{}", endpoint.id), json!({ "url": url, "event_types": endpoint.event_types }));
         self.meta.create_endpoint(&endpoint, event).await?;
@@ -48,7 +50,7 @@ impl Hub {
 
     /// Changes an endpoint's name, URL (already allowed) or event types.
     pub async fn update_webhook(&self, principal: &Principal, id: &str, name: Option<String>, url: Option<String>, event_types: Option<Vec<String>>) -> Result<Endpoint> {
-        let user = principal.user()?.name.clone();
+        let user = writer(principal)?.name.clone();
         let mut endpoint = self.webhook(principal, id).await?;
         if let Some(types) = &event_types {
             check_types(types)?;
@@ -56,6 +58,7 @@ impl Hub {
         endpoint.name = name.unwrap_or(endpoint.name);
         endpoint.url = url.unwrap_or(endpoint.url);
         endpoint.event_types = event_types.unwrap_or(endpoint.event_types);
+        check_text(&endpoint.name, &endpoint.url)?;
         endpoint.updated_at = format_time(chrono::Utc::now());
         let event = AuditEvent::new(&user, "webhook.update", format!("webhook:{id}"), json!({ "url": endpoint.url, "event_types": endpoint.event_types }));
         self.meta.update_endpoint(&endpoint, event).await?;
@@ -64,7 +67,7 @@ impl Hub {
 
     /// A new signing secret; with `keep_old`, the previous one keeps signing for a day beside it.
     pub async fn rotate_webhook_secret(&self, principal: &Principal, id: &str, keep_old: bool) -> Result<Endpoint> {
-        let user = principal.user()?.name.clone();
+        let user = writer(principal)?.name.clone();
         let mut endpoint = self.webhook(principal, id).await?;
         let now = chrono::Utc::now();
         let until = format_time(now + chrono::Duration::hours(ROTATION_OVERLAP_HOURS));
@@ -80,9 +83,15 @@ impl Hub {
 
     /// Deletes an endpoint and its delivery log.
     pub async fn delete_webhook(&self, principal: &Principal, id: &str) -> Result<()> {
-        let user = principal.user()?.name.clone();
+        let user = writer(principal)?.name.clone();
         self.webhook(principal, id).await?;
         self.meta.delete_endpoint(id, AuditEvent::new(&user, "webhook.delete", format!("webhook:{id}"), json!({}))).await
+    }
+
+    /// An endpoint the caller may send a test event to (a write token: it makes a request).
+    pub async fn testable_webhook(&self, principal: &Principal, id: &str) -> Result<Endpoint> {
+        writer(principal)?;
+        self.webhook(principal, id).await
     }
 
     /// An endpoint's newest deliveries.
@@ -96,14 +105,16 @@ impl Hub {
     /// Turns audit rows after the cursor into deliveries for the endpoints subscribed to them
     /// and allowed to see them, if `holder` holds (or takes) the cursor's lease; how many.
     pub async fn dispatch_webhooks(&self, holder: &str, lease_secs: i64) -> Result<usize> {
+        // Reads first: with nothing new in the log, no write lock is taken.
+        let head = self.meta.audit_head().await?.map_or(0, |r| r.seq);
+        if self.meta.webhook_cursor().await?.is_some_and(|cursor| cursor >= head) {
+            return Ok(0);
+        }
         let now = chrono::Utc::now();
         let Some(seq) = self.meta.claim_webhook_cursor(holder, &format_time(now), &format_time(now + chrono::Duration::seconds(lease_secs))).await? else { return Ok(0) };
         let records = self.meta.audit_after(seq, 200).await?;
         let Some(last) = records.last().map(|r| r.seq) else { return Ok(0) };
         let endpoints = self.meta.list_endpoints(None).await?;
-        // An endpoint gets the events after its own creation in the log (by sequence, not by
-        // clock: both can fall in one millisecond). One made before this batch gets them all.
-        let made_at: std::collections::HashMap<&str, i64> = records.iter().filter(|r| r.action == "webhook.create").filter_map(|r| Some((r.target.strip_prefix("webhook:")?, r.seq))).collect();
         let mut deliveries = Vec::new();
         for record in &records {
             let Some((event_type, data, audience)) = event_of(record) else { continue };
@@ -111,7 +122,9 @@ impl Hub {
             // One event id per audit row: the same for every endpoint and every retry.
             let event_id = format!("evt_{}", &record.hash[..24.min(record.hash.len())]);
             let body = payload(&event_id, event_type, created, &data);
-            let live = |e: &&Endpoint| made_at.get(e.id.as_str()).is_none_or(|seq| *seq < record.seq);
+            // An endpoint gets the events after its own creation in the log (by sequence, not by
+            // clock: both can fall in one millisecond), however far behind the dispatcher is.
+            let live = |e: &&Endpoint| e.created_seq < record.seq;
             for endpoint in endpoints.iter().filter(live).filter(|e| e.event_types.iter().any(|t| t == event_type)) {
                 if self.may_receive(&endpoint.owner, &audience, &data).await? {
                     deliveries.push(NewDelivery { endpoint_id: endpoint.id.clone(), event_id: event_id.clone(), event_type: event_type.to_owned(), payload: body.clone() });
@@ -129,7 +142,7 @@ impl Hub {
         Ok(match audience {
             Audience::Admins => account.is_admin,
             Audience::Namespace(namespace) => account.is_admin || owner == namespace || self.meta.orgs_of(&name).await?.iter().any(|org| org == namespace),
-            Audience::Owner(_) => match data["id"].as_str() {
+            Audience::RunOwner => match data["id"].as_str() {
                 Some(run) => self.meta.get_run(run).await?.is_some_and(|run| run.owner == owner),
                 None => false,
             },
@@ -154,8 +167,25 @@ impl Hub {
     }
 }
 
+/// The caller, if its token may change things (write or admin).
+fn writer(principal: &Principal) -> Result<&UserPrincipal> {
+    let user = principal.user()?;
+    if user.role < Role::Write {
+        return Err(Error::forbidden("this needs a write token"));
+    }
+    Ok(user)
+}
+
+/// Names up to 256 characters, URLs up to 2048 bytes.
+fn check_text(name: &str, url: &str) -> Result<()> {
+    if name.chars().count() > 256 || url.len() > 2048 {
+        return Err(Error::invalid("a webhook's name may have at most 256 characters and its url 2048 bytes"));
+    }
+    Ok(())
+}
+
 fn check_types(types: &[String]) -> Result<()> {
-    if types.is_empty() {
+    if types.is_empty() || types.len() > 64 {
         return Err(Error::invalid("event_types must name at least one event type"));
     }
     match types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {

@@ -171,6 +171,9 @@ async fn bad_evals_and_runs_are_refused_naming_the_field_and_a_canceled_run_stay
         let reply = server.json("POST", "/v1/evals", Some(&token), body).await;
         assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some(param));
     }
+    // A name of 300 non-ASCII characters is refused too.
+    let reply = server.json("POST", "/v1/evals", Some(&token), with("/name", json!("é".repeat(300)))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let eval = create(&server, &token, qa_eval()).await;
     let eval_id = eval["id"].as_str().unwrap();
     let runs = format!("/v1/evals/{eval_id}/runs");

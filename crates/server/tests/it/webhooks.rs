@@ -39,6 +39,12 @@ fn verify(secret: &str, headers: &axum::http::HeaderMap, body: &str) -> bool {
     headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
 }
 
+/// Runs an eval once (an `eval.run.succeeded` event).
+async fn one_run(server: &crate::harness::TestServer, token: &str, eval: &str) {
+    server.json("POST", &format!("/v1/evals/{eval}/runs"), Some(token), json!({ "data_source": { "type": "jsonl", "source": { "type": "file_content", "content": [{ "item": {} }] } } })).await;
+    server::evals::run_pending(&server.state).await.unwrap();
+}
+
 async fn pump(server: &crate::harness::TestServer) {
     let client = server::webhooks::http_client().unwrap();
     server::webhooks::pump(&server.state, &client, "test-replica").await.unwrap();
@@ -53,6 +59,7 @@ async fn eval_and_route_events_arrive_signed_at_allowed_hosts_only() {
         (json!({ "name": "x", "url": "http://169.254.169.254/latest/meta-data", "event_types": ["eval.run.succeeded"] }), "url"),
         (json!({ "name": "x", "url": "http://localhost:1/", "event_types": ["eval.run.succeeded"] }), "url"),
         (json!({ "name": "x", "url": format!("{base}/ok"), "event_types": ["batch.completed"] }), "body"),
+        (json!({ "name": "名".repeat(300), "url": format!("{base}/ok"), "event_types": ["repo.push"] }), "name"),
     ] {
         let reply = server.json("POST", "/v1/webhook_endpoints", Some(&token), body).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{param}: {:?}", reply.json());
@@ -89,6 +96,25 @@ async fn eval_and_route_events_arrive_signed_at_allowed_hosts_only() {
         assert_eq!((event["type"].as_str(), event["object"].as_str()), (Some("eval.run.succeeded"), Some("event")));
         assert_eq!(event["data"]["id"], run["id"]);
     }
+
+    // A dispatcher behind the log: an endpoint made meanwhile gets only what came after it.
+    let eval_id = eval["id"].as_str().unwrap().to_owned();
+    one_run(&server, &token, &eval_id).await;
+    let late = server.json("POST", "/v1/webhook_endpoints", Some(&token), json!({ "name": "late", "url": format!("{base}/ok"), "event_types": ["eval.run.succeeded"] })).await.json();
+    one_run(&server, &token, &eval_id).await;
+    pump(&server).await;
+    {
+        let got = received.lock().unwrap();
+        let late_secret = late["signing_secret"].as_str().unwrap();
+        assert_eq!(got.len(), 4, "two events to the first endpoint, one to the late one");
+        assert_eq!(got.iter().filter(|(h, b)| verify(late_secret, h, b)).count(), 1);
+    }
+    server.json("DELETE", &format!("/v1/webhook_endpoints/{}", late["id"].as_str().unwrap()), Some(&token), json!(null)).await;
+    received.lock().unwrap().truncate(1);
+    // A read token cannot make or change endpoints.
+    let reader = server.token("ann", "read").await;
+    assert_eq!(server.json("POST", "/v1/webhook_endpoints", Some(&reader), json!({ "name": "r", "url": format!("{base}/ok"), "event_types": ["repo.push"] })).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(server.json("POST", &format!("/v1/webhook_endpoints/{id}/rotate_secret"), Some(&reader), json!({})).await.status, StatusCode::FORBIDDEN);
 
     // A route rolled back is an admin's event: Ann's endpoint does not get it.
     server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny" })).await;

@@ -9,7 +9,9 @@ CREATE TABLE webhook_endpoints (
     event_types TEXT NOT NULL,
     secrets TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    -- The audit sequence of its creation: it gets the events after it.
+    created_seq BIGINT NOT NULL
 );
 CREATE INDEX webhook_endpoints_owner ON webhook_endpoints (owner, created_at);
 CREATE TABLE webhook_cursor (

@@ -8,19 +8,14 @@ use super::*;
 const EVAL_COLUMNS: &str = "id, owner, name, data_source_config, testing_criteria, metadata, created_at";
 const RUN_COLUMNS: &str = "id, eval_id, owner, token_id, name, status, spec, summary, created_at";
 
-fn json(row: &AnyRow, column: &str) -> Result<Value> {
-    let text: String = row.try_get(column).map_err(db_err)?;
-    serde_json::from_str(&text).map_err(Error::internal)
-}
-
 fn eval_from_row(row: &AnyRow) -> Result<Eval> {
     Ok(Eval {
         id: row.try_get("id").map_err(db_err)?,
         owner: row.try_get("owner").map_err(db_err)?,
         name: row.try_get("name").map_err(db_err)?,
-        data_source_config: json(row, "data_source_config")?,
-        testing_criteria: json(row, "testing_criteria")?,
-        metadata: json(row, "metadata")?,
+        data_source_config: json_column(row, "data_source_config")?,
+        testing_criteria: json_column(row, "testing_criteria")?,
+        metadata: json_column(row, "metadata")?,
         created_at: row.try_get("created_at").map_err(db_err)?,
     })
 }
@@ -34,8 +29,8 @@ fn run_from_row(row: &AnyRow) -> Result<EvalRun> {
         token_id: row.try_get("token_id").map_err(db_err)?,
         name: row.try_get("name").map_err(db_err)?,
         status: RunStatus::parse(&status).ok_or_else(|| Error::internal(format!("unknown run status {status:?}")))?,
-        spec: json(row, "spec")?,
-        summary: json(row, "summary")?,
+        spec: json_column(row, "spec")?,
+        summary: json_column(row, "summary")?,
         created_at: row.try_get("created_at").map_err(db_err)?,
     })
 }
@@ -181,7 +176,7 @@ impl EvalStore for SqlMetaStore {
                     index: row.try_get("idx").map_err(db_err)?,
                     id: row.try_get("id").map_err(db_err)?,
                     status: row.try_get("status").map_err(db_err)?,
-                    body: json(row, "body")?,
+                    body: json_column(row, "body")?,
                     created_at: row.try_get("created_at").map_err(db_err)?,
                 })
             })

@@ -312,6 +312,12 @@ fn account_from_row(row: &AnyRow) -> Result<Account> {
     })
 }
 
+/// A column holding JSON text, parsed.
+fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value> {
+    let text: String = row.try_get(column).map_err(db_err)?;
+    serde_json::from_str(&text).map_err(Error::internal)
+}
+
 fn audit_from_row(row: &AnyRow) -> Result<AuditRecord> {
     Ok(AuditRecord {
         seq: row.try_get("seq").map_err(db_err)?,

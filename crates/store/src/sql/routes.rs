@@ -7,8 +7,7 @@ use super::*;
 fn route_from_row(row: &AnyRow) -> Result<Route> {
     let canary: Option<String> = row.try_get("canary").map_err(db_err)?;
     let percent: i64 = row.try_get("canary_percent").map_err(db_err)?;
-    let rollout: String = row.try_get("rollout").map_err(db_err)?;
-    let rollout = serde_json::from_str::<serde_json::Value>(&rollout).map_err(Error::internal)?;
+    let rollout = json_column(row, "rollout")?;
     Ok(Route {
         name: row.try_get("name").map_err(db_err)?,
         stable: row.try_get("stable").map_err(db_err)?,
@@ -99,10 +98,6 @@ impl RouteStore for SqlMetaStore {
 
     async fn route_history(&self, name: &str) -> Result<Vec<RouteChange>> {
         let rows = sqlx::query("SELECT route, at, actor, action, from_state, to_state, reason, evidence FROM route_history WHERE route = $1 ORDER BY id").bind(name).fetch_all(&self.pool).await.map_err(db_err)?;
-        let json = |row: &AnyRow, column: &str| -> Result<serde_json::Value> {
-            let text: String = row.try_get(column).map_err(db_err)?;
-            serde_json::from_str(&text).map_err(Error::internal)
-        };
         rows.iter()
             .map(|row| {
                 Ok(RouteChange {
@@ -110,10 +105,10 @@ impl RouteStore for SqlMetaStore {
                     at: row.try_get("at").map_err(db_err)?,
                     actor: row.try_get("actor").map_err(db_err)?,
                     action: row.try_get("action").map_err(db_err)?,
-                    from: json(row, "from_state")?,
-                    to: json(row, "to_state")?,
+                    from: json_column(row, "from_state")?,
+                    to: json_column(row, "to_state")?,
                     reason: row.try_get("reason").map_err(db_err)?,
-                    evidence: json(row, "evidence")?,
+                    evidence: json_column(row, "evidence")?,
                 })
             })
             .collect()

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
-const ENDPOINT_COLUMNS: &str = "id, owner, name, url, event_types, secrets, created_at, updated_at";
+const ENDPOINT_COLUMNS: &str = "id, owner, name, url, event_types, secrets, created_at, updated_at, created_seq";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, payload, status, attempts, next_at, last_status, last_error, created_at";
 
 fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint> {
@@ -21,6 +21,7 @@ fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint> {
         secrets: secrets.iter().filter_map(|s| Some((s["secret"].as_str()?.to_owned(), s["expires_at"].as_str().map(str::to_owned)))).collect(),
         created_at: row.try_get("created_at").map_err(db_err)?,
         updated_at: row.try_get("updated_at").map_err(db_err)?,
+        created_seq: row.try_get("created_seq").map_err(db_err)?,
     })
 }
 
@@ -50,7 +51,10 @@ fn delivery_from_row(row: &AnyRow) -> Result<Delivery> {
 impl WebhookStore for SqlMetaStore {
     async fn create_endpoint(&self, endpoint: &Endpoint, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO webhook_endpoints (id, owner, name, url, event_types, secrets, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        tx.audit(&event).await?;
+        let head = sqlx::query("SELECT MAX(seq) AS seq FROM audit_log").fetch_one(&mut *tx.tx).await.map_err(db_err)?;
+        let created_seq: i64 = head.try_get("seq").map_err(db_err)?;
+        sqlx::query("INSERT INTO webhook_endpoints (id, owner, name, url, event_types, secrets, created_at, updated_at, created_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(&endpoint.id)
             .bind(&endpoint.owner)
             .bind(&endpoint.name)
@@ -59,10 +63,10 @@ impl WebhookStore for SqlMetaStore {
             .bind(secrets_json(endpoint))
             .bind(&endpoint.created_at)
             .bind(&endpoint.updated_at)
+            .bind(created_seq)
             .execute(&mut *tx.tx)
             .await
             .map_err(db_err)?;
-        tx.audit(&event).await?;
         tx.commit().await
     }
 
@@ -108,6 +112,11 @@ impl WebhookStore for SqlMetaStore {
         }
         tx.audit(&event).await?;
         tx.commit().await
+    }
+
+    async fn webhook_cursor(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT seq FROM webhook_cursor WHERE id = 1").fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.map(|row| row.try_get("seq").map_err(db_err)).transpose()
     }
 
     async fn claim_webhook_cursor(&self, holder: &str, now: &str, lease_until: &str) -> Result<Option<i64>> {
@@ -159,6 +168,11 @@ impl WebhookStore for SqlMetaStore {
     }
 
     async fn due_deliveries(&self, now: &str, lease_until: &str, limit: i64) -> Result<Vec<Delivery>> {
+        // A read first: an idle dispatcher never takes the serialized write lock.
+        let any = sqlx::query("SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_at <= $1 LIMIT 1").bind(now).fetch_optional(&self.pool).await.map_err(db_err)?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE status = 'pending' AND next_at <= $1 ORDER BY next_at, id LIMIT $2")).bind(now).bind(limit).fetch_all(&mut *tx.tx).await.map_err(db_err)?;
         let due: Vec<Delivery> = rows.iter().map(delivery_from_row).collect::<Result<_>>()?;

@@ -670,9 +670,14 @@ async fn webhook_store(store: Arc<SqlMetaStore>) {
         secrets: vec![("whsec_new".into(), None), ("whsec_old".into(), Some("2030-01-01T00:00:00.000Z".into()))],
         created_at: "2026-01-01T00:00:00.000Z".into(),
         updated_at: "2026-01-01T00:00:00.000Z".into(),
+        created_seq: 0,
     };
     meta.create_endpoint(&endpoint, event("webhook.create")).await.unwrap();
-    assert_eq!(meta.get_endpoint("we_1").await.unwrap().unwrap(), endpoint);
+    let stored = meta.get_endpoint("we_1").await.unwrap().unwrap();
+    // Its sequence is that of its own audit row.
+    assert_eq!(stored.created_seq, meta.audit_head().await.unwrap().unwrap().seq);
+    assert_eq!(stored, Endpoint { created_seq: stored.created_seq, ..endpoint.clone() });
+    assert_eq!(meta.webhook_cursor().await.unwrap(), None);
     assert_eq!(meta.list_endpoints(Some("alice")).await.unwrap().len(), 1);
     // The cursor starts at the log's head; one holder at a time until its lease expires.
     let head = meta.audit_head().await.unwrap().map_or(0, |r| r.seq);
@@ -683,6 +688,7 @@ async fn webhook_store(store: Arc<SqlMetaStore>) {
     assert!(meta.enqueue_deliveries("a", &[new(1), new(2)], head + 1, "2026-01-01T00:00:31.000Z").await.unwrap());
     assert!(!meta.enqueue_deliveries("a", &[new(3)], head + 1, "2026-01-01T00:00:32.000Z").await.unwrap(), "the cursor only moves forward");
     assert_eq!(meta.claim_webhook_cursor("b", "2026-01-01T00:02:00.000Z", "2026-01-01T00:03:00.000Z").await.unwrap(), Some(head + 1));
+    assert_eq!(meta.webhook_cursor().await.unwrap(), Some(head + 1));
     // Due deliveries are held while they are sent.
     let due = meta.due_deliveries("2026-01-01T00:00:40.000Z", "2026-01-01T00:01:10.000Z", 10).await.unwrap();
     assert_eq!(due.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["evt_1", "evt_2"]);

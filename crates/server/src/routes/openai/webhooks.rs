@@ -101,7 +101,7 @@ pub(crate) async fn rotate_secret(State(state): State<AppState>, headers: Header
 pub(crate) async fn test(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Reply {
     let principal = inference::authenticate(&state, &headers).await?;
     let body = fields(body, &["event_type"])?;
-    let endpoint = state.hub.webhook(&principal, &id).await?;
+    let endpoint = state.hub.testable_webhook(&principal, &id).await?;
     let event_type = body.get("event_type").and_then(Value::as_str).or(endpoint.event_types.first().map(String::as_str)).unwrap_or("eval.run.succeeded").to_owned();
     let event_id = format!("evt_test_{}", inference::random_id());
     let payload = domain::webhooks::payload(&event_id, &event_type, chrono::Utc::now().timestamp(), &json!({ "id": "test", "test": true }));
