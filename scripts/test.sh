@@ -32,6 +32,15 @@ export MANTLE_ARTIFACTS="$CACHE/artifacts"
 mkdir -p "$MANTLE_ARTIFACTS"
 
 step "python environment ($VENV): latest huggingface_hub, moto, pytest"
+# Debian splits venv (and its pip) out of python3.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "install python3-venv (sudo apt-get install python3-venv)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
