@@ -376,3 +376,53 @@ pub struct RolloutAnalysis {
     #[serde(default)]
     pub failure_limit: Option<u32>,
 }
+
+/// `PUT /api/admin/routes/{name}/pipeline`: release every push to a repo's branch to this route
+/// through a pipeline (the repo's `.mantle/pipeline.yaml`, or `spec` given here).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindPipeline {
+    /// `namespace/name` of the repo whose pushes are released.
+    pub repo: String,
+    /// `model` (default) or `dataset`.
+    #[serde(default)]
+    pub repo_type: Option<String>,
+    /// The branch (default `main`).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The pipeline as YAML; when given, the repo's own file is not read.
+    #[serde(default)]
+    pub spec: Option<String>,
+}
+
+/// A route's pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PipelineBinding {
+    pub route: String,
+    pub repo: String,
+    pub repo_type: String,
+    pub branch: String,
+    pub spec: Option<String>,
+    pub bound_by: String,
+    pub bound_at: String,
+}
+
+/// One pipeline run: a pushed revision on its way to a route.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PipelineRun {
+    pub id: String,
+    pub route: String,
+    pub repo: String,
+    pub repo_type: String,
+    pub branch: String,
+    pub commit: String,
+    pub pusher: String,
+    /// `running`, `succeeded`, `failed` or `canceled`.
+    pub status: String,
+    /// `vet`, `deploy`, `evaluate`, `gate`, `staging`, `release`, `canary` or `done`.
+    pub stage: String,
+    /// The spec, the candidate deployment, eval runs, gate results, why it failed, and a log.
+    pub state: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}

@@ -2,6 +2,7 @@
 //! running server (`--url`/`MANTLE_URL`, `--token`/`MANTLE_TOKEN`).
 
 mod client;
+mod pipelines;
 mod routes;
 mod scan;
 mod transfer;
@@ -152,6 +153,9 @@ enum Command {
     /// Release routes: the names clients call, with canaries, promotions, rollbacks and history.
     #[command(subcommand)]
     Routes(routes::RouteCommand),
+    /// Pipelines: pushes released through vetting, evaluations, gates and a canary.
+    #[command(subcommand)]
+    Pipelines(pipelines::PipelineCommand),
     /// Quotas per token, per user or per org: requests and tokens per minute, tokens per month.
     #[command(subcommand)]
     Quotas(QuotaCommand),
@@ -530,6 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Routes(command) => routes::run(&client()?, command).await?,
+        Command::Pipelines(command) => pipelines::run(&client()?, command).await?,
         Command::Undeploy { name } => {
             let _: serde_json::Value = client()?.delete_json(&format!("/api/admin/deployments/{}", client::encode(&name))).await?;
             println!("undeployed {name}");

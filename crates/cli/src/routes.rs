@@ -72,6 +72,24 @@ pub(crate) enum RouteCommand {
         #[command(flatten)]
         note: Note,
     },
+    /// Release every push to a repo's branch to this route through a pipeline: the repo's
+    /// `.mantle/pipeline.yaml`, or the file given with --spec (then the repo's is not read).
+    Pipeline {
+        name: String,
+        /// `namespace/name` of the repo whose pushes are released.
+        #[arg(long, required_unless_present = "remove")]
+        repo: Option<String>,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long, default_value = "model")]
+        repo_type: String,
+        /// A pipeline file set on the route itself.
+        #[arg(long)]
+        spec: Option<std::path::PathBuf>,
+        /// Unbind the route's pipeline instead.
+        #[arg(long, conflicts_with_all = ["repo", "spec"])]
+        remove: bool,
+    },
     /// Every change of a route: who, when, from which revision to which, why, on what evidence.
     History {
         name: String,
@@ -139,6 +157,17 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
         RouteCommand::Delete { name, note } => {
             let _: serde_json::Value = client.delete_json_with(&path(&name), &note.wire()).await?;
             println!("deleted {name}");
+        }
+        RouteCommand::Pipeline { name, remove: true, .. } => {
+            let _: serde_json::Value = client.delete_json(&format!("{}/pipeline", path(&name))).await?;
+            println!("route {name} has no pipeline now");
+        }
+        RouteCommand::Pipeline { name, repo, branch, repo_type, spec, remove: false } => {
+            let spec = spec.map(|file| std::fs::read_to_string(&file).map_err(|err| anyhow::anyhow!("read {}: {err}", file.display()))).transpose()?;
+            let body = api::admin::BindPipeline { repo: repo.unwrap_or_default(), repo_type: Some(repo_type), branch: Some(branch), spec };
+            let bound: api::admin::PipelineBinding = client.put_json(&format!("{}/pipeline", path(&name)), &body).await?;
+            let from = if bound.spec.is_some() { "the spec set on the route" } else { ".mantle/pipeline.yaml in each pushed revision" };
+            println!("pushes to {} {}@{} now release to route {} through {from}", bound.repo_type, bound.repo, bound.branch, bound.route);
         }
         RouteCommand::History { name, json } => {
             let history: Vec<api::admin::RouteChange> = client.get_json(&format!("{}/history", path(&name))).await?;

@@ -11,6 +11,7 @@ pub mod evals;
 pub mod hub;
 pub mod ids;
 pub mod meta;
+pub mod pipelines;
 pub mod quota;
 pub mod repo;
 pub mod routes;

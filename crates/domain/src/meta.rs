@@ -134,12 +134,42 @@ pub fn apply_operations(base: Vec<FileEntry>, operations: &[FileOperation]) -> R
 /// event and appends it in that same transaction, so the change and its record land together.
 /// `MetaStore` is all of them: what a backend implements and what `Hub` holds.
 pub trait MetaStore:
-    AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + crate::webhooks::WebhookStore + Send + Sync + 'static
+    AccountStore
+    + RepoStore
+    + BlobLedger
+    + AuditStore
+    + ScanStore
+    + PolicyStore
+    + DeploymentStore
+    + QuotaStore
+    + crate::xet::XetStore
+    + crate::evals::EvalStore
+    + crate::routes::RouteStore
+    + crate::webhooks::WebhookStore
+    + crate::pipelines::PipelineStore
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<
-        T: AccountStore + RepoStore + BlobLedger + AuditStore + ScanStore + PolicyStore + DeploymentStore + QuotaStore + crate::xet::XetStore + crate::evals::EvalStore + crate::routes::RouteStore + crate::webhooks::WebhookStore + Send + Sync + 'static,
+        T: AccountStore
+            + RepoStore
+            + BlobLedger
+            + AuditStore
+            + ScanStore
+            + PolicyStore
+            + DeploymentStore
+            + QuotaStore
+            + crate::xet::XetStore
+            + crate::evals::EvalStore
+            + crate::routes::RouteStore
+            + crate::webhooks::WebhookStore
+            + crate::pipelines::PipelineStore
+            + Send
+            + Sync
+            + 'static,
     > MetaStore for T
 {
 }

@@ -11,7 +11,21 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::Result;
 
 /// The event types Mantle sends.
-pub const EVENT_TYPES: &[&str] = &["eval.run.succeeded", "eval.run.failed", "eval.run.canceled", "route.canary", "route.promoted", "route.rolled_back", "deployment.created", "deployment.deleted", "repo.push"];
+pub const EVENT_TYPES: &[&str] = &[
+    "eval.run.succeeded",
+    "eval.run.failed",
+    "eval.run.canceled",
+    "route.canary",
+    "route.promoted",
+    "route.rolled_back",
+    "deployment.created",
+    "deployment.deleted",
+    "repo.push",
+    "pipeline.run.created",
+    "pipeline.run.succeeded",
+    "pipeline.run.failed",
+    "pipeline.run.canceled",
+];
 
 /// A webhook endpoint, owned by an account.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +88,20 @@ pub fn event_of(record: &AuditRecord) -> Option<(&'static str, Value, Audience)>
         "route.rollback" => ("route.rolled_back", json!({ "id": id("route:")?, "from": details["from"], "to": details["to"], "reason": details["reason"], "analysis": details["analysis"] }), Audience::Admins),
         "deployment.create" => ("deployment.created", json!({ "id": id("deployment:")?, "repo": details["repo"], "commit": details["commit"] }), Audience::Admins),
         "deployment.delete" => ("deployment.deleted", json!({ "id": id("deployment:")? }), Audience::Admins),
+        "pipeline.run.create" | "pipeline.run.succeeded" | "pipeline.run.failed" | "pipeline.run.cancel" => {
+            let event = match record.action.as_str() {
+                "pipeline.run.create" => "pipeline.run.created",
+                "pipeline.run.succeeded" => "pipeline.run.succeeded",
+                "pipeline.run.failed" => "pipeline.run.failed",
+                _ => "pipeline.run.canceled",
+            };
+            // The pushing team hears of its revision's pipeline; site admins of every one.
+            let audience = match details["repo"].as_str().and_then(|repo| repo.split('/').next()) {
+                Some(namespace) => Audience::Namespace(namespace.to_owned()),
+                None => Audience::Admins,
+            };
+            (event, json!({ "id": id("pipeline:")?, "route": details["route"], "repo": details["repo"], "commit": details["commit"], "stage": details["stage"], "reason": details["reason"] }), audience)
+        }
         "repo.commit" => {
             let (kind, repo) = target.split_once(':')?;
             let namespace = repo.split('/').next()?.to_owned();

@@ -10,6 +10,7 @@ mod error;
 pub mod evals;
 pub mod inference;
 pub mod metrics;
+pub mod pipelines;
 pub mod rollouts;
 mod routes;
 pub mod runtime;
@@ -104,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
     let controller = tokio::spawn(rollouts::run_controller(state.clone(), workers_stopped.clone()));
     let webhooks = tokio::spawn(webhooks::run_worker(state.clone(), workers_stopped.clone()));
+    let pipelines = tokio::spawn(pipelines::run_worker(state.clone(), workers_stopped.clone()));
     let checkpoints = (state.config.audit_checkpoint_interval > 0).then(|| tokio::spawn(audit_log::run_checkpoints(state.clone(), std::time::Duration::from_secs(state.config.audit_checkpoint_interval), workers_stopped)));
     tracing::info!(addr = %local, "mantle is serving");
     let usage = state.usage.clone();
@@ -113,6 +115,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _ = evaluator.await;
     let _ = controller.await;
     let _ = webhooks.await;
+    let _ = pipelines.await;
     if let Some(checkpoints) = checkpoints {
         let _ = checkpoints.await;
     }

@@ -32,6 +32,7 @@ const SQLITE: &[Script] = &[
     (9, "routes", include_str!("../migrations/sqlite/0009_routes.sql")),
     (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
     (11, "usage_ttft", include_str!("../migrations/sqlite/0011_usage_ttft.sql")),
+    (12, "pipelines", include_str!("../migrations/sqlite/0012_pipelines.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -45,6 +46,7 @@ const POSTGRES: &[Script] = &[
     (9, "routes", include_str!("../migrations/postgres/0009_routes.sql")),
     (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
     (11, "usage_ttft", include_str!("../migrations/postgres/0011_usage_ttft.sql")),
+    (12, "pipelines", include_str!("../migrations/postgres/0012_pipelines.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -21,6 +21,7 @@ mod deployments;
 mod evals;
 pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
+mod pipelines;
 mod repos;
 mod routes;
 pub use routes::{ChangeNote, RolloutPlan};

@@ -78,6 +78,15 @@ impl Hub {
         self.change_route(principal, Some(current), next, "promote", note).await
     }
 
+    /// Promotes `deployment` to the route's stable deployment at once (a release without a
+    /// canary: recorded as a promotion, with its evidence).
+    pub async fn release_route(&self, principal: &Principal, name: &str, deployment: &str, note: ChangeNote) -> Result<Route> {
+        let current = self.route(principal, name).await?;
+        self.deployment_named(deployment).await?;
+        let next = Route { stable: deployment.to_owned(), canary: None, rollout: None, ..current.clone() };
+        self.change_route(principal, Some(current), next, "promote", note).await
+    }
+
     /// Ends the canary; without one, points the route back at the stable deployment it had
     /// before its last promotion or change.
     pub async fn rollback_route(&self, principal: &Principal, name: &str, note: ChangeNote) -> Result<Route> {
@@ -186,7 +195,7 @@ impl Hub {
 }
 
 /// A stepped rollout as asked for (checked by [`RolloutPlan::check`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RolloutPlan {
     pub steps: Vec<u8>,
     pub bake_secs: u64,

@@ -8,6 +8,7 @@ mod lfs;
 mod ollama;
 pub(crate) mod openai;
 mod openapi;
+mod pipelines;
 mod release;
 mod repos;
 mod tree;
@@ -67,6 +68,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/routes/{name}/promote", post(release::promote_route))
         .route("/api/admin/routes/{name}/rollback", post(release::rollback_route))
         .route("/api/admin/routes/{name}/history", get(release::route_history))
+        .route("/api/admin/routes/{name}/pipeline", axum::routing::put(pipelines::bind).delete(pipelines::unbind))
+        .route("/api/admin/pipelines", get(pipelines::bindings))
+        .route("/api/admin/pipelines/runs", get(pipelines::runs))
+        .route("/api/admin/pipelines/runs/{id}", get(pipelines::get_run))
+        .route("/api/admin/pipelines/runs/{id}/cancel", post(pipelines::cancel_run))
         .route("/api/admin/audit", get(admin::export_audit))
         .route("/api/usage", get(admin::usage))
         .route("/api/admin/quotas", get(admin::list_quotas))

@@ -10,6 +10,7 @@ mod harness;
 mod inference;
 mod likelihood;
 mod openai;
+mod pipelines;
 mod quotas;
 mod residency;
 mod routes;

@@ -30,6 +30,7 @@ mod audit;
 mod blobs;
 mod deployments;
 mod evals;
+mod pipelines;
 mod policies;
 mod quotas;
 mod repos;
@@ -462,4 +463,36 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
         created_by: row.try_get("created_by").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
     })
+}
+
+/// A dispatcher's cursor over the audit log (one row in `table`, held under a lease): its place,
+/// after taking or renewing the lease, or `None` while another holder's lease runs. A missing
+/// row starts at what `start` (a query answering `seq`) says.
+async fn claim_cursor(store: &SqlMetaStore, table: &str, start: &str, holder: &str, now: &str, lease_until: &str) -> Result<Option<i64>> {
+    let mut tx = store.begin_write().await?;
+    let row = sqlx::query(&format!("SELECT seq, holder, lease_until FROM {table} WHERE id = 1")).fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
+    let seq = match row {
+        None => {
+            let seq: i64 = sqlx::query(start).fetch_one(&mut *tx.tx).await.map_err(db_err)?.try_get("seq").map_err(db_err)?;
+            sqlx::query(&format!("INSERT INTO {table} (id, seq, holder, lease_until) VALUES (1, $1, $2, $3)")).bind(seq).bind(holder).bind(lease_until).execute(&mut *tx.tx).await.map_err(db_err)?;
+            seq
+        }
+        Some(row) => {
+            let current: Option<String> = row.try_get("holder").map_err(db_err)?;
+            let until: Option<String> = row.try_get("lease_until").map_err(db_err)?;
+            if current.as_deref() != Some(holder) && until.as_deref().is_some_and(|until| until >= now) {
+                return Ok(None);
+            }
+            sqlx::query(&format!("UPDATE {table} SET holder = $1, lease_until = $2 WHERE id = 1")).bind(holder).bind(lease_until).execute(&mut *tx.tx).await.map_err(db_err)?;
+            row.try_get("seq").map_err(db_err)?
+        }
+    };
+    tx.commit().await?;
+    Ok(Some(seq))
+}
+
+/// A cursor's place, if it was ever claimed.
+async fn cursor_seq(store: &SqlMetaStore, table: &str) -> Result<Option<i64>> {
+    let row = sqlx::query(&format!("SELECT seq FROM {table} WHERE id = 1")).fetch_optional(&store.pool).await.map_err(db_err)?;
+    row.map(|row| row.try_get("seq").map_err(db_err)).transpose()
 }

@@ -78,6 +78,8 @@ impl RouteStore for SqlMetaStore {
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound(format!("no route named {name}")));
         }
+        // Its pipeline goes with it (the runs stay).
+        sqlx::query("DELETE FROM route_pipelines WHERE route = $1").bind(name).execute(&mut *tx.tx).await.map_err(db_err)?;
         append(&mut tx, change).await?;
         tx.audit(&event).await?;
         tx.commit().await

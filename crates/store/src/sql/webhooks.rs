@@ -115,35 +115,13 @@ impl WebhookStore for SqlMetaStore {
     }
 
     async fn webhook_cursor(&self) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT seq FROM webhook_cursor WHERE id = 1").fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|row| row.try_get("seq").map_err(db_err)).transpose()
+        cursor_seq(self, "webhook_cursor").await
     }
 
     async fn claim_webhook_cursor(&self, holder: &str, now: &str, lease_until: &str) -> Result<Option<i64>> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT seq, holder, lease_until FROM webhook_cursor WHERE id = 1").fetch_optional(&mut *tx.tx).await.map_err(db_err)?;
-        let seq = match row {
-            None => {
-                // The first dispatcher starts at the log's current head: events from before
-                // webhooks existed are not sent.
-                let head = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM audit_log").fetch_one(&mut *tx.tx).await.map_err(db_err)?;
-                let seq: i64 = head.try_get("seq").map_err(db_err)?;
-                sqlx::query("INSERT INTO webhook_cursor (id, seq, holder, lease_until) VALUES (1, $1, $2, $3)").bind(seq).bind(holder).bind(lease_until).execute(&mut *tx.tx).await.map_err(db_err)?;
-                seq
-            }
-            Some(row) => {
-                let current: Option<String> = row.try_get("holder").map_err(db_err)?;
-                let until: Option<String> = row.try_get("lease_until").map_err(db_err)?;
-                let free = current.as_deref() == Some(holder) || until.as_deref().is_none_or(|until| until < now);
-                if !free {
-                    return Ok(None);
-                }
-                sqlx::query("UPDATE webhook_cursor SET holder = $1, lease_until = $2 WHERE id = 1").bind(holder).bind(lease_until).execute(&mut *tx.tx).await.map_err(db_err)?;
-                row.try_get("seq").map_err(db_err)?
-            }
-        };
-        tx.commit().await?;
-        Ok(Some(seq))
+        // The first dispatcher starts at the log's current head: events from before webhooks
+        // existed are not sent.
+        claim_cursor(self, "webhook_cursor", "SELECT COALESCE(MAX(seq), 0) AS seq FROM audit_log", holder, now, lease_until).await
     }
 
     async fn enqueue_deliveries(&self, holder: &str, deliveries: &[NewDelivery], seq: i64, now: &str) -> Result<bool> {

@@ -83,6 +83,7 @@ contract!(sqlite_xet_store, postgres_xet_store, xet_store);
 contract!(sqlite_eval_store, postgres_eval_store, eval_store);
 contract!(sqlite_route_store, postgres_route_store, route_store);
 contract!(sqlite_webhook_store, postgres_webhook_store, webhook_store);
+contract!(sqlite_pipeline_store, postgres_pipeline_store, pipeline_store);
 
 /// The accounts most contracts start from: org `acme` with members `alice` and `bob`.
 async fn seed_accounts(meta: &dyn MetaStore) {
@@ -700,4 +701,57 @@ async fn webhook_store(store: Arc<SqlMetaStore>) {
     assert_eq!(log[1].status, "delivered");
     meta.delete_endpoint("we_1", event("webhook.delete")).await.unwrap();
     assert!(meta.deliveries("we_1", 10).await.unwrap().is_empty());
+}
+
+async fn pipeline_store(store: Arc<SqlMetaStore>) {
+    use domain::pipelines::{Binding, PipelineRun, PipelineStatus};
+    use domain::routes::{Route, RouteChange};
+    use serde_json::json;
+    let meta: Arc<dyn MetaStore> = store.clone();
+    let binding = |route: &str| Binding { route: route.into(), repo_kind: "model".into(), repo: "acme/m".into(), branch: "main".into(), spec: None, token_id: 1, bound_by: "admin".into(), bound_at: "2026-01-01T00:00:00.000Z".into() };
+    assert!(matches!(meta.set_binding("chat", Some(&binding("chat")), event("route.pipeline.set")).await, Err(Error::NotFound(_))), "no such route");
+    let route = Route { name: "chat".into(), stable: "a".into(), canary: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
+    let change = RouteChange { route: "chat".into(), at: route.updated_at.clone(), actor: "admin".into(), action: "create".into(), from: json!(null), to: json!({}), reason: String::new(), evidence: json!({}) };
+    meta.put_route(&route, None, &change, event("route.create")).await.unwrap();
+    meta.set_binding("chat", Some(&binding("chat")), event("route.pipeline.set")).await.unwrap();
+    assert_eq!(meta.bindings().await.unwrap(), vec![binding("chat")]);
+    // The cursor starts just before the first binding.
+    let bound_seq = meta.audit_head().await.unwrap().unwrap().seq;
+    assert_eq!(meta.claim_pipeline_cursor("a", "2026-01-01T00:00:00.000Z", "2026-01-01T00:01:00.000Z").await.unwrap(), Some(bound_seq - 1));
+    assert_eq!(meta.claim_pipeline_cursor("b", "2026-01-01T00:00:10.000Z", "2026-01-01T00:01:10.000Z").await.unwrap(), None);
+    let run = |id: &str, seq: i64| PipelineRun {
+        id: id.into(),
+        route: "chat".into(),
+        repo_kind: "model".into(),
+        repo: "acme/m".into(),
+        branch: "main".into(),
+        commit: "c".repeat(40),
+        pusher: "alice".into(),
+        status: PipelineStatus::Running,
+        stage: "vet".into(),
+        state: json!({ "push_seq": seq, "log": [] }),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    assert!(!meta.enqueue_pipeline_runs("b", &[run("pipe_0", 1)], vec![], bound_seq).await.unwrap(), "not the holder");
+    assert!(meta.enqueue_pipeline_runs("a", &[run("pipe_1", 10), run("pipe_2", 11)], vec![event("pipeline.run.create"), event("pipeline.run.create")], bound_seq).await.unwrap());
+    assert_eq!(meta.pipeline_cursor().await.unwrap(), Some(bound_seq));
+    // Runs of one route go one at a time, oldest push first, each under a lease.
+    let claimed = meta.claim_pipeline_run("2026-01-01T00:00:01.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().unwrap();
+    assert_eq!(claimed.id, "pipe_1");
+    assert!(meta.claim_pipeline_run("2026-01-01T00:00:02.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().is_none(), "pipe_2 waits for pipe_1");
+    let stepped = PipelineRun { stage: "deploy".into(), state: json!({ "push_seq": 10, "candidate": "x" }), ..claimed.clone() };
+    assert!(meta.update_pipeline_run(&stepped, "2026-01-01T00:00:05.000Z", Some(event("pipeline.run.stage"))).await.unwrap());
+    assert!(meta.claim_pipeline_run("2026-01-01T00:00:03.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().is_none(), "not due yet");
+    let again = meta.claim_pipeline_run("2026-01-01T00:00:06.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.stage.as_str(), again.state["candidate"].as_str()), ("pipe_1", "deploy", Some("x")));
+    assert!(meta.cancel_pipeline_run("pipe_1", event("pipeline.run.cancel")).await.unwrap());
+    assert!(!meta.cancel_pipeline_run("pipe_1", event("pipeline.run.cancel")).await.unwrap());
+    assert!(!meta.update_pipeline_run(&again, "2026-01-01T00:00:07.000Z", None).await.unwrap(), "a canceled run takes no more steps");
+    assert_eq!(meta.get_pipeline_run("pipe_1").await.unwrap().unwrap().status, PipelineStatus::Canceled);
+    assert_eq!(meta.claim_pipeline_run("2026-01-01T00:00:08.000Z", "2026-01-01T00:02:00.000Z").await.unwrap().unwrap().id, "pipe_2");
+    assert_eq!(meta.list_pipeline_runs(Some("chat"), 10).await.unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["pipe_2", "pipe_1"]);
+    // Deleting the route takes its binding with it.
+    meta.delete_route("chat", &RouteChange { action: "delete".into(), ..change }, event("route.delete")).await.unwrap();
+    assert!(meta.bindings().await.unwrap().is_empty());
 }
