@@ -161,6 +161,22 @@ def test_console_flow_from_hub_to_audit(server, browser):
     assert section.get_by_text("resident").is_visible()
     shot(page, "deployments")
 
+    # Releases: a route with a canary shows its traffic split and its timeline.
+    route_name = "console-route-" + uuid.uuid4().hex[:6]
+    other = name + "-b"
+    server.cli("deploy", other, f"{repo}@main", "--context", "512", "--max-batch", "1")
+    server.cli("routes", "set", route_name, "--to", name, "--reason", "first release")
+    server.cli("routes", "canary", route_name, "--to", other, "--weight", "30", "--reason", "trying b")
+    nav(page, "Releases").click()
+    card = page.locator(f"section[data-route='{route_name}']")
+    card.wait_for()
+    card.get_by_text(f"70% {name} · 30% canary {other}").wait_for()
+    history = card.get_by_role("table", name=f"History of {route_name}")
+    history.get_by_text("first release").wait_for()
+    history.get_by_text("trying b").wait_for()
+    assert card.get_by_role("img", name="Canary share per change (%)").is_visible()
+    shot(page, "releases")
+
     # Usage by deployment, then the audit log with the deploy and a verified chain.
     page.goto(server.endpoint + "/#/usage?by=deployment")
     page.get_by_role("cell", name=name, exact=True).wait_for()
@@ -174,7 +190,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
 
     # Phone width: every view reflows without sideways scrolling.
     page.set_viewport_size({"width": 390, "height": 844})
-    for view in ["#/hub", f"#/repo/{repo}/files", "#/deployments", "#/playground", "#/usage", "#/audit"]:
+    for view in ["#/hub", f"#/repo/{repo}/files", "#/deployments", "#/playground", "#/releases", "#/usage", "#/audit"]:
         page.goto(server.endpoint + "/" + view)
         page.wait_for_selector("main h1")
         page.wait_for_timeout(300)

@@ -4,6 +4,8 @@
 // Every piece of user-supplied text reaches the page through textContent or the DOM-building
 // Markdown renderer below: no HTML string is ever parsed, so a model card cannot run script.
 
+import { releasesView } from "/console/releases.js";
+
 const TOKEN_KEY = "mantle.token";
 const state = { token: sessionStorage.getItem(TOKEN_KEY), me: null, admin: false, timers: [], gen: 0 };
 
@@ -635,6 +637,7 @@ async function route() {
       case "deployments": return await deploymentsView();
       case "playground": return await playgroundView();
       case "usage": return await usageView();
+      case "releases": return await releasesView({ h, api, table, badge, when, admin: state.admin, view: (title, ...children) => view(gen, title, ...children) });
       case "audit": return state.admin ? await auditView() : view(gen, "Audit", errorBox("The audit log needs a site admin token."));
       default: return await hubView();
     }

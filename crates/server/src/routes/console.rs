@@ -1,4 +1,4 @@
-//! The web console: one HTML page, one script and one stylesheet, compiled into the binary and
+//! The web console: one HTML page, two scripts (the app and its Releases view) and one stylesheet, compiled into the binary and
 //! served at `/` and `/console/*` with a strict Content-Security-Policy. The console is a client
 //! of the public JSON APIs only; it holds no state and no privilege of its own.
 
@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/app.js");
+const RELEASES: &str = include_str!("../console/releases.js");
 const STYLE: &str = include_str!("../console/app.css");
 
 /// Scripts and styles from this origin only (no inline script or style, no eval), requests to
@@ -34,6 +35,11 @@ pub(crate) async fn index() -> Response {
 /// `GET /console/app.js`.
 pub(crate) async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// `GET /console/releases.js` (the Releases view, a module `app.js` imports).
+pub(crate) async fn releases() -> Response {
+    asset(RELEASES, "text/javascript; charset=utf-8")
 }
 
 /// `GET /console/app.css`.

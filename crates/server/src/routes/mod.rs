@@ -86,6 +86,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/datasets/{ns}/{name_git}/info/lfs/objects/batch", post(lfs::batch_dataset))
         .route("/", get(console::index))
         .route("/console/app.js", get(console::script))
+        .route("/console/releases.js", get(console::releases))
         .route("/console/app.css", get(console::style))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
