@@ -1,7 +1,7 @@
 """Pipelines as code with the real SmolLM2 GGUF and the real `huggingface_hub` client: a route
 bound to a repo releases each push through vetting, a perplexity suite over a dataset in the hub
 (gated absolutely and against production by a paired bootstrap) and a canary under analysis.
-The same weights go to production; the same model re-quantized to 2 bits is blocked at its gate;
+The same weights go to production; the same model re-quantized to 3 bits is blocked at its gate;
 a canary that breaks its SLO is rolled back by itself. Prints the runs, the route's history and
 the audit events (the closing note shows them)."""
 
@@ -44,7 +44,7 @@ def pipeline_yaml(dataset, slo):
             graders:
               - {{type: perplexity, name: ppl, input: "{{{{item.text}}}}"}}
         gates:
-          - {{suite: wiki, max: 200, max_regression: 0.05}}
+          - {{suite: wiki, max: 1000, max_regression: 0.05}}
         canary:
           steps: [50, 100]
           bake_secs: 2
@@ -69,17 +69,24 @@ print(info.oid)
 
 
 def degrade(src, dst):
-    """The same model re-quantized much lower: every Q4_1 weight kept to its top two bits
-    (4 levels instead of 16, centred), in place in a copy (gguf is llama.cpp's own reader)."""
+    """The same model re-quantized lower: each Q4_1 block (scale d, minimum m, 32 4-bit values)
+    requantized to 3 bits (8 levels over the same range: q' = round(7q/15), d' = 15d/7), kept in
+    the Q4_1 container, in a copy (gguf is llama.cpp's own reader)."""
     import gguf
+    import numpy as np
 
     shutil.copy(src, dst)
     reader = gguf.GGUFReader(str(dst), "r+")
     changed = 0
     for tensor in reader.tensors:
         if tensor.tensor_type == gguf.GGMLQuantizationType.Q4_1:
-            blocks = tensor.data.view("uint8").reshape(-1, 20)
-            blocks[:, 4:] = (blocks[:, 4:] & 0xCC) | 0x22
+            blocks = tensor.data.view(np.uint8).reshape(-1, 20)
+            scale = blocks[:, 0:2].copy().view(np.float16)
+            packed = blocks[:, 4:].astype(np.int32)
+            low = np.rint((packed & 0x0F) * 7 / 15).astype(np.uint8)
+            high = np.rint((packed >> 4) * 7 / 15).astype(np.uint8)
+            blocks[:, 4:] = low | (high << 4)
+            blocks[:, 0:2] = (scale.astype(np.float32) * 15 / 7).astype(np.float16).view(np.uint8)
             changed += 1
     reader.data.flush()
     assert changed > 20, changed
@@ -164,10 +171,10 @@ api.upload_file(path_or_fileobj={str(texts)!r}, path_in_repo="texts.jsonl", repo
     answer = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=callers[0]).chat.completions.with_raw_response.create(model=route, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert answer.headers["x-mantle-revision"] == f"{repo}@{good}"
 
-    # 2. The same model re-quantized to 2 bits: the perplexity gate against production blocks it.
+    # 2. The same model re-quantized to 3 bits: the perplexity gate against production blocks it.
     degraded = tmp_path / SMOLLM2
     degrade(models / SMOLLM2, degraded)
-    bad = upload(server, token, repo, {SMOLLM2: degraded}, "requantize to 2 bits")
+    bad = upload(server, token, repo, {SMOLLM2: degraded}, "requantize to 3 bits")
     run = wait_run(server, route, bad)
     print(server.cli("pipelines", "show", run["id"]).stdout)
     assert (run["status"], run["stage"]) == ("failed", "gate"), json.dumps(run, indent=1)

@@ -177,3 +177,23 @@ pub trait WebhookStore: Send + Sync {
     /// An endpoint's newest deliveries.
     async fn deliveries(&self, endpoint_id: &str, limit: i64) -> Result<Vec<Delivery>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: &str, target: &str, details: Value) -> AuditRecord {
+        AuditRecord { seq: 1, time: "2026-01-01T00:00:00.000Z".into(), actor: "system".into(), action: action.into(), target: target.into(), details: details.to_string(), prev_hash: String::new(), hash: "ab".repeat(32) }
+    }
+
+    #[test]
+    fn pipeline_runs_are_events_for_the_pushing_namespace() {
+        let (kind, data, audience) = event_of(&record("pipeline.run.failed", "pipeline:pipe_1", json!({ "route": "chat", "repo": "acme/m", "commit": "c", "stage": "gate", "reason": "gates failed" }))).unwrap();
+        assert_eq!((kind, audience), ("pipeline.run.failed", Audience::Namespace("acme".into())));
+        assert_eq!((data["id"].as_str(), data["reason"].as_str(), data["stage"].as_str()), (Some("pipe_1"), Some("gates failed"), Some("gate")));
+        assert_eq!(event_of(&record("pipeline.run.cancel", "pipeline:pipe_1", json!({}))).unwrap().2, Audience::Admins);
+        assert_eq!(event_of(&record("pipeline.run.create", "pipeline:pipe_1", json!({ "repo": "acme/m" }))).unwrap().0, "pipeline.run.created");
+        assert!(event_of(&record("pipeline.run.stage", "pipeline:pipe_1", json!({}))).is_none(), "stage changes are audited, not sent");
+        assert!(EVENT_TYPES.contains(&"pipeline.run.succeeded"));
+    }
+}

@@ -62,7 +62,13 @@ pub(crate) async fn queue_run(state: &AppState, principal: &Principal, eval_id: 
     .await;
     checked?;
     if let Some(completions) = &data_source.completions {
-        let deployment = state.hub.runnable_deployment(principal, &completions.model).await.map_err(|_| OpenAiError::invalid(format!("the model {:?} does not exist or you do not have access to it", completions.model), Some("data_source.model")))?;
+        let unknown = || OpenAiError::invalid(format!("the model {:?} does not exist or you do not have access to it", completions.model), Some("data_source.model"));
+        // A deployment, or a release route (the side the run's caller lands on; every item
+        // records the revision that answered it).
+        let deployment = match state.hub.runnable_deployment(principal, &completions.model).await {
+            Ok(deployment) => deployment,
+            Err(_) => state.hub.route_target(principal, &completions.model).await.ok().flatten().ok_or_else(unknown)?,
+        };
         spec_json["model"] = json!(completions.model);
         spec_json["revision"] = json!(format!("{}@{}", deployment.repo, deployment.commit.as_str()));
     }

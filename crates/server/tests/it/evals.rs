@@ -81,6 +81,13 @@ async fn a_completions_run_samples_the_model_and_grades_every_item() {
     let one = server.get(&format!("/v1/evals/{eval_id}/runs/{run_id}/output_items/{}", first["id"].as_str().unwrap()), Some(&token)).await;
     assert_eq!(one.json()["id"], first["id"]);
 
+    // A release route is a model too: the run records the revision that answered.
+    assert_eq!(server.json("PUT", "/api/admin/routes/qa", Some(crate::harness::ADMIN), json!({ "stable": "tiny" })).await.status, StatusCode::OK);
+    let body = json!({ "data_source": { "type": "completions", "model": "qa", "source": { "type": "file_content", "content": [{ "item": { "question": "[[say:Paris]]", "answer": "Paris" } }] }, "input_messages": { "type": "template", "template": [{ "role": "user", "content": "{{item.question}}" }] } } });
+    let routed = run(&server, &token, eval_id, body).await;
+    assert_eq!((routed["status"].as_str(), routed["result_counts"]["passed"].as_u64()), (Some("completed"), Some(1)), "{routed}");
+    assert_eq!(routed["revision"], done["revision"]);
+
     // Usage is accounted like any request, under the run's API name.
     let actions = server.audit_actions().await;
     for action in ["eval.create", "eval.run.create", "eval.run.succeeded"] {
