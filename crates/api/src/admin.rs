@@ -292,6 +292,12 @@ pub struct Route {
     pub canary: Option<String>,
     /// The share of callers (percent) the canary answers; each caller stays on its side.
     pub canary_percent: u8,
+    /// A deployment that gets a copy of some requests (answers discarded), if any.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// The share of requests (percent) copied to the shadow deployment.
+    #[serde(default)]
+    pub shadow_percent: u8,
     /// A stepped rollout under analysis, while one runs (steps, bake time, SLOs, where it is).
     #[serde(default)]
     pub rollout: Option<serde_json::Value>,
@@ -375,6 +381,26 @@ pub struct RolloutAnalysis {
     /// Failed analyses tolerated before the rollback (default 0).
     #[serde(default)]
     pub failure_limit: Option<u32>,
+    /// Seconds of shadow traffic before the first step (a copy of every request goes to the
+    /// candidate, its answers discarded, and it must hold the SLOs; default 0: none).
+    #[serde(default)]
+    pub shadow_secs: Option<u64>,
+}
+
+/// `POST /api/admin/routes/{name}/shadow`: copy a share of the route's requests to a deployment
+/// (its answers discarded, its outcomes recorded); without `deployment`, stop.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRoute {
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Percent of the requests copied, 1 to 100 (default 100).
+    #[serde(default)]
+    pub percent: Option<u8>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub eval_runs: Vec<String>,
 }
 
 /// `PUT /api/admin/routes/{name}/pipeline`: release every push to a repo's branch to this route

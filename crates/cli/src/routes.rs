@@ -51,6 +51,25 @@ pub(crate) enum RouteCommand {
         /// Failed analyses tolerated before the rollback.
         #[arg(long, default_value_t = 0)]
         failure_limit: u32,
+        /// With --steps: seconds of shadow traffic first (a copy of every request, answers
+        /// discarded, held to the same SLOs).
+        #[arg(long, default_value_t = 0)]
+        shadow_secs: u64,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Copy a share of the route's requests to a deployment (its answers are discarded; its
+    /// outcomes are recorded, in the usage log at no cost and in /metrics).
+    Shadow {
+        name: String,
+        #[arg(long, required_unless_present = "stop")]
+        to: Option<String>,
+        /// Percent of the requests copied.
+        #[arg(long, default_value_t = 100)]
+        percent: u8,
+        /// Stop copying.
+        #[arg(long, conflicts_with = "to")]
+        stop: bool,
         #[command(flatten)]
         note: Note,
     },
@@ -117,9 +136,10 @@ impl Note {
 }
 
 fn show(route: &api::admin::Route) {
+    let shadow = route.shadow.as_ref().map(|s| format!("  shadow {s} ({}% copied)", route.shadow_percent)).unwrap_or_default();
     match &route.canary {
-        Some(canary) => println!("{:<20} {} ({}%)  canary {} ({}%)", route.name, route.stable, 100 - u32::from(route.canary_percent), canary, route.canary_percent),
-        None => println!("{:<20} {} (100%)", route.name, route.stable),
+        Some(canary) => println!("{:<20} {} ({}%)  canary {} ({}%){shadow}", route.name, route.stable, 100 - u32::from(route.canary_percent), canary, route.canary_percent),
+        None => println!("{:<20} {} (100%){shadow}", route.name, route.stable),
     }
 }
 
@@ -146,11 +166,26 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
             let body = api::admin::SetRoute { stable: to, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.put_json(&path(&name), &body).await?);
         }
-        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests, failure_limit, note } => {
+        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests, failure_limit, shadow_secs, note } => {
             let note = note.wire();
-            let analysis = steps.map(|steps| api::admin::RolloutAnalysis { steps, bake_secs: Some(bake), max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests: Some(min_requests), failure_limit: Some(failure_limit) });
+            let analysis = steps.map(|steps| api::admin::RolloutAnalysis {
+                steps,
+                bake_secs: Some(bake),
+                max_error_rate,
+                max_latency_p95_ms,
+                max_ttft_p95_ms,
+                min_tokens_per_sec,
+                min_requests: Some(min_requests),
+                failure_limit: Some(failure_limit),
+                shadow_secs: Some(shadow_secs),
+            });
             let body = api::admin::CanaryRoute { deployment: to, percent: weight, analysis, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.post_json(&format!("{}/canary", path(&name)), &body).await?);
+        }
+        RouteCommand::Shadow { name, to, percent, stop: _, note } => {
+            let note = note.wire();
+            let body = api::admin::ShadowRoute { deployment: to, percent: Some(percent), reason: note.reason, eval_runs: note.eval_runs };
+            show(&client.post_json(&format!("{}/shadow", path(&name)), &body).await?);
         }
         RouteCommand::Promote { name, note } => show(&client.post_json(&format!("{}/promote", path(&name)), &note.wire()).await?),
         RouteCommand::Rollback { name, note } => show(&client.post_json(&format!("{}/rollback", path(&name)), &note.wire()).await?),

@@ -17,6 +17,9 @@ pub struct Route {
     pub stable: String,
     /// The deployment being tried and the share of callers (percent, 1..=99) it answers.
     pub canary: Option<(String, u8)>,
+    /// A deployment that gets a copy of a share (percent, 1..=100) of the route's requests; its
+    /// answers are discarded, its outcomes recorded (shadow traffic).
+    pub shadow: Option<(String, u8)>,
     /// A stepped rollout of the canary under analysis, while one runs.
     pub rollout: Option<Rollout>,
     pub updated_at: String,
@@ -36,6 +39,11 @@ pub struct Rollout {
     pub min_requests: u64,
     /// Failed analyses tolerated before rolling back.
     pub failure_limit: u32,
+    /// Seconds of shadow traffic before the first step (0: none): the candidate gets a copy of
+    /// every request, no caller sees its answers, and it must hold the SLOs to go on.
+    pub shadow_secs: u64,
+    /// Whether the rollout is in its shadow phase.
+    pub shadowing: bool,
     /// Where it is: the step, when it began, failures so far.
     pub step: usize,
     pub step_started_at: String,
@@ -49,6 +57,7 @@ impl Rollout {
             "steps": self.steps, "bake_secs": self.bake_secs, "min_requests": self.min_requests, "failure_limit": self.failure_limit,
             "slo": { "max_error_rate": self.slo.max_error_rate, "max_latency_p95_ms": self.slo.max_latency_p95_ms, "max_ttft_p95_ms": self.slo.max_ttft_p95_ms, "min_tokens_per_sec": self.slo.min_tokens_per_sec },
             "step": self.step, "step_started_at": self.step_started_at, "failures": self.failures,
+            "shadow_secs": self.shadow_secs, "shadowing": self.shadowing,
         })
     }
 
@@ -64,6 +73,8 @@ impl Rollout {
             step: value["step"].as_u64()? as usize,
             step_started_at: value["step_started_at"].as_str()?.to_owned(),
             failures: value["failures"].as_u64()? as u32,
+            shadow_secs: value["shadow_secs"].as_u64().unwrap_or(0),
+            shadowing: value["shadowing"].as_bool().unwrap_or(false),
         })
     }
 }
@@ -239,8 +250,19 @@ mod tests {
     #[test]
     fn buckets_are_sticky_and_spread() {
         assert_eq!(bucket("chat", "ann"), bucket("chat", "ann"));
-        let route = Route { name: "chat".into(), stable: "a".into(), canary: Some(("b".into(), 30)), rollout: None, updated_at: String::new() };
-        let rollout = Rollout { steps: vec![5, 50, 100], bake_secs: 60, slo: Slo { max_error_rate: Some(0.1), max_ttft_p95_ms: Some(300), ..Slo::default() }, min_requests: 10, failure_limit: 1, step: 1, step_started_at: "t".into(), failures: 1 };
+        let route = Route { name: "chat".into(), stable: "a".into(), canary: Some(("b".into(), 30)), shadow: None, rollout: None, updated_at: String::new() };
+        let rollout = Rollout {
+            steps: vec![5, 50, 100],
+            bake_secs: 60,
+            slo: Slo { max_error_rate: Some(0.1), max_ttft_p95_ms: Some(300), ..Slo::default() },
+            min_requests: 10,
+            failure_limit: 1,
+            shadow_secs: 30,
+            shadowing: true,
+            step: 1,
+            step_started_at: "t".into(),
+            failures: 1,
+        };
         assert_eq!(Rollout::from_json(&rollout.to_json()), Some(rollout));
         let on_canary = (0..1000).filter(|i| route.pick(bucket("chat", &format!("user{i}"))) == "b").count();
         assert!((220..380).contains(&on_canary), "{on_canary}");

@@ -192,6 +192,14 @@ impl RequestTimer {
         self
     }
 
+    /// Accounts a shadow copy of a request in the usage log: under the account `shadow` (not the
+    /// caller's: its requests and quotas are its own), API `shadow`, at no cost.
+    pub fn shadowed(mut self, log: &crate::usage::UsageLog, settings: &domain::meta::EngineSettings) -> Self {
+        let settings = domain::meta::EngineSettings { price_prompt_micros: 0, price_completion_micros: 0, ..settings.clone() };
+        self.bill = Some(Bill { log: log.clone(), account: "shadow".into(), token_id: 0, api: "shadow", settings, admission: None });
+        self
+    }
+
     /// Counts a generation's work for the bill if the request does not finish.
     pub fn track(&mut self, progress: std::sync::Arc<engine::Progress>) {
         self.work.push(progress);

@@ -46,7 +46,7 @@ impl Hub {
         self.deployment_named(stable).await?;
         let current = self.meta.get_route(name).await?;
         let action = if current.is_some() { "set" } else { "create" };
-        self.change_route(principal, current, Route { name: name.to_owned(), stable: stable.to_owned(), canary: None, rollout: None, updated_at: String::new() }, action, note).await
+        self.change_route(principal, current, Route { name: name.to_owned(), stable: stable.to_owned(), canary: None, shadow: None, rollout: None, updated_at: String::new() }, action, note).await
     }
 
     /// Sends `percent` of the route's callers to `deployment` (a canary), the rest to its stable.
@@ -61,20 +61,49 @@ impl Hub {
             Some(plan) => Some(plan.check()?),
             None => None,
         };
+        self.deployment_named(deployment).await?;
+        // A rollout with a shadow phase starts with a copy of every request and no caller on it.
+        if let Some(rollout) = rollout.as_ref().filter(|r| r.shadowing) {
+            let next = Route { canary: None, shadow: Some((deployment.to_owned(), 100)), rollout: Some(rollout.clone()), ..current.clone() };
+            return self.change_route(principal, Some(current), next, "shadow", note).await;
+        }
         let percent = rollout.as_ref().map_or(percent, |r| r.steps[0]);
         if !(1..=99).contains(&percent) {
             return Err(Error::invalid("a canary takes 1 to 99 percent of the callers; promote it for all of them"));
         }
-        self.deployment_named(deployment).await?;
         let next = Route { canary: Some((deployment.to_owned(), percent)), rollout, ..current.clone() };
         self.change_route(principal, Some(current), next, "canary", note).await
+    }
+
+    /// Sends a copy of `percent` of the route's requests to `deployment` (answers discarded,
+    /// outcomes recorded under it); `None` stops it.
+    pub async fn shadow_route(&self, principal: &Principal, name: &str, shadow: Option<(&str, u8)>, note: ChangeNote) -> Result<Route> {
+        let current = self.route(principal, name).await?;
+        if current.rollout.as_ref().is_some_and(|r| r.shadowing) {
+            return Err(Error::conflict(format!("route {name} is in a rollout's shadow phase; roll it back or let it run")));
+        }
+        let shadow = match shadow {
+            Some((deployment, percent)) => {
+                if !(1..=100).contains(&percent) {
+                    return Err(Error::invalid("shadow traffic copies 1 to 100 percent of the requests"));
+                }
+                if deployment == current.stable {
+                    return Err(Error::invalid(format!("{deployment} already answers the route")));
+                }
+                self.deployment_named(deployment).await?;
+                Some((deployment.to_owned(), percent))
+            }
+            None => None,
+        };
+        let next = Route { shadow, ..current.clone() };
+        self.change_route(principal, Some(current), next, "shadow", note).await
     }
 
     /// Makes the canary the stable deployment, for every caller.
     pub async fn promote_route(&self, principal: &Principal, name: &str, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
         let Some((canary, _)) = current.canary.clone() else { return Err(Error::invalid(format!("route {name} has no canary to promote"))) };
-        let next = Route { stable: canary, canary: None, rollout: None, ..current.clone() };
+        let next = Route { stable: canary, canary: None, shadow: None, rollout: None, ..current.clone() };
         self.change_route(principal, Some(current), next, "promote", note).await
     }
 
@@ -83,7 +112,7 @@ impl Hub {
     pub async fn release_route(&self, principal: &Principal, name: &str, deployment: &str, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
         self.deployment_named(deployment).await?;
-        let next = Route { stable: deployment.to_owned(), canary: None, rollout: None, ..current.clone() };
+        let next = Route { stable: deployment.to_owned(), canary: None, shadow: None, rollout: None, ..current.clone() };
         self.change_route(principal, Some(current), next, "promote", note).await
     }
 
@@ -91,14 +120,14 @@ impl Hub {
     /// before its last promotion or change.
     pub async fn rollback_route(&self, principal: &Principal, name: &str, note: ChangeNote) -> Result<Route> {
         let current = self.route(principal, name).await?;
-        let next = if current.canary.is_some() {
-            Route { canary: None, rollout: None, ..current.clone() }
+        let next = if current.canary.is_some() || current.shadow.is_some() {
+            Route { canary: None, shadow: None, rollout: None, ..current.clone() }
         } else {
             let history = self.meta.route_history(name).await?;
             let previous =
                 history.iter().rev().filter_map(|c| c.from.pointer("/stable/deployment").and_then(|d| d.as_str())).find(|d| *d != current.stable).ok_or_else(|| Error::invalid(format!("route {name} has no earlier deployment to go back to")))?;
             self.deployment_named(previous).await?;
-            Route { stable: previous.to_owned(), rollout: None, ..current.clone() }
+            Route { stable: previous.to_owned(), shadow: None, rollout: None, ..current.clone() }
         };
         self.change_route(principal, Some(current), next, "rollback", note).await
     }
@@ -151,8 +180,12 @@ impl Hub {
             Some((name, percent)) => json!({ "deployment": name, "percent": percent, "revision": revision(self.meta.get_deployment(name).await?) }),
             None => json!(null),
         };
+        let shadow = match &route.shadow {
+            Some((name, percent)) => json!({ "deployment": name, "percent": percent, "revision": revision(self.meta.get_deployment(name).await?) }),
+            None => json!(null),
+        };
         let rollout = route.rollout.as_ref().map_or(json!(null), Rollout::to_json);
-        Ok(json!({ "stable": stable, "canary": canary, "rollout": rollout }))
+        Ok(json!({ "stable": stable, "canary": canary, "shadow": shadow, "rollout": rollout }))
     }
 
     async fn change_route(&self, principal: &Principal, current: Option<Route>, next: Route, action: &str, note: ChangeNote) -> Result<Route> {
@@ -202,6 +235,8 @@ pub struct RolloutPlan {
     pub slo: Slo,
     pub min_requests: u64,
     pub failure_limit: u32,
+    /// Seconds of shadow traffic before the first step (0: none).
+    pub shadow_secs: u64,
 }
 
 impl RolloutPlan {
@@ -210,8 +245,8 @@ impl RolloutPlan {
         if steps.len() < 2 || steps.len() > 10 || steps.last() != Some(&100) || steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 {
             return Err(Error::invalid("steps must be 2 to 10 increasing percentages ending at 100 (promotion), e.g. 5,25,50,100"));
         }
-        if self.bake_secs > 7 * 24 * 3600 {
-            return Err(Error::invalid("bake_secs may be at most a week"));
+        if self.bake_secs > 7 * 24 * 3600 || self.shadow_secs > 7 * 24 * 3600 {
+            return Err(Error::invalid("bake_secs and shadow_secs may be at most a week"));
         }
         if self.slo == Slo::default() {
             return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms, max_ttft_p95_ms or min_tokens_per_sec"));
@@ -219,43 +254,74 @@ impl RolloutPlan {
         if self.slo.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) || self.slo.min_tokens_per_sec.is_some_and(|t| t.is_nan() || t < 0.0) {
             return Err(Error::invalid("max_error_rate must be within 0 to 1 and min_tokens_per_sec not negative"));
         }
-        Ok(Rollout { steps, bake_secs: self.bake_secs, slo: self.slo, min_requests: self.min_requests.max(1), failure_limit: self.failure_limit, step: 0, step_started_at: format_time(chrono::Utc::now()), failures: 0 })
+        Ok(Rollout {
+            steps,
+            bake_secs: self.bake_secs,
+            slo: self.slo,
+            min_requests: self.min_requests.max(1),
+            failure_limit: self.failure_limit,
+            shadow_secs: self.shadow_secs,
+            shadowing: self.shadow_secs > 0,
+            step: 0,
+            step_started_at: format_time(chrono::Utc::now()),
+            failures: 0,
+        })
     }
 }
 
 impl Hub {
     /// The rollout controller's step (the server's own machinery, run every few seconds by any
-    /// replica): every canary under a rollout whose step has baked is analysed on what its
-    /// requests recorded since the step began; it moves to the next step, is promoted after the
-    /// last, waits when the readings are inconclusive, and is rolled back once its failures pass
-    /// the limit. A change lands only if the route did not change meanwhile (another replica, or
-    /// an admin), so replicas never step a route twice. Returns what changed, as `route: action`.
+    /// replica): every candidate under a rollout whose step has baked is analysed on what its
+    /// requests recorded since the step began (beside the stable deployment's readings over the
+    /// same time, as a baseline in the evidence). From its shadow phase it moves to the first
+    /// step; from a step to the next, or to promotion after the last; it waits when the readings
+    /// are inconclusive, and is rolled back once its failures pass the limit. A change lands only
+    /// if the route did not change meanwhile (another replica, or an admin), so replicas never
+    /// step a route twice. Returns what changed, as `route: action`.
     pub async fn step_rollouts(&self) -> Result<Vec<String>> {
         let now = chrono::Utc::now();
         let mut changed = Vec::new();
         for route in self.meta.list_routes().await? {
-            let (Some(rollout), Some((canary, _))) = (route.rollout.clone(), route.canary.clone()) else { continue };
+            let Some(rollout) = route.rollout.clone() else { continue };
+            let candidate = if rollout.shadowing { route.shadow.clone() } else { route.canary.clone() };
+            let Some((candidate, _)) = candidate else { continue };
             let started = chrono::DateTime::parse_from_rfc3339(&rollout.step_started_at).map_err(Error::internal)?.with_timezone(&chrono::Utc);
-            if (now - started).num_seconds() < rollout.bake_secs as i64 {
+            let bake = if rollout.shadowing { rollout.shadow_secs } else { rollout.bake_secs };
+            if (now - started).num_seconds() < bake as i64 {
                 continue;
             }
-            let rows = self.meta.deployment_outcomes(&canary, &rollout.step_started_at, 100_000).await?;
-            let readings = Readings::from_outcomes(&rows);
+            let readings = Readings::from_outcomes(&self.meta.deployment_outcomes(&candidate, &rollout.step_started_at, 100_000).await?);
+            let baseline = Readings::from_outcomes(&self.meta.deployment_outcomes(&route.stable, &rollout.step_started_at, 100_000).await?);
             let verdict = analyze(&readings, &rollout.slo, rollout.min_requests);
-            let evidence = json!({ "analysis": { "step": rollout.step, "percent": rollout.steps[rollout.step], "requests": readings.requests, "failed": readings.failed, "error_rate": readings.error_rate(), "latency_p95_ms": readings.latency_p95_ms, "ttft_p95_ms": readings.ttft_p95_ms, "tokens_per_sec": readings.tokens_per_sec, "since": rollout.step_started_at, "verdict": format!("{verdict:?}") } });
+            let phase = if rollout.shadowing { "shadow".to_owned() } else { format!("{}%", rollout.steps[rollout.step]) };
+            let reading = |r: &Readings| json!({ "requests": r.requests, "failed": r.failed, "error_rate": r.error_rate(), "latency_p95_ms": r.latency_p95_ms, "ttft_p95_ms": r.ttft_p95_ms, "tokens_per_sec": r.tokens_per_sec });
+            let mut analysis = reading(&readings);
+            analysis["step"] = json!(rollout.step);
+            analysis["percent"] = json!(if rollout.shadowing { 0 } else { rollout.steps[rollout.step] });
+            analysis["phase"] = json!(phase);
+            analysis["since"] = json!(rollout.step_started_at);
+            analysis["verdict"] = json!(format!("{verdict:?}"));
+            analysis["baseline"] = reading(&baseline);
+            let evidence = json!({ "analysis": analysis });
             let note = |reason: String| ChangeNote { reason, eval_runs: Vec::new(), extra: evidence.clone() };
+            let last_step = rollout.step + 1 >= rollout.steps.len() || rollout.steps[rollout.step + 1] >= 100;
             let (next, action, reason) = match verdict {
                 Verdict::Inconclusive(_) => continue,
-                Verdict::Pass if rollout.step + 1 >= rollout.steps.len() || rollout.steps[rollout.step + 1] >= 100 => {
-                    (Route { stable: canary.clone(), canary: None, rollout: None, ..route.clone() }, "promote", format!("rollout passed its last step at {}%", rollout.steps[rollout.step]))
+                Verdict::Pass if rollout.shadowing => {
+                    let percent = rollout.steps[0];
+                    let rollout = Rollout { shadowing: false, step: 0, step_started_at: format_time(now), failures: 0, ..rollout.clone() };
+                    (Route { canary: Some((candidate.clone(), percent)), shadow: None, rollout: Some(rollout), ..route.clone() }, "canary", format!("shadow analysis passed: canary at {percent}%"))
                 }
+                Verdict::Pass if last_step => (Route { stable: candidate.clone(), canary: None, shadow: None, rollout: None, ..route.clone() }, "promote", format!("rollout passed its last step at {phase}")),
                 Verdict::Pass => {
                     let step = rollout.step + 1;
                     let percent = rollout.steps[step];
                     let rollout = Rollout { step, step_started_at: format_time(now), ..rollout.clone() };
-                    (Route { canary: Some((canary.clone(), percent)), rollout: Some(rollout), ..route.clone() }, "canary", format!("analysis passed: step to {percent}%"))
+                    (Route { canary: Some((candidate.clone(), percent)), rollout: Some(rollout), ..route.clone() }, "canary", format!("analysis passed: step to {percent}%"))
                 }
-                Verdict::Fail(why) if rollout.failures + 1 > rollout.failure_limit => (Route { canary: None, rollout: None, ..route.clone() }, "rollback", format!("analysis failed ({why}): rolled back by itself")),
+                Verdict::Fail(why) if rollout.failures + 1 > rollout.failure_limit => {
+                    (Route { canary: None, shadow: None, rollout: None, ..route.clone() }, "rollback", format!("{} analysis failed ({why}): rolled back by itself", if rollout.shadowing { "shadow" } else { "canary" }))
+                }
                 Verdict::Fail(why) => {
                     let rollout = Rollout { failures: rollout.failures + 1, step_started_at: format_time(now), ..rollout.clone() };
                     (Route { rollout: Some(rollout), ..route.clone() }, "analysis", format!("analysis failed ({why}); holding the step"))
@@ -269,5 +335,12 @@ impl Hub {
             }
         }
         Ok(changed)
+    }
+
+    /// A route's shadow deployment and the percent of requests it copies, if any (the server's
+    /// inference path reads it for every request to the route).
+    pub async fn route_shadow(&self, name: &str) -> Result<Option<(Deployment, u8)>> {
+        let Some((shadow, percent)) = self.meta.get_route(name).await?.and_then(|r| r.shadow) else { return Ok(None) };
+        Ok(self.meta.get_deployment(&shadow).await?.map(|d| (d, percent)))
     }
 }

@@ -225,7 +225,7 @@ impl PipelineSpec {
 }
 
 fn rollout(canary: &Value) -> Result<RolloutPlan> {
-    only(canary, &["steps", "bake_secs", "min_requests", "failure_limit", "slo"], "canary")?;
+    only(canary, &["steps", "bake_secs", "shadow_secs", "min_requests", "failure_limit", "slo"], "canary")?;
     let steps = match canary.get("steps") {
         Some(Value::Array(steps)) => steps.iter().map(|s| s.as_u64().filter(|p| *p <= 100).map(|p| p as u8)).collect::<Option<Vec<u8>>>(),
         _ => None,
@@ -237,6 +237,7 @@ fn rollout(canary: &Value) -> Result<RolloutPlan> {
     Ok(RolloutPlan {
         steps,
         bake_secs: count(canary, "bake_secs", "canary", 60, 7 * 86_400)?,
+        shadow_secs: count(canary, "shadow_secs", "canary", 0, 7 * 86_400)?,
         min_requests: count(canary, "min_requests", "canary", 20, 1_000_000)?,
         failure_limit: count(canary, "failure_limit", "canary", 0, 100)? as u32,
         slo: Slo { max_error_rate: number(&slo, "max_error_rate", "canary.slo")?, max_latency_p95_ms: millis("max_latency_p95_ms")?, max_ttft_p95_ms: millis("max_ttft_p95_ms")?, min_tokens_per_sec: number(&slo, "min_tokens_per_sec", "canary.slo")? },

@@ -138,7 +138,34 @@ pub(crate) struct CollectedChoice {
 
 /// Starts generating for `request` on `target`: builds the prompts, admits the request under
 /// the caller's quotas and starts every choice.
-pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &Target, mut request: GenerationRequest) -> Result<Answer, InferenceError> {
+pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &Target, request: GenerationRequest) -> Result<Answer, InferenceError> {
+    let copy = target.shadow.clone().map(|deployment| (deployment, request.clone()));
+    let answer = prepare(state, principal, target, request, false).await?;
+    if let Some((deployment, request)) = copy {
+        tokio::spawn(shadow(state.clone(), principal.clone(), deployment, request));
+    }
+    Ok(answer)
+}
+
+/// Shadow traffic: the same request on the route's shadow deployment, its answer discarded.
+/// It takes no quota of the caller's and costs nothing; its outcome is recorded under that
+/// deployment (usage log, account and API `shadow`; `/metrics`), which is what a shadow
+/// rollout's analysis reads.
+async fn shadow(state: AppState, principal: Principal, deployment: domain::meta::Deployment, request: GenerationRequest) {
+    let name = deployment.name.clone();
+    let outcome = async {
+        let served = state.runtime.get(&state.hub, deployment).await?;
+        let target = Target { served, load: std::time::Duration::ZERO, shadow: None };
+        prepare(&state, &principal, &target, request, true).await?.collect().await.map_err(|err| InferenceError::invalid(err, None))
+    };
+    if let Err(err) = outcome.await {
+        tracing::debug!(deployment = %name, "a shadow request failed: {err}");
+    }
+}
+
+/// Builds the prompts, admits the request (a shadow copy takes no quota and is billed at no
+/// cost) and starts every choice.
+async fn prepare(state: &AppState, principal: &Principal, target: &Target, mut request: GenerationRequest, shadowed: bool) -> Result<Answer, InferenceError> {
     let served = &target.served;
     let Backend::Generate(engine) = &served.backend else {
         return Err(InferenceError::NotGenerative { model: target.name().to_owned() });
@@ -174,9 +201,12 @@ pub(crate) async fn generate(state: &AppState, principal: &Principal, target: &T
         None => None,
     };
     let prompt_tokens = prompts.iter().map(Vec::len).sum::<usize>();
-    let admission = quotas::admit(state, principal, prompt_tokens * request.n).await?;
-    let limits = admission.limits.clone();
-    let timer = state.metrics.start(target.name()).billed(&state.usage, principal, request.api, &served.deployment.settings, admission);
+    let (limits, timer) = if shadowed {
+        (domain::quota::Limits::default(), state.metrics.start(target.name()).shadowed(&state.usage, &served.deployment.settings))
+    } else {
+        let admission = quotas::admit(state, principal, prompt_tokens * request.n).await?;
+        (admission.limits.clone(), state.metrics.start(target.name()).billed(&state.usage, principal, request.api, &served.deployment.settings, admission))
+    };
     start(engine, target, Started { prompts, param, constraint, limits, timer, echo }, request)
 }
 

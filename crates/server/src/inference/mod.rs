@@ -41,6 +41,9 @@ pub(crate) struct Target {
     pub(crate) served: Arc<Served>,
     /// How long this request waited for the model to be loaded (zero when it was resident).
     pub(crate) load: Duration,
+    /// Through a route with shadow traffic: the deployment that gets a copy of this request
+    /// (drawn per request at the route's share).
+    pub(crate) shadow: Option<domain::meta::Deployment>,
 }
 
 impl Target {
@@ -71,11 +74,18 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
 /// (undeployed, perhaps by another replica) is unloaded here.
 pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str) -> Result<Target, InferenceError> {
     let started = Instant::now();
+    let mut shadow = None;
     let deployment = match state.hub.runnable_deployment(principal, name).await {
         Ok(deployment) => deployment,
         Err(err) if matches!(err, domain::Error::NotFound(_)) => match state.hub.route_target(principal, name).await? {
             // A release route: the deployment the caller's sticky bucket falls on.
-            Some(deployment) => deployment,
+            Some(deployment) => {
+                shadow = match state.hub.route_shadow(name).await? {
+                    Some((copy, percent)) if copy.name != deployment.name && rand::random::<f64>() * 100.0 < f64::from(percent) => Some(copy),
+                    _ => None,
+                };
+                deployment
+            }
             None => {
                 state.runtime.unload(name);
                 return Err(err.into());
@@ -84,7 +94,7 @@ pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str)
         Err(err) => return Err(err.into()),
     };
     let served = state.runtime.get(&state.hub, deployment).await?;
-    Ok(Target { served, load: started.elapsed() })
+    Ok(Target { served, load: started.elapsed(), shadow })
 }
 
 /// A random identifier (24 letters and digits) for response and call ids.

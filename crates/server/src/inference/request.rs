@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::tools::ToolPlan;
 
 /// A generation request, parsed and checked by its protocol module.
+#[derive(Clone)]
 pub(crate) struct GenerationRequest {
     /// The API and route, as usage records name it (`openai.chat`, `ollama.generate`, ...).
     pub(crate) api: &'static str,
@@ -38,6 +39,7 @@ pub(crate) struct GenerationRequest {
 }
 
 /// What to generate from.
+#[derive(Clone)]
 pub(crate) enum Input {
     /// Chat messages as the template sees them (`[{role, content, ...}]`), rendered through the
     /// model's chat template.

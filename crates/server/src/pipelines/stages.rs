@@ -316,7 +316,7 @@ async fn release(state: &AppState, principal: &Principal, run: &mut PipelineRun)
     if route.stable == candidate {
         return succeed(run, "the candidate already serves the route");
     }
-    if route.canary.as_ref().is_some_and(|(c, _)| *c == candidate) {
+    if trying(&route, &candidate) {
         return move_to(run, "canary", "the canary is under analysis");
     }
     let why = format!("pipeline {}: {}@{} passed its gates", run.id, run.repo, run.commit);
@@ -332,10 +332,15 @@ async fn release(state: &AppState, principal: &Principal, run: &mut PipelineRun)
     }
 }
 
+/// Whether the route is trying `candidate` (its canary, or a rollout's shadow).
+fn trying(route: &domain::routes::Route, candidate: &str) -> bool {
+    route.canary.as_ref().is_some_and(|(c, _)| c == candidate) || route.shadow.as_ref().is_some_and(|(s, _)| s == candidate)
+}
+
 async fn canary(state: &AppState, principal: &Principal, run: &mut PipelineRun) -> Step {
     let candidate = candidate_of(run)?;
     let route = state.hub.route_now(&run.route).await.map_err(|e| e.to_string())?.ok_or("the route no longer exists")?;
-    if route.canary.as_ref().is_some_and(|(c, _)| *c == candidate) {
+    if trying(&route, &candidate) {
         return Ok(Next::Wait(2));
     }
     if route.stable == candidate {

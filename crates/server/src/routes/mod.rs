@@ -65,6 +65,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/admin/routes", get(release::list_routes))
         .route("/api/admin/routes/{name}", get(release::get_route).put(release::set_route).delete(release::delete_route))
         .route("/api/admin/routes/{name}/canary", post(release::canary_route))
+        .route("/api/admin/routes/{name}/shadow", post(release::shadow_route))
         .route("/api/admin/routes/{name}/promote", post(release::promote_route))
         .route("/api/admin/routes/{name}/rollback", post(release::rollback_route))
         .route("/api/admin/routes/{name}/history", get(release::route_history))

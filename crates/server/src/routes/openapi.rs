@@ -31,6 +31,7 @@ use utoipa::OpenApi as _;
         super::release::get_route,
         super::release::set_route,
         super::release::canary_route,
+        super::release::shadow_route,
         super::release::promote_route,
         super::release::rollback_route,
         super::release::delete_route,

@@ -12,8 +12,9 @@ use crate::{ApiError, ApiResult, AppState};
 
 fn wire(route: domain::routes::Route) -> api::admin::Route {
     let (canary, canary_percent) = route.canary.map_or((None, 0), |(name, percent)| (Some(name), percent));
+    let (shadow, shadow_percent) = route.shadow.map_or((None, 0), |(name, percent)| (Some(name), percent));
     let rollout = route.rollout.as_ref().map(domain::routes::Rollout::to_json);
-    api::admin::Route { name: route.name, stable: route.stable, canary, canary_percent, rollout, updated_at: route.updated_at }
+    api::admin::Route { name: route.name, stable: route.stable, canary, canary_percent, shadow, shadow_percent, rollout, updated_at: route.updated_at }
 }
 
 fn note(reason: Option<String>, eval_runs: Vec<String>) -> ChangeNote {
@@ -57,6 +58,7 @@ pub(crate) async fn canary_route(State(state): State<AppState>, Path(name): Path
         slo: domain::routes::Slo { max_error_rate: a.max_error_rate, max_latency_p95_ms: a.max_latency_p95_ms, max_ttft_p95_ms: a.max_ttft_p95_ms, min_tokens_per_sec: a.min_tokens_per_sec },
         min_requests: a.min_requests.unwrap_or(20),
         failure_limit: a.failure_limit.unwrap_or(0),
+        shadow_secs: a.shadow_secs.unwrap_or(0),
     });
     let percent = match (request.percent, &plan) {
         (Some(percent), _) => percent,
@@ -64,6 +66,13 @@ pub(crate) async fn canary_route(State(state): State<AppState>, Path(name): Path
         (None, None) => return Err(ApiError::invalid("percent is required without analysis")),
     };
     Ok(Json(wire(state.hub.canary_route(&principal, &name, &request.deployment, percent, plan, note(request.reason, request.eval_runs)).await?)))
+}
+
+#[utoipa::path(post, path = "/api/admin/routes/{name}/shadow", tag = "routes", params(("name" = String, Path)), request_body = api::admin::ShadowRoute, responses((status = 200, body = api::admin::Route), (status = 400, description = "bad input"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such route or deployment"), (status = 409, description = "the route changed meanwhile, or a rollout is shadowing")))]
+pub(crate) async fn shadow_route(State(state): State<AppState>, Path(name): Path<String>, Auth(principal): Auth, request: Result<Json<api::admin::ShadowRoute>, JsonRejection>) -> ApiResult<Json<api::admin::Route>> {
+    let request = body(request)?;
+    let shadow = request.deployment.as_deref().map(|d| (d, request.percent.unwrap_or(100)));
+    Ok(Json(wire(state.hub.shadow_route(&principal, &name, shadow, note(request.reason, request.eval_runs)).await?)))
 }
 
 #[utoipa::path(post, path = "/api/admin/routes/{name}/promote", tag = "routes", params(("name" = String, Path)), request_body(content = api::admin::RouteNote, description = "optional"), responses((status = 200, body = api::admin::Route), (status = 400, description = "no canary"), (status = 401, description = "no or invalid token"), (status = 403, description = "not allowed"), (status = 404, description = "no such route"), (status = 409, description = "the route changed meanwhile")))]

@@ -171,3 +171,82 @@ async fn a_canary_that_breaks_its_slo_is_rolled_back_by_itself_and_a_healthy_one
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{analysis}");
     }
 }
+
+/// Waits until the usage log holds `n` requests of `deployment` (shadow copies run on their own).
+async fn recorded(server: &TestServer, deployment: &str, n: u64) -> Value {
+    for _ in 0..200 {
+        server.state.usage.flush().await;
+        let report = server.get("/api/usage?by=deployment", Some(ADMIN)).await.json();
+        if let Some(row) = report["rows"].as_array().unwrap().iter().find(|r| r["key"] == deployment) {
+            if row["requests"].as_u64() >= Some(n) {
+                return row.clone();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{deployment} never recorded {n} requests");
+}
+
+#[tokio::test]
+async fn shadow_traffic_copies_requests_that_no_caller_sees_and_a_shadow_phase_guards_the_canary() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    let first = server.get("/api/admin/deployments", Some(ADMIN)).await.json()[0]["commit"].as_str().unwrap().to_owned();
+    second_revision(&server, &token).await;
+    let reply = server.json("POST", "/api/admin/deployments", Some(ADMIN), json!({ "name": "tiny-broken", "repo": "ann/tiny", "context": 777, "price_prompt": 5.0 })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server.json("PUT", "/api/admin/routes/chat", Some(ADMIN), json!({ "stable": "tiny" })).await;
+    let mut callers = Vec::new();
+    for i in 0..6 {
+        callers.push(server.user(&format!("caller{i}"), None, "read").await);
+    }
+
+    // Every request copied to a deployment that fails them all: callers never see it.
+    let reply = server.json("POST", "/api/admin/routes/chat/shadow", Some(ADMIN), json!({ "deployment": "tiny-broken", "percent": 100, "reason": "watch the broken build" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    assert_eq!((reply.json()["shadow"].as_str(), reply.json()["shadow_percent"].as_u64()), (Some("tiny-broken"), Some(100)));
+    for caller in &callers {
+        assert_eq!(revision_for(&server, caller).await, format!("ann/tiny@{first}"));
+    }
+    let row = recorded(&server, "tiny-broken", callers.len() as u64).await;
+    // Recorded (failed) at no cost, under the account `shadow`, not the caller's.
+    assert_eq!((row["errors"].as_u64(), row["cost"].as_f64()), (Some(callers.len() as u64), Some(0.0)), "{row}");
+    let own = server.get("/api/usage", Some(&callers[0])).await.json();
+    assert_eq!(own["total"]["requests"], 1, "{own}");
+    let accounts = server.get("/api/usage?by=account", Some(ADMIN)).await.json();
+    assert!(accounts["rows"].as_array().unwrap().iter().any(|r| r["key"] == "shadow" && r["requests"].as_u64() == Some(callers.len() as u64)), "{accounts}");
+    for bad in [json!({ "deployment": "tiny", "percent": 50 }), json!({ "deployment": "tiny-v2", "percent": 0 }), json!({ "deployment": "nope" })] {
+        assert_ne!(server.json("POST", "/api/admin/routes/chat/shadow", Some(ADMIN), bad.clone()).await.status, StatusCode::OK, "{bad}");
+    }
+    let reply = server.json("POST", "/api/admin/routes/chat/shadow", Some(ADMIN), json!({})).await;
+    assert_eq!(reply.json()["shadow"], Value::Null);
+
+    // A rollout with a shadow phase: the broken candidate is rolled back before any caller
+    // reaches it.
+    let analysis = json!({ "steps": [50, 100], "bake_secs": 0, "shadow_secs": 1, "max_error_rate": 0.1, "min_requests": 3 });
+    let reply = server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny-broken", "analysis": analysis })).await;
+    assert_eq!((reply.json()["canary"].clone(), reply.json()["shadow"].as_str()), (Value::Null, Some("tiny-broken")), "{:?}", reply.json());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for caller in &callers {
+        assert_eq!(revision_for(&server, caller).await, format!("ann/tiny@{first}"));
+    }
+    recorded(&server, "tiny-broken", 2 * callers.len() as u64).await;
+    assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: rollback"]);
+    let history = server.get("/api/admin/routes/chat/history", Some(ADMIN)).await.json();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().starts_with("shadow analysis failed"), "{last}");
+    let analysis = &last["evidence"]["extra"]["analysis"];
+    assert_eq!((analysis["phase"].as_str(), analysis["baseline"]["failed"].as_u64()), (Some("shadow"), Some(0)), "{analysis}");
+    assert!(analysis["baseline"]["requests"].as_u64().unwrap() >= callers.len() as u64, "{analysis}");
+
+    // A healthy candidate passes its shadow phase and becomes a canary.
+    let analysis = json!({ "steps": [50, 100], "bake_secs": 0, "shadow_secs": 1, "max_error_rate": 0.0, "min_requests": 2 });
+    server.json("POST", "/api/admin/routes/chat/canary", Some(ADMIN), json!({ "deployment": "tiny-v2", "analysis": analysis })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for caller in &callers {
+        revision_for(&server, caller).await;
+    }
+    recorded(&server, "tiny-v2", callers.len() as u64).await;
+    assert_eq!(server.state.hub.step_rollouts().await.unwrap(), ["chat: canary"]);
+    let route = server.get("/api/admin/routes/chat", Some(ADMIN)).await.json();
+    assert_eq!((route["canary"].as_str(), route["canary_percent"].as_u64(), route["shadow"].clone()), (Some("tiny-v2"), Some(50), Value::Null), "{route}");
+}

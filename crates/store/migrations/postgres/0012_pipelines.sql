@@ -1,4 +1,4 @@
--- Pipelines: a route's binding to a repo's branch (the pipeline acts as the admin token that
+-- Pipelines and shadow traffic. A route's binding to a repo's branch (the pipeline acts as the admin token that
 -- bound it), the dispatcher's cursor over the audit log (pushes become runs), and the runs,
 -- stepped by any replica under a lease.
 CREATE TABLE route_pipelines (
@@ -31,3 +31,6 @@ CREATE TABLE pipeline_runs (
 );
 CREATE INDEX pipeline_runs_due ON pipeline_runs (status, next_at);
 CREATE INDEX pipeline_runs_route ON pipeline_runs (route, push_seq);
+-- Shadow traffic: a deployment that gets a copy of a share of a route's requests.
+ALTER TABLE routes ADD COLUMN shadow TEXT;
+ALTER TABLE routes ADD COLUMN shadow_percent INTEGER NOT NULL DEFAULT 0;

@@ -8,10 +8,13 @@ fn route_from_row(row: &AnyRow) -> Result<Route> {
     let canary: Option<String> = row.try_get("canary").map_err(db_err)?;
     let percent: i64 = row.try_get("canary_percent").map_err(db_err)?;
     let rollout = json_column(row, "rollout")?;
+    let shadow: Option<String> = row.try_get("shadow").map_err(db_err)?;
+    let shadow_percent: i64 = row.try_get("shadow_percent").map_err(db_err)?;
     Ok(Route {
         name: row.try_get("name").map_err(db_err)?,
         stable: row.try_get("stable").map_err(db_err)?,
         canary: canary.map(|c| (c, percent.clamp(0, 100) as u8)),
+        shadow: shadow.map(|s| (s, shadow_percent.clamp(0, 100) as u8)),
         rollout: Rollout::from_json(&rollout),
         updated_at: row.try_get("updated_at").map_err(db_err)?,
     })
@@ -47,13 +50,19 @@ impl RouteStore for SqlMetaStore {
         };
         sqlx::query("DELETE FROM routes WHERE name = $1").bind(&route.name).execute(&mut *tx.tx).await.map_err(db_err)?;
         let rollout = route.rollout.as_ref().map_or(serde_json::Value::Null, Rollout::to_json).to_string();
-        sqlx::query("INSERT INTO routes (name, stable, canary, canary_percent, rollout, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        let (shadow, shadow_percent) = match &route.shadow {
+            Some((name, percent)) => (Some(name.clone()), i64::from(*percent)),
+            None => (None, 0),
+        };
+        sqlx::query("INSERT INTO routes (name, stable, canary, canary_percent, rollout, updated_at, shadow, shadow_percent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&route.name)
             .bind(&route.stable)
             .bind(canary)
             .bind(percent)
             .bind(rollout)
             .bind(&route.updated_at)
+            .bind(shadow)
+            .bind(shadow_percent)
             .execute(&mut *tx.tx)
             .await
             .map_err(db_err)?;
@@ -63,12 +72,12 @@ impl RouteStore for SqlMetaStore {
     }
 
     async fn get_route(&self, name: &str) -> Result<Option<Route>> {
-        let row = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at FROM routes WHERE name = $1").bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
+        let row = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at, shadow, shadow_percent FROM routes WHERE name = $1").bind(name).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(route_from_row).transpose()
     }
 
     async fn list_routes(&self) -> Result<Vec<Route>> {
-        let rows = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at FROM routes ORDER BY name").fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT name, stable, canary, canary_percent, rollout, updated_at, shadow, shadow_percent FROM routes ORDER BY name").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(route_from_row).collect()
     }
 

@@ -642,11 +642,11 @@ async fn route_store(store: Arc<SqlMetaStore>) {
         reason: "why".into(),
         evidence: json!({ "eval_runs": [] }),
     };
-    let first = Route { name: "chat".into(), stable: "a".into(), canary: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
+    let first = Route { name: "chat".into(), stable: "a".into(), canary: None, shadow: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
     meta.put_route(&first, None, &change("create"), event("route.create")).await.unwrap();
     // Creating again without reading it is a conflict; so is a stale read.
     assert!(matches!(meta.put_route(&first, None, &change("create"), event("route.create")).await, Err(Error::Conflict(_))));
-    let second = Route { canary: Some(("b".into(), 25)), updated_at: "2026-01-01T00:00:01.000Z".into(), ..first.clone() };
+    let second = Route { canary: Some(("b".into(), 25)), shadow: Some(("c".into(), 10)), updated_at: "2026-01-01T00:00:01.000Z".into(), ..first.clone() };
     assert!(matches!(meta.put_route(&second, Some("2025-01-01T00:00:00.000Z"), &change("canary"), event("route.canary")).await, Err(Error::Conflict(_))));
     meta.put_route(&second, Some(&first.updated_at), &change("canary"), event("route.canary")).await.unwrap();
     assert_eq!(meta.get_route("chat").await.unwrap().unwrap(), second);
@@ -710,7 +710,7 @@ async fn pipeline_store(store: Arc<SqlMetaStore>) {
     let meta: Arc<dyn MetaStore> = store.clone();
     let binding = |route: &str| Binding { route: route.into(), repo_kind: "model".into(), repo: "acme/m".into(), branch: "main".into(), spec: None, token_id: 1, bound_by: "admin".into(), bound_at: "2026-01-01T00:00:00.000Z".into() };
     assert!(matches!(meta.set_binding("chat", Some(&binding("chat")), event("route.pipeline.set")).await, Err(Error::NotFound(_))), "no such route");
-    let route = Route { name: "chat".into(), stable: "a".into(), canary: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
+    let route = Route { name: "chat".into(), stable: "a".into(), canary: None, shadow: None, rollout: None, updated_at: "2026-01-01T00:00:00.000Z".into() };
     let change = RouteChange { route: "chat".into(), at: route.updated_at.clone(), actor: "admin".into(), action: "create".into(), from: json!(null), to: json!({}), reason: String::new(), evidence: json!({}) };
     meta.put_route(&route, None, &change, event("route.create")).await.unwrap();
     meta.set_binding("chat", Some(&binding("chat")), event("route.pipeline.set")).await.unwrap();
