@@ -148,9 +148,10 @@ fn side(state: &serde_json::Value) -> String {
         return "-".into();
     }
     let part = |v: &serde_json::Value| format!("{} [{}]", v["deployment"].as_str().unwrap_or("?"), v["revision"].as_str().unwrap_or("?"));
+    let shadow = state.get("shadow").filter(|s| !s.is_null()).map(|s| format!(" (shadow {} on {}% of requests)", part(s), s["percent"])).unwrap_or_default();
     match state.get("canary").filter(|c| !c.is_null()) {
-        Some(canary) => format!("{} + canary {} at {}%", part(&state["stable"]), part(canary), canary["percent"]),
-        None => part(&state["stable"]),
+        Some(canary) => format!("{} + canary {} at {}%{shadow}", part(&state["stable"]), part(canary), canary["percent"]),
+        None => format!("{}{shadow}", part(&state["stable"])),
     }
 }
 

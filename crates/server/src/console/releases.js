@@ -18,7 +18,8 @@ function split(ui, route) {
   const svg = svgEl("svg", { viewBox: "0 0 600 28", role: "img", "aria-label": `Traffic split: ${100 - canary}% ${route.stable}${route.canary ? `, ${canary}% ${route.canary}` : ""}` });
   svg.append(svgEl("rect", { x: 0, y: 0, width: 6 * (100 - canary), height: 28, fill: "#1f5fbf" }));
   if (canary) svg.append(svgEl("rect", { x: 6 * (100 - canary), y: 0, width: 6 * canary, height: 28, fill: "#d9822b" }));
-  return ui.h("div", { class: "split" }, svg, ui.h("p", { class: "muted", text: `${100 - canary}% ${route.stable}${route.canary ? ` · ${canary}% canary ${route.canary}` : ""}` }));
+  const shadow = route.shadow ? ` · ${route.shadow_percent}% of requests copied to shadow ${route.shadow}` : "";
+  return ui.h("div", { class: "split" }, svg, ui.h("p", { class: "muted", text: `${100 - canary}% ${route.stable}${route.canary ? ` · ${canary}% canary ${route.canary}` : ""}${shadow}` }));
 }
 
 /** One series over the route's changes as a small step chart (canary share, an SLO reading). */
@@ -40,7 +41,8 @@ function series(ui, label, points, format) {
 function side(state) {
   if (!state) return "-";
   const part = (s) => `${s.deployment} [${(s.revision || "?").replace(/@(.{12}).*/, "@$1")}]`;
-  return state.canary ? `${part(state.stable)} + ${state.canary.percent}% ${part(state.canary)}` : part(state.stable);
+  const shadow = state.shadow ? ` (shadow ${part(state.shadow)})` : "";
+  return (state.canary ? `${part(state.stable)} + ${state.canary.percent}% ${part(state.canary)}` : part(state.stable)) + shadow;
 }
 
 function evidence(ui, change) {
@@ -51,7 +53,11 @@ function evidence(ui, change) {
   }
   const extra = change.evidence?.extra || {};
   const analysis = extra.analysis;
-  if (analysis) lines.push(`analysis at ${analysis.percent}%: ${analysis.requests} requests, error rate ${Number(analysis.error_rate).toFixed(3)}, TTFT p95 ${analysis.ttft_p95_ms} ms, ${Number(analysis.tokens_per_sec).toFixed(1)} tok/s`);
+  if (analysis) {
+    lines.push(`analysis (${analysis.phase || `${analysis.percent}%`}): ${analysis.requests} requests, error rate ${Number(analysis.error_rate).toFixed(3)}, TTFT p95 ${analysis.ttft_p95_ms} ms, ${Number(analysis.tokens_per_sec).toFixed(1)} tok/s`);
+    const base = analysis.baseline;
+    if (base) lines.push(`baseline (stable, same window): ${base.requests} requests, error rate ${Number(base.error_rate).toFixed(3)}, TTFT p95 ${base.ttft_p95_ms} ms, ${Number(base.tokens_per_sec).toFixed(1)} tok/s`);
+  }
   for (const gate of extra.gates || []) {
     const relative = gate.regression === undefined || gate.regression === null ? "" : `, regression ${Number(gate.regression).toFixed(4)} (95% ${Number(gate.regression_ci95[0]).toFixed(4)}…${Number(gate.regression_ci95[1]).toFixed(4)})`;
     lines.push(`gate ${gate.suite}/${gate.grader} ${gate.metric} ${Number(gate.candidate).toFixed(4)}${relative}: ${gate.passed ? "pass" : "fail"}`);
