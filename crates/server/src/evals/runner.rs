@@ -251,13 +251,45 @@ async fn load_items(state: &AppState, principal: &Principal, source: &Source) ->
         Source::Hub { kind, repo, commit, path } => {
             let name = domain::ids::RepoName::parse(repo).map_err(|err| err.to_string())?;
             let (_, bytes) = state.hub.data_file(principal, *kind, &name, commit, path).await.map_err(|err| err.to_string())?;
-            parse_jsonl(&bytes)
+            parse_data(path, &bytes)
         }
     }
 }
 
+/// A data file's items, by its extension: `.jsonl` or `.csv`.
+pub(crate) fn parse_data(path: &str, bytes: &[u8]) -> Result<Vec<(Value, Option<Value>)>, String> {
+    if path.ends_with(".csv") {
+        parse_csv(bytes)
+    } else {
+        parse_jsonl(bytes)
+    }
+}
+
+/// CSV with a header row: each record is an item whose fields are the header's names, as
+/// strings (RFC 4180 quoting; a record with more or fewer fields than the header is an error).
+fn parse_csv(bytes: &[u8]) -> Result<Vec<(Value, Option<Value>)>, String> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+    let headers: Vec<String> = reader.headers().map_err(|err| format!("the CSV header: {err}"))?.iter().map(str::to_owned).collect();
+    if headers.is_empty() || headers.iter().any(String::is_empty) {
+        return Err("the CSV header must name every column".into());
+    }
+    let mut items = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        let record = record.map_err(|err| format!("CSV record {}: {err}", n + 1))?;
+        let item: serde_json::Map<String, Value> = headers.iter().cloned().zip(record.iter().map(|field| Value::String(field.to_owned()))).collect();
+        items.push((Value::Object(item), None));
+        if items.len() > spec::MAX_ITEMS {
+            return Err(format!("the data file holds more than {} items", spec::MAX_ITEMS));
+        }
+    }
+    if items.is_empty() {
+        return Err("the data file holds no items".into());
+    }
+    Ok(items)
+}
+
 /// JSON Lines: one item per non-empty line (`{item, sample?}` or a bare object).
-pub(crate) fn parse_jsonl(bytes: &[u8]) -> Result<Vec<(Value, Option<Value>)>, String> {
+fn parse_jsonl(bytes: &[u8]) -> Result<Vec<(Value, Option<Value>)>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "the data file is not UTF-8".to_owned())?;
     let mut items = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

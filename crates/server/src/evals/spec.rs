@@ -406,8 +406,8 @@ pub(crate) fn data_source(value: &Value) -> Result<DataSource, OpenAiError> {
             only(source_value, &["type", "id"], "data_source.source")?;
             let id = string(source_value, "id", "data_source.source")?;
             let (kind, repo, revision, path) = hub_reference(id).ok_or_else(|| OpenAiError::unsupported("data_source.source.id", "file ids other than a hub file, datasets/ns/name@revision:path"))?;
-            if !path.ends_with(".jsonl") {
-                return Err(OpenAiError::unsupported("data_source.source.id", "data files other than .jsonl"));
+            if !path.ends_with(".jsonl") && !path.ends_with(".csv") {
+                return Err(OpenAiError::unsupported("data_source.source.id", "data files other than .jsonl and .csv (parquet is not read)"));
             }
             Source::Hub { kind, repo, commit: revision, path }
         }

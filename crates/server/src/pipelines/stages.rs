@@ -192,7 +192,7 @@ async fn evaluate(state: &AppState, principal: &Principal, run: &mut PipelineRun
             let source = match &suite.data {
                 SuiteData::Items(items) => json!({ "type": "file_content", "content": items.iter().map(|i| if i.get("item").is_some() { i.clone() } else { json!({ "item": i }) }).collect::<Vec<_>>() }),
                 SuiteData::Hub(reference) => {
-                    let (kind, repo, revision, path) = hub_reference(reference).ok_or_else(|| format!("suite {}: data must be datasets/ns/name@revision:path.jsonl", suite.name))?;
+                    let (kind, repo, revision, path) = hub_reference(reference).ok_or_else(|| format!("suite {}: data must be datasets/ns/name@revision:path (.jsonl or .csv)", suite.name))?;
                     let name = RepoName::parse(&repo).map_err(|e| e.to_string())?;
                     let (commit, _) = state.hub.data_file(principal, kind, &name, &revision, &path).await.map_err(|err| format!("suite {}: {err}", suite.name))?;
                     let prefix = if kind == RepoKind::Model { "models/" } else { "datasets/" };

@@ -127,7 +127,8 @@ async fn hub_data_is_pinned_to_its_commit_and_evals_stay_with_their_owner() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
     let lines = "{\"question\": \"[[say:Paris]]\", \"answer\": \"Paris\"}\n{\"item\": {\"question\": \"[[say:Oslo]]\", \"answer\": \"Oslo\"}}\n";
     let mut body = Vec::new();
-    for line in [header("data"), file("test.jsonl", lines.as_bytes())] {
+    let csv = "question,answer\n\"[[say:Paris]]\",Paris\n\"[[say:Oslo, Norway]]\",\"Oslo, Norway\"\n\"[[say:Rome]]\",Madrid\n";
+    for line in [header("data"), file("test.jsonl", lines.as_bytes()), file("test.csv", csv.as_bytes()), file("broken.csv", b"question,answer\nonly-one-field\n")] {
         body.extend(serde_json::to_vec(&line).unwrap());
         body.push(b'\n');
     }
@@ -142,6 +143,17 @@ async fn hub_data_is_pinned_to_its_commit_and_evals_stay_with_their_owner() {
     assert_eq!(done["result_counts"]["passed"], 2, "{done}");
     assert_eq!(done["data_revision"], format!("datasets/ann/qa@{commit}:test.jsonl"));
     assert_eq!(done["data_source"]["source"]["id"], format!("datasets/ann/qa@{commit}:test.jsonl"));
+    // CSV with a header row (quoted fields with commas); a ragged file is refused naming it;
+    // parquet is named as not read.
+    let csv_body = json!({ "data_source": { "type": "completions", "model": "tiny", "source": { "type": "file_id", "id": "datasets/ann/qa@main:test.csv" }, "input_messages": { "type": "template", "template": [{ "role": "user", "content": "{{item.question}}" }] } } });
+    let done_csv = run(&server, &token, eval_id, csv_body).await;
+    assert_eq!(done_csv["result_counts"], json!({ "total": 3, "passed": 2, "failed": 1, "errored": 0 }), "{done_csv}");
+    for (path, needle) in [("broken.csv", "CSV record 1"), ("test.parquet", "parquet")] {
+        let bad = json!({ "data_source": { "type": "jsonl", "source": { "type": "file_id", "id": format!("datasets/ann/qa@main:{path}") } } });
+        let reply = server.json("POST", &format!("/v1/evals/{eval_id}/runs"), Some(&token), bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+        assert!(reply.json()["error"]["message"].as_str().unwrap().contains(needle), "{:?}", reply.json());
+    }
 
     // Bob sees none of it, and cannot read Ann's private data through a run of his own.
     let bob = server.user("bob", None, "write").await;
