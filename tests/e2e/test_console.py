@@ -163,7 +163,7 @@ def test_console_flow_from_hub_to_audit(server, browser):
 
     # Releases: a route with a canary shows its traffic split and its timeline.
     route_name = "console-route-" + uuid.uuid4().hex[:6]
-    other = name + "-b"
+    other = "canary-" + uuid.uuid4().hex[:6]
     server.cli("deploy", other, f"{repo}@main", "--context", "512", "--max-batch", "1")
     server.cli("routes", "set", route_name, "--to", name, "--reason", "first release")
     server.cli("routes", "canary", route_name, "--to", other, "--weight", "30", "--reason", "trying b")

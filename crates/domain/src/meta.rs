@@ -286,7 +286,8 @@ pub trait ScanStore: Send + Sync {
     /// holds it; `false` when another worker has taken the job over (or it is gone).
     async fn renew_scan_job(&self, job_id: i64, attempts: i64, lease_secs: i64) -> Result<bool>;
     /// Stores a scan result and removes its job, in one transaction.
-    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()>;
+    /// Stores a job's result and closes it, with its audit row (`scan.completed`).
+    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult, event: AuditEvent) -> Result<()>;
     /// Puts a failed job back for `run_after` (RFC 3339), or marks it failed for good when `None`.
     async fn retry_scan_job(&self, job_id: i64, error: &str, run_after: Option<String>) -> Result<()>;
     /// Stored results of one scanner version for these blobs.

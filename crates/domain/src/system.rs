@@ -9,7 +9,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::blobs::Expect;
 use crate::hub::Hub;
 use crate::ids::{AccountName, CommitId, Digest, RepoKind, RepoName, RepoPath};
@@ -100,9 +100,13 @@ impl Hub {
         self.meta.renew_scan_job(job.id, job.attempts, lease_secs).await
     }
 
-    /// Stores a job's result and closes it.
+    /// Stores a job's result and closes it, audited (`scan.completed`: the file's digest, the
+    /// scanner, its format and worst finding; no repo, since one blob may be in many).
     pub async fn finish_scan_job(&self, job: &ScanJob, result: &ScanResult) -> Result<()> {
-        self.meta.finish_scan_job(job.id, result).await
+        let worst = result.findings.iter().map(|f| f.level).max().map_or("safe", |l| l.as_str());
+        let details = serde_json::json!({ "hint": result.hint, "scanner_version": result.scanner_version, "format": result.format, "findings": result.findings.len(), "level": worst });
+        let event = AuditEvent::new("system", "scan.completed", format!("blob:{}", result.sha256.as_str()), details);
+        self.meta.finish_scan_job(job.id, result, event).await
     }
 
     /// Schedules a failed job again at `run_after`, or marks it failed for good (`None`).

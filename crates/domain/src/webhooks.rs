@@ -25,6 +25,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "pipeline.run.succeeded",
     "pipeline.run.failed",
     "pipeline.run.canceled",
+    "scan.completed",
 ];
 
 /// A webhook endpoint, owned by an account.
@@ -88,6 +89,8 @@ pub fn event_of(record: &AuditRecord) -> Option<(&'static str, Value, Audience)>
         "route.rollback" => ("route.rolled_back", json!({ "id": id("route:")?, "from": details["from"], "to": details["to"], "reason": details["reason"], "analysis": details["analysis"] }), Audience::Admins),
         "deployment.create" => ("deployment.created", json!({ "id": id("deployment:")?, "repo": details["repo"], "commit": details["commit"] }), Audience::Admins),
         "deployment.delete" => ("deployment.deleted", json!({ "id": id("deployment:")? }), Audience::Admins),
+        // A blob may be in many tenants' repos: only site admins hear of its scans.
+        "scan.completed" => ("scan.completed", json!({ "id": id("blob:")?, "file_type": details["hint"], "format": details["format"], "findings": details["findings"], "level": details["level"] }), Audience::Admins),
         "pipeline.run.create" | "pipeline.run.succeeded" | "pipeline.run.failed" | "pipeline.run.cancel" => {
             let event = match record.action.as_str() {
                 "pipeline.run.create" => "pipeline.run.created",
@@ -195,5 +198,7 @@ mod tests {
         assert_eq!(event_of(&record("pipeline.run.create", "pipeline:pipe_1", json!({ "repo": "acme/m" }))).unwrap().0, "pipeline.run.created");
         assert!(event_of(&record("pipeline.run.stage", "pipeline:pipe_1", json!({}))).is_none(), "stage changes are audited, not sent");
         assert!(EVENT_TYPES.contains(&"pipeline.run.succeeded"));
+        let (kind, data, audience) = event_of(&record("scan.completed", "blob:abc", json!({ "hint": "gguf", "format": "gguf", "findings": 0, "level": "safe" }))).unwrap();
+        assert_eq!((kind, data["id"].as_str(), data["level"].as_str(), audience), ("scan.completed", Some("abc"), Some("safe"), Audience::Admins));
     }
 }

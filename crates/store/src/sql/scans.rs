@@ -35,7 +35,7 @@ impl ScanStore for SqlMetaStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult) -> Result<()> {
+    async fn finish_scan_job(&self, job_id: i64, result: &ScanResult, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO scan_results (sha256, hint, scanner_version, format, findings, scanned_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -51,6 +51,7 @@ impl ScanStore for SqlMetaStore {
         .await
         .map_err(db_err)?;
         sqlx::query("DELETE FROM scan_jobs WHERE id = $1").bind(job_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.audit(&event).await?;
         tx.commit().await
     }
 

@@ -446,7 +446,7 @@ async fn check_scan_queue(meta: &dyn MetaStore) {
         findings: vec![Finding { level: Level::Unsafe, code: "pickle.dangerous_global".into(), offset: Some(2), member: None, subject: "os.system".into(), reason: "r".into() }],
         scanned_at: domain::now_rfc3339(),
     };
-    meta.finish_scan_job(first.id, &result).await.unwrap();
+    meta.finish_scan_job(first.id, &result, event("scan.completed")).await.unwrap();
     let stored = meta.scan_results(&[first.sha256.to_string()], "v1").await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].findings, result.findings);
