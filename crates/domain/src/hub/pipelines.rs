@@ -144,6 +144,36 @@ impl Hub {
         Ok(self.vetting(&repo, &run.commit).await?.1)
     }
 
+    /// Whether the account that pushed a run may read a repo: a pipeline file written by a repo's
+    /// writers acts as the binding admin, so what it names (data, judge models) must be what
+    /// the pusher could read, or it would read other tenants' data through the admin.
+    pub async fn pusher_may_read(&self, run: &PipelineRun, kind: RepoKind, name: &RepoName) -> Result<bool> {
+        let Some(repo) = self.meta.get_repo(kind, name).await? else { return Ok(false) };
+        if !repo.private {
+            return Ok(true);
+        }
+        let Ok(pusher) = AccountName::parse(&run.pusher) else { return Ok(false) };
+        let Some(account) = self.meta.get_account(&pusher).await? else { return Ok(false) };
+        let namespace = name.namespace.as_str();
+        Ok(account.is_admin || run.pusher == namespace || self.meta.orgs_of(&pusher).await?.iter().any(|org| org == namespace))
+    }
+
+    /// Whether the pusher of a run may use a model (a deployment or a route's stable), by the
+    /// repo it serves.
+    pub async fn pusher_may_use(&self, run: &PipelineRun, model: &str) -> Result<bool> {
+        let deployment = match self.meta.get_deployment(model).await? {
+            Some(deployment) => Some(deployment),
+            None => match self.meta.get_route(model).await? {
+                Some(route) => self.meta.get_deployment(&route.stable).await?,
+                None => None,
+            },
+        };
+        match deployment {
+            Some(d) => self.pusher_may_read(run, d.kind, &d.repo).await,
+            None => Ok(false),
+        }
+    }
+
     /// A route's latest change (the worker reads why a canary ended).
     pub async fn last_route_change(&self, route: &str) -> Result<Option<crate::routes::RouteChange>> {
         Ok(self.meta.route_history(route).await?.pop())

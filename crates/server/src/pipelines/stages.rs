@@ -99,6 +99,7 @@ async fn vet(state: &AppState, principal: &Principal, spec_on_route: Option<&str
     // YAML is CPU work the pusher's file decides: off the async workers.
     let parsed = crate::inference::prompt::off_async(move || yaml_to_json(&text).map_err(|err| format!("pipeline: {err}")).and_then(|value| PipelineSpec::from_json(&value).map(|_| value).map_err(|err| err.to_string()))).await?;
     run.state["spec"] = parsed;
+    run.state["spec_on_route"] = json!(spec_on_route.is_some());
     run.state["verdict"] = json!(verdict.level.map(|l| l.as_str()));
     let level = verdict.level.map_or("passed", |l| l.as_str());
     move_to(run, "deploy", &format!("vetting: {level}"))
@@ -184,6 +185,10 @@ async fn evaluate(state: &AppState, principal: &Principal, run: &mut PipelineRun
     let spec = spec_of(run)?;
     let candidate = candidate_of(run)?;
     if !run.state["suites"].is_array() {
+        // A spec from the repo is its writers': it may name only what the pusher could read.
+        if run.state["spec_on_route"] != json!(true) {
+            check_reach(state, run, &spec).await?;
+        }
         // Production as it is now is what the candidate is compared with.
         let route = state.hub.route_now(&run.route).await.map_err(|e| e.to_string())?.ok_or("the route no longer exists")?;
         let production = (route.stable != candidate).then_some(route.stable);
@@ -231,6 +236,31 @@ async fn evaluate(state: &AppState, principal: &Principal, run: &mut PipelineRun
         }
     }
     move_to(run, "gate", "every eval run completed")
+}
+
+/// Refuses a repo's pipeline that names data or models its pusher could not read (the run acts
+/// as the binding admin, who can read everything).
+async fn check_reach(state: &AppState, run: &PipelineRun, spec: &PipelineSpec) -> Result<(), String> {
+    for suite in &spec.suites {
+        if let SuiteData::Hub(reference) = &suite.data {
+            let reachable = match hub_reference(reference) {
+                Some((kind, repo, _, _)) => match RepoName::parse(&repo) {
+                    Ok(name) => state.hub.pusher_may_read(run, kind, &name).await.map_err(|e| e.to_string())?,
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !reachable {
+                return Err(format!("suite {}: {reference} does not exist or {} may not read it", suite.name, run.pusher));
+            }
+        }
+        for model in suite.graders.iter().filter_map(|g| g.get("model").and_then(Value::as_str)) {
+            if !state.hub.pusher_may_use(run, model).await.map_err(|e| e.to_string())? {
+                return Err(format!("suite {}: the model {model} does not exist or {} may not use it", suite.name, run.pusher));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A grader's value on each graded item of a run, by item index.

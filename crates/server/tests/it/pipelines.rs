@@ -164,4 +164,21 @@ async fn a_revision_without_a_pipeline_file_or_blocked_by_vetting_stops_and_says
     assert_eq!(run["status"], "failed");
     assert!(run["state"]["reason"].as_str().unwrap().contains("aliases"), "{run:#}");
     assert_eq!(server.get("/api/admin/routes/chat", Some(ADMIN)).await.json()["stable"], "tiny");
+
+    // A pipeline file naming another tenant's private data: the run acts as the admin, but reads
+    // only what the pusher could; it stops before any eval touches the data.
+    let bob = server.user("bob", None, "write").await;
+    assert_eq!(server.json("POST", "/api/repos/create", Some(&bob), json!({ "name": "secret", "type": "dataset", "private": true })).await.status, StatusCode::OK);
+    let mut body = Vec::new();
+    for line in [header("data"), file("x.jsonl", b"{\"text\": \"bob's secret\"}\n")] {
+        body.extend(serde_json::to_vec(&line).unwrap());
+        body.push(b'\n');
+    }
+    assert_eq!(server.send("POST", "/api/datasets/bob/secret/commit/main", Some(&bob), Some("application/x-ndjson"), body).await.status, StatusCode::OK);
+    let spec = "suites:\n  - name: s\n    data: datasets/bob/secret@main:x.jsonl\n    graders: [{type: perplexity, name: p, input: \"{{item.text}}\"}]\ngates: [{suite: s, max: 1000000}]\n";
+    let commit = push(&server, &token, "snoop", spec).await;
+    let run = finish(&server, &commit, None).await;
+    assert_eq!((run["status"].as_str(), run["stage"].as_str()), (Some("failed"), Some("evaluate")), "{run:#}");
+    assert!(run["state"]["reason"].as_str().unwrap().contains("may not read it"), "{run:#}");
+    assert!(run["state"]["suites"].is_null(), "no eval was created: {run:#}");
 }
