@@ -124,6 +124,39 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// A revision to evaluate without deploying it (`ns/name@revision`, a model repo): the
+    /// caller must be able to write the repo (its team evaluates its own revisions), the
+    /// revision must pass vetting, and its first `.gguf` is served under the name
+    /// `ns/name@<commit>` (pinned, at no cost, with default engine settings) for as long as the
+    /// runtime keeps it.
+    pub async fn revision_model(&self, principal: &Principal, reference: &str) -> Result<Deployment> {
+        let (repo_name, revision) = reference.split_once('@').ok_or_else(|| Error::invalid(format!("{reference} is not ns/name@revision")))?;
+        let name = RepoName::parse(repo_name)?;
+        let repo = self.visible_repo(principal, RepoKind::Model, &name).await?;
+        let caller = authorize_write(principal, &repo)?;
+        let commit = self.resolve(&repo, revision).await?;
+        let (_, verdict) = self.vetting(&repo, commit.as_str()).await?;
+        if !verdict.scans_done || verdict.blocked {
+            return Err(Error::forbidden(format!("{name}@{commit} may not run: {}", if verdict.blocked { verdict.reasons.join("; ") } else { "its scans are pending".into() })));
+        }
+        let files = self.meta.list_files(&commit).await?;
+        let file = files.iter().find(|f| f.path.as_str().ends_with(".gguf")).ok_or_else(|| Error::invalid(format!("{name}@{commit} has no .gguf file to generate with")))?;
+        let settings = EngineSettings { context: 2048, max_batch: 4, threads: 2, price_prompt_micros: 0, price_completion_micros: 0, keep_alive_max_secs: crate::meta::DEFAULT_KEEP_ALIVE_MAX_SECS, sampling: Default::default() };
+        Ok(Deployment {
+            name: format!("{name}@{}", commit.as_str()),
+            kind: RepoKind::Model,
+            repo: name,
+            commit,
+            file_path: file.path.clone(),
+            file_sha256: file.sha256.clone(),
+            settings,
+            created_by: caller.name.clone(),
+            created_at: format_time(chrono::Utc::now()),
+        })
+    }
+}
+
 /// The caller, if its token may start work (write or admin).
 fn writer(principal: &Principal) -> Result<&UserPrincipal> {
     let user = principal.user()?;

@@ -471,7 +471,7 @@ struct Scored {
 /// Scores every token of `text`: disjoint windows of up to a context length each, every window
 /// after the model's prefix token or the last token of the window before it.
 async fn score_text(state: &AppState, principal: &Principal, model: &str, text: &str) -> Result<Scored, String> {
-    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    let target = inference::resolve_for_eval(state, principal, model).await.map_err(|err| err.to_string())?;
     let tokens = inference::tokenize(&target, inference::TokenizeInput::Text { text: text.to_owned(), add_special: false }).await.map_err(|err| err.to_string())?;
     let prefix = inference::prefix_token(&target).map_err(|err| err.to_string())?;
     let window = inference::context_length(&target).map_err(|err| err.to_string())?.saturating_sub(1).max(1);
@@ -490,7 +490,7 @@ async fn score_text(state: &AppState, principal: &Principal, model: &str, text: 
 /// The log-likelihood of each choice as the continuation of `context` (after a space), split as
 /// lm-evaluation-harness splits it: the context's tokens, then the rest of the tokens of both.
 async fn score_choices(state: &AppState, principal: &Principal, model: &str, context: &str, choices: &[String]) -> Result<(Vec<f64>, Turn), String> {
-    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    let target = inference::resolve_for_eval(state, principal, model).await.map_err(|err| err.to_string())?;
     // Without special tokens, as the harness encodes; an empty context gets the prefix token.
     let encode = |text: String| inference::tokenize(&target, inference::TokenizeInput::Text { text, add_special: false });
     let mut context_tokens = encode(context.to_owned()).await.map_err(|err| err.to_string())?.len();
@@ -527,7 +527,7 @@ async fn score(state: &AppState, principal: &Principal, model: &str, prompts: Ve
         constraint: None,
         tools: None,
     };
-    let target = inference::resolve(state, principal, model).await.map_err(|err| err.to_string())?;
+    let target = inference::resolve_for_eval(state, principal, model).await.map_err(|err| err.to_string())?;
     let revision = target.served.revision.clone();
     let answer = inference::generate(state, principal, &target, request).await.map_err(|err| err.to_string())?;
     let collected = answer.collect().await?;
@@ -583,7 +583,7 @@ async fn chat(state: &AppState, principal: &Principal, model: &str, messages: Ve
             tools: None,
         };
         let outcome = async {
-            let target = inference::resolve(state, principal, model).await?;
+            let target = inference::resolve_for_eval(state, principal, model).await?;
             let revision = target.served.revision.clone();
             let answer = inference::generate(state, principal, &target, request).await?;
             Ok::<_, InferenceError>((answer, revision))

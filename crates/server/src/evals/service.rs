@@ -65,11 +65,21 @@ pub(crate) async fn queue_run(state: &AppState, principal: &Principal, eval_id: 
         let unknown = || OpenAiError::invalid(format!("the model {:?} does not exist or you do not have access to it", completions.model), Some("data_source.model"));
         // A deployment, or a release route (the side the run's caller lands on; every item
         // records the revision that answered it).
-        let deployment = match state.hub.runnable_deployment(principal, &completions.model).await {
-            Ok(deployment) => deployment,
-            Err(_) => state.hub.route_target(principal, &completions.model).await.ok().flatten().ok_or_else(unknown)?,
+        let deployment = if completions.model.contains('@') {
+            // A revision, evaluated without a deployment: pinned to its commit for the whole run.
+            let deployment = state.hub.revision_model(principal, &completions.model).await.map_err(|err| match err {
+                domain::Error::RepoNotFound(_) | domain::Error::RevisionNotFound(_) | domain::Error::NotFound(_) => unknown(),
+                other => OpenAiError::invalid(other.to_string(), Some("data_source.model")),
+            })?;
+            data_source_json["model"] = json!(deployment.name);
+            deployment
+        } else {
+            match state.hub.runnable_deployment(principal, &completions.model).await {
+                Ok(deployment) => deployment,
+                Err(_) => state.hub.route_target(principal, &completions.model).await.ok().flatten().ok_or_else(unknown)?,
+            }
         };
-        spec_json["model"] = json!(completions.model);
+        spec_json["model"] = data_source_json["model"].clone();
         spec_json["revision"] = json!(format!("{}@{}", deployment.repo, deployment.commit.as_str()));
     }
     spec_json["data_source"] = data_source_json;

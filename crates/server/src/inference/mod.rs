@@ -97,6 +97,18 @@ pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str)
     Ok(Target { served, load: started.elapsed(), shadow })
 }
 
+/// Like `resolve`, and also `ns/name@revision`: a revision served for evaluation without a
+/// deployment (the caller must be able to write its repo; evals only, never the public APIs).
+pub(crate) async fn resolve_for_eval(state: &AppState, principal: &Principal, name: &str) -> Result<Target, InferenceError> {
+    if !name.contains('@') {
+        return resolve(state, principal, name).await;
+    }
+    let started = Instant::now();
+    let deployment = state.hub.revision_model(principal, name).await?;
+    let served = state.runtime.get(&state.hub, deployment).await?;
+    Ok(Target { served, load: started.elapsed(), shadow: None })
+}
+
 /// A random identifier (24 letters and digits) for response and call ids.
 pub(crate) fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString as _};

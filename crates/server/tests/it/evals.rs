@@ -88,6 +88,24 @@ async fn a_completions_run_samples_the_model_and_grades_every_item() {
     assert_eq!((routed["status"].as_str(), routed["result_counts"]["passed"].as_u64()), (Some("completed"), Some(1)), "{routed}");
     assert_eq!(routed["revision"], done["revision"]);
 
+    // So is a revision of a repo the caller writes, without a deployment: pinned to its commit.
+    let commit = done["revision"].as_str().unwrap().split_once('@').unwrap().1.to_owned();
+    let source = json!({ "type": "file_content", "content": [{ "item": { "question": "[[say:Paris]]", "answer": "Paris" } }] });
+    let template = json!({ "type": "template", "template": [{ "role": "user", "content": "{{item.question}}" }] });
+    let body = json!({ "data_source": { "type": "completions", "model": "ann/tiny@main", "source": source, "input_messages": template } });
+    let pinned = run(&server, &token, eval_id, body.clone()).await;
+    assert_eq!((pinned["status"].as_str(), pinned["result_counts"]["passed"].as_u64()), (Some("completed"), Some(1)), "{pinned}");
+    assert_eq!(pinned["data_source"]["model"], format!("ann/tiny@{commit}"));
+    assert_eq!(pinned["revision"], done["revision"]);
+    // A reader of the repo may not load its revisions; a public API never resolves one.
+    let reader = server.user("reader", None, "write").await;
+    let theirs = create(&server, &reader, qa_eval()).await;
+    let reply = server.json("POST", &format!("/v1/evals/{}/runs", theirs["id"].as_str().unwrap()), Some(&reader), body).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+    assert_eq!(reply.json()["error"]["param"], "data_source.model");
+    let reply = server.json("POST", "/v1/chat/completions", Some(&token), json!({ "model": "ann/tiny@main", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
     // Usage is accounted like any request, under the run's API name.
     let actions = server.audit_actions().await;
     for action in ["eval.create", "eval.run.create", "eval.run.succeeded"] {
