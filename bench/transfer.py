@@ -2,7 +2,9 @@
 default settings (Xet, through hf_xet) and on the Git LFS path (HF_HUB_DISABLE_XET=1), and compare
 with a plain local copy of the same file on the same disk (the physical limit here). Then the
 dedup case: a second revision of the file with 1 MiB changed in the middle, pushed from an empty
-client cache; bytes sent and stored are read from the server's own counters.
+client cache; bytes sent and stored are read from the server's own counters. `mantle push` and
+`mantle pull` (the CLI, on the LFS path) are timed beside them, so the CLI's choice of path is
+measured against the client's Xet path.
 
 Usage: python bench/transfer.py [--size-mib 1024] [--rounds 3]
 Prints a table of medians and the ratios to the peers.
@@ -104,7 +106,8 @@ def main():
         extra = {} if xet else {"HF_HUB_DISABLE_XET": "1"}
         return dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN=token, HF_HOME=home, HF_HUB_DISABLE_PROGRESS_BARS="1", **extra)
 
-    times = {key: [] for key in ["cp", "cp+fsync", "xet up", "lfs up", "xet down", "lfs down", "curl xet", "curl lfs"]}
+    times = {key: [] for key in ["cp", "cp+fsync", "xet up", "lfs up", "xet down", "lfs down", "curl xet", "curl lfs", "mantle up", "mantle down"]}
+    cli_env = dict(os.environ, MANTLE_URL=endpoint, MANTLE_TOKEN=token)
     try:
         for round_no in range(args.rounds):
             # Fresh content per path and round, so no upload is skipped as already stored.
@@ -137,6 +140,16 @@ def main():
                     start = time.perf_counter()
                     subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"authorization: Bearer {token}", f"{endpoint}/{repo}/resolve/main/weights.bin"], check=True)
                     times[f"curl {path}"].append(time.perf_counter() - start)
+            # The CLI: its own fresh file (so nothing is already stored), pushed and pulled.
+            folder = work / f"mantle-{round_no}"
+            folder.mkdir()
+            random_file(folder / "weights.bin", args.size_mib, round_no * 2 + 101)
+            repo = f"admin/bench-mantle-{round_no}-{uuid.uuid4().hex[:6]}"
+            for key, command in [("mantle up", ["push", str(folder), repo]), ("mantle down", ["pull", repo, str(work / f"pulled-{round_no}")])]:
+                start = time.perf_counter()
+                subprocess.run([args.bin, *command], check=True, capture_output=True, env=cli_env)
+                times[key].append(time.perf_counter() - start)
+            assert (work / f"pulled-{round_no}" / "weights.bin").stat().st_size == size
         # Files are removed only at the end: on this disk, deleting a large file right before a timed
         # write slows that write (discard), which would skew whichever side came next.
 
@@ -167,6 +180,8 @@ def main():
         ("hf_hub_download, HF_HUB_DISABLE_XET=1", "lfs down", None),
         ("server alone: curl GET, Xet-stored file", "curl xet", "curl lfs"),
         ("server alone: curl GET, LFS-stored file", "curl lfs", None),
+        ("mantle push (CLI, LFS path)", "mantle up", "lfs up"),
+        ("mantle pull (CLI)", "mantle down", "lfs down"),
     ]
     print(f"\nTransfer of a {mib:.0f} MiB file, median of {args.rounds} rounds (latest huggingface_hub + hf_xet)\n")
     print(f"| {'operation':<42} | {'seconds':>8} | {'MiB/s':>7} | {'vs cp':>6} | {'vs cp+fsync':>11} | {'vs LFS path':>11} |")
@@ -178,6 +193,8 @@ def main():
         vs_lfs = f"{med[peer] / seconds:>11.2f}" if peer else f"{'':>11}"
         print(f"| {label:<42} | {seconds:>8.2f} | {mib / seconds:>7.0f} | {med['cp'] / seconds:>6.2f} | {med['cp+fsync'] / seconds:>11.2f} | {vs_lfs} |")
     print("\nRatios are speed relative to the peer (above 1 is faster). Targets: Xet >= 1.0 of the LFS path both ways, >= 0.50 of cp+fsync.")
+    if "mantle up" in med and "xet up" in med:
+        print(f"mantle push vs upload_file through Xet: {med['xet up'] / med['mantle up']:.2f}x; mantle pull vs hf_hub_download through Xet: {med['xet down'] / med['mantle down']:.2f}x")
     print(f"\nDedup: second revision with 1 MiB changed in the middle, pushed from an empty client cache in {edit_seconds:.2f} s")
     print(f"| {'bytes':<10} | {'MiB':>8} | {'of the file':>11} |")
     print(f"|{'-' * 12}|{'-' * 10}|{'-' * 13}|")
