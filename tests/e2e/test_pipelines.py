@@ -5,6 +5,7 @@ The same weights go to production; the same model re-quantized to 3 bits is bloc
 a canary that breaks its SLO is rolled back by itself. Prints the runs, the route's history and
 the audit events (the closing note shows them)."""
 
+import hashlib
 import json
 import shutil
 import textwrap
@@ -92,6 +93,22 @@ def degrade(src, dst):
     assert changed > 20, changed
 
 
+def bucket(route, caller):
+    """Mantle's sticky bucket of a caller on a route (domain::routes::bucket)."""
+    digest = hashlib.sha256(f"{route}\0{caller}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 10_000
+
+
+def callers_on_both_sides(server, route, percent):
+    """Read-only callers, at least two bucketed on a canary at `percent` and one on the stable
+    deployment, so both sides get traffic whatever the random user names."""
+    canary, stable = [], []
+    while len(canary) < 2 or not stable:
+        name, token = server.new_user(role="read")
+        (canary if bucket(route, name) < percent * 100 else stable).append(token)
+    return canary + stable[:1]
+
+
 def wait_run(server, route, commit, traffic=None, seconds=900):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -154,7 +171,7 @@ api.upload_file(path_or_fileobj={str(texts)!r}, path_in_repo="texts.jsonl", repo
     assert server.cli("routes", "pipeline", route, "--repo", repo, token=token, check=False).returncode != 0
     server.cli("routes", "pipeline", route, "--repo", repo)
     assert repo in server.cli("pipelines", "list").stdout
-    callers = [server.new_user(role="read")[1] for _ in range(3)]
+    callers = callers_on_both_sides(server, route, percent=50)
 
     # 1. The same weights with a pipeline file: vetted, evaluated, gated, canaried, promoted.
     spec = tmp_path / "pipeline.yaml"

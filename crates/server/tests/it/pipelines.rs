@@ -116,9 +116,22 @@ async fn a_pipeline_promotes_a_good_revision_blocks_a_broken_one_and_rolls_back_
 
     // A revision whose canary breaks its SLO under traffic: rolled back by the controller, and
     // the pipeline says so.
+    // Callers on both sides of a 50% canary (buckets are sticky per name), so both get traffic.
     let mut callers = Vec::new();
-    for i in 0..8 {
-        callers.push(server.user(&format!("caller{i}"), None, "read").await);
+    let (mut on_canary, mut on_stable) = (0, 0);
+    for i in 0.. {
+        let name = format!("caller{i}");
+        if domain::routes::bucket("chat", &name) < 5000 {
+            on_canary += 1;
+        } else if on_stable < 2 {
+            on_stable += 1;
+        } else {
+            continue;
+        }
+        callers.push(server.user(&name, None, "read").await);
+        if on_canary >= 3 && on_stable >= 2 {
+            break;
+        }
     }
     let canary = "canary: {steps: [50, 100], bake_secs: 0, min_requests: 2, slo: {max_error_rate: 0.1}}";
     let spec = format!("deploy: {{context: 777}}\n{canary}\n");
