@@ -375,6 +375,11 @@ pub struct RolloutAnalysis {
     pub max_ttft_p95_ms: Option<u64>,
     #[serde(default)]
     pub min_tokens_per_sec: Option<f64>,
+    /// Against the stable deployment over the same window: the largest fraction by which the
+    /// canary's median time to first token may exceed the baseline's when a one-sided
+    /// Mann-Whitney U test finds it significantly slower (p < 0.05).
+    #[serde(default)]
+    pub max_ttft_regression: Option<f64>,
     /// Requests a step needs before it is judged (default 20); fewer is inconclusive: it waits.
     #[serde(default)]
     pub min_requests: Option<u64>,

@@ -45,6 +45,10 @@ pub(crate) enum RouteCommand {
         /// SLO: the fewest completion tokens per second of request time.
         #[arg(long)]
         min_tokens_per_sec: Option<f64>,
+        /// SLO against the stable deployment: the largest fraction by which the canary's median
+        /// time to first token may exceed it when significantly slower (Mann-Whitney, p < 0.05).
+        #[arg(long)]
+        max_ttft_regression: Option<f64>,
         /// Requests a step needs before it is judged.
         #[arg(long, default_value_t = 20)]
         min_requests: u64,
@@ -167,7 +171,7 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
             let body = api::admin::SetRoute { stable: to, reason: note.reason, eval_runs: note.eval_runs };
             show(&client.put_json(&path(&name), &body).await?);
         }
-        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, min_requests, failure_limit, shadow_secs, note } => {
+        RouteCommand::Canary { name, to, weight, steps, bake, max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec, max_ttft_regression, min_requests, failure_limit, shadow_secs, note } => {
             let note = note.wire();
             let analysis = steps.map(|steps| api::admin::RolloutAnalysis {
                 steps,
@@ -176,6 +180,7 @@ pub(crate) async fn run(client: &Client, command: RouteCommand) -> anyhow::Resul
                 max_latency_p95_ms,
                 max_ttft_p95_ms,
                 min_tokens_per_sec,
+                max_ttft_regression,
                 min_requests: Some(min_requests),
                 failure_limit: Some(failure_limit),
                 shadow_secs: Some(shadow_secs),

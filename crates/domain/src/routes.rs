@@ -55,7 +55,7 @@ impl Rollout {
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "steps": self.steps, "bake_secs": self.bake_secs, "min_requests": self.min_requests, "failure_limit": self.failure_limit,
-            "slo": { "max_error_rate": self.slo.max_error_rate, "max_latency_p95_ms": self.slo.max_latency_p95_ms, "max_ttft_p95_ms": self.slo.max_ttft_p95_ms, "min_tokens_per_sec": self.slo.min_tokens_per_sec },
+            "slo": { "max_error_rate": self.slo.max_error_rate, "max_latency_p95_ms": self.slo.max_latency_p95_ms, "max_ttft_p95_ms": self.slo.max_ttft_p95_ms, "min_tokens_per_sec": self.slo.min_tokens_per_sec, "max_ttft_regression": self.slo.max_ttft_regression },
             "step": self.step, "step_started_at": self.step_started_at, "failures": self.failures,
             "shadow_secs": self.shadow_secs, "shadowing": self.shadowing,
         })
@@ -67,7 +67,13 @@ impl Rollout {
         Some(Rollout {
             steps: value["steps"].as_array()?.iter().map(|s| s.as_u64().map(|p| p.min(100) as u8)).collect::<Option<_>>()?,
             bake_secs: value["bake_secs"].as_u64()?,
-            slo: Slo { max_error_rate: slo["max_error_rate"].as_f64(), max_latency_p95_ms: slo["max_latency_p95_ms"].as_u64(), max_ttft_p95_ms: slo["max_ttft_p95_ms"].as_u64(), min_tokens_per_sec: slo["min_tokens_per_sec"].as_f64() },
+            slo: Slo {
+                max_error_rate: slo["max_error_rate"].as_f64(),
+                max_latency_p95_ms: slo["max_latency_p95_ms"].as_u64(),
+                max_ttft_p95_ms: slo["max_ttft_p95_ms"].as_u64(),
+                min_tokens_per_sec: slo["min_tokens_per_sec"].as_f64(),
+                max_ttft_regression: slo["max_ttft_regression"].as_f64(),
+            },
             min_requests: value["min_requests"].as_u64()?,
             failure_limit: value["failure_limit"].as_u64()? as u32,
             step: value["step"].as_u64()? as usize,
@@ -90,6 +96,10 @@ pub struct Slo {
     pub max_ttft_p95_ms: Option<u64>,
     /// Completion tokens per second of request time, at least.
     pub min_tokens_per_sec: Option<f64>,
+    /// Against the stable deployment over the same window: the candidate's median time to first
+    /// token may be at most this fraction above the baseline's, unless a one-sided Mann-Whitney
+    /// U test finds no significant difference (p >= 0.05), so noise alone never fails it.
+    pub max_ttft_regression: Option<f64>,
 }
 
 /// What one request recorded (from the usage log).
@@ -112,6 +122,8 @@ pub struct Readings {
     /// Time to first token, 95th percentile, over requests that produced text.
     pub ttft_p95_ms: u64,
     pub tokens_per_sec: f64,
+    /// Every time to first token, for the comparison with a baseline.
+    pub ttft_samples: Vec<u64>,
 }
 
 /// The 95th percentile of `values` (0 for none).
@@ -131,6 +143,7 @@ impl Readings {
             failed: counted.iter().filter(|o| o.outcome == "failed").count() as u64,
             latency_p95_ms: p95(counted.iter().map(|o| o.latency_ms).collect()),
             ttft_p95_ms: p95(counted.iter().filter_map(|o| o.ttft_ms).collect()),
+            ttft_samples: counted.iter().filter_map(|o| o.ttft_ms).collect(),
             tokens_per_sec: if millis > 0 { tokens as f64 * 1000.0 / millis as f64 } else { 0.0 },
         }
     }
@@ -152,10 +165,65 @@ pub enum Verdict {
     Inconclusive(String),
 }
 
-/// Holds `readings` to `slo`.
-pub fn analyze(readings: &Readings, slo: &Slo, min_requests: u64) -> Verdict {
+/// How much slower the candidate's median time to first token is than the baseline's (a
+/// fraction), and the one-sided p-value of a Mann-Whitney U test that the candidate's are
+/// larger (normal approximation with tie correction); `None` without samples on both sides.
+pub fn compare_ttft(candidate: &Readings, baseline: &Readings) -> Option<(f64, f64)> {
+    let (a, b) = (&candidate.ttft_samples, &baseline.ttft_samples);
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let median = |values: &[u64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        if n % 2 == 1 {
+            sorted[n / 2] as f64
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+        }
+    };
+    let regression = median(a) / median(b).max(1.0) - 1.0;
+    // Ranks over both samples, ties averaged.
+    let mut all: Vec<(u64, bool)> = a.iter().map(|&v| (v, true)).chain(b.iter().map(|&v| (v, false))).collect();
+    all.sort_unstable_by_key(|&(v, _)| v);
+    let (n1, n2, n) = (a.len() as f64, b.len() as f64, all.len() as f64);
+    let (mut rank_sum, mut ties, mut i) = (0.0, 0.0, 0);
+    while i < all.len() {
+        let j = all[i..].iter().position(|&(v, _)| v != all[i].0).map_or(all.len(), |k| i + k);
+        let t = (j - i) as f64;
+        let rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += rank * all[i..j].iter().filter(|(_, from_candidate)| *from_candidate).count() as f64;
+        ties += t * t * t - t;
+        i = j;
+    }
+    let u = rank_sum - n1 * (n1 + 1.0) / 2.0;
+    let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)).max(1.0));
+    let p = if variance <= 0.0 { 0.5 } else { 1.0 - normal_cdf((u - n1 * n2 / 2.0 - 0.5) / variance.sqrt()) };
+    Some((regression, p.clamp(0.0, 1.0)))
+}
+
+/// The standard normal CDF (Abramowitz and Stegun 7.1.26 for erf; error below 1.5e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-x * x).exp();
+    if z >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// Holds `readings` to `slo`; `baseline` is the stable deployment's readings over the same
+/// window (for `max_ttft_regression`).
+pub fn analyze(readings: &Readings, slo: &Slo, min_requests: u64, baseline: &Readings) -> Verdict {
     if readings.requests < min_requests.max(1) {
         return Verdict::Inconclusive(format!("{} requests of the {} needed", readings.requests, min_requests.max(1)));
+    }
+    if slo.max_ttft_regression.is_some() && baseline.ttft_samples.len() < min_requests.max(1) as usize {
+        return Verdict::Inconclusive(format!("the baseline has {} requests of the {} needed to compare", baseline.ttft_samples.len(), min_requests.max(1)));
     }
     let mut broken = Vec::new();
     if let Some(max) = slo.max_error_rate.filter(|max| readings.error_rate() > *max) {
@@ -169,6 +237,11 @@ pub fn analyze(readings: &Readings, slo: &Slo, min_requests: u64) -> Verdict {
     }
     if let Some(min) = slo.min_tokens_per_sec.filter(|min| readings.tokens_per_sec < *min) {
         broken.push(format!("{:.1} tokens/s below {min}", readings.tokens_per_sec));
+    }
+    if let (Some(max), Some((regression, p))) = (slo.max_ttft_regression, compare_ttft(readings, baseline)) {
+        if p < 0.05 && regression > max {
+            broken.push(format!("median time to first token {:.0}% above the baseline's (Mann-Whitney p = {p:.4}), more than {:.0}%", regression * 100.0, max * 100.0));
+        }
     }
     if broken.is_empty() {
         Verdict::Pass
@@ -237,14 +310,36 @@ mod tests {
 
     #[test]
     fn a_canary_passes_fails_or_waits_for_requests() {
-        let slo = Slo { max_error_rate: Some(0.05), max_latency_p95_ms: Some(500), max_ttft_p95_ms: Some(100), min_tokens_per_sec: None };
-        assert_eq!(analyze(&Readings::from_outcomes(&rows(40, 1, 100)), &slo, 20), Verdict::Pass);
-        assert!(matches!(analyze(&Readings::from_outcomes(&rows(30, 10, 100)), &slo, 20), Verdict::Fail(why) if why.contains("error rate")));
-        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 900)), &slo, 20), Verdict::Fail(why) if why.contains("latency p95") && why.contains("first token")));
-        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 480)), &slo, 20), Verdict::Fail(why) if why.contains("first token p95 120")));
-        assert!(matches!(analyze(&Readings::from_outcomes(&rows(5, 5, 100)), &slo, 20), Verdict::Inconclusive(_)));
+        let slo = Slo { max_error_rate: Some(0.05), max_latency_p95_ms: Some(500), max_ttft_p95_ms: Some(100), ..Slo::default() };
+        let none = Readings::default();
+        assert_eq!(analyze(&Readings::from_outcomes(&rows(40, 1, 100)), &slo, 20, &none), Verdict::Pass);
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(30, 10, 100)), &slo, 20, &none), Verdict::Fail(why) if why.contains("error rate")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 900)), &slo, 20, &none), Verdict::Fail(why) if why.contains("latency p95") && why.contains("first token")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(40, 0, 480)), &slo, 20, &none), Verdict::Fail(why) if why.contains("first token p95 120")));
+        assert!(matches!(analyze(&Readings::from_outcomes(&rows(5, 5, 100)), &slo, 20, &none), Verdict::Inconclusive(_)));
         let readings = Readings::from_outcomes(&rows(2, 0, 500));
         assert_eq!((readings.requests, readings.tokens_per_sec, readings.ttft_p95_ms), (2, 20.0, 125));
+    }
+
+    #[test]
+    fn a_canary_slower_than_its_baseline_fails_only_when_significant() {
+        let readings = |ttfts: &[u64]| Readings::from_outcomes(&ttfts.iter().map(|&t| Outcome { outcome: "ok".into(), latency_ms: t * 2, completion_tokens: 4, ttft_ms: Some(t) }).collect::<Vec<_>>());
+        let slo = Slo { max_ttft_regression: Some(0.2), ..Slo::default() };
+        let baseline = readings(&[100, 104, 98, 101, 99, 103, 97, 102, 100, 105, 96, 101]);
+        // 50% slower on every request: significant and past 20%.
+        let slow = readings(&[150, 155, 148, 152, 149, 151, 147, 153, 150, 156, 146, 152]);
+        let (regression, p) = compare_ttft(&slow, &baseline).unwrap();
+        assert!(regression > 0.45 && p < 0.001, "{regression} {p}");
+        assert!(matches!(analyze(&slow, &slo, 10, &baseline), Verdict::Fail(why) if why.contains("Mann-Whitney")));
+        // The same distribution: no significant difference.
+        let same = readings(&[101, 99, 103, 98, 100, 102, 97, 104, 100, 96, 105, 101]);
+        assert!(compare_ttft(&same, &baseline).unwrap().1 > 0.05);
+        assert_eq!(analyze(&same, &slo, 10, &baseline), Verdict::Pass);
+        // Two slow requests among few: 50% above the median is not enough evidence.
+        let noisy = readings(&[100, 150, 98, 151]);
+        assert_eq!(analyze(&noisy, &slo, 4, &readings(&[100, 99, 101, 150])), Verdict::Pass);
+        // Too little baseline to compare: it waits.
+        assert!(matches!(analyze(&slow, &slo, 10, &readings(&[100])), Verdict::Inconclusive(why) if why.contains("baseline")));
     }
 
     #[test]

@@ -249,10 +249,10 @@ impl RolloutPlan {
             return Err(Error::invalid("bake_secs and shadow_secs may be at most a week"));
         }
         if self.slo == Slo::default() {
-            return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms, max_ttft_p95_ms or min_tokens_per_sec"));
+            return Err(Error::invalid("an analysed rollout needs at least one SLO: max_error_rate, max_latency_p95_ms, max_ttft_p95_ms, min_tokens_per_sec or max_ttft_regression"));
         }
-        if self.slo.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) || self.slo.min_tokens_per_sec.is_some_and(|t| t.is_nan() || t < 0.0) {
-            return Err(Error::invalid("max_error_rate must be within 0 to 1 and min_tokens_per_sec not negative"));
+        if self.slo.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) || self.slo.min_tokens_per_sec.is_some_and(|t| t.is_nan() || t < 0.0) || self.slo.max_ttft_regression.is_some_and(|r| r.is_nan() || r < 0.0) {
+            return Err(Error::invalid("max_error_rate must be within 0 to 1, and min_tokens_per_sec and max_ttft_regression not negative"));
         }
         Ok(Rollout {
             steps,
@@ -292,7 +292,7 @@ impl Hub {
             }
             let readings = Readings::from_outcomes(&self.meta.deployment_outcomes(&candidate, &rollout.step_started_at, 100_000).await?);
             let baseline = Readings::from_outcomes(&self.meta.deployment_outcomes(&route.stable, &rollout.step_started_at, 100_000).await?);
-            let verdict = analyze(&readings, &rollout.slo, rollout.min_requests);
+            let verdict = analyze(&readings, &rollout.slo, rollout.min_requests, &baseline);
             let phase = if rollout.shadowing { "shadow".to_owned() } else { format!("{}%", rollout.steps[rollout.step]) };
             let reading = |r: &Readings| json!({ "requests": r.requests, "failed": r.failed, "error_rate": r.error_rate(), "latency_p95_ms": r.latency_p95_ms, "ttft_p95_ms": r.ttft_p95_ms, "tokens_per_sec": r.tokens_per_sec });
             let mut analysis = reading(&readings);
@@ -302,6 +302,10 @@ impl Hub {
             analysis["since"] = json!(rollout.step_started_at);
             analysis["verdict"] = json!(format!("{verdict:?}"));
             analysis["baseline"] = reading(&baseline);
+            if let Some((regression, p)) = crate::routes::compare_ttft(&readings, &baseline) {
+                analysis["ttft_regression"] = json!(regression);
+                analysis["ttft_p_value"] = json!(p);
+            }
             let evidence = json!({ "analysis": analysis });
             let note = |reason: String| ChangeNote { reason, eval_runs: Vec::new(), extra: evidence.clone() };
             let last_step = rollout.step + 1 >= rollout.steps.len() || rollout.steps[rollout.step + 1] >= 100;

@@ -232,7 +232,7 @@ fn rollout(canary: &Value) -> Result<RolloutPlan> {
     }
     .ok_or_else(|| invalid("canary.steps must list percentages, e.g. [5, 25, 50, 100]"))?;
     let slo = canary.get("slo").cloned().unwrap_or(json!({}));
-    only(&slo, &["max_error_rate", "max_latency_p95_ms", "max_ttft_p95_ms", "min_tokens_per_sec"], "canary.slo")?;
+    only(&slo, &["max_error_rate", "max_latency_p95_ms", "max_ttft_p95_ms", "min_tokens_per_sec", "max_ttft_regression"], "canary.slo")?;
     let millis = |key: &str| count(&slo, key, "canary.slo", 0, 86_400_000).map(|v| slo.get(key).map(|_| v));
     Ok(RolloutPlan {
         steps,
@@ -240,7 +240,13 @@ fn rollout(canary: &Value) -> Result<RolloutPlan> {
         shadow_secs: count(canary, "shadow_secs", "canary", 0, 7 * 86_400)?,
         min_requests: count(canary, "min_requests", "canary", 20, 1_000_000)?,
         failure_limit: count(canary, "failure_limit", "canary", 0, 100)? as u32,
-        slo: Slo { max_error_rate: number(&slo, "max_error_rate", "canary.slo")?, max_latency_p95_ms: millis("max_latency_p95_ms")?, max_ttft_p95_ms: millis("max_ttft_p95_ms")?, min_tokens_per_sec: number(&slo, "min_tokens_per_sec", "canary.slo")? },
+        slo: Slo {
+            max_error_rate: number(&slo, "max_error_rate", "canary.slo")?,
+            max_latency_p95_ms: millis("max_latency_p95_ms")?,
+            max_ttft_p95_ms: millis("max_ttft_p95_ms")?,
+            min_tokens_per_sec: number(&slo, "min_tokens_per_sec", "canary.slo")?,
+            max_ttft_regression: number(&slo, "max_ttft_regression", "canary.slo")?,
+        },
     })
 }
 

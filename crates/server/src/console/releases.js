@@ -57,6 +57,7 @@ function evidence(ui, change) {
     lines.push(`analysis (${analysis.phase || `${analysis.percent}%`}): ${analysis.requests} requests, error rate ${Number(analysis.error_rate).toFixed(3)}, TTFT p95 ${analysis.ttft_p95_ms} ms, ${Number(analysis.tokens_per_sec).toFixed(1)} tok/s`);
     const base = analysis.baseline;
     if (base) lines.push(`baseline (stable, same window): ${base.requests} requests, error rate ${Number(base.error_rate).toFixed(3)}, TTFT p95 ${base.ttft_p95_ms} ms, ${Number(base.tokens_per_sec).toFixed(1)} tok/s`);
+    if (analysis.ttft_regression !== undefined) lines.push(`median TTFT ${(100 * Number(analysis.ttft_regression)).toFixed(0)}% vs baseline (Mann-Whitney p = ${Number(analysis.ttft_p_value).toFixed(4)})`);
   }
   for (const gate of extra.gates || []) {
     const relative = gate.regression === undefined || gate.regression === null ? "" : `, regression ${Number(gate.regression).toFixed(4)} (95% ${Number(gate.regression_ci95[0]).toFixed(4)}…${Number(gate.regression_ci95[1]).toFixed(4)})`;

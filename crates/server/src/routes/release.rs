@@ -55,7 +55,7 @@ pub(crate) async fn canary_route(State(state): State<AppState>, Path(name): Path
     let plan = request.analysis.map(|a| domain::hub::RolloutPlan {
         steps: a.steps,
         bake_secs: a.bake_secs.unwrap_or(300),
-        slo: domain::routes::Slo { max_error_rate: a.max_error_rate, max_latency_p95_ms: a.max_latency_p95_ms, max_ttft_p95_ms: a.max_ttft_p95_ms, min_tokens_per_sec: a.min_tokens_per_sec },
+        slo: domain::routes::Slo { max_error_rate: a.max_error_rate, max_latency_p95_ms: a.max_latency_p95_ms, max_ttft_p95_ms: a.max_ttft_p95_ms, min_tokens_per_sec: a.min_tokens_per_sec, max_ttft_regression: a.max_ttft_regression },
         min_requests: a.min_requests.unwrap_or(20),
         failure_limit: a.failure_limit.unwrap_or(0),
         shadow_secs: a.shadow_secs.unwrap_or(0),
