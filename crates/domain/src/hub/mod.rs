@@ -24,7 +24,7 @@ mod operations;
 mod pipelines;
 mod repos;
 mod routes;
-pub use routes::{ChangeNote, RolloutPlan};
+pub use routes::{ChangeNote, RolloutPlan, RouteTarget};
 mod vetting;
 mod webhooks;
 mod xet;

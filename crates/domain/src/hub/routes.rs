@@ -7,6 +7,15 @@ use crate::routes::{analyze, bucket, Readings, Rollout, Route, RouteChange, Slo,
 
 use super::*;
 
+/// Where a caller's request through a route goes.
+#[derive(Clone, Debug)]
+pub struct RouteTarget {
+    /// The deployment that answers (the caller's side of the canary).
+    pub deployment: Deployment,
+    /// The deployment that gets a copy, and the percent of requests copied.
+    pub shadow: Option<(Deployment, u8)>,
+}
+
 /// Why and on what a route change rests.
 #[derive(Clone, Debug, Default)]
 pub struct ChangeNote {
@@ -155,16 +164,22 @@ impl Hub {
     }
 
     /// The deployment a caller reaches through route `name` (its sticky bucket decides between
-    /// canary and stable), if the route exists and the caller may use that deployment.
-    pub async fn route_target(&self, principal: &Principal, name: &str) -> Result<Option<Deployment>> {
+    /// canary and stable), if the route exists and the caller may use that deployment; with the
+    /// route's shadow deployment and the percent of requests it copies, if it has one.
+    pub async fn route_target(&self, principal: &Principal, name: &str) -> Result<Option<RouteTarget>> {
         let user = principal.user()?;
         let Some(route) = self.meta.get_route(name).await? else { return Ok(None) };
         let chosen = route.pick(bucket(name, &user.name));
         // The error names the route, never a deployment the caller may not know of.
-        self.runnable_deployment(principal, chosen).await.map(Some).map_err(|err| match err {
+        let deployment = self.runnable_deployment(principal, chosen).await.map_err(|err| match err {
             Error::NotFound(_) => Error::NotFound(format!("The model `{name}` does not exist or you do not have access to it.")),
             other => other,
-        })
+        })?;
+        let shadow = match route.shadow {
+            Some((shadow, percent)) if shadow != deployment.name => self.meta.get_deployment(&shadow).await?.map(|d| (d, percent)),
+            _ => None,
+        };
+        Ok(Some(RouteTarget { deployment, shadow }))
     }
 
     async fn deployment_named(&self, name: &str) -> Result<Deployment> {
@@ -339,12 +354,5 @@ impl Hub {
             }
         }
         Ok(changed)
-    }
-
-    /// A route's shadow deployment and the percent of requests it copies, if any (the server's
-    /// inference path reads it for every request to the route).
-    pub async fn route_shadow(&self, name: &str) -> Result<Option<(Deployment, u8)>> {
-        let Some((shadow, percent)) = self.meta.get_route(name).await?.and_then(|r| r.shadow) else { return Ok(None) };
-        Ok(self.meta.get_deployment(&shadow).await?.map(|d| (d, percent)))
     }
 }

@@ -170,7 +170,7 @@ impl PipelineSpec {
         for (i, suite) in list("suites", MAX_SUITES)?.iter().enumerate() {
             let at = format!("suites[{i}]");
             only(suite, &["name", "data", "items", "item_schema", "input_messages", "sampling_params", "graders"], &at)?;
-            let name = text(suite, "name", &at)?.ok_or_else(|| invalid(format!("{at}.name is required")))?;
+            let name = text(suite, "name", &at)?.filter(|n| n.chars().count() <= 64).ok_or_else(|| invalid(format!("{at}.name is required, at most 64 characters")))?;
             if suites.iter().any(|s: &Suite| s.name == name) {
                 return Err(invalid(format!("two suites are named {name}")));
             }

@@ -251,18 +251,16 @@ async fn load_items(state: &AppState, principal: &Principal, source: &Source) ->
         Source::Hub { kind, repo, commit, path } => {
             let name = domain::ids::RepoName::parse(repo).map_err(|err| err.to_string())?;
             let (_, bytes) = state.hub.data_file(principal, *kind, &name, commit, path).await.map_err(|err| err.to_string())?;
-            parse_data(path, &bytes)
+            parse_data(path, bytes).await
         }
     }
 }
 
-/// A data file's items, by its extension: `.jsonl` or `.csv`.
-pub(crate) fn parse_data(path: &str, bytes: &[u8]) -> Result<Vec<(Value, Option<Value>)>, String> {
-    if path.ends_with(".csv") {
-        parse_csv(bytes)
-    } else {
-        parse_jsonl(bytes)
-    }
+/// A data file's items, by its extension: `.jsonl` or `.csv` (up to 64 MiB the caller chose:
+/// parsed off the async workers).
+pub(crate) async fn parse_data(path: &str, bytes: Vec<u8>) -> Result<Vec<(Value, Option<Value>)>, String> {
+    let csv = path.ends_with(".csv");
+    inference::prompt::off_async(move || if csv { parse_csv(&bytes) } else { parse_jsonl(&bytes) }).await
 }
 
 /// CSV with a header row: each record is an item whose fields are the header's names, as

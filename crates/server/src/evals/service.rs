@@ -41,7 +41,7 @@ pub(crate) async fn queue_run(state: &AppState, principal: &Principal, eval_id: 
         Source::Hub { kind, repo, commit: revision, path } => {
             let name = domain::ids::RepoName::parse(repo).map_err(|err| OpenAiError::invalid(err.to_string(), Some("data_source.source.id")))?;
             let (commit, bytes) = state.hub.data_file(principal, *kind, &name, revision, path).await?;
-            let items = super::runner::parse_data(path, &bytes).map_err(|err| OpenAiError::invalid(format!("{path}: {err}"), Some("data_source.source.id")))?;
+            let items = super::runner::parse_data(path, bytes).await.map_err(|err| OpenAiError::invalid(format!("{path}: {err}"), Some("data_source.source.id")))?;
             let prefix = if *kind == domain::ids::RepoKind::Model { "models/" } else { "datasets/" };
             let pinned = format!("{prefix}{repo}@{commit}:{path}");
             data_source_json["source"]["id"] = json!(pinned);
@@ -76,7 +76,7 @@ pub(crate) async fn queue_run(state: &AppState, principal: &Principal, eval_id: 
         } else {
             match state.hub.runnable_deployment(principal, &completions.model).await {
                 Ok(deployment) => deployment,
-                Err(_) => state.hub.route_target(principal, &completions.model).await.ok().flatten().ok_or_else(unknown)?,
+                Err(_) => state.hub.route_target(principal, &completions.model).await.ok().flatten().map(|t| t.deployment).ok_or_else(unknown)?,
             }
         };
         spec_json["model"] = data_source_json["model"].clone();

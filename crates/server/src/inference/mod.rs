@@ -78,13 +78,11 @@ pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str)
     let deployment = match state.hub.runnable_deployment(principal, name).await {
         Ok(deployment) => deployment,
         Err(err) if matches!(err, domain::Error::NotFound(_)) => match state.hub.route_target(principal, name).await? {
-            // A release route: the deployment the caller's sticky bucket falls on.
-            Some(deployment) => {
-                shadow = match state.hub.route_shadow(name).await? {
-                    Some((copy, percent)) if copy.name != deployment.name && rand::random::<f64>() * 100.0 < f64::from(percent) => Some(copy),
-                    _ => None,
-                };
-                deployment
+            // A release route: the deployment the caller's sticky bucket falls on, and a copy of
+            // the request for its shadow, drawn at the route's share.
+            Some(target) => {
+                shadow = target.shadow.filter(|(_, percent)| rand::random::<f64>() * 100.0 < f64::from(*percent)).map(|(copy, _)| copy);
+                target.deployment
             }
             None => {
                 state.runtime.unload(name);

@@ -89,10 +89,14 @@ async fn vet(state: &AppState, principal: &Principal, spec_on_route: Option<&str
         None => {
             let kind = RepoKind::parse(&run.repo_kind).map_err(|e| e.to_string())?;
             let name = RepoName::parse(&run.repo).map_err(|e| e.to_string())?;
-            let (_, bytes) = state.hub.data_file(principal, kind, &name, &run.commit, PIPELINE_PATH).await.map_err(|err| format!("the revision has no readable {PIPELINE_PATH}: {err}"))?;
-            if bytes.len() > domain::pipelines::MAX_SPEC_BYTES {
+            // Its size first: a large file is refused without being read.
+            let commit = domain::ids::CommitId::parse(&run.commit).ok_or("the run names no commit")?;
+            let path = domain::ids::RepoPath::parse(PIPELINE_PATH).map_err(|e| e.to_string())?;
+            let entry = state.hub.commit_file(&commit, &path).await.map_err(|e| e.to_string())?;
+            if entry.is_some_and(|f| f.size > domain::pipelines::MAX_SPEC_BYTES as u64) {
                 return Err(format!("{PIPELINE_PATH} is larger than {} bytes", domain::pipelines::MAX_SPEC_BYTES));
             }
+            let (_, bytes) = state.hub.data_file(principal, kind, &name, &run.commit, PIPELINE_PATH).await.map_err(|err| format!("the revision has no readable {PIPELINE_PATH}: {err}"))?;
             String::from_utf8(bytes).map_err(|_| format!("{PIPELINE_PATH} is not UTF-8"))?
         }
     };
@@ -199,7 +203,9 @@ async fn evaluate(state: &AppState, principal: &Principal, run: &mut PipelineRun
                 SuiteData::Hub(reference) => {
                     let (kind, repo, revision, path) = hub_reference(reference).ok_or_else(|| format!("suite {}: data must be datasets/ns/name@revision:path (.jsonl or .csv)", suite.name))?;
                     let name = RepoName::parse(&repo).map_err(|e| e.to_string())?;
-                    let (commit, _) = state.hub.data_file(principal, kind, &name, &revision, &path).await.map_err(|err| format!("suite {}: {err}", suite.name))?;
+                    // Pinned once, so every model is evaluated on the same data (the runs read it).
+                    let found = state.hub.visible_repo(principal, kind, &name).await.map_err(|err| format!("suite {}: {err}", suite.name))?;
+                    let commit = state.hub.resolve(&found, &revision).await.map_err(|err| format!("suite {}: {err}", suite.name))?;
                     let prefix = if kind == RepoKind::Model { "models/" } else { "datasets/" };
                     json!({ "type": "file_id", "id": format!("{prefix}{repo}@{}:{path}", commit.as_str()) })
                 }
