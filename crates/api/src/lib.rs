@@ -6,6 +6,7 @@ pub mod hub;
 pub mod lfs;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod vetting;
 
 use serde::{Deserialize, Serialize};

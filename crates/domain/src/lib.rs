@@ -14,6 +14,7 @@ pub mod meta;
 pub mod pipelines;
 pub mod quota;
 pub mod repo;
+pub mod responses;
 pub mod routes;
 mod system;
 pub mod vetting;

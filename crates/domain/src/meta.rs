@@ -147,6 +147,7 @@ pub trait MetaStore:
     + crate::routes::RouteStore
     + crate::webhooks::WebhookStore
     + crate::pipelines::PipelineStore
+    + crate::responses::ResponseStore
     + Send
     + Sync
     + 'static
@@ -167,6 +168,7 @@ impl<
             + crate::routes::RouteStore
             + crate::webhooks::WebhookStore
             + crate::pipelines::PipelineStore
+            + crate::responses::ResponseStore
             + Send
             + Sync
             + 'static,

@@ -33,6 +33,7 @@ const SQLITE: &[Script] = &[
     (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
     (11, "usage_ttft", include_str!("../migrations/sqlite/0011_usage_ttft.sql")),
     (12, "pipelines", include_str!("../migrations/sqlite/0012_pipelines.sql")),
+    (13, "responses", include_str!("../migrations/sqlite/0013_responses.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -47,6 +48,7 @@ const POSTGRES: &[Script] = &[
     (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
     (11, "usage_ttft", include_str!("../migrations/postgres/0011_usage_ttft.sql")),
     (12, "pipelines", include_str!("../migrations/postgres/0012_pipelines.sql")),
+    (13, "responses", include_str!("../migrations/postgres/0013_responses.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

@@ -23,6 +23,8 @@ pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
 mod pipelines;
 mod repos;
+mod responses;
+pub use responses::{MAX_CHAIN, MAX_CHAIN_BYTES};
 mod routes;
 pub use routes::{ChangeNote, RolloutPlan, RouteTarget};
 mod vetting;

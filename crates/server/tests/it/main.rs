@@ -13,6 +13,7 @@ mod openai;
 mod pipelines;
 mod quotas;
 mod residency;
+mod responses;
 mod routes;
 mod structured;
 mod tidy;

@@ -34,6 +34,7 @@ mod pipelines;
 mod policies;
 mod quotas;
 mod repos;
+mod responses;
 mod routes;
 mod scans;
 mod webhooks;

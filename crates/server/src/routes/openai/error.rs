@@ -34,6 +34,11 @@ impl OpenAiError {
         OpenAiError { code: Some("unsupported_parameter"), ..Self::invalid(format!("{what} is not supported by this server"), Some(param)) }
     }
 
+    /// The same error with OpenAI's `code` for it.
+    pub(crate) fn with_code(self, code: &'static str) -> Self {
+        OpenAiError { code: Some(code), ..self }
+    }
+
     /// A 404 for a path that is no OpenAI endpoint.
     pub(crate) fn not_found(message: String) -> Self {
         OpenAiError { status: StatusCode::NOT_FOUND, message, kind: "invalid_request_error", param: None, code: Some("unknown_url"), headers: None }

@@ -7,6 +7,7 @@ mod answer;
 mod error;
 pub(crate) mod evals;
 mod params;
+mod responses;
 mod tokenizer;
 pub(crate) mod webhooks;
 
@@ -20,6 +21,7 @@ use base64::Engine as _;
 
 pub(crate) use error::OpenAiError;
 use params::{Endpoint, Options};
+pub(crate) use responses::{create_response, delete_response, list_input_items, retrieve_response};
 pub(crate) use tokenizer::{detokenize, detokenize_at, tokenize, tokenize_at, tokenizer_info, tokenizer_info_at};
 
 use crate::inference::tools::ToolPlan;
