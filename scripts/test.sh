@@ -45,7 +45,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # Latest from PyPI on purpose: the suite checks compatibility with what users install today.
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis prometheus-client gguf
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade huggingface_hub hf_xet 'moto[server]' boto3 pytest safetensors numpy openai ollama tokenizers jsonschema pydantic playwright schemathesis prometheus-client gguf openai-agents
 "$VENV/bin/python" -c 'import huggingface_hub, openai; print("huggingface_hub", huggingface_hub.__version__, "openai", openai.__version__)'
 
 # An older client (huggingface_hub 1.19 negotiates Xet through the LFS batch endpoint) must keep working.

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod card;
 pub mod error;
 pub mod evals;
+pub mod files;
 pub mod hub;
 pub mod ids;
 pub mod meta;

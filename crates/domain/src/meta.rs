@@ -148,6 +148,7 @@ pub trait MetaStore:
     + crate::webhooks::WebhookStore
     + crate::pipelines::PipelineStore
     + crate::responses::ResponseStore
+    + crate::files::FileStore
     + Send
     + Sync
     + 'static
@@ -169,6 +170,7 @@ impl<
             + crate::webhooks::WebhookStore
             + crate::pipelines::PipelineStore
             + crate::responses::ResponseStore
+            + crate::files::FileStore
             + Send
             + Sync
             + 'static,

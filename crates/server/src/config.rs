@@ -58,6 +58,10 @@ pub struct RawHub {
     pub multipart_threshold: u64,
     pub multipart_chunk: u64,
     pub upload_url_ttl: u64,
+    /// The largest file the Files API accepts.
+    pub max_file_bytes: u64,
+    /// The most bytes one account's uploaded files may hold.
+    pub file_quota_bytes: u64,
 }
 
 /// `[auth]`.
@@ -226,7 +230,15 @@ impl Config {
             data_dir,
             database_url,
             blob_url,
-            hub: domain::hub::HubConfig { lfs_threshold: hub.lfs_threshold, max_inline_file: hub.max_inline_file, max_lfs_file: hub.max_lfs_file, scanner_version: vet::SCANNER_VERSION.to_owned(), upload_url_ttl_secs: hub.upload_url_ttl },
+            hub: domain::hub::HubConfig {
+                lfs_threshold: hub.lfs_threshold,
+                max_inline_file: hub.max_inline_file,
+                max_lfs_file: hub.max_lfs_file,
+                scanner_version: vet::SCANNER_VERSION.to_owned(),
+                upload_url_ttl_secs: hub.upload_url_ttl,
+                max_file_bytes: hub.max_file_bytes,
+                file_quota_bytes: hub.file_quota_bytes,
+            },
             multipart_threshold: hub.multipart_threshold,
             multipart_chunk: hub.multipart_chunk,
             upload_url_ttl: hub.upload_url_ttl,

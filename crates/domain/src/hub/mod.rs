@@ -19,6 +19,7 @@ use crate::{format_time, Error, Result};
 mod accounts;
 mod deployments;
 mod evals;
+mod files;
 pub use evals::MAX_EVAL_DATA_BYTES;
 mod operations;
 mod pipelines;
@@ -46,6 +47,10 @@ pub struct HubConfig {
     pub scanner_version: String,
     /// How long signed upload URLs stay valid; GC keeps multipart parts at least that long.
     pub upload_url_ttl_secs: u64,
+    /// The largest file accepted by the Files API.
+    pub max_file_bytes: u64,
+    /// The most bytes one account's files may hold together.
+    pub file_quota_bytes: u64,
 }
 
 /// The registry service.

@@ -129,7 +129,7 @@ fn parse_range(text: &str, size: u64) -> RangeSpec {
 
 /// `Content-Disposition` for a download, in the Hub's shape (the client reads `filename="..."`
 /// for display): the name percent-encoded, and an ASCII fallback without quotes or controls.
-fn attachment(name: &str) -> String {
+pub(crate) fn attachment(name: &str) -> String {
     let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
     let ascii: String = name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' && c != ';' { c } else { '_' }).collect();
     format!("attachment; filename*=UTF-8''{encoded}; filename=\"{ascii}\";")

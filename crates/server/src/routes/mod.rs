@@ -135,6 +135,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/lfs-upload/{kinds}/{ns}/{name}/{oid}/{part}", put(lfs::upload_part))
         .route("/xet/{partition}/v1/xorbs/{prefix}/{hash}", post(xet::upload_xorb))
         .route("/xet/{partition}/v1/shards", post(xet::upload_shard))
+        .route("/v1/files", post(openai::files::create_file).get(openai::files::list_files))
+        .route("/v1/files/{id}", get(openai::files::retrieve_file).delete(openai::files::delete_file))
+        .route("/v1/files/{id}/content", get(openai::files::file_content))
         .layer(DefaultBodyLimit::disable());
     let files = Router::new().route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_model)).route("/datasets/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve_dataset));
     api.merge(streaming).merge(files).fallback(not_found).layer(TraceLayer::new_for_http()).with_state(state)

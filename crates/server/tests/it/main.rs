@@ -5,6 +5,7 @@ mod access;
 mod bad_input;
 mod console;
 mod evals;
+mod files;
 mod hardening;
 mod harness;
 mod inference;

@@ -5,13 +5,13 @@ use super::*;
 #[async_trait]
 impl BlobLedger for SqlMetaStore {
     async fn referenced_blobs(&self) -> Result<HashSet<String>> {
-        let rows = sqlx::query("SELECT DISTINCT sha256 FROM commit_files").fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT sha256 FROM commit_files UNION SELECT sha256 FROM files").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(|row| row.try_get::<String, _>("sha256").map_err(db_err)).collect()
     }
 
     async fn condemn_blob(&self, sha256: &str, stale_before: &str) -> Result<Option<Tombstone>> {
         let mut tx = self.begin_write().await?;
-        let referenced = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some();
+        let referenced = sqlx::query("SELECT 1 AS one FROM commit_files WHERE sha256 = $1 UNION ALL SELECT 1 AS one FROM files WHERE sha256 = $1 LIMIT 1").bind(sha256).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some();
         if referenced {
             return Ok(None);
         }

@@ -30,6 +30,7 @@ mod audit;
 mod blobs;
 mod deployments;
 mod evals;
+mod files;
 mod pipelines;
 mod policies;
 mod quotas;

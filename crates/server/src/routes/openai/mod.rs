@@ -6,6 +6,7 @@
 mod answer;
 mod error;
 pub(crate) mod evals;
+pub(crate) mod files;
 mod params;
 mod responses;
 mod tokenizer;
