@@ -147,3 +147,20 @@ def test_the_agents_sdk_with_its_default_responses_model(server, smol):
     kinds = [item.type for item in result.new_items]
     assert "tool_call_item" in kinds and "tool_call_output_item" in kinds, kinds
     assert kinds[-1] == "message_output_item", kinds
+
+
+def test_files_with_the_official_client(server):
+    _, token = server.new_user()
+    api = client(server, token)
+    content = b"Mantle stores uploaded files content-addressed.\n" * 50
+    created = api.files.create(file=("notes.txt", content), purpose="assistants")
+    assert created.id.startswith("file-") and created.bytes == len(content) and created.filename == "notes.txt"
+    assert api.files.retrieve(created.id).purpose == "assistants"
+    assert created.id in [f.id for f in api.files.list()]
+    assert api.files.content(created.id).read() == content
+    _, other = server.new_user()
+    with pytest.raises(openai.NotFoundError):
+        client(server, other).files.retrieve(created.id)
+    assert api.files.delete(created.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(created.id)

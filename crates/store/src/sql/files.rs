@@ -33,7 +33,7 @@ impl FileStore for SqlMetaStore {
             return Err(Error::conflict("the stored bytes were garbage-collected meanwhile; upload the file again"));
         }
         // Serialized with other uploads: concurrent ones cannot together pass the quota.
-        let used = bytes_of(&mut *tx.tx, &file.owner).await?;
+        let used = bytes_of(&mut tx.tx, &file.owner).await?;
         if used.saturating_add(file.bytes) > quota {
             return Err(Error::invalid(format!("the account's files would hold more than its quota of {quota} bytes")));
         }
@@ -70,7 +70,7 @@ impl FileStore for SqlMetaStore {
 
     async fn upload_bytes(&self, owner: &str) -> Result<u64> {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        bytes_of(&mut *conn, owner).await
+        bytes_of(&mut conn, owner).await
     }
 
     async fn delete_upload(&self, id: &str, event: AuditEvent) -> Result<()> {

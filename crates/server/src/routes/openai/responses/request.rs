@@ -248,7 +248,7 @@ fn metadata(metadata: Option<std::collections::BTreeMap<String, Value>>) -> Resu
         if key.chars().count() > 64 {
             return Err(OpenAiError::invalid("metadata keys are at most 64 characters", Some("metadata")));
         }
-        if !value.as_str().is_some_and(|v| v.chars().count() <= 512) {
+        if value.as_str().is_none_or(|v| v.chars().count() > 512) {
             return Err(OpenAiError::invalid(format!("metadata.{key} must be a string of at most 512 characters"), Some("metadata")));
         }
     }
