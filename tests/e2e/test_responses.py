@@ -140,7 +140,7 @@ def test_the_agents_sdk_with_its_default_responses_model(server, smol):
         seen.append(city)
         return f"It is sunny in {city}."
 
-    agent = agents.Agent(name="assistant", instructions=INSTRUCTIONS, model=name, tools=[get_weather], model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=100))
+    agent = agents.Agent(name="assistant", instructions=INSTRUCTIONS, model=name, tools=[get_weather], model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=400))
     result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?", max_turns=4))
     assert seen, "the agent called the tool"
     assert isinstance(result.final_output, str)
