@@ -18,6 +18,7 @@ pub mod repo;
 pub mod responses;
 pub mod routes;
 mod system;
+pub mod vectors;
 pub mod vetting;
 pub mod webhooks;
 pub mod xet;

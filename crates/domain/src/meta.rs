@@ -149,6 +149,7 @@ pub trait MetaStore:
     + crate::pipelines::PipelineStore
     + crate::responses::ResponseStore
     + crate::files::FileStore
+    + crate::vectors::VectorStoreStore
     + Send
     + Sync
     + 'static
@@ -171,6 +172,7 @@ impl<
             + crate::pipelines::PipelineStore
             + crate::responses::ResponseStore
             + crate::files::FileStore
+            + crate::vectors::VectorStoreStore
             + Send
             + Sync
             + 'static,

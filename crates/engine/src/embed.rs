@@ -68,6 +68,12 @@ impl EmbedEngine {
         self.tokenizer.encode_truncating(text, self.max_tokens)
     }
 
+    /// How many tokens `text` takes without the model's special tokens (saturating at the
+    /// tokenizer's own truncation length).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode_special(text, false).len()
+    }
+
     /// Length of each embedding.
     pub fn dims(&self) -> usize {
         self.dims

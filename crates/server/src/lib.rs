@@ -11,6 +11,7 @@ pub mod evals;
 pub mod inference;
 pub mod metrics;
 pub mod pipelines;
+pub mod retrieval;
 pub mod rollouts;
 mod routes;
 pub mod runtime;
@@ -51,6 +52,10 @@ pub struct AppState {
     pub quotas: quotas::QuotaCache,
     /// Signs audit checkpoints.
     pub audit_signer: Arc<audit_log::AuditSigner>,
+    /// Notified after files are attached to a vector store, so ingestion starts at once.
+    pub ingest_wake: Arc<tokio::sync::Notify>,
+    /// Vector-store search indexes this process holds.
+    pub indexes: Arc<retrieval::Indexes>,
 }
 
 /// Builds the whole router.
@@ -89,6 +94,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         usage,
         quotas: quotas::QuotaCache::default(),
         audit_signer,
+        ingest_wake: Arc::new(tokio::sync::Notify::new()),
+        indexes: Arc::default(),
     })
 }
 
@@ -103,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
     let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
+    let ingester = tokio::spawn(retrieval::run_worker(state.clone(), state.ingest_wake.clone(), workers_stopped.clone()));
     let controller = tokio::spawn(rollouts::run_controller(state.clone(), workers_stopped.clone()));
     let webhooks = tokio::spawn(webhooks::run_worker(state.clone(), workers_stopped.clone()));
     let pipelines = tokio::spawn(pipelines::run_worker(state.clone(), workers_stopped.clone()));
@@ -113,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _ = stop_workers.send(true);
     let _ = worker.await;
     let _ = evaluator.await;
+    let _ = ingester.await;
     let _ = controller.await;
     let _ = webhooks.await;
     let _ = pipelines.await;

@@ -34,6 +34,7 @@ const SQLITE: &[Script] = &[
     (11, "usage_ttft", include_str!("../migrations/sqlite/0011_usage_ttft.sql")),
     (12, "pipelines", include_str!("../migrations/sqlite/0012_pipelines.sql")),
     (13, "responses", include_str!("../migrations/sqlite/0013_responses.sql")),
+    (14, "vector_stores", include_str!("../migrations/sqlite/0014_vector_stores.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -49,6 +50,7 @@ const POSTGRES: &[Script] = &[
     (11, "usage_ttft", include_str!("../migrations/postgres/0011_usage_ttft.sql")),
     (12, "pipelines", include_str!("../migrations/postgres/0012_pipelines.sql")),
     (13, "responses", include_str!("../migrations/postgres/0013_responses.sql")),
+    (14, "vector_stores", include_str!("../migrations/postgres/0014_vector_stores.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

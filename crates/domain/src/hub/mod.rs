@@ -28,6 +28,8 @@ mod responses;
 pub use responses::{MAX_CHAIN, MAX_CHAIN_BYTES};
 mod routes;
 pub use routes::{ChangeNote, RolloutPlan, RouteTarget};
+mod vectors;
+pub use vectors::{expired as vector_store_expired, Attach, MAX_ATTACH, MAX_INGEST_BYTES};
 mod vetting;
 mod webhooks;
 mod xet;

@@ -24,7 +24,7 @@ fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
     body
 }
 
-async fn upload(server: &TestServer, token: &str, fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Reply {
+pub(crate) async fn upload(server: &TestServer, token: &str, fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Reply {
     server.send("POST", "/v1/files", Some(token), Some(&format!("multipart/form-data; boundary={BOUNDARY}")), multipart(fields, file)).await
 }
 

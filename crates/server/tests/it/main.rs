@@ -19,6 +19,7 @@ mod routes;
 mod structured;
 mod tidy;
 mod usage;
+mod vector_stores;
 mod vetting;
 mod webhooks;
 mod xet;

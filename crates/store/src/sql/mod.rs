@@ -38,6 +38,7 @@ mod repos;
 mod responses;
 mod routes;
 mod scans;
+mod vectors;
 mod webhooks;
 mod xet;
 

@@ -10,6 +10,7 @@ pub(crate) mod files;
 mod params;
 mod responses;
 mod tokenizer;
+pub(crate) mod vector_stores;
 pub(crate) mod webhooks;
 
 use api::openai as wire;

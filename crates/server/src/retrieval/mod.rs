@@ -1,0 +1,195 @@
+//! Retrieval over vector stores: the ingestion worker (a file's text extracted, chunked in the
+//! embedding model's tokens, embedded through the inference service as the store's owner, its
+//! chunks written in one transaction), and search (each replica keeps an index per store, rebuilt
+//! when the store's version moved, so every replica answers a query the same way once an ingest
+//! committed anywhere).
+
+pub(crate) mod chunk;
+mod extract;
+pub(crate) mod index;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::auth::Principal;
+use domain::vectors::{Chunk, StoreFile, VectorStore};
+use serde_json::{json, Value};
+
+use crate::inference::{self, EmbedInput, EmbedRequest, InferenceError};
+use crate::runtime::Backend;
+use crate::AppState;
+use chunk::Chunking;
+use index::{Filter, Index, Weights};
+
+/// How long a claimed file is held before another replica may take it over.
+const LEASE_SECS: i64 = 600;
+/// The longest text extraction and chunking of one file may take.
+const EXTRACT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Chunks embedded per request.
+const EMBED_BATCH: usize = 64;
+/// Stores whose index one process keeps.
+const MAX_CACHED: usize = 64;
+
+/// The search indexes this process holds, by store.
+#[derive(Default)]
+pub struct Indexes {
+    cached: Mutex<HashMap<String, Arc<Index>>>,
+}
+
+/// Ingests files until `shutdown` (woken at once by `wake`, else every second).
+pub async fn run_worker(state: AppState, wake: Arc<tokio::sync::Notify>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match state.hub.claim_ingestion(LEASE_SECS).await {
+            Ok(Some(file)) => {
+                process(&state, file).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!("failed to claim a file to ingest: {err:#}"),
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Ingests every file waiting now; how many (for tests and tools).
+pub async fn ingest_pending(state: &AppState) -> anyhow::Result<usize> {
+    let mut n = 0;
+    while let Some(file) = state.hub.claim_ingestion(LEASE_SECS).await? {
+        process(state, file).await;
+        n += 1;
+    }
+    Ok(n)
+}
+
+async fn process(state: &AppState, file: StoreFile) {
+    let outcome = ingest(state, &file).await;
+    if let Err(error) = &outcome {
+        tracing::info!(store = %file.store_id, file = %file.file_id, "ingestion failed: {error}");
+    }
+    if let Err(err) = state.hub.finish_ingestion(&file, outcome).await {
+        tracing::warn!(store = %file.store_id, file = %file.file_id, "failed to store an ingestion: {err:#}");
+    }
+}
+
+fn failure(code: &str, message: impl std::fmt::Display) -> Value {
+    json!({ "code": code, "message": message.to_string() })
+}
+
+/// A file's chunks with their vectors, or why it has none.
+async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value> {
+    let (store, bytes) = state.hub.ingestion_source(file).await.map_err(|err| failure("invalid_file", err))?;
+    let principal = state.hub.principal_of_token(store.token_id).await.map_err(|err| failure("server_error", err))?;
+    let target = inference::resolve(state, &principal, &store.embedding_model).await.map_err(|err| failure("server_error", crate::routes::openai::OpenAiError::from(err).message()))?;
+    if target.served.revision != store.embedding_revision {
+        return Err(failure("server_error", format!("the store was embedded by {} and its model now serves {}; re-indexing is not built yet", store.embedding_revision, target.served.revision)));
+    }
+    let Backend::Embed(engine) = &target.served.backend else {
+        return Err(failure("server_error", format!("{} is not an embedding model", store.embedding_model)));
+    };
+    let chunking = Chunking { max_tokens: file.chunking["max_chunk_size_tokens"].as_u64().unwrap_or(800) as usize, overlap: file.chunking["chunk_overlap_tokens"].as_u64().unwrap_or(0) as usize };
+    let (engine, filename) = (engine.clone(), file.filename.clone());
+    let work = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Value> {
+        let text = extract::text_of(&filename, &bytes).map_err(|refused| failure(refused.code, refused.message))?;
+        Ok(chunk::chunks(&text, chunking, |piece| engine.count_tokens(piece)))
+    });
+    let texts = match tokio::time::timeout(EXTRACT_TIMEOUT, work).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) => return Err(failure("server_error", "text extraction failed")),
+        Err(_) => return Err(failure("invalid_file", "text extraction took too long")),
+    };
+    let mut chunks = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(EMBED_BATCH) {
+        let request = EmbedRequest { api: "openai.vector_stores.ingest", input: EmbedInput::Texts(batch.to_vec()), truncate: true, dimensions: None };
+        let embedded = inference::embed(state, &principal, &target, request).await.map_err(|err| failure("server_error", crate::routes::openai::OpenAiError::from(err).message()))?;
+        for (text, vector) in batch.iter().zip(embedded.vectors) {
+            chunks.push(Chunk { file_id: file.file_id.clone(), index: chunks.len() as u32, text: text.clone(), vector });
+        }
+    }
+    Ok(chunks)
+}
+
+/// A search of one store.
+pub(crate) struct Search {
+    /// One query or several (results merged, each chunk at its best score).
+    pub(crate) queries: Vec<String>,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) max: usize,
+    pub(crate) weights: Weights,
+    pub(crate) threshold: f32,
+}
+
+/// One result.
+#[derive(Clone, Debug)]
+pub(crate) struct Found {
+    pub(crate) file_id: String,
+    pub(crate) filename: String,
+    pub(crate) score: f32,
+    pub(crate) attributes: Value,
+    pub(crate) text: String,
+}
+
+/// Searches one of the caller's stores.
+pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &str, search: Search) -> Result<Vec<Found>, InferenceError> {
+    let store = state.hub.searchable_store(principal, store_id).await?;
+    let index = index_of(state, &store).await?;
+    let mut weights = search.weights;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; search.queries.len()];
+    if weights.embedding > 0.0 && !index.chunks.is_empty() {
+        let target = inference::resolve(state, principal, &store.embedding_model).await?;
+        if target.served.revision == store.embedding_revision {
+            let request = EmbedRequest { api: "openai.vector_stores.search", input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
+            vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
+        } else {
+            // Vectors of another revision are not comparable: rank by text until re-indexed.
+            tracing::warn!(store = %store.id, "the embedding model moved from {} to {}; searching by text only", store.embedding_revision, target.served.revision);
+            weights.embedding = 0.0;
+        }
+    }
+    let (queries, filter, max) = (search.queries, search.filter, search.max);
+    let index_for_search = index.clone();
+    let hits = inference::prompt::off_async(move || {
+        let mut best: HashMap<usize, f32> = HashMap::new();
+        for (query, vector) in queries.iter().zip(&vectors) {
+            for hit in index_for_search.search(query, vector.as_deref(), filter.as_ref(), weights, max) {
+                let score = best.entry(hit.chunk).or_insert(0.0);
+                *score = score.max(hit.score);
+            }
+        }
+        let mut hits: Vec<(usize, f32)> = best.into_iter().collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits
+    })
+    .await;
+    Ok(hits
+        .into_iter()
+        .filter(|(_, score)| *score >= search.threshold)
+        .take(max)
+        .map(|(i, score)| {
+            let chunk = &index.chunks[i];
+            Found { file_id: chunk.chunk.file_id.clone(), filename: chunk.filename.clone(), score, attributes: chunk.attributes.clone(), text: chunk.chunk.text.clone() }
+        })
+        .collect())
+}
+
+/// The store's index at its current version: this process's cached one, or built anew.
+async fn index_of(state: &AppState, store: &VectorStore) -> Result<Arc<Index>, InferenceError> {
+    if let Some(index) = state.indexes.cached.lock().unwrap_or_else(|e| e.into_inner()).get(&store.id).filter(|i| i.version >= store.version) {
+        return Ok(index.clone());
+    }
+    let (version, chunks) = state.hub.vector_chunks(store).await?;
+    let index = Arc::new(inference::prompt::off_async(move || Index::build(version, chunks)).await);
+    let mut cached = state.indexes.cached.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.len() >= MAX_CACHED && !cached.contains_key(&store.id) {
+        cached.clear();
+    }
+    cached.insert(store.id.clone(), index.clone());
+    Ok(index)
+}

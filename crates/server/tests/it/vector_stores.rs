@@ -1,0 +1,155 @@
+//! Vector stores on the mock encoder (byte tokens, 64 per input): files attached and ingested by
+//! the job worker (chunked in the model's tokens, embedded), hybrid search with filters and
+//! scores in [0, 1], batches, hostile and unsupported files as per-file errors, and tenants kept
+//! apart.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::files::upload;
+use crate::harness::TestServer;
+use crate::openai::{deployed, deployed_encoder};
+
+async fn file(server: &TestServer, token: &str, name: &str, content: &str) -> String {
+    let reply = upload(server, token, &[("purpose", "assistants")], Some((name, content.as_bytes()))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+async fn search(server: &TestServer, token: &str, store: &str, body: Value) -> Value {
+    let reply = server.json("POST", &format!("/v1/vector_stores/{store}/search"), Some(token), body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    reply.json()
+}
+
+#[tokio::test]
+async fn files_are_ingested_and_searched_with_filters() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let cats = file(&server, &token, "cats.txt", "Cats are small domesticated carnivorous mammals. Cats purr when content and hunt mice at night.").await;
+    let market = file(&server, &token, "market.md", "# Markets\nThe stock market fell sharply on Monday as bond yields rose.").await;
+    let page = file(&server, &token, "page.html", "<html><head><script>var cats = 1;</script></head><body><p>Dogs are loyal pets.</p></body></html>").await;
+
+    let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb", "file_ids": [cats, market] })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let store = reply.json();
+    let id = store["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("vs_"));
+    assert_eq!(store["object"], "vector_store");
+    assert_eq!(store["embedding_model"], "enc", "the only embedding deployment is the default");
+    assert_eq!(store["metadata"]["embedding_model"], "enc");
+    assert!(store["embedding_revision"].as_str().unwrap().starts_with("ann/enc@"));
+    assert_eq!(store["file_counts"]["in_progress"], 2);
+
+    assert_eq!(server::retrieval::ingest_pending(&server.state).await.unwrap(), 2);
+    let store = server.get(&format!("/v1/vector_stores/{id}"), Some(&token)).await.json();
+    assert_eq!(store["status"], "completed");
+    assert_eq!(store["file_counts"]["completed"], 2);
+    assert!(store["usage_bytes"].as_u64().unwrap() > 0);
+    let attached = server.get(&format!("/v1/vector_stores/{id}/files/{cats}"), Some(&token)).await.json();
+    assert_eq!(attached["status"], "completed");
+    // Chunked in the model's tokens: the mock takes 64, so a chunk holds at most 62.
+    assert_eq!(attached["chunking_strategy"]["static"]["max_chunk_size_tokens"], 62);
+
+    let found = search(&server, &token, &id, json!({ "query": "cats hunt mice" })).await;
+    assert_eq!(found["object"], "vector_store.search_results.page");
+    let data = found["data"].as_array().unwrap();
+    assert_eq!(data[0]["file_id"], cats.as_str(), "{found}");
+    assert_eq!(data[0]["filename"], "cats.txt");
+    assert!(data.iter().all(|d| (0.0..=1.0).contains(&d["score"].as_f64().unwrap())));
+    assert!(data[0]["content"][0]["text"].as_str().unwrap().contains("Cats"));
+
+    // Attributes filter inside the search: the only finance file is found even at one result.
+    let reply = server.json("POST", &format!("/v1/vector_stores/{id}/files"), Some(&token), json!({ "file_id": page, "attributes": { "kind": "pets", "year": 2024 } })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server.json("POST", &format!("/v1/vector_stores/{id}/files/{market}"), Some(&token), json!({ "attributes": { "kind": "finance", "year": 2023 } })).await;
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+    let filtered = search(&server, &token, &id, json!({ "query": "cats", "max_num_results": 1, "filters": { "type": "eq", "key": "kind", "value": "finance" } })).await;
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+    assert_eq!(filtered["data"][0]["file_id"], market.as_str());
+    let compound = json!({ "type": "and", "filters": [{ "type": "eq", "key": "kind", "value": "pets" }, { "type": "gte", "key": "year", "value": 2024 }] });
+    let pets = search(&server, &token, &id, json!({ "query": "loyal dogs", "filters": compound, "ranking_options": { "hybrid_search": { "embedding_weight": 0, "text_weight": 1 } } })).await;
+    assert_eq!(pets["data"][0]["file_id"], page.as_str());
+    assert!(!pets["data"][0]["content"][0]["text"].as_str().unwrap().contains("var cats"), "scripts are not text");
+    // A threshold of 1 keeps only a perfect score.
+    let strict = search(&server, &token, &id, json!({ "query": "stock market", "ranking_options": { "score_threshold": 1.0, "hybrid_search": { "embedding_weight": 0, "text_weight": 1 } } })).await;
+    assert_eq!(strict["data"].as_array().unwrap().len(), 1);
+
+    // Detached, a file is no longer found.
+    let reply = server.send("DELETE", &format!("/v1/vector_stores/{id}/files/{market}"), Some(&token), None, Vec::new()).await;
+    assert_eq!(reply.json()["deleted"], true);
+    let gone = search(&server, &token, &id, json!({ "query": "stock market bond yields", "ranking_options": { "hybrid_search": { "embedding_weight": 0, "text_weight": 1 } } })).await;
+    assert!(gone["data"].as_array().unwrap().iter().all(|d| d["file_id"] != market.as_str()), "{gone}");
+
+    let actions = server.audit_actions().await;
+    for action in ["vector_store.create", "vector_store.files.attach", "vector_store.file.update", "vector_store.file.detach"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn batches_bad_files_and_bad_requests() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let store = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb", "chunking_strategy": { "type": "static", "static": { "max_chunk_size_tokens": 40, "chunk_overlap_tokens": 10 } } })).await;
+    assert_eq!(store.status, StatusCode::BAD_REQUEST, "40 is under OpenAI's minimum of 100");
+    let id = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb" })).await.json()["id"].as_str().unwrap().to_owned();
+    let good = file(&server, &token, "a.txt", &"plain words ".repeat(200)).await;
+    let pdf = file(&server, &token, "paper.pdf", "%PDF-1.7 binary").await;
+    let binary = upload(&server, &token, &[("purpose", "assistants")], Some(("blob.txt", &[0xff, 0xfe, 0x00, 0x01][..]))).await.json()["id"].as_str().unwrap().to_owned();
+    let reply = server.json("POST", &format!("/v1/vector_stores/{id}/file_batches"), Some(&token), json!({ "file_ids": [good, pdf, binary], "attributes": { "source": "batch" } })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let batch = reply.json();
+    assert!(batch["id"].as_str().unwrap().starts_with("vsfb_"));
+    assert_eq!(batch["status"], "in_progress");
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+    let batch = server.get(&format!("/v1/vector_stores/{id}/file_batches/{}", batch["id"].as_str().unwrap()), Some(&token)).await.json();
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(batch["file_counts"], json!({ "in_progress": 0, "completed": 1, "failed": 2, "cancelled": 0, "total": 3 }));
+    let failed = server.get(&format!("/v1/vector_stores/{id}/files/{pdf}"), Some(&token)).await.json();
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["last_error"]["code"], "unsupported_file");
+    let long = server.get(&format!("/v1/vector_stores/{id}/files/{good}"), Some(&token)).await.json();
+    assert_eq!(long["attributes"]["source"], "batch");
+    let listed = server.get(&format!("/v1/vector_stores/{id}/files?filter=failed"), Some(&token)).await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+
+    for (body, param) in [
+        (json!({ "query": "x", "filters": { "type": "like", "key": "a", "value": 1 } }), "filters"),
+        (json!({ "query": "x", "max_num_results": 0 }), "max_num_results"),
+        (json!({ "query": "" }), "query"),
+        (json!({ "query": "x", "ranking_options": { "score_threshold": 2 } }), "ranking_options.score_threshold"),
+        (json!({ "query": "x", "rewrite_query": true }), "rewrite_query"),
+        (json!({ "query": "x", "bogus": 1 }), "bogus"),
+    ] {
+        let reply = server.json("POST", &format!("/v1/vector_stores/{id}/search"), Some(&token), body.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {:?}", reply.json());
+        assert_eq!(reply.json()["error"]["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn another_tenant_sees_nothing_and_a_read_token_only_reads() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let mine = file(&server, &token, "a.txt", "secret plans").await;
+    let id = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "file_ids": [mine] })).await.json()["id"].as_str().unwrap().to_owned();
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+
+    let bob = server.user("bob", None, "write").await;
+    assert_eq!(server.get(&format!("/v1/vector_stores/{id}"), Some(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.json("POST", &format!("/v1/vector_stores/{id}/search"), Some(&bob), json!({ "query": "secret" })).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/v1/vector_stores", Some(&bob)).await.json()["data"], json!([]));
+    // Bob cannot put Ann's file in a store of his own either.
+    let reply = server.json("POST", "/v1/vector_stores", Some(&bob), json!({ "embedding_model": "enc", "file_ids": [mine] })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+
+    let reader = server.token("ann", "read").await;
+    assert_eq!(search(&server, &reader, &id, json!({ "query": "secret" })).await["data"].as_array().unwrap().len(), 1);
+    let other = file(&server, &token, "b.txt", "more").await;
+    assert_eq!(server.json("POST", &format!("/v1/vector_stores/{id}/files"), Some(&reader), json!({ "file_id": other })).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(server.send("DELETE", &format!("/v1/vector_stores/{id}"), Some(&reader), None, Vec::new()).await.status, StatusCode::FORBIDDEN);
+    let reply = server.send("DELETE", &format!("/v1/vector_stores/{id}"), Some(&token), None, Vec::new()).await;
+    assert_eq!(reply.json()["deleted"], true);
+    assert_eq!(server.get(&format!("/v1/vector_stores/{id}"), Some(&token)).await.status, StatusCode::NOT_FOUND);
+}
