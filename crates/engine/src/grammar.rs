@@ -123,6 +123,18 @@ impl Grammar {
         Ok(grammar)
     }
 
+    /// Free text in which a `[` opens only a citation of one of `sources` numbered sources
+    /// (`[1]` to `[sources]`): the model can cite nothing it was not given.
+    pub fn citations(sources: usize) -> Result<Grammar, SchemaError> {
+        if sources == 0 {
+            return Err(SchemaError { path: "#".into(), message: "no source to cite".into() });
+        }
+        let numbers: Vec<String> = (1..=sources).map(|n| n.to_string()).collect();
+        let grammar = Grammar { source: Source::Lark(format!("start: /([^\\[]|\\[({})\\])*/\n", numbers.join("|"))) };
+        grammar.check()?;
+        Ok(grammar)
+    }
+
     fn top_level(&self) -> TopLevelGrammar {
         match &self.source {
             Source::Schema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),

@@ -51,6 +51,12 @@ impl Hub {
         Ok(chain)
     }
 
+    /// Records a built-in tool's run for a response (who, the tool, what it read and found).
+    pub async fn record_tool_run(&self, principal: &Principal, tool: &str, response_id: &str, details: serde_json::Value) -> Result<()> {
+        let user = principal.user()?;
+        self.meta.append_audit(AuditEvent::new(&user.name, &format!("tool.{tool}"), format!("response:{response_id}"), details)).await
+    }
+
     /// Deletes one of the caller's responses.
     pub async fn delete_response(&self, principal: &Principal, id: &str) -> Result<()> {
         let user = principal.user()?;

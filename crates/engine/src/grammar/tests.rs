@@ -140,3 +140,18 @@ fn masks_over_multi_byte_tokens_follow_the_grammar() {
     assert!(constraint.advance(6)); // c"
     assert!(!constraint.advance(9), "x is not allowed after the string");
 }
+
+#[test]
+fn citations_name_only_given_sources() {
+    let cited = Grammar::citations(2).unwrap();
+    assert_eq!(cited.check_text(b"Cats purr [1] and dogs bark [2]."), TextMatch::Complete);
+    assert_eq!(cited.check_text(b"Plain text, no citation."), TextMatch::Complete);
+    assert_eq!(cited.check_text(b"See [1"), TextMatch::Prefix);
+    assert_eq!(cited.check_text(b"See [3]"), TextMatch::Rejected);
+    assert_eq!(cited.check_text(b"See [12]"), TextMatch::Rejected);
+    assert_eq!(cited.check_text(b"[x]"), TextMatch::Rejected);
+    assert!(Grammar::citations(0).is_err());
+    let many = Grammar::citations(12).unwrap();
+    assert_eq!(many.check_text(b"[12] and [1]"), TextMatch::Complete);
+    assert_eq!(many.check_text(b"[13]"), TextMatch::Rejected);
+}

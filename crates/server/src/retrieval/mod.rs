@@ -117,7 +117,10 @@ async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value>
 }
 
 /// A search of one store.
+#[derive(Clone)]
 pub(crate) struct Search {
+    /// The API that embeds the queries, as usage records name it.
+    pub(crate) api: &'static str,
     /// One query or several (results merged, each chunk at its best score).
     pub(crate) queries: Vec<String>,
     pub(crate) filter: Option<Filter>,
@@ -145,7 +148,7 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
     if weights.embedding > 0.0 && !index.chunks.is_empty() {
         let target = inference::resolve(state, principal, &store.embedding_model).await?;
         if target.served.revision == store.embedding_revision {
-            let request = EmbedRequest { api: "openai.vector_stores.search", input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
+            let request = EmbedRequest { api: search.api, input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
             vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
         } else {
             // Vectors of another revision are not comparable: rank by text until re-indexed.

@@ -153,3 +153,53 @@ async fn another_tenant_sees_nothing_and_a_read_token_only_reads() {
     assert_eq!(reply.json()["deleted"], true);
     assert_eq!(server.get(&format!("/v1/vector_stores/{id}"), Some(&token)).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn file_search_in_a_response_cites_only_what_it_retrieved() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let cats = file(&server, &token, "cats.txt", "Cats purr when they are content.").await;
+    let id = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "file_ids": [cats] })).await.json()["id"].as_str().unwrap().to_owned();
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+
+    let tools = json!([{ "type": "file_search", "vector_store_ids": [id], "max_num_results": 3 }]);
+    let body = json!({ "model": "tiny", "input": "Why do cats purr? [[say:They purr when content [1].]]", "tools": tools, "include": ["file_search_call.results"], "max_output_tokens": 200, "temperature": 0 });
+    let reply = server.json("POST", "/v1/responses", Some(&token), body.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let response = reply.json();
+    let output = response["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "file_search_call");
+    assert_eq!(output[0]["status"], "completed");
+    assert!(output[0]["queries"][0].as_str().unwrap().contains("cats purr"));
+    assert_eq!(output[0]["results"][0]["file_id"], cats.as_str());
+    let message = &output[1];
+    assert_eq!(message["content"][0]["text"], "They purr when content [1].");
+    assert_eq!(message["content"][0]["annotations"], json!([{ "type": "file_citation", "file_id": cats, "filename": "cats.txt", "index": 23 }]));
+    let actions = server.audit_actions().await;
+    assert!(actions.iter().any(|a| a == "tool.file_search"), "{actions:?}");
+
+    // A citation of a source that was not retrieved cannot be written: decoding holds `[n]` to
+    // the sources given (one here), so the scripted `[7]` never appears.
+    let mut bad = body.clone();
+    bad["input"] = json!("Why? [[say:See [7] for more.]]");
+    let response = server.json("POST", "/v1/responses", Some(&token), bad).await.json();
+    let text = response["output"][1]["content"][0]["text"].as_str().unwrap().to_owned();
+    assert!(!text.contains("[7]"), "{text}");
+    assert!(response["output"][1]["content"][0]["annotations"].as_array().unwrap().iter().all(|a| a["file_id"] == cats.as_str()));
+
+    // Streamed: the search call's events come before the text, and the annotation is announced.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let reply = server.json("POST", "/v1/responses", Some(&token), streamed).await;
+    let raw = String::from_utf8(reply.body.clone()).unwrap();
+    let names: Vec<&str> = raw.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let searching = names.iter().position(|n| *n == "response.file_search_call.completed").unwrap();
+    let first_text = names.iter().position(|n| *n == "response.output_text.delta").unwrap();
+    assert!(searching < first_text, "{names:?}");
+    assert!(names.contains(&"response.output_text.annotation.added"), "{names:?}");
+
+    // Another tenant's store cannot be searched through a response.
+    let bob = server.user("bob", None, "write").await;
+    let reply = server.json("POST", "/v1/responses", Some(&bob), body).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
+}

@@ -21,6 +21,8 @@ use crate::AppState;
 const AUTO_CHUNK: u64 = 800;
 const AUTO_OVERLAP: u64 = 400;
 const MIN_CHUNK: u64 = 100;
+/// The most queries one search may run.
+const MAX_QUERIES: usize = 8;
 const MAX_CHUNK: u64 = 4096;
 
 fn time(at: &str) -> i64 {
@@ -438,7 +440,7 @@ pub(crate) async fn batch_files(State(state): State<AppState>, headers: HeaderMa
 
 /// The search fields both the search endpoint and the `file_search` tool take.
 pub(crate) fn search_of(queries: Vec<String>, filters: Option<&Value>, max: Option<&Value>, ranking: Option<&Value>, param: &str) -> Result<Search, OpenAiError> {
-    if queries.is_empty() || queries.len() > 8 || queries.iter().any(|q| q.trim().is_empty() || q.len() > 16 * 1024) {
+    if queries.is_empty() || queries.len() > MAX_QUERIES || queries.iter().any(|q| q.trim().is_empty() || q.len() > 16 * 1024) {
         return Err(OpenAiError::invalid("query must be 1 to 8 non-empty strings of at most 16 KiB", Some("query")));
     }
     let filter = match filters {
@@ -480,7 +482,7 @@ pub(crate) fn search_of(queries: Vec<String>, filters: Option<&Value>, max: Opti
             }
         }
     }
-    Ok(Search { queries, filter, max, weights, threshold })
+    Ok(Search { api: "openai.vector_stores.search", queries, filter, max, weights, threshold })
 }
 
 /// `POST /v1/vector_stores/{id}/search`.

@@ -40,11 +40,13 @@ pub(super) struct Builder {
     logprobs: bool,
     pending: Vec<Value>,
     length_cut: bool,
+    /// Sources a `file_search` gave the model, numbered from 1: `(file_id, filename)`.
+    sources: Vec<(String, String)>,
 }
 
 impl Builder {
     pub(super) fn new(envelope: Map<String, Value>, logprobs: bool) -> Builder {
-        Builder { envelope, sequence: 0, output: Vec::new(), open: None, logprobs, pending: Vec::new(), length_cut: false }
+        Builder { envelope, sequence: 0, output: Vec::new(), open: None, logprobs, pending: Vec::new(), length_cut: false, sources: Vec::new() }
     }
 
     /// The response object as it stands.
@@ -70,6 +72,24 @@ impl Builder {
     pub(super) fn start(&mut self) -> Vec<Event> {
         let snapshot = self.snapshot("in_progress");
         vec![self.event("response.created", json!({ "response": snapshot })), self.event("response.in_progress", json!({ "response": snapshot }))]
+    }
+
+    /// A `file_search_call` that ran before generation, its events, and the sources the answer
+    /// may cite (numbered from 1, in order).
+    pub(super) fn searched(&mut self, queries: Vec<String>, results: Option<Vec<Value>>, sources: Vec<(String, String)>) -> Vec<Event> {
+        let id = format!("fs_{}", random_id());
+        let index = self.output.len();
+        let mut events = Vec::new();
+        let pending = json!({ "id": id, "type": "file_search_call", "status": "in_progress", "queries": queries, "results": null });
+        events.push(self.event("response.output_item.added", json!({ "output_index": index, "item": pending })));
+        for kind in ["response.file_search_call.in_progress", "response.file_search_call.searching", "response.file_search_call.completed"] {
+            events.push(self.event(kind, json!({ "item_id": id, "output_index": index })));
+        }
+        let item = json!({ "id": id, "type": "file_search_call", "status": "completed", "queries": queries, "results": results });
+        events.push(self.event("response.output_item.done", json!({ "output_index": index, "item": item })));
+        self.output.push(item);
+        self.sources = sources;
+        events
     }
 
     /// The events one inference output makes (the end comes through `end`).
@@ -138,8 +158,13 @@ impl Builder {
         match self.open.take() {
             None => {}
             Some(Open::Message { id, text, logprobs }) => {
+                let annotations = citations(&text, &self.sources);
+                for (n, annotation) in annotations.iter().enumerate() {
+                    let body = json!({ "item_id": id, "output_index": index, "content_index": 0, "annotation_index": n, "annotation": annotation });
+                    events.push(self.event("response.output_text.annotation.added", body));
+                }
                 events.push(self.event("response.output_text.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": logprobs })));
-                let mut part = json!({ "type": "output_text", "text": text, "annotations": [] });
+                let mut part = json!({ "type": "output_text", "text": text, "annotations": annotations });
                 if self.logprobs {
                     part["logprobs"] = Value::Array(logprobs);
                 }
@@ -202,6 +227,30 @@ impl Builder {
         };
         self.event(kind, json!({ "response": response }))
     }
+}
+
+/// `file_citation` annotations for the `[n]` markers in `text` that name one of `sources`
+/// (numbered from 1); `index` is the marker's position in characters.
+fn citations(text: &str, sources: &[(String, String)]) -> Vec<Value> {
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    let mut annotations = Vec::new();
+    let mut chars = 0;
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        chars += rest[..open].chars().count();
+        let after = &rest[open + 1..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        let cited = digits.parse::<usize>().ok().filter(|n| (1..=sources.len()).contains(n) && after[digits.len()..].starts_with(']'));
+        if let Some(n) = cited {
+            let (file_id, filename) = &sources[n - 1];
+            annotations.push(json!({ "type": "file_citation", "file_id": file_id, "filename": filename, "index": chars }));
+        }
+        chars += 1;
+        rest = after;
+    }
+    annotations
 }
 
 /// One token's log probability as `output_text.logprobs` writes it.
@@ -278,6 +327,23 @@ mod tests {
         b.push(Output::Finished { choice: 0, reason: Finish::Stop });
         let response = b.finish(&Ending::Completed, Some((1, 0)));
         assert_eq!(response["output"][0]["content"][0]["text"], "");
+    }
+
+    #[test]
+    fn citations_point_only_at_given_sources() {
+        let mut b = builder();
+        let events = b.searched(vec!["cats".into()], None, vec![("file-a".into(), "a.txt".into()), ("file-b".into(), "b.txt".into())]);
+        assert_eq!(events.first().unwrap().0, "response.output_item.added");
+        assert_eq!(events.last().unwrap().0, "response.output_item.done");
+        b.push(Output::Text { choice: 0, text: "Cats purr [1]. Dogs [2] bark [3] [x].".into() });
+        let events = b.push(Output::Finished { choice: 0, reason: Finish::Stop });
+        assert_eq!(events.iter().filter(|e| e.0 == "response.output_text.annotation.added").count(), 2);
+        let response = b.finish(&Ending::Completed, Some((1, 1)));
+        assert_eq!(response["output"][0]["type"], "file_search_call");
+        let annotations = response["output"][1]["content"][0]["annotations"].as_array().unwrap();
+        assert_eq!(annotations.len(), 2);
+        assert_eq!(annotations[0], json!({ "type": "file_citation", "file_id": "file-a", "filename": "a.txt", "index": 10 }));
+        assert_eq!(annotations[1]["file_id"], "file-b");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::OpenAiError;
 use crate::inference::{self, Answer, Input, Output};
+use crate::retrieval;
 use crate::AppState;
 use events::{Builder, Ending};
 use request::Parsed;
@@ -49,19 +50,41 @@ pub(crate) async fn create_response(State(state): State<AppState>, headers: Head
         items.extend(earlier.body.get("output").and_then(Value::as_array).into_iter().flatten());
     }
     items.extend(parsed.input.iter());
-    let messages = request::chat_messages(parsed.instructions.as_deref(), &items);
+    let mut messages = request::chat_messages(parsed.instructions.as_deref(), &items);
     let target = inference::resolve(&state, &principal, &parsed.model).await?;
-    let generation = parsed.options.request("openai.responses", Input::Chat(messages), parsed.tools.clone());
+    let response_id = format!("resp_{}", inference::random_id());
+    let searched = match &parsed.file_search {
+        Some(tool) => Some(file_search(&state, &principal, &response_id, tool, &parsed.input, &items).await?),
+        None => None,
+    };
+    let mut options = parsed.options.clone();
+    if let Some(searched) = searched.as_ref().filter(|s| !s.found.is_empty()) {
+        add_sources(&mut messages, &searched.found);
+        // Citations can name only what was retrieved: the answer's `[n]` is held to 1..=n,
+        // unless another grammar (a JSON format, forced calls) already holds it.
+        if options.grammar.is_none() && !parsed.tools.as_ref().is_some_and(|t| t.active()) {
+            let n = searched.found.len();
+            let grammar = inference::prompt::off_async(move || engine::grammar::Grammar::citations(n)).await.map_err(|err| OpenAiError::from(domain::Error::Internal(err.to_string())))?;
+            options.grammar = Some(std::sync::Arc::new(grammar));
+        }
+    }
+    let generation = options.request("openai.responses", Input::Chat(messages), parsed.tools.clone());
     let answer = inference::generate(&state, &principal, &target, generation).await?;
 
     let mut headers = crate::quotas::headers(&answer.limits, None);
     if let Ok(value) = HeaderValue::from_str(&answer.revision) {
         headers.insert("x-mantle-revision", value);
     }
-    let builder = Builder::new(envelope(&parsed, &answer), parsed.top_logprobs.is_some());
+    let mut builder = Builder::new(envelope(&parsed, &answer, &response_id), parsed.top_logprobs.is_some());
+    let mut preamble = builder.start();
+    if let Some(searched) = searched {
+        let results = parsed.include_search_results.then(|| searched.found.iter().map(|f| json!({ "file_id": f.file_id, "filename": f.filename, "score": f.score, "attributes": f.attributes, "text": f.text })).collect());
+        let sources = searched.found.iter().map(|f| (f.file_id.clone(), f.filename.clone())).collect();
+        preamble.extend(builder.searched(searched.queries, results, sources));
+    }
     let run = Run { state, principal, answer, builder, parsed };
     if run.parsed.options.stream {
-        return Ok((headers, Sse::new(stream(run))).into_response());
+        return Ok((headers, Sse::new(stream(run, preamble))).into_response());
     }
     let (response, ending) = run.collect().await?;
     if let Ending::Failed(message) = ending {
@@ -71,9 +94,9 @@ pub(crate) async fn create_response(State(state): State<AppState>, headers: Head
 }
 
 /// What the response object repeats of the request, and its identity.
-fn envelope(parsed: &Parsed, answer: &Answer) -> Map<String, Value> {
+fn envelope(parsed: &Parsed, answer: &Answer, id: &str) -> Map<String, Value> {
     let object = json!({
-        "id": format!("resp_{}", answer.id),
+        "id": id,
         "object": "response",
         "created_at": answer.created,
         "status": "in_progress",
@@ -154,14 +177,13 @@ impl Run {
 
 /// The SSE body: typed events, each with its `event:` name; the stream ends after the terminal
 /// event. Dropping it (a client that went away) drops the answer, which cancels it.
-fn stream(run: Run) -> futures::stream::BoxStream<'static, Result<SseEvent, Infallible>> {
+fn stream(run: Run, preamble: Vec<events::Event>) -> futures::stream::BoxStream<'static, Result<SseEvent, Infallible>> {
     struct State {
         run: Run,
         queue: VecDeque<events::Event>,
         done: bool,
     }
-    let mut run = run;
-    let queue: VecDeque<events::Event> = run.builder.start().into();
+    let queue: VecDeque<events::Event> = preamble.into();
     futures::stream::unfold(State { run, queue, done: false }, |mut s| async move {
         loop {
             if let Some((kind, body)) = s.queue.pop_front() {
@@ -198,6 +220,60 @@ fn stream(run: Run) -> futures::stream::BoxStream<'static, Result<SseEvent, Infa
         }
     })
     .boxed()
+}
+
+/// What a `file_search` found for a response.
+struct Searched {
+    queries: Vec<String>,
+    found: Vec<retrieval::Found>,
+}
+
+/// Runs a request's `file_search`: the query is the request's last user message (else the
+/// conversation's); every named store is searched (each must be the caller's), the results
+/// merged by score; the run is audited with what it read and found.
+async fn file_search(state: &AppState, principal: &Principal, response_id: &str, tool: &request::FileSearch, input: &[Value], items: &[&Value]) -> Result<Searched, OpenAiError> {
+    let text_of = |item: &Value| -> String { item["content"].as_array().into_iter().flatten().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ") };
+    let last_user = |list: &mut dyn Iterator<Item = &Value>| list.filter(|i| i["type"] == "message" && i["role"] == "user").last().map(text_of);
+    let query = last_user(&mut input.iter()).or_else(|| last_user(&mut items.iter().copied())).filter(|q| !q.trim().is_empty());
+    let Some(query) = query else {
+        return Ok(Searched { queries: Vec::new(), found: Vec::new() });
+    };
+    // A query is bounded as the search endpoint bounds it.
+    let mut cut = query.len().min(16 * 1024);
+    while !query.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let query = query[..cut].to_owned();
+    let mut found: Vec<retrieval::Found> = Vec::new();
+    for store in &tool.store_ids {
+        let mut search = tool.search.clone();
+        search.queries = vec![query.clone()];
+        let results = retrieval::search(state, principal, store, search).await.map_err(|err| match err {
+            inference::InferenceError::Domain(domain::Error::NotFound(message)) => OpenAiError::invalid(message, Some("tools")),
+            other => other.into(),
+        })?;
+        found.extend(results);
+    }
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    found.truncate(tool.search.max);
+    let details = json!({ "vector_stores": tool.store_ids, "queries": [query], "results": found.iter().map(|f| json!({ "file_id": f.file_id, "score": f.score })).collect::<Vec<_>>() });
+    state.hub.record_tool_run(principal, "file_search", response_id, details).await?;
+    Ok(Searched { queries: vec![query], found })
+}
+
+/// Puts retrieved chunks, numbered from 1, into the system message, with how to cite them.
+fn add_sources(messages: &mut Vec<Value>, found: &[retrieval::Found]) {
+    let mut text = String::from("Answer from the sources below. After each statement a source supports, cite it by its number in square brackets, like [1].\n");
+    for (n, source) in found.iter().enumerate() {
+        text.push_str(&format!("\n[{}] {}\n{}\n", n + 1, source.filename, source.text.trim()));
+    }
+    match messages.first_mut().filter(|m| m["role"] == "system") {
+        Some(system) => {
+            let before = system["content"].as_str().unwrap_or_default().to_owned();
+            system["content"] = Value::String(format!("{before}\n\n{text}"));
+        }
+        None => messages.insert(0, json!({ "role": "system", "content": text })),
+    }
 }
 
 /// Query of `GET /v1/responses/{id}`.

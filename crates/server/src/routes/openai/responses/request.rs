@@ -13,17 +13,31 @@ use super::super::params::{Endpoint, Options};
 use super::super::OpenAiError;
 use crate::inference::random_id;
 use crate::inference::tools::ToolPlan;
+use crate::retrieval::Search;
 
 /// The `include` values served.
 const INCLUDABLE: &[&str] = &["message.output_text.logprobs", "reasoning.encrypted_content", "file_search_call.results"];
 /// OpenAI's bounds on `metadata`.
 const MAX_METADATA: usize = 16;
 
+/// The `file_search` tool: the stores and how to search them (queries filled in per request).
+pub(super) struct FileSearch {
+    pub(super) store_ids: Vec<String>,
+    pub(super) search: Search,
+}
+
+/// The most stores one `file_search` tool may name.
+const MAX_SEARCH_STORES: usize = 8;
+
 /// A checked request.
 pub(super) struct Parsed {
     pub(super) model: String,
     pub(super) options: Options,
     pub(super) tools: Option<ToolPlan>,
+    /// The `file_search` tool, when offered and not turned off by `tool_choice`.
+    pub(super) file_search: Option<FileSearch>,
+    /// `include: ["file_search_call.results"]`.
+    pub(super) include_search_results: bool,
     /// The tools, tool choice and text settings as the response object repeats them.
     pub(super) tools_echo: Vec<Value>,
     pub(super) tool_choice_echo: Value,
@@ -107,7 +121,7 @@ pub(super) fn parse(request: CreateResponse) -> Result<Parsed, OpenAiError> {
     let mut options = Options::parse(&fields, Endpoint::Chat).map_err(rename_sampling_error)?;
     let (grammar, text_echo) = text_format(request.text.as_ref())?;
     options.grammar = grammar.map(Arc::new);
-    let (tools, tools_echo, tool_choice_echo) = tools(request.tools.as_ref(), request.tool_choice.as_ref(), request.parallel_tool_calls)?;
+    let (tools, file_search, tools_echo, tool_choice_echo) = tools(request.tools.as_ref(), request.tool_choice.as_ref(), request.parallel_tool_calls)?;
     if options.grammar.is_some() && tools.as_ref().is_some_and(ToolPlan::active) {
         return Err(OpenAiError::unsupported("text.format", "a JSON text format together with tools"));
     }
@@ -127,6 +141,8 @@ pub(super) fn parse(request: CreateResponse) -> Result<Parsed, OpenAiError> {
         options,
         parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
         tools,
+        file_search,
+        include_search_results: include.iter().any(|i| i == "file_search_call.results"),
         tools_echo,
         tool_choice_echo,
         text_echo,
@@ -197,7 +213,8 @@ fn text_format(text: Option<&Value>) -> Result<(Option<Grammar>, Value), OpenAiE
 /// `tools` (function tools, flat as this API writes them), `tool_choice` and
 /// `parallel_tool_calls`, into the tool plan chat uses; and the tools and choice as the response
 /// repeats them.
-fn tools(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) -> Result<(Option<ToolPlan>, Vec<Value>, Value), OpenAiError> {
+#[allow(clippy::type_complexity)]
+fn tools(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) -> Result<(Option<ToolPlan>, Option<FileSearch>, Vec<Value>, Value), OpenAiError> {
     let list = match tools {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(list)) => list.clone(),
@@ -205,10 +222,19 @@ fn tools(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) 
     };
     let mut chat_tools = Vec::with_capacity(list.len());
     let mut echo = Vec::with_capacity(list.len());
+    let mut file_search = None;
     for (i, tool) in list.iter().enumerate() {
         let param = format!("tools[{i}]");
         match tool.get("type").and_then(Value::as_str) {
             Some("function") => {}
+            Some("file_search") => {
+                if file_search.is_some() {
+                    return Err(OpenAiError::invalid("only one file_search tool may be given", Some(&param)));
+                }
+                file_search = Some(file_search_tool(tool, &param)?);
+                echo.push(tool.clone());
+                continue;
+            }
             Some(other) => return Err(OpenAiError::unsupported(&format!("{param}.type"), &format!("the {other:?} tool"))),
             None => return Err(OpenAiError::invalid(format!("{param}.type is required"), Some(&param))),
         }
@@ -221,8 +247,15 @@ fn tools(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) 
     }
     let (chat_choice, choice_echo) = match choice {
         None | Some(Value::Null) => (None, json!("auto")),
+        Some(Value::String(s)) if s == "none" => {
+            file_search = None;
+            (Some(Value::String(s.clone())), Value::String(s.clone()))
+        }
+        Some(Value::String(s)) if chat_tools.is_empty() && file_search.is_some() => (None, Value::String(s.clone())),
         Some(Value::String(s)) => (Some(Value::String(s.clone())), Value::String(s.clone())),
         Some(object) => match object.get("type").and_then(Value::as_str) {
+            // Searching is what the tool does on every request; it calls no function.
+            Some("file_search") if file_search.is_some() => (Some(json!("none")), object.clone()),
             Some("function") => {
                 let name = object.get("name").and_then(Value::as_str).ok_or_else(|| OpenAiError::invalid("tool_choice.name is required", Some("tool_choice.name")))?;
                 (Some(json!({ "type": "function", "function": { "name": name } })), object.clone())
@@ -231,11 +264,32 @@ fn tools(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) 
             None => return Err(OpenAiError::invalid("tool_choice.type is required", Some("tool_choice"))),
         },
     };
-    let plan = ToolPlan::parse(Some(&Value::Array(chat_tools)), chat_choice.as_ref(), parallel).map_err(|err| {
-        let message = err.message.replace(".function.", ".");
-        OpenAiError::invalid(message, Some(&err.param))
-    })?;
-    Ok((plan, echo, choice_echo))
+    let plan = if chat_tools.is_empty() && file_search.is_some() {
+        None
+    } else {
+        ToolPlan::parse(Some(&Value::Array(chat_tools)), chat_choice.as_ref(), parallel).map_err(|err| {
+            let message = err.message.replace(".function.", ".");
+            OpenAiError::invalid(message, Some(&err.param))
+        })?
+    };
+    Ok((plan, file_search, echo, choice_echo))
+}
+
+/// `{type: "file_search", vector_store_ids, max_num_results, ranking_options, filters}`.
+fn file_search_tool(tool: &Value, param: &str) -> Result<FileSearch, OpenAiError> {
+    if let Some(key) = tool.as_object().into_iter().flat_map(|o| o.keys()).find(|k| !matches!(k.as_str(), "type" | "vector_store_ids" | "max_num_results" | "ranking_options" | "filters")) {
+        return Err(OpenAiError::invalid(format!("Unknown parameter: '{param}.{key}'."), Some(&format!("{param}.{key}"))));
+    }
+    let ids = tool
+        .get("vector_store_ids")
+        .and_then(Value::as_array)
+        .filter(|ids| !ids.is_empty() && ids.len() <= MAX_SEARCH_STORES)
+        .ok_or_else(|| OpenAiError::invalid(format!("{param}.vector_store_ids must name 1 to {MAX_SEARCH_STORES} vector stores"), Some(&format!("{param}.vector_store_ids"))))?;
+    let store_ids = ids.iter().map(|id| id.as_str().map(str::to_owned).ok_or_else(|| OpenAiError::invalid("vector store ids are strings", Some(&format!("{param}.vector_store_ids"))))).collect::<Result<Vec<_>, _>>()?;
+    let mut search = super::super::vector_stores::search_of(vec!["query".into()], tool.get("filters"), tool.get("max_num_results"), tool.get("ranking_options"), &format!("{param}."))?;
+    search.api = "openai.responses.file_search";
+    search.queries.clear();
+    Ok(FileSearch { store_ids, search })
 }
 
 /// `metadata`: at most 16 pairs, keys up to 64 characters, string values up to 512.
