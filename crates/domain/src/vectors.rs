@@ -116,6 +116,8 @@ pub trait VectorStoreStore: Send + Sync {
     async fn finish_ingestion(&self, file: &StoreFile, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool>;
     /// Every chunk of a store, with its file's name and attributes, and the store's version.
     async fn store_chunks(&self, store_id: &str) -> Result<(i64, Vec<IndexedChunk>)>;
+    /// One file's chunk texts, in order.
+    async fn file_chunks(&self, store_id: &str, file_id: &str) -> Result<Vec<String>>;
     /// Marks a store used now.
     async fn touch_vector_store(&self, id: &str, now: &str) -> Result<()>;
 }

@@ -129,6 +129,12 @@ impl Hub {
         self.meta.store_file(store_id, file_id).await?.ok_or_else(|| Error::NotFound(format!("no file {file_id} in vector store {store_id}")))
     }
 
+    /// The chunk texts of one file of one of the caller's stores, in order.
+    pub async fn vector_file_chunks(&self, principal: &Principal, store_id: &str, file_id: &str) -> Result<Vec<String>> {
+        self.vector_store_file(principal, store_id, file_id).await?;
+        self.meta.file_chunks(store_id, file_id).await
+    }
+
     /// Replaces a file's attributes.
     pub async fn set_vector_file_attributes(&self, principal: &Principal, store_id: &str, file_id: &str, attributes: Value) -> Result<StoreFile> {
         let user = writer(principal)?;

@@ -104,6 +104,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/vector_stores/{id}/search", post(openai::vector_stores::search))
         .route("/v1/vector_stores/{id}/files", post(openai::vector_stores::attach).get(openai::vector_stores::list_files))
         .route("/v1/vector_stores/{id}/files/{file_id}", get(openai::vector_stores::retrieve_file).post(openai::vector_stores::update_file).delete(openai::vector_stores::detach))
+        .route("/v1/vector_stores/{id}/files/{file_id}/content", get(openai::vector_stores::file_content))
         .route("/v1/vector_stores/{id}/file_batches", post(openai::vector_stores::create_batch))
         .route("/v1/vector_stores/{id}/file_batches/{batch_id}", get(openai::vector_stores::retrieve_batch))
         .route("/v1/vector_stores/{id}/file_batches/{batch_id}/cancel", post(openai::vector_stores::cancel_batch))

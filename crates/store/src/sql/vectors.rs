@@ -291,6 +291,11 @@ impl VectorStoreStore for SqlMetaStore {
         Ok((version, chunks))
     }
 
+    async fn file_chunks(&self, store_id: &str, file_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT text FROM vector_chunks WHERE store_id = $1 AND file_id = $2 ORDER BY idx").bind(store_id).bind(file_id).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(|row| row.try_get::<String, _>("text").map_err(db_err)).collect()
+    }
+
     async fn touch_vector_store(&self, id: &str, now: &str) -> Result<()> {
         sqlx::query("UPDATE vector_stores SET last_active_at = $1 WHERE id = $2").bind(now).bind(id).execute(&self.pool).await.map_err(db_err)?;
         Ok(())

@@ -373,6 +373,14 @@ pub(crate) async fn retrieve_file(State(state): State<AppState>, headers: Header
     Ok(Json(file_json(&state.hub.vector_store_file(&principal, &id, &file_id).await.map_err(not_found)?)))
 }
 
+/// `GET /v1/vector_stores/{id}/files/{file_id}/content`: the file's chunks as ingested.
+pub(crate) async fn file_content(State(state): State<AppState>, headers: HeaderMap, Path((id, file_id)): Path<(String, String)>) -> Result<Json<Value>, OpenAiError> {
+    let principal = inference::authenticate(&state, &headers).await?;
+    let chunks = state.hub.vector_file_chunks(&principal, &id, &file_id).await.map_err(not_found)?;
+    let data: Vec<Value> = chunks.into_iter().map(|text| json!({ "type": "text", "text": text })).collect();
+    Ok(Json(json!({ "object": "vector_store.file_content.page", "data": data, "has_more": false, "next_page": null })))
+}
+
 /// `POST /v1/vector_stores/{id}/files/{file_id}`: new attributes.
 pub(crate) async fn update_file(State(state): State<AppState>, headers: HeaderMap, Path((id, file_id)): Path<(String, String)>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
