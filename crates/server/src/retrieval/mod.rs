@@ -23,7 +23,9 @@ use chunk::Chunking;
 use index::{Filter, Index, Weights};
 
 /// How long a claimed file is held before another replica may take it over.
-const LEASE_SECS: i64 = 600;
+const LEASE_SECS: i64 = 900;
+/// The most chunks one file may make (a bound on the embedding work one claim holds).
+const MAX_CHUNKS: usize = 10_000;
 /// The longest text extraction and chunking of one file may take.
 const EXTRACT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Chunks embedded per request.
@@ -105,6 +107,9 @@ async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value>
         Ok(Err(_)) => return Err(failure("server_error", "text extraction failed")),
         Err(_) => return Err(failure("invalid_file", "text extraction took too long")),
     };
+    if texts.len() > MAX_CHUNKS {
+        return Err(failure("invalid_file", format!("the file makes {} chunks; at most {MAX_CHUNKS} are ingested per file (split it, or use larger chunks)", texts.len())));
+    }
     let mut chunks = Vec::with_capacity(texts.len());
     for batch in texts.chunks(EMBED_BATCH) {
         let request = EmbedRequest { api: "openai.vector_stores.ingest", input: EmbedInput::Texts(batch.to_vec()), truncate: true, dimensions: None };
