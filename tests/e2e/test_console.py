@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from conftest import push_folder, push_smollm2, models_dir, skip_unless_ci
+from test_embeddings import minilm  # noqa: F401 (a fixture)
 from test_vetting import wait_for_verdict
 
 import playwright.sync_api as playwright_api  # installed by scripts/test.sh; a missing one is an error, not a skip
@@ -285,4 +286,43 @@ def test_findings_and_an_audited_override(server, browser, tmp_path):
     shot(page, "override")
     page.goto(server.endpoint + "/#/audit?action=override.add")
     page.get_by_role("cell", name=f"namespace:{user}").first.wait_for()
+    page.close()
+
+
+def test_retrieval_view_makes_a_store_searches_and_shows_citations(server, browser, minilm, tmp_path):  # noqa: F811
+    """The Retrieval view: a store made from an uploaded file, its ingestion status, a search
+    showing the chunk and its score, and an answer whose citations name only retrieved files."""
+    from test_openai import push_and_deploy
+
+    encoder, _ = minilm
+    chat, token, _ = push_and_deploy(server, "--context", "2048")
+    notes = tmp_path / "cats.txt"
+    notes.write_text("Cats purr when they are content. A purring cat is usually relaxed.")
+    page = open_console(browser, server, token)
+    nav(page, "Retrieval").click()
+    page.wait_for_selector("main h1:has-text('Retrieval')")
+    page.get_by_label("Name").fill("console kb")
+    page.get_by_label("Embedding model").fill(encoder)
+    page.get_by_label("Files").set_input_files(str(notes))
+    page.get_by_role("button", name="Create").click()
+    page.wait_for_selector("main h1:has-text('Vector store console kb')")
+    for _ in range(60):
+        if page.locator("table[aria-label=Files] .badge.completed").count() == 1:
+            break
+        page.wait_for_timeout(500)
+        page.reload()
+        page.wait_for_selector("main h1:has-text('Vector store console kb')")
+    assert page.locator("table[aria-label=Files] .badge.completed").count() == 1
+    page.get_by_label("Query").fill("why do cats purr")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_selector("table[aria-label='Search results']")
+    assert "Cats purr" in page.locator("table[aria-label='Search results']").inner_text()
+    page.get_by_label("Model").fill(chat)
+    page.get_by_label("Question").fill("Why do cats purr?")
+    page.get_by_role("button", name="Ask").click()
+    page.wait_for_selector("table[aria-label=Sources]", timeout=60_000)
+    assert "cats.txt" in page.locator("table[aria-label=Sources]").inner_text()
+    for title in page.locator("sup.cite").evaluate_all("els => els.map(e => e.title)"):
+        assert title == "cats.txt"
+    shot(page, "retrieval")
     page.close()

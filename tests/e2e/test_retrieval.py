@@ -27,6 +27,29 @@ def smol(server):
     return push_and_deploy(server, "--context", "2048", "--max-batch", "8")
 
 
+def tiny_pdf(text):
+    """A one-page PDF with `text` in Helvetica, written by hand (no PDF library needed)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return out
+
+
 def client(server, token):
     return openai.OpenAI(base_url=server.endpoint + "/v1", api_key=token)
 
@@ -65,9 +88,16 @@ def test_stores_fill_and_search(server, minilm):  # noqa: F811
     assert [d.file_id for d in page.data] == [notes_id]
     assert len(notes) == 4
 
-    # A PDF is refused with a reason; a binary file too; the store keeps working.
-    failed = api.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("paper.pdf", b"%PDF-1.7\n%\xe2\xe3"), poll_interval_ms=200)
-    assert failed.status == "failed" and failed.last_error.code == "unsupported_file", failed
+    # A real PDF is read (in a child process); a broken one and a hostile one end as per-file
+    # errors, and the store keeps working.
+    paper = api.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("paper.pdf", tiny_pdf("Penguins huddle together to survive the Antarctic winter.")), poll_interval_ms=200)
+    assert paper.status == "completed", paper
+    assert api.vector_stores.search(store.id, query="penguins huddle in winter").data[0].filename == "paper.pdf"
+    broken = api.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("broken.pdf", b"%PDF-1.7\n%\xe2\xe3 not really"), poll_interval_ms=200)
+    assert broken.status == "failed" and broken.last_error.code == "invalid_file", broken
+    nested = b"%PDF-1.4\n1 0 obj\n" + b"[" * 2_000_000 + b"\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
+    bomb = api.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("nested.pdf", nested), poll_interval_ms=200)
+    assert bomb.status == "failed" and bomb.last_error.code == "invalid_file", bomb
     hostile = "<p>" + "<div>" * 200_000 + "deep" + "</div>" * 200_000
     deep = api.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("deep.html", hostile.encode()), poll_interval_ms=200)
     assert deep.status == "completed", deep

@@ -2,6 +2,7 @@
 //! running server (`--url`/`MANTLE_URL`, `--token`/`MANTLE_TOKEN`).
 
 mod client;
+mod extract;
 mod pipelines;
 mod routes;
 mod scan;
@@ -29,6 +30,10 @@ struct Cli {
 enum Command {
     /// Run the server (SQLite + local folder by default).
     Serve(ServeArgs),
+    /// Read a PDF on stdin and write its text on stdout, under resource limits (the server runs
+    /// this as a child process for vector-store ingestion).
+    #[command(hide = true)]
+    ExtractText,
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -318,6 +323,9 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::ExtractText) {
+        return extract::run();
+    }
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into())).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {
@@ -354,6 +362,7 @@ fn missing_cpu_features() -> Option<String> {
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let client = || client::Client::new(&cli.url, cli.token.clone());
     match cli.command {
+        Command::ExtractText => unreachable!("handled before the runtime starts"),
         Command::Serve(args) => {
             let flags = server::FlagOverrides { addr: args.addr, data_dir: args.data, database_url: args.database_url, blob_url: args.blob_url, admin_token_file: args.admin_token_file };
             let raw = server::RawConfig::load(args.config.as_deref(), &flags)?;

@@ -5,6 +5,7 @@
 // Markdown renderer below: no HTML string is ever parsed, so a model card cannot run script.
 
 import { releasesView } from "/console/releases.js";
+import { retrievalView } from "/console/retrieval.js";
 
 const TOKEN_KEY = "mantle.token";
 const state = { token: sessionStorage.getItem(TOKEN_KEY), me: null, admin: false, timers: [], gen: 0 };
@@ -638,6 +639,7 @@ async function route() {
       case "playground": return await playgroundView();
       case "usage": return await usageView();
       case "releases": return await releasesView({ h, api, table, badge, when, admin: state.admin, view: (title, ...children) => view(gen, title, ...children) });
+      case "retrieval": return await retrievalView({ h, api, table, badge, when, bytes, field, view: (title, ...children) => view(gen, title, ...children) }, parts[1]);
       case "audit": return state.admin ? await auditView() : view(gen, "Audit", errorBox("The audit log needs a site admin token."));
       default: return await hubView();
     }

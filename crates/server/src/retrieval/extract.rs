@@ -1,7 +1,8 @@
 //! Text from an uploaded file, chosen by its name: plain text and Markdown (and other text
 //! formats) as they are, HTML without its markup, scripts and styles. Linear in the input, no
 //! recursion, no allocation beyond the output (which is never longer than the input), so a
-//! hostile document costs at most one pass. PDF is refused with a reason (not yet extracted).
+//! hostile document costs at most one pass. PDF is read elsewhere: in a child process with its
+//! own memory and CPU limits (`mantle extract-text`, see `retrieval::pdf_text`).
 
 /// Why a file gave no text.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,13 +13,18 @@ pub(crate) struct Refused {
 
 const TEXT: &[&str] = &["txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "xml", "yaml", "yml", "toml", "py", "rs", "js", "ts", "java", "c", "h", "cpp", "go", "rb", "sh", "tex", "log"];
 
+/// Whether a file is a PDF (read in a child process, not here).
+pub(crate) fn is_pdf(filename: &str) -> bool {
+    filename.rsplit_once('.').is_some_and(|(_, e)| e.eq_ignore_ascii_case("pdf"))
+}
+
 /// The text of a file named `filename`.
 pub(crate) fn text_of(filename: &str, bytes: &[u8]) -> Result<String, Refused> {
     let extension = filename.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     let utf8 = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| Refused { code: "invalid_file", message: format!("{filename} is not UTF-8 text") });
     let text = match extension.as_str() {
         "html" | "htm" | "xhtml" => strip_html(&utf8(bytes)?),
-        "pdf" => return Err(Refused { code: "unsupported_file", message: "PDF text extraction is not supported yet".into() }),
+        "pdf" => return Err(Refused { code: "unsupported_file", message: "PDF text is read in a child process, not in the server".into() }),
         ext if TEXT.contains(&ext) || ext.is_empty() => utf8(bytes)?,
         other => return Err(Refused { code: "unsupported_file", message: format!("files of type .{other} are not supported") }),
     };

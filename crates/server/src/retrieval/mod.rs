@@ -28,6 +28,10 @@ const LEASE_SECS: i64 = 900;
 const MAX_CHUNKS: usize = 10_000;
 /// The longest text extraction and chunking of one file may take.
 const EXTRACT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest the PDF extractor process may run.
+const PDF_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most text read back from it.
+const MAX_PDF_TEXT: u64 = 64 * 1024 * 1024;
 /// Chunks embedded per request.
 const EMBED_BATCH: usize = 64;
 /// Stores whose index one process keeps.
@@ -98,8 +102,13 @@ async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value>
     };
     let chunking = Chunking { max_tokens: file.chunking["max_chunk_size_tokens"].as_u64().unwrap_or(800) as usize, overlap: file.chunking["chunk_overlap_tokens"].as_u64().unwrap_or(0) as usize };
     let (engine, filename) = (engine.clone(), file.filename.clone());
+    // A PDF is read in a child process that caps its own memory and CPU; other formats here.
+    let pdf = if extract::is_pdf(&filename) { Some(pdf_text(bytes.clone()).await?) } else { None };
     let work = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Value> {
-        let text = extract::text_of(&filename, &bytes).map_err(|refused| failure(refused.code, refused.message))?;
+        let text = match pdf {
+            Some(text) => text,
+            None => extract::text_of(&filename, &bytes).map_err(|refused| failure(refused.code, refused.message))?,
+        };
         Ok(chunk::chunks(&text, chunking, |piece| engine.count_tokens(piece)))
     });
     let texts = match tokio::time::timeout(EXTRACT_TIMEOUT, work).await {
@@ -119,6 +128,53 @@ async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value>
         }
     }
     Ok(chunks)
+}
+
+/// A PDF's text, read by `mantle extract-text` in a child process (killed when it runs past
+/// `PDF_TIMEOUT`; its memory and CPU are capped by the child itself).
+async fn pdf_text(bytes: bytes::Bytes) -> Result<String, Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exe = std::env::current_exe().map_err(|err| failure("server_error", format!("cannot find the mantle binary: {err}")))?;
+    if exe.file_stem().and_then(|s| s.to_str()) != Some("mantle") {
+        return Err(failure("unsupported_file", "PDF text is read by a mantle child process, and this server is not running as the mantle binary"));
+    }
+    let mut child = tokio::process::Command::new(exe)
+        .arg("extract-text")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| failure("server_error", format!("cannot start the PDF extractor: {err}")))?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+        return Err(failure("server_error", "the PDF extractor has no pipes"));
+    };
+    let work = async {
+        let write = async move {
+            // The child may stop reading (a bad document): a broken pipe is its answer, not ours.
+            let _ = stdin.write_all(&bytes).await;
+        };
+        let mut text = Vec::new();
+        let mut why = Vec::new();
+        let (mut out, mut err) = (stdout.take(MAX_PDF_TEXT), stderr.take(4096));
+        let (_, _, _) = tokio::join!(write, out.read_to_end(&mut text), err.read_to_end(&mut why));
+        let status = child.wait().await;
+        (status, text, why)
+    };
+    let (status, text, why) = tokio::time::timeout(PDF_TIMEOUT, work).await.map_err(|_| failure("invalid_file", "reading the PDF took too long"))?;
+    let status = status.map_err(|err| failure("server_error", format!("the PDF extractor failed: {err}")))?;
+    let why = String::from_utf8_lossy(&why).trim().to_owned();
+    match status.code() {
+        Some(0) => {
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if text.trim().is_empty() {
+                return Err(failure("invalid_file", "the PDF holds no extractable text (a scan needs OCR, which is not supported)"));
+            }
+            Ok(text)
+        }
+        Some(_) => Err(failure("invalid_file", if why.is_empty() { "not a readable PDF".to_owned() } else { why })),
+        None => Err(failure("invalid_file", "the PDF extractor was stopped (it ran past its memory or CPU limit)")),
+    }
 }
 
 /// A search of one store.

@@ -1,4 +1,4 @@
-//! The web console: one HTML page, two scripts (the app and its Releases view) and one stylesheet, compiled into the binary and
+//! The web console: one HTML page, three scripts (the app, its Releases and Retrieval views) and one stylesheet, compiled into the binary and
 //! served at `/` and `/console/*` with a strict Content-Security-Policy. The console is a client
 //! of the public JSON APIs only; it holds no state and no privilege of its own.
 
@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 const INDEX: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/app.js");
 const RELEASES: &str = include_str!("../console/releases.js");
+const RETRIEVAL: &str = include_str!("../console/retrieval.js");
 const STYLE: &str = include_str!("../console/app.css");
 
 /// Scripts and styles from this origin only (no inline script or style, no eval), requests to
@@ -40,6 +41,11 @@ pub(crate) async fn script() -> Response {
 /// `GET /console/releases.js` (the Releases view, a module `app.js` imports).
 pub(crate) async fn releases() -> Response {
     asset(RELEASES, "text/javascript; charset=utf-8")
+}
+
+/// `GET /console/retrieval.js` (the Retrieval view, a module `app.js` imports).
+pub(crate) async fn retrieval() -> Response {
+    asset(RETRIEVAL, "text/javascript; charset=utf-8")
 }
 
 /// `GET /console/app.css`.

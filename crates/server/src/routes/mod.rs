@@ -88,6 +88,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/", get(console::index))
         .route("/console/app.js", get(console::script))
         .route("/console/releases.js", get(console::releases))
+        .route("/console/retrieval.js", get(console::retrieval))
         .route("/console/app.css", get(console::style))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

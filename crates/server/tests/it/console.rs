@@ -8,7 +8,7 @@ use crate::harness::TestServer;
 #[tokio::test]
 async fn console_assets_carry_a_strict_policy() {
     let server = TestServer::new().await;
-    for (path, content_type) in [("/", "text/html"), ("/console/app.js", "text/javascript"), ("/console/releases.js", "text/javascript"), ("/console/app.css", "text/css")] {
+    for (path, content_type) in [("/", "text/html"), ("/console/app.js", "text/javascript"), ("/console/releases.js", "text/javascript"), ("/console/retrieval.js", "text/javascript"), ("/console/app.css", "text/css")] {
         let reply = server.get(path, None).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
         assert!(reply.header("content-type").unwrap().starts_with(content_type), "{path}");
@@ -26,7 +26,7 @@ async fn console_assets_carry_a_strict_policy() {
 
 #[test]
 fn the_console_script_never_parses_strings_as_html_or_code() {
-    let script = [include_str!("../../src/console/app.js"), include_str!("../../src/console/releases.js")].concat();
+    let script = [include_str!("../../src/console/app.js"), include_str!("../../src/console/releases.js"), include_str!("../../src/console/retrieval.js")].concat();
     for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "setTimeout(\"", "localStorage"] {
         assert!(!script.contains(sink), "the console's scripts use {sink}");
     }
