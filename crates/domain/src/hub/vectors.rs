@@ -169,12 +169,16 @@ impl Hub {
         self.file_batch(principal, store_id, batch_id).await
     }
 
-    /// What a search of one of the caller's stores reads: the store, and its chunks when the
-    /// caller's cached index is older than `cached_version`.
+    /// One of the caller's stores, to search: refused once expired, and marked active (at most
+    /// once a minute, so searches do not each write to the database).
     pub async fn searchable_store(&self, principal: &Principal, store_id: &str) -> Result<VectorStore> {
         let store = self.vector_store(principal, store_id).await?;
         check_live(&store)?;
-        self.meta.touch_vector_store(store_id, &format_time(chrono::Utc::now())).await?;
+        let now = chrono::Utc::now();
+        let recent = chrono::DateTime::parse_from_rfc3339(&store.last_active_at).is_ok_and(|at| now - at.with_timezone(&chrono::Utc) < chrono::Duration::seconds(60));
+        if !recent {
+            self.meta.touch_vector_store(store_id, &format_time(now)).await?;
+        }
         Ok(store)
     }
 
