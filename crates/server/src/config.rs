@@ -21,6 +21,14 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub runtime: RawRuntime,
     pub webhooks: RawWebhooks,
+    pub retrieval: RawRetrieval,
+}
+
+/// `[retrieval]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrieval {
+    pub embedding_model: String,
 }
 
 /// `[webhooks]`.
@@ -147,6 +155,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Where webhooks may be delivered: host names, IP addresses and networks (CIDR).
     pub webhook_hosts: Vec<crate::webhooks::AllowedHost>,
+    /// The deployment that embeds vector stores created without naming one (`None`: the caller's
+    /// only embedding deployment).
+    pub default_embedding_model: Option<String>,
 }
 
 /// Validated `[runtime]`.
@@ -256,6 +267,7 @@ impl Config {
                 usage_accounting: runtime.usage_accounting,
             },
             webhook_hosts,
+            default_embedding_model: Some(raw.retrieval.embedding_model.trim().to_owned()).filter(|m| !m.is_empty()),
         })
     }
 }

@@ -203,3 +203,22 @@ async fn file_search_in_a_response_cites_only_what_it_retrieved() {
     let reply = server.json("POST", "/v1/responses", Some(&bob), body).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json());
 }
+
+#[tokio::test]
+async fn the_site_default_embedding_model_comes_from_config() {
+    let (server, token) = deployed(|raw| raw.retrieval.embedding_model = "enc".into(), false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let store = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb" })).await.json();
+    assert_eq!(store["embedding_model"], "enc");
+    let (server, token) = deployed(|raw| raw.retrieval.embedding_model = "missing".into(), false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb" })).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "the configured model does not exist: {:?}", reply.json());
+    // Naming one overrides the default.
+    let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb", "embedding_model": "enc" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    // A text model is not an embedding model.
+    let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "embedding_model": "tiny" })).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["param"], "embedding_model");
+}

@@ -214,8 +214,12 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
     Ok(Json(store_json(&store, &files)))
 }
 
-/// The site's default embedding deployment for a caller: the only embedding deployment it may use.
+/// The site's default embedding deployment (`retrieval.embedding_model`), else the caller's only
+/// embedding deployment.
 async fn default_embedding_model(state: &AppState, principal: &domain::auth::Principal) -> Result<String, OpenAiError> {
+    if let Some(model) = &state.config.default_embedding_model {
+        return Ok(model.clone());
+    }
     let embedders: Vec<String> = state.hub.runnable_deployments(principal).await?.into_iter().filter(|d| d.file_path.as_str().ends_with(".safetensors")).map(|d| d.name).collect();
     match embedders.as_slice() {
         [only] => Ok(only.clone()),
