@@ -90,7 +90,7 @@ fn check_filename(name: &str) -> Result<()> {
 }
 
 /// A random identifier: 24 letters and digits.
-fn random_id() -> String {
+pub(super) fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString as _};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
 }

@@ -109,7 +109,7 @@ impl Hub {
         if files.is_empty() {
             return Err(Error::invalid("no files to attach"));
         }
-        let batch = as_batch.then(|| FileBatch { id: format!("vsfb_{}", random_id()), store_id: store_id.to_owned(), created_at: format_time(chrono::Utc::now()), cancelled: false });
+        let batch = as_batch.then(|| FileBatch { id: format!("vsfb_{}", super::files::random_id()), store_id: store_id.to_owned(), created_at: format_time(chrono::Utc::now()), cancelled: false });
         let rows = self.attachments(principal, store_id, files, batch.as_ref().map(|b| b.id.as_str())).await?;
         let ids: Vec<&str> = rows.iter().map(|f| f.file_id.as_str()).collect();
         let event = AuditEvent::new(&user.name, "vector_store.files.attach", format!("vector_store:{store_id}"), json!({ "files": ids, "batch": batch.as_ref().map(|b| &b.id) }));
@@ -237,9 +237,4 @@ fn check_store_name(name: &str) -> Result<()> {
         return Err(Error::invalid("the name is longer than 256 characters"));
     }
     Ok(())
-}
-
-fn random_id() -> String {
-    use rand::distributions::{Alphanumeric, DistString as _};
-    Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
 }

@@ -105,26 +105,10 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list_files(State(state): State<AppState>, headers: HeaderMap, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Value>, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
     let Query(query) = query.map_err(|err| OpenAiError::invalid(err.body_text(), None))?;
-    let limit = match query.limit {
-        None => 10_000,
-        Some(n @ 1..=10_000) => n as usize,
-        Some(_) => return Err(OpenAiError::invalid("limit must be between 1 and 10000", Some("limit"))),
-    };
-    let mut files = state.hub.uploaded_files(&principal, query.purpose.as_deref()).await?;
-    match query.order.as_deref() {
-        None | Some("desc") => {}
-        Some("asc") => files.reverse(),
-        Some(other) => return Err(OpenAiError::invalid(format!("order must be asc or desc, not {other:?}"), Some("order"))),
-    }
-    let start = match &query.after {
-        None => 0,
-        Some(after) => files.iter().position(|f| &f.id == after).map(|at| at + 1).ok_or_else(|| OpenAiError::invalid(format!("no file {after}"), Some("after")))?,
-    };
-    let page: Vec<Value> = files.iter().skip(start).take(limit).map(file_json).collect();
-    let has_more = start + page.len() < files.len();
-    let first_id = page.first().map(|f| f["id"].clone()).unwrap_or(Value::Null);
-    let last_id = page.last().map(|f| f["id"].clone()).unwrap_or(Value::Null);
-    Ok(Json(json!({ "object": "list", "data": page, "first_id": first_id, "last_id": last_id, "has_more": has_more })))
+    let files = state.hub.uploaded_files(&principal, query.purpose.as_deref()).await?;
+    let items = files.iter().map(file_json).collect();
+    let bounds = super::list::Bounds { default: 10_000, max: 10_000 };
+    Ok(Json(super::list::page(items, query.limit, query.order.as_deref(), query.after.as_deref(), None, bounds)?))
 }
 
 /// `GET /v1/files/{id}`.

@@ -7,6 +7,7 @@ mod answer;
 mod error;
 pub(crate) mod evals;
 pub(crate) mod files;
+mod list;
 mod params;
 mod responses;
 mod tokenizer;

@@ -267,31 +267,8 @@ pub(crate) struct ListQuery {
 }
 
 /// A page of `items` (newest first unless `order=asc`), cursor by id.
-fn page(mut items: Vec<Value>, query: &ListQuery) -> Result<Value, OpenAiError> {
-    let limit = match query.limit {
-        None => 20,
-        Some(n @ 1..=100) => n as usize,
-        Some(_) => return Err(OpenAiError::invalid("limit must be between 1 and 100", Some("limit"))),
-    };
-    match query.order.as_deref() {
-        None | Some("desc") => {}
-        Some("asc") => items.reverse(),
-        Some(other) => return Err(OpenAiError::invalid(format!("order must be asc or desc, not {other:?}"), Some("order"))),
-    }
-    let position = |id: &str, param: &str| items.iter().position(|item| item["id"] == id).ok_or_else(|| OpenAiError::invalid(format!("no item {id}"), Some(param)));
-    let start = match &query.after {
-        Some(after) => position(after, "after")? + 1,
-        None => 0,
-    };
-    let end = match &query.before {
-        Some(before) => position(before, "before")?,
-        None => items.len(),
-    };
-    let window: Vec<Value> = items.get(start..end.max(start)).unwrap_or_default().iter().take(limit).cloned().collect();
-    let has_more = start + window.len() < end;
-    let first_id = window.first().map(|i| i["id"].clone()).unwrap_or(Value::Null);
-    let last_id = window.last().map(|i| i["id"].clone()).unwrap_or(Value::Null);
-    Ok(json!({ "object": "list", "data": window, "first_id": first_id, "last_id": last_id, "has_more": has_more }))
+fn page(items: Vec<Value>, query: &ListQuery) -> Result<Value, OpenAiError> {
+    super::list::page(items, query.limit, query.order.as_deref(), query.after.as_deref(), query.before.as_deref(), super::list::Bounds { default: 20, max: 100 })
 }
 
 type Listed = Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>;

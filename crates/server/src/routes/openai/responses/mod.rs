@@ -321,26 +321,11 @@ pub(crate) struct InputItemsQuery {
 pub(crate) async fn list_input_items(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<InputItemsQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Value>, OpenAiError> {
     let principal = inference::authenticate(&state, &headers).await?;
     let Query(query) = query.map_err(|err| OpenAiError::invalid(err.body_text(), None))?;
-    let limit = match query.limit {
-        None => 20,
-        Some(n @ 1..=100) => n as usize,
-        Some(_) => return Err(OpenAiError::invalid("limit must be between 1 and 100", Some("limit"))),
-    };
     let mut items: Vec<Value> = stored(&state, &principal, &id).await?.input.as_array().cloned().unwrap_or_default();
-    match query.order.as_deref() {
-        None | Some("desc") => items.reverse(),
-        Some("asc") => {}
-        Some(other) => return Err(OpenAiError::invalid(format!("order must be asc or desc, not {other:?}"), Some("order"))),
-    }
-    let start = match &query.after {
-        None => 0,
-        Some(after) => items.iter().position(|item| item["id"] == after.as_str()).map(|at| at + 1).ok_or_else(|| OpenAiError::invalid(format!("no input item {after} in response {id}"), Some("after")))?,
-    };
-    let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
-    let has_more = start + page.len() < items.len();
-    let first_id = page.first().map(|item| item["id"].clone()).unwrap_or(Value::Null);
-    let last_id = page.last().map(|item| item["id"].clone()).unwrap_or(Value::Null);
-    Ok(Json(json!({ "object": "list", "data": page, "first_id": first_id, "last_id": last_id, "has_more": has_more })))
+    // Stored oldest first; the list is newest first unless `order=asc`.
+    items.reverse();
+    let bounds = super::list::Bounds { default: 20, max: 100 };
+    Ok(Json(super::list::page(items, query.limit, query.order.as_deref(), query.after.as_deref(), None, bounds)?))
 }
 
 /// The caller's stored response, or OpenAI's 404.
