@@ -217,6 +217,9 @@ async fn the_site_default_embedding_model_comes_from_config() {
     // Naming one overrides the default.
     let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb", "embedding_model": "enc" })).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    // A description is not kept, so it is refused rather than dropped.
+    let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "embedding_model": "enc", "description": "docs" })).await;
+    assert_eq!(reply.json()["error"]["param"], "description");
     // A text model is not an embedding model.
     let reply = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "embedding_model": "tiny" })).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);

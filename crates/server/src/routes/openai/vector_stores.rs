@@ -179,6 +179,9 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
     let principal = inference::authenticate(&state, &headers).await?;
     let body = body_of(body)?;
     only(&body, &["name", "file_ids", "chunking_strategy", "metadata", "expires_after", "description", "embedding_model"])?;
+    if body.get("description").is_some_and(|d| d.as_str().is_none_or(|d| !d.is_empty())) {
+        return Err(OpenAiError::unsupported("description", "a vector store description"));
+    }
     let name = match body.get("name") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(name)) => name.clone(),
