@@ -1,17 +1,22 @@
 """Retrieval with the official `openai` client against the real all-MiniLM-L6-v2 encoder and
 SmolLM2: files uploaded, vector stores filled with `upload_and_poll` and file batches, searched
 (hybrid, with filters), `file_search` in the Responses API with citations that name only retrieved
-files, hostile documents as per-file errors, tenants kept apart, and (scale-out) two replicas that
-answer a search the same way after an ingest on either."""
+files, hostile documents as per-file errors, tenants kept apart, a store re-indexed in the
+background when its embedding deployment moves to a new revision, and (scale-out) two replicas
+that answer a search the same way after an ingest on either."""
 
+import json
 import tempfile
+import time
+import urllib.request
 import uuid
 
 import openai
 import pytest
 
-from conftest import models_dir, start
+from conftest import ADMIN_TOKEN, models_dir, start
 from test_embeddings import minilm  # noqa: F401 (a fixture)
+from test_vetting import wait_for_verdict
 from test_openai import push_and_deploy
 
 DOCS = {
@@ -48,6 +53,12 @@ def tiny_pdf(text):
         out += b"%010d 00000 n \n" % offset
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return out
+
+
+def deployment(server, name):
+    request = urllib.request.Request(f"{server.endpoint}/api/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return next(d for d in json.load(reply) if d["name"] == name)
 
 
 def client(server, token):
@@ -163,3 +174,47 @@ def test_two_replicas_answer_alike(server, minilm):  # noqa: F811
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_new_revision_reindexes_while_the_old_one_answers(server, minilm):  # noqa: F811
+    """The store names its own deployment; a new revision of the model is pushed and deployed under
+    that name: searches keep their answers (queries embedded by the store's revision) until the
+    background re-index swaps the store to the new revision."""
+    _, token = minilm
+    api = client(server, token)
+    embedder = "mini-" + uuid.uuid4().hex[:6]
+    deployed = deployment(server, minilm[0])
+    repo = deployed["repo"]
+    server.cli("deploy", embedder, f"{repo}@{deployed['commit']}")
+    store = filled_store(api, embedder)
+    first = api.vector_stores.retrieve(store.id).model_extra["embedding_revision"]
+    assert first == f"{repo}@{deployed['commit']}"
+    queries = ["Why does a cat purr?", "bond yields", "lava"]
+
+    def answers():
+        return [[(d.file_id, round(d.score, 4)) for d in api.vector_stores.search(store.id, query=q).data] for q in queries]
+
+    before = answers()
+    server.python(
+        f"""
+from huggingface_hub import HfApi
+HfApi(token={token!r}).upload_file(path_or_fileobj=b"Re-exported; same weights.\\n", path_in_repo="NOTES.md", repo_id={repo!r})
+""",
+        env={"HF_ENDPOINT": server.endpoint},
+    )
+    verdict = wait_for_verdict(server, repo, token)
+    assert not verdict["blocked"], verdict
+    server.cli("undeploy", embedder)
+    server.cli("deploy", embedder, f"{repo}@main")
+    second = deployment(server, embedder)["commit"]
+    assert f"{repo}@{second}" != first
+    # The search wakes the re-indexer; until it swaps, the store's own revision answers.
+    assert answers() == before
+    deadline = time.time() + 120
+    while (current := api.vector_stores.retrieve(store.id).model_extra)["embedding_revision"] == first:
+        assert time.time() < deadline, current
+        time.sleep(0.5)
+    assert current["embedding_revision"] == f"{repo}@{second}" and current["reindex"] is None, current
+    # Same weights under a new commit: the same answers, now from the new revision's vectors.
+    assert answers() == before
+    server.cli("undeploy", embedder)

@@ -36,6 +36,21 @@ pub struct VectorStore {
     pub last_active_at: String,
     /// Bumped by every change to its chunks, so caches of its index know they are stale.
     pub version: i64,
+    /// The re-index under way, if its deployment moved to another revision.
+    pub reindex: Option<Reindex>,
+}
+
+/// A re-index: the store's files embedded again by the revision its deployment now serves,
+/// beside the chunks that keep answering until the swap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reindex {
+    /// `repo@commit` of the revision embedding anew.
+    pub revision: String,
+    pub started_at: String,
+    /// Files embedded anew so far.
+    pub files_done: u64,
+    /// Why the last attempt stopped (it is tried again).
+    pub error: Option<String>,
 }
 
 /// A file attached to a store.
@@ -112,12 +127,33 @@ pub trait VectorStoreStore: Send + Sync {
     /// `lease_until`.
     async fn claim_ingestion(&self, now: &str, lease_until: &str) -> Result<Option<StoreFile>>;
     /// Ends an ingestion: its chunks (replacing any) and `completed`, or `failed` with the
-    /// error; `false` (nothing written) if the file is no longer waiting (detached, cancelled).
-    async fn finish_ingestion(&self, file: &StoreFile, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool>;
+    /// error; `false` (nothing written) if the file is no longer waiting (detached, cancelled),
+    /// or if its chunks were embedded by a revision (`embedded_by`) the store no longer has
+    /// (then it waits to be ingested again).
+    async fn finish_ingestion(&self, file: &StoreFile, embedded_by: &str, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool>;
     /// Every chunk of a store, with its file's name and attributes, and the store's version.
     async fn store_chunks(&self, store_id: &str) -> Result<(i64, Vec<IndexedChunk>)>;
     /// One file's chunk texts, in order.
     async fn file_chunks(&self, store_id: &str, file_id: &str) -> Result<Vec<String>>;
     /// Marks a store used now.
     async fn touch_vector_store(&self, id: &str, now: &str) -> Result<()>;
+    /// Every store (for the re-index sweep), at most `limit`.
+    async fn all_vector_stores(&self, limit: usize) -> Result<Vec<VectorStore>>;
+    /// Takes (or renews) the re-index of a store towards `revision` for `holder` until
+    /// `lease_until`; `false` if another holder's lease runs. A re-index towards another revision
+    /// is dropped first (its work is of no use).
+    async fn claim_reindex(&self, store_id: &str, revision: &str, holder: &str, now: &str, lease_until: &str) -> Result<bool>;
+    /// Drops a store's re-index and the chunks it made (its deployment serves the store's own
+    /// revision again).
+    async fn drop_reindex(&self, store_id: &str) -> Result<()>;
+    /// Records why a re-index attempt stopped, and frees it until `retry_at`.
+    async fn fail_reindex(&self, store_id: &str, holder: &str, error: &str, retry_at: &str) -> Result<()>;
+    /// Completed files of a store not yet embedded anew by the re-index.
+    async fn reindex_pending(&self, store_id: &str) -> Result<Vec<StoreFile>>;
+    /// Stores one file's chunks as embedded anew; `false` (nothing written) if the re-index moved
+    /// on or the file changed meanwhile.
+    async fn finish_reindex_file(&self, file: &StoreFile, revision: &str, chunks: &[Chunk]) -> Result<bool>;
+    /// Swaps in the re-indexed chunks and the new revision, audited; `false` (nothing changed)
+    /// while a file still waits or the re-index moved on.
+    async fn swap_reindex(&self, store_id: &str, revision: &str, event: AuditEvent) -> Result<bool>;
 }

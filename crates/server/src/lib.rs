@@ -54,6 +54,8 @@ pub struct AppState {
     pub audit_signer: Arc<audit_log::AuditSigner>,
     /// Notified after files are attached to a vector store, so ingestion starts at once.
     pub ingest_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the re-indexer (a store's embedding deployment was seen serving another revision).
+    pub reindex_wake: Arc<tokio::sync::Notify>,
     /// Vector-store search indexes this process holds.
     pub indexes: Arc<retrieval::Indexes>,
 }
@@ -95,6 +97,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         quotas: quotas::QuotaCache::default(),
         audit_signer,
         ingest_wake: Arc::new(tokio::sync::Notify::new()),
+        reindex_wake: Arc::new(tokio::sync::Notify::new()),
         indexes: Arc::default(),
     })
 }
@@ -111,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let worker = tokio::spawn(scanner::run_worker(state.clone(), state.scan_wake.clone(), workers_stopped.clone()));
     let evaluator = tokio::spawn(evals::run_worker(state.clone(), state.eval_wake.clone(), workers_stopped.clone()));
     let ingester = tokio::spawn(retrieval::run_worker(state.clone(), state.ingest_wake.clone(), workers_stopped.clone()));
+    let reindexer = tokio::spawn(retrieval::run_reindexer(state.clone(), state.reindex_wake.clone(), workers_stopped.clone()));
     let controller = tokio::spawn(rollouts::run_controller(state.clone(), workers_stopped.clone()));
     let webhooks = tokio::spawn(webhooks::run_worker(state.clone(), workers_stopped.clone()));
     let pipelines = tokio::spawn(pipelines::run_worker(state.clone(), workers_stopped.clone()));
@@ -122,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _ = worker.await;
     let _ = evaluator.await;
     let _ = ingester.await;
+    let _ = reindexer.await;
     let _ = controller.await;
     let _ = webhooks.await;
     let _ = pipelines.await;

@@ -35,6 +35,7 @@ const SQLITE: &[Script] = &[
     (12, "pipelines", include_str!("../migrations/sqlite/0012_pipelines.sql")),
     (13, "responses", include_str!("../migrations/sqlite/0013_responses.sql")),
     (14, "vector_stores", include_str!("../migrations/sqlite/0014_vector_stores.sql")),
+    (15, "vector_reindex", include_str!("../migrations/sqlite/0015_vector_reindex.sql")),
 ];
 const POSTGRES: &[Script] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -51,6 +52,7 @@ const POSTGRES: &[Script] = &[
     (12, "pipelines", include_str!("../migrations/postgres/0012_pipelines.sql")),
     (13, "responses", include_str!("../migrations/postgres/0013_responses.sql")),
     (14, "vector_stores", include_str!("../migrations/postgres/0014_vector_stores.sql")),
+    (15, "vector_reindex", include_str!("../migrations/postgres/0015_vector_reindex.sql")),
 ];
 
 /// The embedded scripts of one dialect, as sqlx's migrator reads a source.

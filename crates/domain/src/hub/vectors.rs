@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::meta::Deployment;
 use crate::vectors::{Chunk, FileBatch, IndexedChunk, StoreFile, VectorStore, IN_PROGRESS};
 
 use super::*;
@@ -204,9 +205,83 @@ impl Hub {
         Ok((store, self.blobs.read_all(&digest).await?))
     }
 
-    /// Ends a claimed file's ingestion; `false` if it no longer waits (detached, cancelled).
-    pub async fn finish_ingestion(&self, file: &StoreFile, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool> {
-        self.meta.finish_ingestion(file, outcome).await
+    /// Ends a claimed file's ingestion; `false` if it no longer waits (detached, cancelled) or
+    /// the store no longer has the revision that embedded it (it is ingested again).
+    pub async fn finish_ingestion(&self, file: &StoreFile, embedded_by: &str, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool> {
+        self.meta.finish_ingestion(file, embedded_by, outcome).await
+    }
+
+    /// The deployment that serves a store's own revision when its named deployment has moved
+    /// on (while a re-index runs): that revision's file at the same path (else its
+    /// `model.safetensors`), with the current deployment's settings, named `repo@commit`. The
+    /// owner must still see the repo, and the revision must still pass vetting when it loads.
+    pub async fn pinned_embedding_model(&self, principal: &Principal, store: &VectorStore, current: &Deployment) -> Result<Deployment> {
+        let (repo_name, commit) = store.embedding_revision.split_once('@').ok_or_else(|| Error::internal(format!("vector store {} names no revision", store.id)))?;
+        let name = RepoName::parse(repo_name)?;
+        let repo = self.visible_repo(principal, RepoKind::Model, &name).await?;
+        let commit = self.resolve(&repo, commit).await?;
+        let files = self.meta.list_files(&commit).await?;
+        let file = files
+            .iter()
+            .find(|f| f.path == current.file_path)
+            .or_else(|| files.iter().find(|f| f.path.as_str() == "model.safetensors"))
+            .ok_or_else(|| Error::invalid(format!("{} has no {} to embed with", store.embedding_revision, current.file_path)))?;
+        Ok(Deployment {
+            name: store.embedding_revision.clone(),
+            kind: RepoKind::Model,
+            repo: name,
+            commit,
+            file_path: file.path.clone(),
+            file_sha256: file.sha256.clone(),
+            settings: current.settings.clone(),
+            created_by: current.created_by.clone(),
+            created_at: current.created_at.clone(),
+        })
+    }
+
+    /// A store by id, whoever owns it (the server's own machinery).
+    pub async fn vector_store_by_id(&self, id: &str) -> Result<Option<VectorStore>> {
+        self.meta.get_vector_store(id).await
+    }
+
+    /// Stores to look at for re-indexing (the server's own sweep).
+    pub async fn reindex_candidates(&self, limit: usize) -> Result<Vec<VectorStore>> {
+        self.meta.all_vector_stores(limit).await
+    }
+
+    /// Takes or renews a store's re-index towards `revision` for `holder`, for `lease_secs`.
+    pub async fn claim_reindex(&self, store_id: &str, revision: &str, holder: &str, lease_secs: i64) -> Result<bool> {
+        let now = chrono::Utc::now();
+        self.meta.claim_reindex(store_id, revision, holder, &format_time(now), &format_time(now + chrono::Duration::seconds(lease_secs))).await
+    }
+
+    /// Drops a store's re-index (its deployment serves the store's revision again).
+    pub async fn drop_reindex(&self, store_id: &str) -> Result<()> {
+        self.meta.drop_reindex(store_id).await
+    }
+
+    /// Records why a re-index attempt stopped; it is tried again after `retry_secs`.
+    pub async fn fail_reindex(&self, store_id: &str, holder: &str, error: &str, retry_secs: i64) -> Result<()> {
+        self.meta.fail_reindex(store_id, holder, error, &format_time(chrono::Utc::now() + chrono::Duration::seconds(retry_secs))).await
+    }
+
+    /// Completed files of a store that the re-index has not embedded anew yet.
+    pub async fn reindex_pending(&self, store_id: &str) -> Result<Vec<StoreFile>> {
+        self.meta.reindex_pending(store_id).await
+    }
+
+    /// Stores a file's chunks embedded anew by `revision`.
+    pub async fn finish_reindex_file(&self, file: &StoreFile, revision: &str, chunks: &[Chunk]) -> Result<bool> {
+        self.meta.finish_reindex_file(file, revision, chunks).await
+    }
+
+    /// Swaps a finished re-index in: the store answers from the new chunks and names the new
+    /// revision. Audited as the server's act on the owner's store.
+    pub async fn swap_reindex(&self, store: &VectorStore, revision: &str) -> Result<bool> {
+        let files = store.reindex.as_ref().map_or(0, |r| r.files_done);
+        let details = json!({ "owner": store.owner, "embedding_model": store.embedding_model, "from": store.embedding_revision, "to": revision, "files": files });
+        let event = AuditEvent::new("system", "vector_store.reindex", format!("vector_store:{}", store.id), details);
+        self.meta.swap_reindex(&store.id, revision, event).await
     }
 }
 

@@ -74,25 +74,30 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
 /// (undeployed, perhaps by another replica) is unloaded here.
 pub(crate) async fn resolve(state: &AppState, principal: &Principal, name: &str) -> Result<Target, InferenceError> {
     let started = Instant::now();
-    let mut shadow = None;
-    let deployment = match state.hub.runnable_deployment(principal, name).await {
-        Ok(deployment) => deployment,
+    let (deployment, shadow) = deployment_of(state, principal, name).await?;
+    let served = state.runtime.get(&state.hub, deployment).await?;
+    Ok(Target { served, load: started.elapsed(), shadow })
+}
+
+/// The deployment behind `name` for this caller, without loading it, and the deployment that
+/// gets a copy of the request when `name` is a route with shadow traffic.
+pub(crate) async fn deployment_of(state: &AppState, principal: &Principal, name: &str) -> Result<(domain::meta::Deployment, Option<domain::meta::Deployment>), InferenceError> {
+    match state.hub.runnable_deployment(principal, name).await {
+        Ok(deployment) => Ok((deployment, None)),
         Err(err) if matches!(err, domain::Error::NotFound(_)) => match state.hub.route_target(principal, name).await? {
             // A release route: the deployment the caller's sticky bucket falls on, and a copy of
             // the request for its shadow, drawn at the route's share.
             Some(target) => {
-                shadow = target.shadow.filter(|(_, percent)| rand::random::<f64>() * 100.0 < f64::from(*percent)).map(|(copy, _)| copy);
-                target.deployment
+                let shadow = target.shadow.filter(|(_, percent)| rand::random::<f64>() * 100.0 < f64::from(*percent)).map(|(copy, _)| copy);
+                Ok((target.deployment, shadow))
             }
             None => {
                 state.runtime.unload(name);
-                return Err(err.into());
+                Err(err.into())
             }
         },
-        Err(err) => return Err(err.into()),
-    };
-    let served = state.runtime.get(&state.hub, deployment).await?;
-    Ok(Target { served, load: started.elapsed(), shadow })
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Like `resolve`, and also `ns/name@revision`: a revision served for evaluation without a

@@ -7,6 +7,9 @@
 pub(crate) mod chunk;
 mod extract;
 pub(crate) mod index;
+mod reindex;
+
+pub use reindex::{reindex_pending, run_reindexer};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use domain::auth::Principal;
 use domain::vectors::{Chunk, StoreFile, VectorStore};
 use serde_json::{json, Value};
 
-use crate::inference::{self, EmbedInput, EmbedRequest, InferenceError};
+use crate::inference::{self, EmbedInput, EmbedRequest, InferenceError, Target};
 use crate::runtime::Backend;
 use crate::AppState;
 use chunk::Chunking;
@@ -76,11 +79,14 @@ pub async fn ingest_pending(state: &AppState) -> anyhow::Result<usize> {
 }
 
 async fn process(state: &AppState, file: StoreFile) {
-    let outcome = ingest(state, &file).await;
+    let (embedded_by, outcome) = match ingest(state, &file).await {
+        Ok((revision, chunks)) => (revision, Ok(chunks)),
+        Err(error) => (String::new(), Err(error)),
+    };
     if let Err(error) = &outcome {
         tracing::info!(store = %file.store_id, file = %file.file_id, "ingestion failed: {error}");
     }
-    if let Err(err) = state.hub.finish_ingestion(&file, outcome).await {
+    if let Err(err) = state.hub.finish_ingestion(&file, &embedded_by, outcome).await {
         tracing::warn!(store = %file.store_id, file = %file.file_id, "failed to store an ingestion: {err:#}");
     }
 }
@@ -89,16 +95,55 @@ fn failure(code: &str, message: impl std::fmt::Display) -> Value {
     json!({ "code": code, "message": message.to_string() })
 }
 
-/// A file's chunks with their vectors, or why it has none.
-async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value> {
+fn inference_failure(err: InferenceError) -> Value {
+    failure("server_error", crate::routes::openai::OpenAiError::from(err).message())
+}
+
+/// A file's chunks with their vectors and the revision that embedded them, or why it has none.
+async fn ingest(state: &AppState, file: &StoreFile) -> Result<(String, Vec<Chunk>), Value> {
     let (store, bytes) = state.hub.ingestion_source(file).await.map_err(|err| failure("invalid_file", err))?;
     let principal = state.hub.principal_of_token(store.token_id).await.map_err(|err| failure("server_error", err))?;
-    let target = inference::resolve(state, &principal, &store.embedding_model).await.map_err(|err| failure("server_error", crate::routes::openai::OpenAiError::from(err).message()))?;
-    if target.served.revision != store.embedding_revision {
-        return Err(failure("server_error", format!("the store was embedded by {} and its model now serves {}; re-indexing is not built yet", store.embedding_revision, target.served.revision)));
+    let target = store_model(state, &principal, &store)
+        .await
+        .map_err(inference_failure)?
+        .ok_or_else(|| failure("server_error", format!("the store is being re-indexed and its revision {} can no longer be served; attach the file again once the re-index is done", store.embedding_revision)))?;
+    let chunks = embed_file(state, &principal, &target, file, bytes, "openai.vector_stores.ingest").await?;
+    Ok((target.served.revision.clone(), chunks))
+}
+
+/// The model that embeds for a store: its deployment while that serves the store's revision;
+/// once the deployment moved on, that revision pinned (until a re-index swaps the store over),
+/// or `None` when it can no longer be served (a policy now blocks it, or its repo is gone).
+pub(crate) async fn store_model(state: &AppState, principal: &Principal, store: &VectorStore) -> Result<Option<Target>, InferenceError> {
+    let started = std::time::Instant::now();
+    let (current, _) = inference::deployment_of(state, principal, &store.embedding_model).await?;
+    let pinned = format!("{}@{}", current.repo, current.commit) != store.embedding_revision;
+    let deployment = if !pinned {
+        current
+    } else {
+        state.reindex_wake.notify_one();
+        match state.hub.pinned_embedding_model(principal, store, &current).await {
+            Ok(pinned) => pinned,
+            Err(err) => {
+                tracing::warn!(store = %store.id, "the store's revision {} cannot be served: {err}", store.embedding_revision);
+                return Ok(None);
+            }
+        }
+    };
+    match state.runtime.get(&state.hub, deployment).await {
+        Ok(served) => Ok(Some(Target { served, load: started.elapsed(), shadow: None })),
+        Err(err @ domain::Error::Forbidden(_)) if pinned => {
+            tracing::warn!(store = %store.id, "the store's revision {} cannot be served: {err}", store.embedding_revision);
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
     }
+}
+
+/// A file's text, chunked in the target's tokens and embedded by it (as `principal`).
+async fn embed_file(state: &AppState, principal: &Principal, target: &Target, file: &StoreFile, bytes: bytes::Bytes, api: &'static str) -> Result<Vec<Chunk>, Value> {
     let Backend::Embed(engine) = &target.served.backend else {
-        return Err(failure("server_error", format!("{} is not an embedding model", store.embedding_model)));
+        return Err(failure("server_error", format!("{} is not an embedding model", target.name())));
     };
     let chunking = Chunking { max_tokens: file.chunking["max_chunk_size_tokens"].as_u64().unwrap_or(800) as usize, overlap: file.chunking["chunk_overlap_tokens"].as_u64().unwrap_or(0) as usize };
     let (engine, filename) = (engine.clone(), file.filename.clone());
@@ -121,8 +166,8 @@ async fn ingest(state: &AppState, file: &StoreFile) -> Result<Vec<Chunk>, Value>
     }
     let mut chunks = Vec::with_capacity(texts.len());
     for batch in texts.chunks(EMBED_BATCH) {
-        let request = EmbedRequest { api: "openai.vector_stores.ingest", input: EmbedInput::Texts(batch.to_vec()), truncate: true, dimensions: None };
-        let embedded = inference::embed(state, &principal, &target, request).await.map_err(|err| failure("server_error", crate::routes::openai::OpenAiError::from(err).message()))?;
+        let request = EmbedRequest { api, input: EmbedInput::Texts(batch.to_vec()), truncate: true, dimensions: None };
+        let embedded = inference::embed(state, principal, target, request).await.map_err(inference_failure)?;
         for (text, vector) in batch.iter().zip(embedded.vectors) {
             chunks.push(Chunk { file_id: file.file_id.clone(), index: chunks.len() as u32, text: text.clone(), vector });
         }
@@ -207,14 +252,15 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
     let mut weights = search.weights;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; search.queries.len()];
     if weights.embedding > 0.0 && !index.chunks.is_empty() {
-        let target = inference::resolve(state, principal, &store.embedding_model).await?;
-        if target.served.revision == store.embedding_revision {
-            let request = EmbedRequest { api: search.api, input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
-            vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
-        } else {
-            // Vectors of another revision are not comparable: rank by text until re-indexed.
-            tracing::warn!(store = %store.id, "the embedding model moved from {} to {}; searching by text only", store.embedding_revision, target.served.revision);
-            weights.embedding = 0.0;
+        // Queries are embedded by the revision that embedded the store (pinned while a re-index
+        // runs); vectors of another revision are not comparable, so without it the search ranks
+        // by text alone.
+        match store_model(state, principal, &store).await? {
+            Some(target) => {
+                let request = EmbedRequest { api: search.api, input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
+                vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
+            }
+            None => weights.embedding = 0.0,
         }
     }
     let (queries, filter, max) = (search.queries, search.filter, search.max);

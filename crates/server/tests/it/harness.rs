@@ -22,8 +22,11 @@ impl server::runtime::Loader for MockBackends {
         runner.fail = config.context == 777;
         Ok(Box::new(runner))
     }
-    fn embedder(&self, _: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {
-        Ok(Box::new(engine::embed::MockEmbedder { dims: 16, max_tokens: 64, calls: Default::default() }))
+    fn embedder(&self, config: &engine::EmbedderConfig) -> Result<Box<dyn engine::EmbedRunner>, String> {
+        // A revision's config.json may give another width (`hidden_size`), so tests can tell
+        // one revision's vectors from another's.
+        let dims = std::fs::read(&config.config).ok().and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok()).and_then(|c| c["hidden_size"].as_u64()).unwrap_or(16) as usize;
+        Ok(Box::new(engine::embed::MockEmbedder { dims, max_tokens: 64, calls: Default::default() }))
     }
 }
 

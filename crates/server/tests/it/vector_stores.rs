@@ -225,3 +225,65 @@ async fn the_site_default_embedding_model_comes_from_config() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.json()["error"]["param"], "embedding_model");
 }
+
+#[tokio::test]
+async fn a_new_revision_of_the_embedding_model_reindexes_while_the_old_one_answers() {
+    let (server, token) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &token, true).await;
+    let cats = file(&server, &token, "cats.txt", "Cats are small domesticated carnivorous mammals. Cats purr when content and hunt mice at night.").await;
+    let market = file(&server, &token, "market.md", "# Markets\nThe stock market fell sharply on Monday as bond yields rose.").await;
+    let store = server.json("POST", "/v1/vector_stores", Some(&token), json!({ "name": "kb", "file_ids": [cats, market] })).await.json();
+    let id = store["id"].as_str().unwrap().to_owned();
+    let first = store["embedding_revision"].as_str().unwrap().to_owned();
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+    let query = json!({ "query": "cats hunt mice", "ranking_options": { "hybrid_search": { "embedding_weight": 1.0, "text_weight": 0.0 } } });
+    let before = search(&server, &token, &id, query.clone()).await;
+    let widths = |server: &TestServer, id: String| {
+        let hub = server.state.hub.clone();
+        async move {
+            let store = hub.vector_store_by_id(&id).await.unwrap().unwrap();
+            let (_, chunks) = hub.vector_chunks(&store).await.unwrap();
+            chunks.iter().map(|c| c.chunk.vector.len()).collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    assert_eq!(widths(&server, id.clone()).await, [16].into());
+    // Nothing to do while the deployment serves the store's revision.
+    assert_eq!(server::retrieval::reindex_pending(&server.state).await.unwrap(), 0);
+
+    // A new revision whose vectors are 24 wide (in the mock), deployed under the same name.
+    let reply = server.commit(&token, "ann/enc", &[crate::harness::header("wider"), crate::harness::file("config.json", br#"{"hidden_size": 24}"#)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    server::scanner::scan_pending(&server.state).await.unwrap();
+    assert_eq!(server.send("DELETE", "/api/admin/deployments/enc", Some(crate::harness::ADMIN), None, vec![]).await.status, StatusCode::OK);
+    let reply = server.json("POST", "/api/admin/deployments", Some(crate::harness::ADMIN), json!({ "name": "enc", "repo": "ann/enc" })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let second = format!("ann/enc@{}", reply.json()["commit"].as_str().unwrap());
+    assert_ne!(first, second);
+
+    // Until the swap the old revision answers: queries are embedded by it (pinned), so the
+    // results are exactly those from before.
+    assert_eq!(search(&server, &token, &id, query.clone()).await, before);
+    // A file attached meanwhile is embedded by the old revision too, and re-indexed with the rest.
+    let page = file(&server, &token, "page.html", "<html><body><p>Dogs are loyal pets that fetch.</p></body></html>").await;
+    server.json("POST", &format!("/v1/vector_stores/{id}/files"), Some(&token), json!({ "file_id": page })).await;
+    assert_eq!(server::retrieval::ingest_pending(&server.state).await.unwrap(), 1);
+    assert_eq!(server.get(&format!("/v1/vector_stores/{id}/files/{page}"), Some(&token)).await.json()["status"], "completed");
+    assert_eq!(widths(&server, id.clone()).await, [16].into());
+    let store = server.get(&format!("/v1/vector_stores/{id}"), Some(&token)).await.json();
+    assert_eq!(store["embedding_revision"], first.as_str());
+
+    assert_eq!(server::retrieval::reindex_pending(&server.state).await.unwrap(), 1);
+    let store = server.get(&format!("/v1/vector_stores/{id}"), Some(&token)).await.json();
+    assert_eq!(store["embedding_revision"], second.as_str(), "{store}");
+    assert_eq!(store["reindex"], Value::Null);
+    assert_eq!(store["file_counts"]["completed"], 3);
+    assert_eq!(widths(&server, id.clone()).await, [24].into(), "every chunk is the new revision's");
+    let after = search(&server, &token, &id, query.clone()).await;
+    assert_eq!(after["data"][0]["file_id"], cats.as_str(), "{after}");
+    assert_eq!(server::retrieval::reindex_pending(&server.state).await.unwrap(), 0, "done once");
+    assert!(server.audit_actions().await.iter().any(|a| a == "vector_store.reindex"));
+    // New files now embed with the new revision.
+    server.json("POST", &format!("/v1/vector_stores/{id}/files"), Some(&token), json!({ "file_id": market })).await;
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+    assert_eq!(widths(&server, id.clone()).await, [24].into());
+}

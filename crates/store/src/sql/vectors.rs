@@ -1,12 +1,12 @@
 //! VectorStoreStore: vector stores, their files (ingestion jobs under a lease), file batches and
 //! chunks (vectors as little-endian f32 bytes).
 
-use domain::vectors::{Chunk, FileBatch, IndexedChunk, StoreFile, VectorStore, VectorStoreStore, CANCELLED, COMPLETED, FAILED, IN_PROGRESS};
+use domain::vectors::{Chunk, FileBatch, IndexedChunk, Reindex, StoreFile, VectorStore, VectorStoreStore, CANCELLED, COMPLETED, FAILED, IN_PROGRESS};
 use serde_json::Value;
 
 use super::*;
 
-const STORE_COLUMNS: &str = "id, owner, token_id, name, embedding_model, embedding_revision, metadata, created_at, expires_after_days, last_active_at, version";
+const STORE_COLUMNS: &str = "id, owner, token_id, name, embedding_model, embedding_revision, metadata, created_at, expires_after_days, last_active_at, version, reindex_revision, reindex_started_at, reindex_error, (SELECT COUNT(*) FROM vector_reindexed_files r WHERE r.store_id = vector_stores.id) AS reindexed";
 const FILE_COLUMNS: &str = "store_id, file_id, filename, sha256, status, last_error, attributes, chunking, usage_bytes, batch_id, created_at";
 
 fn store_from_row(row: &AnyRow) -> Result<VectorStore> {
@@ -22,6 +22,15 @@ fn store_from_row(row: &AnyRow) -> Result<VectorStore> {
         expires_after_days: row.try_get::<Option<i64>, _>("expires_after_days").map_err(db_err)?.map(|d| d as u32),
         last_active_at: row.try_get("last_active_at").map_err(db_err)?,
         version: row.try_get("version").map_err(db_err)?,
+        reindex: match row.try_get::<Option<String>, _>("reindex_revision").map_err(db_err)? {
+            Some(revision) => Some(Reindex {
+                revision,
+                started_at: row.try_get::<Option<String>, _>("reindex_started_at").map_err(db_err)?.unwrap_or_default(),
+                files_done: row.try_get::<i64, _>("reindexed").map_err(db_err)? as u64,
+                error: row.try_get("reindex_error").map_err(db_err)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -53,7 +62,7 @@ fn vector_of(bytes: &[u8]) -> Vec<f32> {
 /// Inserts or re-queues attached files.
 async fn upsert_files(tx: &mut sqlx::AnyConnection, files: &[StoreFile]) -> Result<()> {
     for file in files {
-        sqlx::query("DELETE FROM vector_chunks WHERE store_id = $1 AND file_id = $2").bind(&file.store_id).bind(&file.file_id).execute(&mut *tx).await.map_err(db_err)?;
+        forget_file_chunks(tx, &file.store_id, &file.file_id).await?;
         sqlx::query("DELETE FROM vector_store_files WHERE store_id = $1 AND file_id = $2").bind(&file.store_id).bind(&file.file_id).execute(&mut *tx).await.map_err(db_err)?;
         sqlx::query("INSERT INTO vector_store_files (store_id, file_id, filename, sha256, status, last_error, attributes, chunking, usage_bytes, batch_id, created_at, lease_until) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, 0, $8, $9, NULL)")
             .bind(&file.store_id)
@@ -71,6 +80,36 @@ async fn upsert_files(tx: &mut sqlx::AnyConnection, files: &[StoreFile]) -> Resu
     }
     Ok(())
 }
+
+/// Drops a file's chunks, and what a re-index made of them.
+async fn forget_file_chunks(tx: &mut sqlx::AnyConnection, store_id: &str, file_id: &str) -> Result<()> {
+    for table in ["vector_chunks", "vector_chunks_next", "vector_reindexed_files"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE store_id = $1 AND file_id = $2")).bind(store_id).bind(file_id).execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Inserts chunks of one file into `table` (`vector_chunks` or `vector_chunks_next`); the bytes
+/// they hold.
+async fn insert_chunks(tx: &mut sqlx::AnyConnection, table: &str, store_id: &str, chunks: &[Chunk]) -> Result<i64> {
+    let sql = format!("INSERT INTO {table} (store_id, file_id, idx, text, vector) VALUES ($1, $2, $3, $4, $5)");
+    for chunk in chunks {
+        sqlx::query(&sql).bind(store_id).bind(&chunk.file_id).bind(i64::from(chunk.index)).bind(&chunk.text).bind(vector_bytes(&chunk.vector)).execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(chunks.iter().map(|c| c.text.len() + c.vector.len() * 4).sum::<usize>() as i64)
+}
+
+/// Drops a store's re-index: its state and what it made.
+async fn clear_reindex(tx: &mut sqlx::AnyConnection, store_id: &str) -> Result<()> {
+    for table in ["vector_chunks_next", "vector_reindexed_files"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE store_id = $1")).bind(store_id).execute(&mut *tx).await.map_err(db_err)?;
+    }
+    sqlx::query("UPDATE vector_stores SET reindex_revision = NULL, reindex_started_at = NULL, reindex_error = NULL, reindex_holder = NULL, reindex_lease_until = NULL WHERE id = $1").bind(store_id).execute(&mut *tx).await.map_err(db_err)?;
+    Ok(())
+}
+
+/// Completed files of a store without a re-index marker for their attachment.
+const REINDEX_PENDING: &str = "SELECT store_id, file_id, filename, sha256, status, last_error, attributes, chunking, usage_bytes, batch_id, created_at FROM vector_store_files f WHERE f.store_id = $1 AND f.status = $2 AND NOT EXISTS (SELECT 1 FROM vector_reindexed_files r WHERE r.store_id = f.store_id AND r.file_id = f.file_id AND r.attached_at = f.created_at) ORDER BY f.created_at, f.file_id";
 
 async fn bump(tx: &mut sqlx::AnyConnection, store_id: &str) -> Result<()> {
     sqlx::query("UPDATE vector_stores SET version = version + 1 WHERE id = $1").bind(store_id).execute(tx).await.map_err(db_err)?;
@@ -130,7 +169,7 @@ impl VectorStoreStore for SqlMetaStore {
     async fn delete_vector_store(&self, id: &str, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
         // Children first: the cascade is not left to a pragma.
-        for table in ["vector_chunks", "vector_store_files", "vector_file_batches"] {
+        for table in ["vector_chunks", "vector_chunks_next", "vector_reindexed_files", "vector_store_files", "vector_file_batches"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE store_id = $1")).bind(id).execute(&mut *tx.tx).await.map_err(db_err)?;
         }
         let deleted = sqlx::query("DELETE FROM vector_stores WHERE id = $1").bind(id).execute(&mut *tx.tx).await.map_err(db_err)?;
@@ -178,7 +217,7 @@ impl VectorStoreStore for SqlMetaStore {
 
     async fn detach_file(&self, store_id: &str, file_id: &str, event: AuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM vector_chunks WHERE store_id = $1 AND file_id = $2").bind(store_id).bind(file_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        forget_file_chunks(&mut tx.tx, store_id, file_id).await?;
         let deleted = sqlx::query("DELETE FROM vector_store_files WHERE store_id = $1 AND file_id = $2").bind(store_id).bind(file_id).execute(&mut *tx.tx).await.map_err(db_err)?;
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound(format!("no file {file_id} in vector store {store_id}")));
@@ -218,8 +257,17 @@ impl VectorStoreStore for SqlMetaStore {
         Ok(Some(file))
     }
 
-    async fn finish_ingestion(&self, file: &StoreFile, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool> {
+    async fn finish_ingestion(&self, file: &StoreFile, embedded_by: &str, outcome: std::result::Result<Vec<Chunk>, Value>) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        // Vectors of a revision the store no longer has (a re-index swapped meanwhile) are not
+        // comparable with its others: the file waits to be ingested again.
+        let revision: Option<String> =
+            sqlx::query("SELECT embedding_revision FROM vector_stores WHERE id = $1").bind(&file.store_id).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.map(|row| row.try_get("embedding_revision")).transpose().map_err(db_err)?;
+        if outcome.is_ok() && revision.as_deref() != Some(embedded_by) {
+            sqlx::query("UPDATE vector_store_files SET lease_until = NULL WHERE store_id = $1 AND file_id = $2 AND created_at = $3").bind(&file.store_id).bind(&file.file_id).bind(&file.created_at).execute(&mut *tx.tx).await.map_err(db_err)?;
+            tx.commit().await?;
+            return Ok(false);
+        }
         // Only a file still waiting, attached as it was claimed (not detached and attached again).
         let live = sqlx::query("SELECT 1 AS one FROM vector_store_files WHERE store_id = $1 AND file_id = $2 AND status = $3 AND created_at = $4")
             .bind(&file.store_id)
@@ -232,22 +280,9 @@ impl VectorStoreStore for SqlMetaStore {
         if live.is_none() {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM vector_chunks WHERE store_id = $1 AND file_id = $2").bind(&file.store_id).bind(&file.file_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        forget_file_chunks(&mut tx.tx, &file.store_id, &file.file_id).await?;
         let (status, error, bytes) = match &outcome {
-            Ok(chunks) => {
-                for chunk in chunks {
-                    sqlx::query("INSERT INTO vector_chunks (store_id, file_id, idx, text, vector) VALUES ($1, $2, $3, $4, $5)")
-                        .bind(&file.store_id)
-                        .bind(&file.file_id)
-                        .bind(i64::from(chunk.index))
-                        .bind(&chunk.text)
-                        .bind(vector_bytes(&chunk.vector))
-                        .execute(&mut *tx.tx)
-                        .await
-                        .map_err(db_err)?;
-                }
-                (COMPLETED, None, chunks.iter().map(|c| c.text.len() + c.vector.len() * 4).sum::<usize>() as i64)
-            }
+            Ok(chunks) => (COMPLETED, None, insert_chunks(&mut tx.tx, "vector_chunks", &file.store_id, chunks).await?),
             Err(error) => (FAILED, Some(error.to_string()), 0),
         };
         sqlx::query("UPDATE vector_store_files SET status = $1, last_error = $2, usage_bytes = $3, lease_until = NULL WHERE store_id = $4 AND file_id = $5")
@@ -299,5 +334,96 @@ impl VectorStoreStore for SqlMetaStore {
     async fn touch_vector_store(&self, id: &str, now: &str) -> Result<()> {
         sqlx::query("UPDATE vector_stores SET last_active_at = $1 WHERE id = $2").bind(now).bind(id).execute(&self.pool).await.map_err(db_err)?;
         Ok(())
+    }
+
+    async fn all_vector_stores(&self, limit: usize) -> Result<Vec<VectorStore>> {
+        let rows = sqlx::query(&format!("SELECT {STORE_COLUMNS} FROM vector_stores ORDER BY id LIMIT $1")).bind(limit as i64).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(store_from_row).collect()
+    }
+
+    async fn claim_reindex(&self, store_id: &str, revision: &str, holder: &str, now: &str, lease_until: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let Some(row) = sqlx::query("SELECT reindex_revision, reindex_holder, reindex_lease_until FROM vector_stores WHERE id = $1").bind(store_id).fetch_optional(&mut *tx.tx).await.map_err(db_err)? else { return Ok(false) };
+        let current: Option<String> = row.try_get("reindex_revision").map_err(db_err)?;
+        let held_by: Option<String> = row.try_get("reindex_holder").map_err(db_err)?;
+        let until: Option<String> = row.try_get("reindex_lease_until").map_err(db_err)?;
+        let free = held_by.as_deref().is_none_or(|h| h == holder) || until.as_deref().is_none_or(|u| u < now);
+        if !free {
+            return Ok(false);
+        }
+        if current.as_deref() != Some(revision) {
+            clear_reindex(&mut tx.tx, store_id).await?;
+            sqlx::query("UPDATE vector_stores SET reindex_revision = $1, reindex_started_at = $2 WHERE id = $3").bind(revision).bind(now).bind(store_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        }
+        sqlx::query("UPDATE vector_stores SET reindex_holder = $1, reindex_lease_until = $2 WHERE id = $3").bind(holder).bind(lease_until).bind(store_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn drop_reindex(&self, store_id: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        clear_reindex(&mut tx.tx, store_id).await?;
+        tx.commit().await
+    }
+
+    async fn fail_reindex(&self, store_id: &str, holder: &str, error: &str, retry_at: &str) -> Result<()> {
+        sqlx::query("UPDATE vector_stores SET reindex_error = $1, reindex_lease_until = $2 WHERE id = $3 AND reindex_holder = $4").bind(error).bind(retry_at).bind(store_id).bind(holder).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn reindex_pending(&self, store_id: &str) -> Result<Vec<StoreFile>> {
+        let rows = sqlx::query(REINDEX_PENDING).bind(store_id).bind(COMPLETED).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    async fn finish_reindex_file(&self, file: &StoreFile, revision: &str, chunks: &[Chunk]) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let towards: Option<Option<String>> =
+            sqlx::query("SELECT reindex_revision FROM vector_stores WHERE id = $1").bind(&file.store_id).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.map(|row| row.try_get("reindex_revision")).transpose().map_err(db_err)?;
+        let same = sqlx::query("SELECT 1 AS one FROM vector_store_files WHERE store_id = $1 AND file_id = $2 AND status = $3 AND created_at = $4")
+            .bind(&file.store_id)
+            .bind(&file.file_id)
+            .bind(COMPLETED)
+            .bind(&file.created_at)
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        if towards.flatten().as_deref() != Some(revision) || same.is_none() {
+            return Ok(false);
+        }
+        for table in ["vector_chunks_next", "vector_reindexed_files"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE store_id = $1 AND file_id = $2")).bind(&file.store_id).bind(&file.file_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        }
+        let bytes = insert_chunks(&mut tx.tx, "vector_chunks_next", &file.store_id, chunks).await?;
+        sqlx::query("INSERT INTO vector_reindexed_files (store_id, file_id, attached_at, usage_bytes) VALUES ($1, $2, $3, $4)").bind(&file.store_id).bind(&file.file_id).bind(&file.created_at).bind(bytes).execute(&mut *tx.tx).await.map_err(db_err)?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn swap_reindex(&self, store_id: &str, revision: &str, event: AuditEvent) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let towards: Option<Option<String>> =
+            sqlx::query("SELECT reindex_revision FROM vector_stores WHERE id = $1").bind(store_id).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.map(|row| row.try_get("reindex_revision")).transpose().map_err(db_err)?;
+        if towards.flatten().as_deref() != Some(revision) {
+            return Ok(false);
+        }
+        // Checked again here, in the serialized write: a file ingested since the last look waits.
+        if sqlx::query(REINDEX_PENDING).bind(store_id).bind(COMPLETED).fetch_optional(&mut *tx.tx).await.map_err(db_err)?.is_some() {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM vector_chunks WHERE store_id = $1").bind(store_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        sqlx::query("INSERT INTO vector_chunks (store_id, file_id, idx, text, vector) SELECT store_id, file_id, idx, text, vector FROM vector_chunks_next WHERE store_id = $1").bind(store_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        sqlx::query("UPDATE vector_store_files SET usage_bytes = (SELECT r.usage_bytes FROM vector_reindexed_files r WHERE r.store_id = vector_store_files.store_id AND r.file_id = vector_store_files.file_id) WHERE store_id = $1 AND status = $2")
+            .bind(store_id)
+            .bind(COMPLETED)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db_err)?;
+        clear_reindex(&mut tx.tx, store_id).await?;
+        sqlx::query("UPDATE vector_stores SET embedding_revision = $1 WHERE id = $2").bind(revision).bind(store_id).execute(&mut *tx.tx).await.map_err(db_err)?;
+        bump(&mut tx.tx, store_id).await?;
+        tx.audit(&event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

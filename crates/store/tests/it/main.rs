@@ -5,6 +5,7 @@
 mod blobs;
 mod meta;
 mod migrate;
+mod vectors;
 
 /// An environment variable a suite needs. Without it the suite is skipped with a message, except
 /// under CI (`CI` set), where a missing environment must fail rather than pass unseen.

@@ -41,7 +41,7 @@ pub(crate) async fn postgres_url() -> Option<String> {
     Some(format!("{prefix}/{db}"))
 }
 
-async fn sqlite() -> (SqlMetaStore, tempfile::TempDir) {
+pub(crate) async fn sqlite() -> (SqlMetaStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("meta.db").display());
     (SqlMetaStore::connect(&url).await.unwrap(), dir)

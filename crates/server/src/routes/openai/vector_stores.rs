@@ -72,6 +72,13 @@ fn store_json(store: &VectorStore, files: &[StoreFile]) -> Value {
         "metadata": store.metadata,
         "embedding_model": store.embedding_model,
         "embedding_revision": store.embedding_revision,
+        "reindex": store.reindex.as_ref().map(|r| json!({
+            "embedding_revision": r.revision,
+            "started_at": time(&r.started_at),
+            "files_done": r.files_done,
+            "files_total": files.iter().filter(|f| f.status == COMPLETED).count(),
+            "last_error": r.error,
+        })),
     })
 }
 
@@ -210,6 +217,7 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
         expires_after_days: expires_after(body.get("expires_after"))?.flatten(),
         last_active_at: String::new(),
         version: 0,
+        reindex: None,
     };
     let store = state.hub.create_vector_store(&principal, store, files).await.map_err(file_not_found)?;
     state.ingest_wake.notify_one();
