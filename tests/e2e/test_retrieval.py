@@ -218,3 +218,27 @@ HfApi(token={token!r}).upload_file(path_or_fileobj=b"Re-exported; same weights.\
     # Same weights under a new commit: the same answers, now from the new revision's vectors.
     assert answers() == before
     server.cli("undeploy", embedder)
+
+
+def test_an_org_shares_its_files_stores_and_responses(server, minilm):  # noqa: F811
+    """`organization=` on the official client: what a member makes for the org, every member
+    reads and searches; outsiders get 404, and may not act for the org."""
+    embedder, _ = minilm
+    org = "org" + uuid.uuid4().hex[:8]
+    server.cli("orgs", "create", org)
+    _, maker = server.new_user(org=org)
+    _, member = server.new_user(org=org, role="read")
+    _, outsider = server.new_user()
+    mine = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=maker, organization=org)
+    store = filled_store(mine, embedder)
+    theirs = openai.OpenAI(base_url=server.endpoint + "/v1", api_key=member, organization=org)
+    assert [s.id for s in theirs.vector_stores.list()] == [store.id]
+    assert theirs.vector_stores.search(store.id, query="Why does a cat purr?").data[0].filename == "cats.txt"
+    with pytest.raises(openai.PermissionDeniedError):
+        theirs.vector_stores.delete(store.id)
+    stranger = client(server, outsider)
+    with pytest.raises(openai.NotFoundError):
+        stranger.vector_stores.retrieve(store.id)
+    assert stranger.files.list().data == []
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.endpoint + "/v1", api_key=outsider, organization=org).vector_stores.list()

@@ -57,6 +57,21 @@ pub struct UserPrincipal {
     pub token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The orgs the user belongs to, by name.
     pub orgs: Vec<String>,
+    /// The org this request acts for (`OpenAI-Organization`), one of `orgs`: the files, vector
+    /// stores and responses it creates belong to that org, and its lists show the org's.
+    pub workspace: Option<String>,
+}
+
+impl UserPrincipal {
+    /// The account that owns what this request creates: the org it acts for, else the user.
+    pub fn owner(&self) -> &str {
+        self.workspace.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether what `owner` owns is this user's to use: its own, or one of its orgs'.
+    pub fn shares(&self, owner: &str) -> bool {
+        self.name == owner || self.orgs.iter().any(|org| org == owner)
+    }
 }
 
 impl Principal {
@@ -65,6 +80,16 @@ impl Principal {
         match self {
             Principal::Anonymous => "anonymous".to_owned(),
             Principal::User(user) => user.name.clone(),
+        }
+    }
+    /// The same caller acting for `org` (an org it belongs to), or 401 naming the mismatch.
+    pub fn acting_for(self, org: &str) -> Result<Principal> {
+        match self {
+            Principal::User(mut user) if user.orgs.iter().any(|o| o == org) => {
+                user.workspace = Some(org.to_owned());
+                Ok(Principal::User(user))
+            }
+            _ => Err(Error::Unauthenticated(format!("the token's user is not a member of org {org:?} (OpenAI-Organization)"))),
         }
     }
     /// The user, or 401.

@@ -202,6 +202,7 @@ impl Hub {
             token_name: token.name.clone(),
             token_expires_at: expires,
             orgs,
+            workspace: None,
         }))
     }
 }

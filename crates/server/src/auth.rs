@@ -31,5 +31,12 @@ pub(crate) async fn principal(state: &AppState, headers: &HeaderMap) -> Result<P
             Some(token.trim().to_owned())
         }
     };
-    state.hub.authenticate(secret.as_deref()).await
+    let principal = state.hub.authenticate(secret.as_deref()).await?;
+    // OpenAI's clients name the org a request acts for (`organization=`): what it creates belongs
+    // to that org. Only an org the user belongs to; any other is refused, never ignored.
+    match headers.get("openai-organization").map(|v| v.to_str().map(str::trim)) {
+        None | Some(Ok("")) => Ok(principal),
+        Some(Ok(org)) => principal.acting_for(org),
+        Some(Err(_)) => Err(domain::Error::Unauthenticated("malformed OpenAI-Organization header".into())),
+    }
 }

@@ -1,5 +1,6 @@
-//! `Hub`: uploaded files. A file belongs to the account that uploaded it: only that account's
-//! tokens list, read or delete it; anyone else gets `NotFound`. Uploading and deleting take a
+//! `Hub`: uploaded files. A file belongs to the account that uploaded it, or to the org the
+//! upload acted for: only that account's tokens (an org's: its members') list, read or delete
+//! it; anyone else gets `NotFound`. Uploading and deleting take a
 //! write token and are audited. Uploads are bounded in size (`max_file_bytes`) and every
 //! account's files together in bytes (`file_quota_bytes`).
 
@@ -22,7 +23,7 @@ impl Hub {
         if !PURPOSES.contains(&purpose) {
             return Err(Error::invalid(format!("purpose must be one of {}", PURPOSES.join(", "))));
         }
-        let used = self.meta.upload_bytes(&user.name).await?;
+        let used = self.meta.upload_bytes(user.owner()).await?;
         let room = self.config.file_quota_bytes.saturating_sub(used);
         if room == 0 {
             return Err(Error::invalid(format!("the account's files already hold its quota of {} bytes; delete some first", self.config.file_quota_bytes)));
@@ -36,8 +37,16 @@ impl Hub {
         self.settle_written(&stored.sha256).await?;
         let now = chrono::Utc::now();
         let expires_at = expires_after_secs.map(|secs| format_time(now + chrono::Duration::seconds(secs.min(i64::MAX as u64) as i64)));
-        let file =
-            StoredFile { id: format!("file-{}", random_id()), owner: user.name.clone(), filename: filename.to_owned(), purpose: purpose.to_owned(), bytes: stored.size, sha256: stored.sha256.to_string(), created_at: format_time(now), expires_at };
+        let file = StoredFile {
+            id: format!("file-{}", random_id()),
+            owner: user.owner().to_owned(),
+            filename: filename.to_owned(),
+            purpose: purpose.to_owned(),
+            bytes: stored.size,
+            sha256: stored.sha256.to_string(),
+            created_at: format_time(now),
+            expires_at,
+        };
         let event = AuditEvent::new(&user.name, "file.create", format!("file:{}", file.id), json!({ "filename": file.filename, "purpose": file.purpose, "bytes": file.bytes, "sha256": file.sha256 }));
         self.meta.create_upload(&file, self.config.file_quota_bytes, event).await?;
         Ok(file)
@@ -47,15 +56,15 @@ impl Hub {
     pub async fn uploaded_file(&self, principal: &Principal, id: &str) -> Result<StoredFile> {
         let user = principal.user()?;
         match self.meta.get_upload(id).await? {
-            Some(file) if file.owner == user.name && !expired(&file) => Ok(file),
+            Some(file) if user.shares(&file.owner) && !expired(&file) => Ok(file),
             _ => Err(Error::NotFound(format!("no file {id}"))),
         }
     }
 
-    /// The caller's files, of one purpose if given, newest first.
+    /// The caller's files (its org's when it acts for one), of one purpose if given, newest first.
     pub async fn uploaded_files(&self, principal: &Principal, purpose: Option<&str>) -> Result<Vec<StoredFile>> {
         let user = principal.user()?;
-        Ok(self.meta.list_uploads(&user.name, purpose).await?.into_iter().filter(|f| !expired(f)).collect())
+        Ok(self.meta.list_uploads(user.owner(), purpose).await?.into_iter().filter(|f| !expired(f)).collect())
     }
 
     /// A file's bytes.

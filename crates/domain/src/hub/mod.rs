@@ -147,6 +147,7 @@ impl Hub {
             token_name: found.token.name.clone(),
             token_expires_at,
             orgs: found.orgs,
+            workspace: None,
         }))
     }
 }

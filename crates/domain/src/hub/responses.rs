@@ -1,5 +1,6 @@
-//! `Hub`: stored responses. A response belongs to the account whose token made it: only that
-//! account (through any of its tokens) reads it or continues from it; anyone else, site admins
+//! `Hub`: stored responses. A response belongs to the account whose token made it, or to the org
+//! the request acted for: only that account (through any of its tokens; an org: its members)
+//! reads it or continues from it; anyone else, site admins
 //! included, gets `NotFound` (a conversation is private data, not site configuration). Deleting
 //! takes a write token and is audited.
 
@@ -16,7 +17,7 @@ impl Hub {
     /// Stores a response made by the caller.
     pub async fn store_response(&self, principal: &Principal, mut response: StoredResponse) -> Result<()> {
         let user = principal.user()?;
-        response.owner = user.name.clone();
+        response.owner = user.owner().to_owned();
         self.meta.put_response(&response).await
     }
 
@@ -24,7 +25,7 @@ impl Hub {
     pub async fn response(&self, principal: &Principal, id: &str) -> Result<StoredResponse> {
         let user = principal.user()?;
         match self.meta.get_response(id).await? {
-            Some(response) if response.owner == user.name => Ok(response),
+            Some(response) if user.shares(&response.owner) => Ok(response),
             _ => Err(Error::NotFound(format!("no response {id}"))),
         }
     }

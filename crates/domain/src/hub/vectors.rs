@@ -1,6 +1,6 @@
-//! `Hub`: vector stores. A store belongs to the account that created it: any of its tokens reads
-//! and searches it, a write token changes it; anyone else gets `NotFound`. Files attached must
-//! be the account's own uploads. Changes are audited; ingestion (claiming a file, writing its
+//! `Hub`: vector stores. A store belongs to the account that created it, or to the org the request
+//! acted for: any of its tokens (an org's: its members') reads and searches it, a write token
+//! changes it; anyone else gets `NotFound`. Files attached must be files the caller can read. Changes are audited; ingestion (claiming a file, writing its
 //! chunks) is the server's own machinery.
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ impl Hub {
     pub async fn create_vector_store(&self, principal: &Principal, mut store: VectorStore, files: Vec<Attach>) -> Result<VectorStore> {
         let user = writer(principal)?;
         check_store_name(&store.name)?;
-        store.owner = user.name.clone();
+        store.owner = user.owner().to_owned();
         store.token_id = user.token_id;
         let now = format_time(chrono::Utc::now());
         store.created_at = now.clone();
@@ -69,7 +69,7 @@ impl Hub {
     pub async fn vector_store(&self, principal: &Principal, id: &str) -> Result<VectorStore> {
         let user = principal.user()?;
         match self.meta.get_vector_store(id).await? {
-            Some(store) if store.owner == user.name => Ok(store),
+            Some(store) if user.shares(&store.owner) => Ok(store),
             _ => Err(Error::NotFound(format!("no vector store {id}"))),
         }
     }
@@ -77,7 +77,7 @@ impl Hub {
     /// The caller's stores, newest first.
     pub async fn vector_stores(&self, principal: &Principal) -> Result<Vec<VectorStore>> {
         let user = principal.user()?;
-        self.meta.list_vector_stores(&user.name).await
+        self.meta.list_vector_stores(user.owner()).await
     }
 
     /// Renames a store, replaces its metadata or its expiry (`Some(None)` removes it).

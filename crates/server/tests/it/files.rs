@@ -7,10 +7,10 @@ use serde_json::json;
 
 use crate::harness::{Reply, TestServer, ADMIN};
 
-const BOUNDARY: &str = "mantle-test-boundary";
+pub(crate) const BOUNDARY: &str = "mantle-test-boundary";
 
 /// A multipart body: text fields, then (if given) a file part.
-fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
+pub(crate) fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, value) in fields {
         body.extend(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());

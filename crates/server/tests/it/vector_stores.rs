@@ -16,6 +16,16 @@ async fn file(server: &TestServer, token: &str, name: &str, content: &str) -> St
     reply.json()["id"].as_str().unwrap().to_owned()
 }
 
+/// A request as `token`, acting for `org` when given (`OpenAI-Organization`).
+async fn send_as(server: &TestServer, method: &str, uri: &str, token: &str, org: Option<&str>, content_type: &str, body: Vec<u8>) -> crate::harness::Reply {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str()), ("content-type", content_type)];
+    if let Some(org) = org {
+        headers.push(("openai-organization", org));
+    }
+    server.send_with(method, uri, &headers, body).await
+}
+
 async fn search(server: &TestServer, token: &str, store: &str, body: Value) -> Value {
     let reply = server.json("POST", &format!("/v1/vector_stores/{store}/search"), Some(token), body).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
@@ -286,4 +296,54 @@ async fn a_new_revision_of_the_embedding_model_reindexes_while_the_old_one_answe
     server.json("POST", &format!("/v1/vector_stores/{id}/files"), Some(&token), json!({ "file_id": market })).await;
     server::retrieval::ingest_pending(&server.state).await.unwrap();
     assert_eq!(widths(&server, id.clone()).await, [24].into());
+}
+
+#[tokio::test]
+async fn an_org_owns_what_its_members_make_for_it() {
+    let (server, ann) = deployed(|_| {}, false, 4).await;
+    deployed_encoder(&server, &ann, true).await;
+    server.json("POST", "/api/admin/orgs", Some(crate::harness::ADMIN), json!({ "name": "acme" })).await;
+    let bea = server.user("bea", Some("acme"), "write").await;
+    let dan = server.user("dan", Some("acme"), "read").await;
+    let cal = server.user("cal", None, "write").await;
+    let acme = Some("acme");
+    let plain = "application/json";
+    let upload = crate::files::multipart(&[("purpose", "assistants")], Some(("plan.txt", b"The acme launch plan: rockets on Tuesday.")));
+    let form = format!("multipart/form-data; boundary={}", crate::files::BOUNDARY);
+    let reply = send_as(&server, "POST", "/v1/files", &bea, acme, &form, upload.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let file_id = reply.json()["id"].as_str().unwrap().to_owned();
+    let body = serde_json::to_vec(&json!({ "name": "acme-kb", "file_ids": [file_id] })).unwrap();
+    let reply = send_as(&server, "POST", "/v1/vector_stores", &bea, acme, plain, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let store = reply.json()["id"].as_str().unwrap().to_owned();
+    server::retrieval::ingest_pending(&server.state).await.unwrap();
+
+    // Another member reads and searches what the org owns, with or without naming the org.
+    assert_eq!(server.get(&format!("/v1/files/{file_id}"), Some(&dan)).await.status, StatusCode::OK);
+    assert_eq!(server.get(&format!("/v1/vector_stores/{store}"), Some(&dan)).await.json()["file_counts"]["completed"], 1);
+    let found = search(&server, &dan, &store, json!({ "query": "launch rockets" })).await;
+    assert_eq!(found["data"][0]["file_id"], file_id.as_str());
+    // Lists show the org's things when the request acts for it, the user's own otherwise.
+    let listed = send_as(&server, "GET", "/v1/vector_stores", &dan, acme, plain, vec![]).await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(server.get("/v1/vector_stores", Some(&dan)).await.json()["data"].as_array().unwrap().len(), 0);
+    // A member's read token changes nothing.
+    let reply = send_as(&server, "DELETE", &format!("/v1/vector_stores/{store}"), &dan, acme, plain, vec![]).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // Outsiders see nothing, and may not act for an org they are not in.
+    assert_eq!(server.get(&format!("/v1/files/{file_id}"), Some(&cal)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get(&format!("/v1/vector_stores/{store}"), Some(&cal)).await.status, StatusCode::NOT_FOUND);
+    let reply = send_as(&server, "GET", "/v1/vector_stores", &cal, acme, plain, vec![]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.json());
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("acme"));
+    assert_eq!(send_as(&server, "POST", "/v1/files", &ann, acme, &form, upload).await.status, StatusCode::UNAUTHORIZED);
+
+    // A stored response made for the org is the org's.
+    let body = serde_json::to_vec(&json!({ "model": "tiny", "input": "hello", "max_output_tokens": 4 })).unwrap();
+    let reply = send_as(&server, "POST", "/v1/responses", &bea, acme, plain, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let response = reply.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.get(&format!("/v1/responses/{response}"), Some(&dan)).await.status, StatusCode::OK);
+    assert_eq!(server.get(&format!("/v1/responses/{response}"), Some(&cal)).await.status, StatusCode::NOT_FOUND);
 }
