@@ -118,7 +118,9 @@ pub struct BertConfig {
 }
 
 struct Linear {
-    /// `n_out × n_in`, row-major, as PyTorch stores it.
+    /// `n_in × n_out`, row-major: PyTorch's `n_out × n_in` transposed once at load, the layout
+    /// the matrix kernel reads without repacking it for every product (which cost more than the
+    /// product itself for a short query).
     weight: Vec<f32>,
     bias: Vec<f32>,
     n_in: usize,
@@ -212,6 +214,11 @@ impl Bert {
                 down: tensors.linear(&format!("{p}.output.dense"), config.intermediate, h)?,
                 norm2: tensors.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
+        }
+        for layer in &mut layers {
+            for linear in [&mut layer.qkv, &mut layer.attention_out, &mut layer.up, &mut layer.down] {
+                linear.weight = transpose(&linear.weight, linear.n_out, linear.n_in);
+            }
         }
         let pool = rayon::ThreadPoolBuilder::new().num_threads((files.threads as usize).max(1)).thread_name(|i| format!("mantle-embed-{i}")).build().map_err(|e| e.to_string())?;
         Ok(Bert { config, tokenizer: std::sync::Arc::new(tokenizer), setup, word, position, token_type, norm, layers, n_vocab, max_len, pool })
@@ -347,22 +354,49 @@ impl crate::embed::EmbedRunner for Bert {
     }
 }
 
-/// `out (rows × n_out) = input (rows × n_in) · weightᵀ + bias`. The rows are split between the
-/// pool's threads, each running the kernel alone on its block: no synchronisation inside the
-/// product, which on these small matrices beats parallelising each product.
+/// `out (rows × n_out) = input (rows × n_in) · weight + bias`, split between the pool's threads,
+/// each running the kernel alone on its block (no synchronisation inside a product, which on
+/// these small matrices beats parallelising each product). Many rows are split by rows; a few
+/// rows (one short query) by output columns, so each thread streams only its share of the
+/// weights, which is what bounds a product over a handful of rows.
 fn linear(out: &mut [f32], input: &[f32], layer: &Linear, rows: usize) {
     let (n_in, n_out) = (layer.n_in, layer.n_out);
     let threads = rayon::current_num_threads().max(1);
+    if threads > 1 && rows < FEW_ROWS * threads {
+        let width = n_out.div_ceil(threads);
+        let parts: Vec<(usize, Vec<f32>)> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let (from, to) = (t * width, ((t + 1) * width).min(n_out));
+                let cols = to.saturating_sub(from);
+                let mut part = Vec::with_capacity(rows * cols);
+                for _ in 0..rows {
+                    part.extend_from_slice(&layer.bias[from..to]);
+                }
+                matmul_acc(&mut part, rows, cols, n_in, (cols, 1), input, (n_in, 1), &layer.weight[from.min(n_out)..], (n_out, 1), Parallelism::None);
+                (from, part)
+            })
+            .collect();
+        for (from, part) in parts {
+            let cols = part.len() / rows.max(1);
+            for (row, values) in out[..rows * n_out].chunks_exact_mut(n_out).zip(part.chunks_exact(cols.max(1))) {
+                row[from..from + cols].copy_from_slice(values);
+            }
+        }
+        return;
+    }
     let block = rows.div_ceil(threads).max(1);
     out[..rows * n_out].par_chunks_mut(block * n_out).zip(input[..rows * n_in].par_chunks(block * n_in)).for_each(|(out, input)| {
         let rows = out.len() / n_out;
         for row in out.chunks_exact_mut(n_out) {
             row.copy_from_slice(&layer.bias);
         }
-        // weightᵀ as an n_in × n_out matrix: row stride 1, column stride n_in.
-        matmul_acc(out, rows, n_out, n_in, (n_out, 1), input, (n_in, 1), &layer.weight, (1, n_in), Parallelism::None);
+        matmul_acc(out, rows, n_out, n_in, (n_out, 1), input, (n_in, 1), &layer.weight, (n_out, 1), Parallelism::None);
     });
 }
+
+/// Rows per thread below which a dense layer is split by output columns instead of rows.
+const FEW_ROWS: usize = 32;
 
 /// `dst = alpha · lhs · rhs` for strided matrices (each given as (row stride, column stride)).
 #[expect(clippy::too_many_arguments, reason = "a strided matrix product names its three matrices, their strides and sizes")]
@@ -389,6 +423,17 @@ fn gemm_checked(dst: &mut [f32], m: usize, n: usize, k: usize, dst_s: (usize, us
     unsafe {
         gemm::gemm(m, n, k, dst.as_mut_ptr(), dst_s.1 as isize, dst_s.0 as isize, accumulate, lhs.as_ptr(), lhs_s.1 as isize, lhs_s.0 as isize, rhs.as_ptr(), rhs_s.1 as isize, rhs_s.0 as isize, 1.0, alpha, false, false, false, par);
     }
+}
+
+/// `rows × cols` row-major, transposed to `cols × rows` row-major.
+fn transpose(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; matrix.len()];
+    for (r, row) in matrix.chunks_exact(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {

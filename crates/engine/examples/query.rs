@@ -1,0 +1,35 @@
+//! Times one short query through the BERT encoder, as a search embeds it (no HTTP), to profile
+//! single-query latency. Usage:
+//! cargo run --release -p engine --example query -- MODEL_DIR [THREADS] [ROUNDS]
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(&args[1]);
+    let threads: u32 = args.get(2).map_or(2, |t| t.parse().unwrap());
+    let rounds: usize = args.get(3).map_or(200, |r| r.parse().unwrap());
+    let config = engine::EmbedderConfig {
+        weights: dir.join("model.safetensors"),
+        config: dir.join("config.json"),
+        tokenizer: dir.join("tokenizer.json"),
+        sentence_config: Some(dir.join("sentence_bert_config.json")),
+        modules: Some(dir.join("modules.json")),
+        pooling: Some(dir.join("1_Pooling/config.json")),
+        st_config: Some(dir.join("config_sentence_transformers.json")),
+        threads,
+    };
+    let bert = engine::bert::Bert::load(&config).unwrap();
+    let queries = ["Why does a cat purr?", "stock prices and bond yields", "0-dimensional biomaterials show inductive properties.", "magma and lava"];
+    for query in queries {
+        let tokens = engine::Tokenizer::encode(bert.tokenizer.as_ref(), query);
+        let mut times: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let t0 = Instant::now();
+                std::hint::black_box(bert.embed(&[&tokens]).unwrap());
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!("{:>3} tokens  p50 {:6.2} ms  p99 {:6.2} ms  ({query})", tokens.len(), times[rounds / 2], times[rounds * 99 / 100]);
+    }
+}
