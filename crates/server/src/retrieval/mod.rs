@@ -44,6 +44,15 @@ const MAX_CACHED: usize = 64;
 #[derive(Default)]
 pub struct Indexes {
     cached: Mutex<HashMap<String, Arc<Index>>>,
+    /// One build at a time per store: concurrent searches after an ingest wait for one rebuild
+    /// instead of each reading every chunk and building its own.
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Indexes {
+    fn cached(&self, store: &VectorStore) -> Option<Arc<Index>> {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner()).get(&store.id).filter(|i| i.version >= store.version).cloned()
+    }
 }
 
 /// Ingests files until `shutdown` (woken at once by `wake`, else every second).
@@ -291,14 +300,21 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
 
 /// The store's index at its current version: this process's cached one, or built anew.
 async fn index_of(state: &AppState, store: &VectorStore) -> Result<Arc<Index>, InferenceError> {
-    if let Some(index) = state.indexes.cached.lock().unwrap_or_else(|e| e.into_inner()).get(&store.id).filter(|i| i.version >= store.version) {
-        return Ok(index.clone());
+    if let Some(index) = state.indexes.cached(store) {
+        return Ok(index);
+    }
+    let gate = state.indexes.building.lock().unwrap_or_else(|e| e.into_inner()).entry(store.id.clone()).or_default().clone();
+    let _building = gate.lock().await;
+    if let Some(index) = state.indexes.cached(store) {
+        return Ok(index); // built by the search this one waited for
     }
     let (version, chunks) = state.hub.vector_chunks(store).await?;
     let index = Arc::new(inference::prompt::off_async(move || Index::build(version, chunks)).await);
     let mut cached = state.indexes.cached.lock().unwrap_or_else(|e| e.into_inner());
     if cached.len() >= MAX_CACHED && !cached.contains_key(&store.id) {
         cached.clear();
+        // Gates nobody waits on go too (a gate in use is held by its waiters).
+        state.indexes.building.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, gate| Arc::strong_count(gate) > 1);
     }
     cached.insert(store.id.clone(), index.clone());
     Ok(index)
