@@ -4,12 +4,13 @@ same chunks (read back from Mantle) and the same vectors (all-MiniLM-L6-v2 throu
 /v1/embeddings), and against the published figures.
 
 Each abstract is one file (`title` and `text`); a document's score is its best chunk's. Reported:
-nDCG@10 and recall@50 (50 is the search API's page limit) for text alone, vectors alone and hybrid
-(RRF), ANN recall@10 of hnswlib against exact search on the same vectors, ingestion throughput,
+nDCG@10 and recall@100 for text alone, vectors alone and hybrid (RRF), ANN recall@10 of hnswlib
+against exact search on the same vectors, ingestion throughput (documents, chunks and tokens per
+second; tokens counted by the model's own tokenizer.json, special tokens included, as embedded),
 and search latency p50/p99 at 1 and 8 concurrent clients.
 
 Usage: python bench/retrieval.py --mantle BIN --model-dir DIR --data DIR [--queries 300]
-Needs openai, numpy, bm25s (with PyStemmer) and hnswlib in the running interpreter.
+Needs openai, numpy, tokenizers, bm25s (with PyStemmer) and hnswlib in the running interpreter.
 """
 
 import argparse
@@ -101,7 +102,7 @@ def docs_of(hits):
 
 def evaluate(name, runs, qrels):
     n = [ndcg10(runs[q], qrels[q]) for q in runs]
-    r = [recall(runs[q], qrels[q], 50) for q in runs]
+    r = [recall(runs[q], qrels[q], 100) for q in runs]
     return name, statistics.mean(n), statistics.mean(r)
 
 
@@ -157,7 +158,7 @@ def main():
 
         def search(query, weights):
             body = {"ranking_options": {"hybrid_search": {"embedding_weight": weights[0], "text_weight": weights[1]}}}
-            page = api.vector_stores.search(store.id, query=query, max_num_results=50, extra_body=body)
+            page = api.vector_stores.search(store.id, query=query, max_num_results=100, extra_body=body)
             return docs_of([(ids[d.file_id], d.score) for d in page.data])
 
         rows = []
@@ -167,11 +168,17 @@ def main():
         # Peers on the same chunks: bm25s (stopwords, Snowball stemmer) and hnswlib over the
         # same model's vectors of the same chunks.
         texts = [t for _, t in chunks]
+        import tokenizers
+
+        counter = tokenizers.Tokenizer.from_file(os.path.join(args.model_dir, "tokenizer.json"))
+        counter.no_padding()
+        counter.enable_truncation(256)
+        tokens = sum(len(e.ids) for e in counter.encode_batch(texts))
         stemmer = Stemmer.Stemmer("english")
         retriever = bm25s.BM25()
         retriever.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
         qids = list(queries)
-        results, scores = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False), k=50, show_progress=False)
+        results, scores = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False), k=100, show_progress=False)
         bm25_runs = {q: docs_of([(chunks[i][0], s) for i, s in zip(results[n], scores[n])]) for n, q in enumerate(qids)}
         rows.append(evaluate("bm25s (peer)", bm25_runs, qrels))
         vectors = []
@@ -183,7 +190,7 @@ def main():
         index.init_index(max_elements=len(vectors), ef_construction=200, M=16)
         index.add_items(vectors)
         index.set_ef(100)
-        labels, distances = index.knn_query(qvec, k=50)
+        labels, distances = index.knn_query(qvec, k=100)
         rows.append(evaluate("hnswlib (peer)", {q: docs_of([(chunks[i][0], -d) for i, d in zip(labels[n], distances[n])]) for n, q in enumerate(qids)}, qrels))
         exact = np.argsort(-(qvec @ vectors.T), axis=1)[:, :10]
         ann_recall = statistics.mean(len(set(labels[n][:10]) & set(exact[n])) / 10 for n in range(len(qids)))
@@ -213,12 +220,12 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nSciFact (BEIR test): {len(corpus)} abstracts -> {len(chunks)} chunks, {len(queries)} queries; all-MiniLM-L6-v2\n")
-    print(f"{'system':<22} {'nDCG@10':>8} {'recall@50':>10}")
+    print(f"{'system':<22} {'nDCG@10':>8} {'recall@100':>10}")
     for name, n, r in rows:
         print(f"{name:<22} {n:>8.3f} {r:>10.3f}")
     print("published nDCG@10: BM25 0.665-0.679, all-MiniLM-L6-v2 0.645, RRF of the two about 0.715")
     print(f"\nANN recall@10 of hnswlib against exact search on the same vectors: {ann_recall:.3f} (Mantle searches exactly: 1.000)")
-    print(f"ingestion: {len(corpus) / (ingested - started):.1f} documents/s end to end ({uploaded - started:.1f} s uploading, {ingested - uploaded:.1f} s chunking and embedding {len(chunks)} chunks: {len(chunks) / (ingested - uploaded):.1f} chunks/s)")
+    print(f"ingestion: {len(corpus) / (ingested - started):.1f} documents/s end to end ({uploaded - started:.1f} s uploading, {ingested - uploaded:.1f} s chunking and embedding {len(chunks)} chunks of {tokens} tokens: {len(chunks) / (ingested - uploaded):.1f} chunks/s, {tokens / (ingested - uploaded):.0f} tokens/s)")
     print(f"\n{'call':<18} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8}")
     for label, clients, p50, p99 in latency:
         print(f"{label:<18} {clients:>7} {p50:>8.1f} {p99:>8.1f}")

@@ -127,6 +127,7 @@ async fn batches_bad_files_and_bad_requests() {
     for (body, param) in [
         (json!({ "query": "x", "filters": { "type": "like", "key": "a", "value": 1 } }), "filters"),
         (json!({ "query": "x", "max_num_results": 0 }), "max_num_results"),
+        (json!({ "query": "x", "max_num_results": 101 }), "max_num_results"),
         (json!({ "query": "" }), "query"),
         (json!({ "query": "x", "ranking_options": { "score_threshold": 2 } }), "ranking_options.score_threshold"),
         (json!({ "query": "x", "rewrite_query": true }), "rewrite_query"),

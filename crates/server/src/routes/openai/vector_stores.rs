@@ -438,8 +438,14 @@ pub(crate) async fn batch_files(State(state): State<AppState>, headers: HeaderMa
     Ok(Json(page(items, &query)?))
 }
 
-/// The search fields both the search endpoint and the `file_search` tool take.
-pub(crate) fn search_of(queries: Vec<String>, filters: Option<&Value>, max: Option<&Value>, ranking: Option<&Value>, param: &str) -> Result<Search, OpenAiError> {
+/// The most results the search endpoint returns (OpenAI's is 50; 100 lets recall@100 be read).
+pub(crate) const MAX_RESULTS: u64 = 100;
+/// The most chunks `file_search` puts into a prompt (OpenAI's limit).
+pub(crate) const MAX_TOOL_RESULTS: u64 = 50;
+
+/// The search fields both the search endpoint and the `file_search` tool take (at most `most`
+/// results).
+pub(crate) fn search_of(queries: Vec<String>, filters: Option<&Value>, max: Option<&Value>, ranking: Option<&Value>, param: &str, most: u64) -> Result<Search, OpenAiError> {
     if queries.is_empty() || queries.len() > MAX_QUERIES || queries.iter().any(|q| q.trim().is_empty() || q.len() > 16 * 1024) {
         return Err(OpenAiError::invalid("query must be 1 to 8 non-empty strings of at most 16 KiB", Some("query")));
     }
@@ -450,8 +456,8 @@ pub(crate) fn search_of(queries: Vec<String>, filters: Option<&Value>, max: Opti
     let max = match max {
         None | Some(Value::Null) => 10,
         Some(n) => match n.as_u64() {
-            Some(n @ 1..=50) => n as usize,
-            _ => return Err(OpenAiError::invalid("max_num_results must be between 1 and 50", Some(&format!("{param}max_num_results")))),
+            Some(n) if (1..=most).contains(&n) => n as usize,
+            _ => return Err(OpenAiError::invalid(format!("max_num_results must be between 1 and {most}"), Some(&format!("{param}max_num_results")))),
         },
     };
     let mut weights = Weights { embedding: 1.0, text: 1.0 };
@@ -498,7 +504,7 @@ pub(crate) async fn search(State(state): State<AppState>, headers: HeaderMap, Pa
         Some(Value::Array(list)) => list.iter().map(|q| q.as_str().map(str::to_owned).ok_or_else(|| OpenAiError::invalid("query must be a string or strings", Some("query")))).collect::<Result<_, _>>()?,
         _ => return Err(OpenAiError::invalid("query is required", Some("query"))),
     };
-    let search = search_of(queries.clone(), body.get("filters"), body.get("max_num_results"), body.get("ranking_options"), "")?;
+    let search = search_of(queries.clone(), body.get("filters"), body.get("max_num_results"), body.get("ranking_options"), "", MAX_RESULTS)?;
     let found = retrieval::search(&state, &principal, &id, search).await.map_err(not_found_inference)?;
     let data: Vec<Value> = found.iter().map(|f| json!({ "file_id": f.file_id, "filename": f.filename, "score": f.score, "attributes": f.attributes, "content": [{ "type": "text", "text": f.text }] })).collect();
     Ok(Json(json!({ "object": "vector_store.search_results.page", "search_query": queries, "data": data, "has_more": false, "next_page": null })))

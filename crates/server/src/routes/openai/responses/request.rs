@@ -286,7 +286,7 @@ fn file_search_tool(tool: &Value, param: &str) -> Result<FileSearch, OpenAiError
         .filter(|ids| !ids.is_empty() && ids.len() <= MAX_SEARCH_STORES)
         .ok_or_else(|| OpenAiError::invalid(format!("{param}.vector_store_ids must name 1 to {MAX_SEARCH_STORES} vector stores"), Some(&format!("{param}.vector_store_ids"))))?;
     let store_ids = ids.iter().map(|id| id.as_str().map(str::to_owned).ok_or_else(|| OpenAiError::invalid("vector store ids are strings", Some(&format!("{param}.vector_store_ids"))))).collect::<Result<Vec<_>, _>>()?;
-    let mut search = super::super::vector_stores::search_of(vec!["query".into()], tool.get("filters"), tool.get("max_num_results"), tool.get("ranking_options"), &format!("{param}."))?;
+    let mut search = super::super::vector_stores::search_of(vec!["query".into()], tool.get("filters"), tool.get("max_num_results"), tool.get("ranking_options"), &format!("{param}."), super::super::vector_stores::MAX_TOOL_RESULTS)?;
     search.api = "openai.responses.file_search";
     search.queries.clear();
     Ok(FileSearch { store_ids, search })
