@@ -1,5 +1,5 @@
 //! Times one short query through the BERT encoder, as a search embeds it (no HTTP), to profile
-//! single-query latency. Usage:
+//! single-query latency, and batches of 32 sentences, as ingestion embeds them. Usage:
 //! cargo run --release -p engine --example query -- MODEL_DIR [THREADS] [ROUNDS]
 use std::time::Instant;
 
@@ -32,4 +32,17 @@ fn main() {
         times.sort_by(f64::total_cmp);
         println!("{:>3} tokens  p50 {:6.2} ms  p99 {:6.2} ms  ({query})", tokens.len(), times[rounds / 2], times[rounds * 99 / 100]);
     }
+    let sentence = "The river carried quiet boats past the market while people measured the water and wrote a report about energy policy today.";
+    // REPEAT=8 makes each sentence about 200 tokens, as ingested chunks are.
+    let repeat: usize = std::env::var("REPEAT").map_or(1, |r| r.parse().unwrap());
+    let batch: Vec<Vec<u32>> = (0..32).map(|i| engine::Tokenizer::encode(bert.tokenizer.as_ref(), &format!("{} {i}", sentence.repeat(repeat)))).collect();
+    let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+    let tokens: usize = batch.iter().map(Vec::len).sum();
+    let rounds = (rounds / 10).max(3);
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(bert.embed(&refs).unwrap());
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    println!("batch of 32 ({tokens} tokens): {:.1} sentences/s, {:.0} tokens/s", 32.0 * rounds as f64 / seconds, (tokens * rounds) as f64 / seconds);
 }
