@@ -19,6 +19,8 @@ const LEASE_SECS: i64 = 600;
 const RETRY_SECS: i64 = 60;
 /// How often every store's deployment is looked at.
 const SWEEP: Duration = Duration::from_secs(30);
+/// The least time between two sweeps, however often they are woken.
+const MIN_GAP: Duration = Duration::from_secs(5);
 /// Stores looked at per sweep.
 const MAX_STORES: usize = 10_000;
 /// Rounds of a store's pending files before the attempt yields (files attached meanwhile).
@@ -32,12 +34,19 @@ pub async fn run_reindexer(state: AppState, wake: Arc<tokio::sync::Notify>, mut 
         if *shutdown.borrow() {
             return;
         }
+        let started = tokio::time::Instant::now();
         if let Err(err) = sweep(&state, &holder, Some(&shutdown)).await {
             tracing::warn!("the re-index sweep failed: {err:#}");
         }
         tokio::select! {
             () = wake.notified() => {}
             _ = tokio::time::sleep(SWEEP) => {}
+            _ = shutdown.changed() => return,
+        }
+        // Every search of a store whose deployment moved wakes the sweep: at most one per
+        // MIN_GAP, so a busy store cannot keep the sweep (a read of every store) running.
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + MIN_GAP) => {}
             _ = shutdown.changed() => return,
         }
     }
