@@ -146,7 +146,8 @@ pub trait VectorStoreStore: Send + Sync {
     /// Drops a store's re-index and the chunks it made (its deployment serves the store's own
     /// revision again).
     async fn drop_reindex(&self, store_id: &str) -> Result<()>;
-    /// Records why a re-index attempt stopped, and frees it until `retry_at`.
+    /// Records why a re-index attempt stopped and releases it: anyone may take it again after
+    /// `retry_at`.
     async fn fail_reindex(&self, store_id: &str, holder: &str, error: &str, retry_at: &str) -> Result<()>;
     /// Completed files of a store not yet embedded anew by the re-index.
     async fn reindex_pending(&self, store_id: &str) -> Result<Vec<StoreFile>>;

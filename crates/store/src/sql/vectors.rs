@@ -347,7 +347,9 @@ impl VectorStoreStore for SqlMetaStore {
         let current: Option<String> = row.try_get("reindex_revision").map_err(db_err)?;
         let held_by: Option<String> = row.try_get("reindex_holder").map_err(db_err)?;
         let until: Option<String> = row.try_get("reindex_lease_until").map_err(db_err)?;
-        let free = held_by.as_deref().is_none_or(|h| h == holder) || until.as_deref().is_none_or(|u| u < now);
+        // Its holder renews it; anyone takes it once the lease (or, after a failure, the wait
+        // before a retry) ran out.
+        let free = held_by.as_deref() == Some(holder) || until.as_deref().is_none_or(|u| u < now);
         if !free {
             return Ok(false);
         }
@@ -367,7 +369,16 @@ impl VectorStoreStore for SqlMetaStore {
     }
 
     async fn fail_reindex(&self, store_id: &str, holder: &str, error: &str, retry_at: &str) -> Result<()> {
-        sqlx::query("UPDATE vector_stores SET reindex_error = $1, reindex_lease_until = $2 WHERE id = $3 AND reindex_holder = $4").bind(error).bind(retry_at).bind(store_id).bind(holder).execute(&self.pool).await.map_err(db_err)?;
+        // Released, so the retry may fall to any replica (one that fails every time, say short of
+        // memory for the model, does not keep it).
+        sqlx::query("UPDATE vector_stores SET reindex_error = $1, reindex_holder = NULL, reindex_lease_until = $2 WHERE id = $3 AND reindex_holder = $4")
+            .bind(error)
+            .bind(retry_at)
+            .bind(store_id)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 

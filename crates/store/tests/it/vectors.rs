@@ -79,6 +79,7 @@ async fn reindex(meta: Arc<SqlMetaStore>) {
     assert!(!meta.swap_reindex("vs_1", "acme/enc@b", event("vector_store.reindex")).await.unwrap());
     meta.fail_reindex("vs_1", "r1", "the model failed", T1).await.unwrap();
     assert_eq!(meta.get_vector_store("vs_1").await.unwrap().unwrap().reindex.unwrap().error.as_deref(), Some("the model failed"));
+    assert!(!meta.claim_reindex("vs_1", "acme/enc@b", "r1", T0, T1).await.unwrap(), "released, and waiting for its retry time");
     assert!(meta.claim_reindex("vs_1", "acme/enc@b", "r2", LATER, LATER).await.unwrap(), "taken over after the retry time");
     assert_eq!(meta.reindex_pending("vs_1").await.unwrap().len(), 1, "work done before is kept");
 
