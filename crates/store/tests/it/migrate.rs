@@ -6,7 +6,7 @@ use sqlx::{Connection as _, Executor as _, Row as _};
 use store::SqlMetaStore;
 
 /// The newest migration: the earlier runner applied 1..=6; later ones (7: Xet) came after it.
-const LATEST: i64 = 14;
+const LATEST: i64 = 15;
 
 /// The scripts as the earlier runner knew them.
 const SQLITE: &[&str] = &[
