@@ -6,6 +6,8 @@
 //! an embedding runner) plug in behind the same trait.
 
 pub mod bert;
+mod dense;
+mod elementwise;
 pub mod embed;
 pub mod grammar;
 pub mod hf_tokenizer;
@@ -18,6 +20,7 @@ mod sampler;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+pub use dense::Precision;
 pub use embed::{EmbedConfig, EmbedEngine, EmbedRunner};
 pub use load::{load_embedder, load_runner, EmbedderConfig, RunnerConfig};
 pub use sampler::{Sampler, SamplingParams};

@@ -154,6 +154,8 @@ pub struct EmbedderConfig {
     /// `config_sentence_transformers.json` (its default prompt).
     pub st_config: Option<PathBuf>,
     pub threads: u32,
+    /// Arithmetic of the dense layers.
+    pub precision: crate::Precision,
 }
 
 /// Loads a safetensors BERT encoder for embeddings.

@@ -91,6 +91,7 @@ pub struct RawRuntime {
     pub max_step_tokens: u64,
     pub models_dir: String,
     pub expand_max_bytes: u64,
+    pub embed_precision: String,
     pub memory_budget: u64,
     pub usage_accounting: bool,
 }
@@ -174,6 +175,8 @@ pub struct RuntimeConfig {
     pub models_dir: PathBuf,
     /// The largest F16 expansion of weights without a batched CPU kernel; 0 never expands.
     pub expand_max_bytes: u64,
+    /// Arithmetic of the embedding encoder's dense layers.
+    pub embed_precision: engine::Precision,
     /// Bytes the resident models may hold together before idle ones are evicted; 0: no limit.
     pub memory_budget: u64,
     /// Whether inference requests leave usage records.
@@ -228,6 +231,14 @@ impl Config {
         if !(runtime.prefill_chunk..=65536).contains(&runtime.max_step_tokens) {
             problems.push("runtime.max_step_tokens must be at least runtime.prefill_chunk and at most 65536".to_owned());
         }
+        let embed_precision = match runtime.embed_precision.as_str() {
+            "auto" => engine::Precision::Auto,
+            "f32" => engine::Precision::F32,
+            _ => {
+                problems.push(format!("runtime.embed_precision must be \"auto\" or \"f32\", not {:?}", runtime.embed_precision));
+                engine::Precision::Auto
+            }
+        };
         let models_dir = if runtime.models_dir.is_empty() { data_dir.join("models") } else { PathBuf::from(&runtime.models_dir) };
         let admin_name = domain::ids::AccountName::parse(&raw.auth.admin_name).map_err(|err| problems.push(format!("auth.admin_name: {err}"))).ok();
         let webhook_hosts = raw.webhooks.allowed_hosts.iter().filter_map(|entry| crate::webhooks::AllowedHost::parse(entry).map_err(|err| problems.push(format!("webhooks.allowed_hosts {entry:?}: {err}"))).ok()).collect();
@@ -263,6 +274,7 @@ impl Config {
                 max_step_tokens: runtime.max_step_tokens as usize,
                 models_dir,
                 expand_max_bytes: runtime.expand_max_bytes,
+                embed_precision,
                 memory_budget: if runtime.memory_budget == 0 { default_memory_budget() } else { runtime.memory_budget },
                 usage_accounting: runtime.usage_accounting,
             },
@@ -296,6 +308,20 @@ mod tests {
         let flags = FlagOverrides { addr: Some("nonsense".into()), database_url: Some("mysql://x".into()), ..Default::default() };
         let err = Config::from_raw(RawConfig::load(None, &flags).unwrap()).unwrap_err().to_string();
         assert!(err.contains("server.addr") && err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn the_embedding_precision_is_auto_f32_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mantle.toml");
+        let config = |value: &str| {
+            std::fs::write(&file, format!("[runtime]\nembed_precision = {value:?}\n")).unwrap();
+            Config::from_raw(RawConfig::load(Some(&file), &FlagOverrides::default()).unwrap())
+        };
+        assert_eq!(Config::from_raw(RawConfig::load(None, &FlagOverrides::default()).unwrap()).unwrap().runtime.embed_precision, engine::Precision::Auto);
+        assert_eq!(config("f32").unwrap().runtime.embed_precision, engine::Precision::F32);
+        let err = config("bf16").unwrap_err().to_string();
+        assert!(err.contains("runtime.embed_precision"), "{err}");
     }
 
     #[test]

@@ -408,7 +408,7 @@ impl Runtime {
                 None => None,
             };
             let st_config = self.sibling(hub, &deployment, &format!("{folder}config_sentence_transformers.json")).await?;
-            let embedder_config = EmbedderConfig { weights: path.clone(), config, tokenizer, sentence_config, modules, pooling, st_config, threads: settings.threads };
+            let embedder_config = EmbedderConfig { weights: path.clone(), config, tokenizer, sentence_config, modules, pooling, st_config, threads: settings.threads, precision: self.inner.config.embed_precision };
             let runner = tokio::task::spawn_blocking(move || load.embedder(&embedder_config)).await.map_err(Error::internal)?.map_err(&failed)?;
             let backend_name = runner.backend();
             // max_batch counts sequences for generation; for an encoder, a batch holds up to
