@@ -11,17 +11,17 @@ const LANES: usize = 16;
 /// Runs `$body` (an expression using the function's arguments) compiled for the best instruction
 /// set this CPU has.
 macro_rules! dispatched {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                fn avx512($($arg: $ty),*) { generic($($arg),*) }
+                fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) { generic($($arg),*) }
+                fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 // SAFETY: `level()` saw these features on this CPU.
                 #[expect(unsafe_code, reason = "calling a function compiled for instruction sets this CPU was seen to have")]
                 match level() {
@@ -74,6 +74,14 @@ dispatched! {
     }
 }
 
+dispatched! {
+    /// The dot product of `query` with every row of `rows` (rows of `query.len()` values), each
+    /// summed in 16 lanes: an exact scan of a vector index.
+    pub fn dot_rows(rows: &[f32], query: &[f32]) -> Vec<f32> {
+        rows.chunks_exact(query.len().max(1)).map(|row| lanes_fold_map2(row, query, |a, b| a * b)).collect()
+    }
+}
+
 /// Layer norm of every row of `x` (rows as long as `gamma`), split between the pool's threads.
 pub(crate) fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let h = gamma.len();
@@ -111,6 +119,20 @@ fn lanes_fold_map(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail.iter().map(|v| f(*v)).sum::<f32>()
+}
+
+/// The sum of `f` over pairs of `a` and `b`, in `LANES` partial sums.
+#[inline(always)]
+fn lanes_fold_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| f(*x, *y)).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += f(*x, *y);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `values` folded by `f` (associative and commutative, such as max), in `LANES` partial folds.
@@ -174,6 +196,18 @@ mod tests {
             let x = i as f32 / 100.0;
             let (got, want) = (fast_exp(x), x.exp());
             assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn dot_rows_match_plain_dot_products() {
+        let query: Vec<f32> = (0..37).map(|i| (i as f32 * 0.3).cos()).collect();
+        let rows: Vec<f32> = (0..37 * 5).map(|i| (i as f32 * 0.17).sin()).collect();
+        let got = dot_rows(&rows, &query);
+        assert_eq!(got.len(), 5);
+        for (row, got) in rows.chunks(37).zip(got) {
+            let want: f64 = row.iter().zip(&query).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((got as f64 - want).abs() < 1e-5, "{got} against {want}");
         }
     }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use dense::Precision;
+pub use elementwise::dot_rows;
 pub use embed::{EmbedConfig, EmbedEngine, EmbedRunner};
 pub use load::{load_embedder, load_runner, EmbedderConfig, RunnerConfig};
 pub use sampler::{Sampler, SamplingParams};

@@ -318,13 +318,30 @@ impl Index {
     }
 
     /// The best `max` chunks for the query among those `filter` lets through, best first.
+    #[cfg(test)]
     pub(crate) fn search(&self, text: &str, vector: Option<&[f32]>, filter: Option<&Filter>, weights: Weights, max: usize) -> Vec<Hit> {
-        let allowed: Vec<bool> = self.chunks.iter().map(|c| filter.is_none_or(|f| f.matches(&c.attributes))).collect();
+        let by_text = if weights.text > 0.0 { self.text_ranking(text, filter, max) } else { Vec::new() };
+        self.fuse(by_text, vector, filter, weights, max)
+    }
+
+    /// The chunks `filter` lets through, by position.
+    fn allowed(&self, filter: Option<&Filter>) -> Vec<bool> {
+        self.chunks.iter().map(|c| filter.is_none_or(|f| f.matches(&c.attributes))).collect()
+    }
+
+    /// Chunks by BM25 for `text`, best first, as deep as a fusion of results up to `max` reads
+    /// (it needs no query vector, so it can run while the query is embedded).
+    pub(crate) fn text_ranking(&self, text: &str, filter: Option<&Filter>, max: usize) -> Vec<(usize, f32)> {
+        self.bm25(text, &self.allowed(filter), FUSION_DEPTH.max(max))
+    }
+
+    /// The best `max` chunks: the text ranking (from `text_ranking`) fused with the ranking by
+    /// `vector` as `weights` say, or either alone.
+    pub(crate) fn fuse(&self, by_text: Vec<(usize, f32)>, vector: Option<&[f32]>, filter: Option<&Filter>, weights: Weights, max: usize) -> Vec<Hit> {
         // Fusion reads each ranking FUSION_DEPTH deep; a single ranking only `max` deep.
         let depth = if weights.text > 0.0 && weights.embedding > 0.0 { FUSION_DEPTH.max(max) } else { max };
-        let by_text = if weights.text > 0.0 { self.bm25(text, &allowed, depth) } else { Vec::new() };
         let by_vector = match vector.filter(|v| weights.embedding > 0.0 && v.len() == self.dims) {
-            Some(query) => self.cosine(query, &allowed, depth),
+            Some(query) => self.cosine(query, &self.allowed(filter), depth),
             None => Vec::new(),
         };
         let mut hits: Vec<Hit> = if weights.text > 0.0 && weights.embedding > 0.0 {
@@ -352,7 +369,8 @@ impl Index {
     fn bm25(&self, text: &str, allowed: &[bool], depth: usize) -> Vec<(usize, f32)> {
         let stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
         let n = self.chunks.len() as f32;
-        let mut scores: HashMap<usize, f32> = HashMap::new();
+        // Scores by chunk, dense: a query's common terms touch a good part of the collection.
+        let mut scores = vec![0f32; self.chunks.len()];
         let mut query = terms(text, &stemmer);
         query.sort();
         query.dedup();
@@ -367,32 +385,19 @@ impl Index {
                 let tf = tf as f32;
                 let length = self.lengths[chunk as usize] as f32;
                 let score = idf * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * length / self.average_length));
-                *scores.entry(chunk as usize).or_default() += score;
+                // A matching term scores above 0 (its idf is above 0), so 0 means unmatched.
+                scores[chunk as usize] += score.max(f32::MIN_POSITIVE);
             }
         }
-        best_first(scores.into_iter().collect(), depth)
+        best_first(scores.into_iter().enumerate().filter(|(_, s)| *s > 0.0).collect(), depth)
     }
 
     /// Chunks by cosine similarity, best first.
     fn cosine(&self, query: &[f32], allowed: &[bool], depth: usize) -> Vec<(usize, f32)> {
         let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-        let ranked: Vec<(usize, f32)> = self.vectors.chunks_exact(self.dims.max(1)).enumerate().filter(|(i, _)| allowed[*i]).map(|(i, row)| (i, dot(row, query) / norm)).collect();
+        let ranked: Vec<(usize, f32)> = engine::dot_rows(&self.vectors, query).into_iter().enumerate().filter(|(i, _)| allowed[*i]).map(|(i, dot)| (i, dot / norm)).collect();
         best_first(ranked, depth)
     }
-}
-
-/// A dot product in eight independent lanes, so the compiler can keep it in SIMD registers (a
-/// single running sum of floats must be added in order, one at a time).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..8 {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// The best `depth` entries, best first (ties by position), without sorting the rest.
@@ -459,7 +464,7 @@ mod tests {
         let a: Vec<f32> = (0..387).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..387).map(|i| (i as f32 * 0.11).cos()).collect();
         let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-3);
+        assert!((engine::dot_rows(&a, &b)[0] - plain).abs() < 1e-3);
         let ranked: Vec<(usize, f32)> = (0..100).map(|i| (i, ((i * 37) % 101) as f32)).collect();
         let mut sorted = ranked.clone();
         sorted.sort_by(|a, b| b.1.total_cmp(&a.1));

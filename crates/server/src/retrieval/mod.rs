@@ -259,25 +259,36 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
     let store = state.hub.searchable_store(principal, store_id).await?;
     let index = index_of(state, &store).await?;
     let mut weights = search.weights;
-    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; search.queries.len()];
-    if weights.embedding > 0.0 && !index.chunks.is_empty() {
-        // Queries are embedded by the revision that embedded the store (pinned while a re-index
-        // runs); vectors of another revision are not comparable, so without it the search ranks
-        // by text alone.
-        match store_model(state, principal, &store).await? {
-            Some(target) => {
-                let request = EmbedRequest { api: search.api, input: EmbedInput::Texts(search.queries.clone()), truncate: true, dimensions: None };
-                vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
-            }
-            None => weights.embedding = 0.0,
-        }
-    }
     let (queries, filter, max) = (search.queries, search.filter, search.max);
+    // The text rankings run while the queries are embedded.
+    let by_text = {
+        let (index, queries, filter) = (index.clone(), queries.clone(), filter.clone());
+        let wanted = weights.text > 0.0;
+        inference::prompt::off_async(move || queries.iter().map(|q| if wanted { index.text_ranking(q, filter.as_ref(), max) } else { Vec::new() }).collect::<Vec<_>>())
+    };
+    let embedded = async {
+        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; queries.len()];
+        if weights.embedding > 0.0 && !index.chunks.is_empty() {
+            // Queries are embedded by the revision that embedded the store (pinned while a
+            // re-index runs); vectors of another revision are not comparable, so without it the
+            // search ranks by text alone.
+            match store_model(state, principal, &store).await? {
+                Some(target) => {
+                    let request = EmbedRequest { api: search.api, input: EmbedInput::Texts(queries.clone()), truncate: true, dimensions: None };
+                    vectors = inference::embed(state, principal, &target, request).await?.vectors.into_iter().map(Some).collect();
+                }
+                None => weights.embedding = 0.0,
+            }
+        }
+        Ok::<_, InferenceError>(vectors)
+    };
+    let (by_text, vectors) = tokio::join!(by_text, embedded);
+    let vectors = vectors?;
     let index_for_search = index.clone();
     let hits = inference::prompt::off_async(move || {
         let mut best: HashMap<usize, f32> = HashMap::new();
-        for (query, vector) in queries.iter().zip(&vectors) {
-            for hit in index_for_search.search(query, vector.as_deref(), filter.as_ref(), weights, max) {
+        for (by_text, vector) in by_text.into_iter().zip(&vectors) {
+            for hit in index_for_search.fuse(by_text, vector.as_deref(), filter.as_ref(), weights, max) {
                 let score = best.entry(hit.chunk).or_insert(0.0);
                 *score = score.max(hit.score);
             }
