@@ -169,7 +169,7 @@ impl Bert {
             max_positions: field("max_position_embeddings")?,
             eps: raw["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
         };
-        if config.heads == 0 || !config.hidden.is_multiple_of(config.heads) || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
+        if config.heads == 0 || config.hidden == 0 || config.intermediate == 0 || !config.hidden.is_multiple_of(config.heads) || config.hidden > 8192 || config.layers > 96 || config.intermediate > 65536 {
             return Err("config.json describes an unsupported shape".into());
         }
         let max_seq_length = match &files.sentence_config {

@@ -81,13 +81,14 @@ fn forward_f32(out: &mut [f32], input: &[f32], rows: usize, weight: &[f32], bias
         let parts: Vec<(usize, Vec<f32>)> = (0..threads)
             .into_par_iter()
             .map(|t| {
-                let (from, to) = (t * width, ((t + 1) * width).min(n_out));
-                let cols = to.saturating_sub(from);
+                let from = (t * width).min(n_out);
+                let to = (from + width).min(n_out);
+                let cols = to - from;
                 let mut part = Vec::with_capacity(rows * cols);
                 for _ in 0..rows {
-                    part.extend_from_slice(&bias[from.min(n_out)..to.max(from.min(n_out))]);
+                    part.extend_from_slice(&bias[from..to]);
                 }
-                matmul_acc(&mut part, rows, cols, n_in, (cols, 1), input, (n_in, 1), &weight[from.min(n_out)..], (n_out, 1));
+                matmul_acc(&mut part, rows, cols, n_in, (cols, 1), input, (n_in, 1), &weight[from..], (n_out, 1));
                 (from, part)
             })
             .collect();

@@ -63,6 +63,18 @@ fn minilm_bfloat16_stays_within_cosine_of_f32() {
     }
 }
 
+/// A config.json with an empty layer is refused at load, before any weights are read.
+#[test]
+fn empty_shapes_are_refused_at_load() {
+    let dir = tempfile_dir();
+    for (hidden, intermediate) in [(0, 1536), (384, 0)] {
+        let config = serde_json::json!({"hidden_size": hidden, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": intermediate, "max_position_embeddings": 8});
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let err = Bert::load(&minilm(&dir)).err().expect("refused");
+        assert!(err.contains("unsupported shape"), "{err}");
+    }
+}
+
 /// MiniLM's files, as the runtime hands them over.
 fn minilm(dir: &Path) -> EmbedderConfig {
     EmbedderConfig {

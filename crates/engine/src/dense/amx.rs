@@ -102,7 +102,7 @@ impl Packed {
 
         let threads = rayon::current_num_threads().max(1);
         let row_chunks = rows.div_ceil(ROW_CHUNK);
-        let groups = (2 * threads).div_ceil(row_chunks).clamp(1, self.panels);
+        let groups = (2 * threads).div_ceil(row_chunks).min(self.panels).max(1);
         let per_group = self.panels.div_ceil(groups);
         let target = Shared(out.as_mut_ptr());
         (0..row_chunks * groups).into_par_iter().for_each(|task| {

@@ -320,28 +320,29 @@ impl Index {
     /// The best `max` chunks for the query among those `filter` lets through, best first.
     #[cfg(test)]
     pub(crate) fn search(&self, text: &str, vector: Option<&[f32]>, filter: Option<&Filter>, weights: Weights, max: usize) -> Vec<Hit> {
-        let by_text = if weights.text > 0.0 { self.text_ranking(text, filter, max) } else { Vec::new() };
-        self.fuse(by_text, vector, filter, weights, max)
+        let allowed = self.allowed(filter);
+        let by_text = if weights.text > 0.0 { self.text_ranking(text, &allowed, max) } else { Vec::new() };
+        self.fuse(by_text, vector, &allowed, weights, max)
     }
 
-    /// The chunks `filter` lets through, by position.
-    fn allowed(&self, filter: Option<&Filter>) -> Vec<bool> {
+    /// Which chunks `filter` lets through, by position.
+    pub(crate) fn allowed(&self, filter: Option<&Filter>) -> Vec<bool> {
         self.chunks.iter().map(|c| filter.is_none_or(|f| f.matches(&c.attributes))).collect()
     }
 
-    /// Chunks by BM25 for `text`, best first, as deep as a fusion of results up to `max` reads
-    /// (it needs no query vector, so it can run while the query is embedded).
-    pub(crate) fn text_ranking(&self, text: &str, filter: Option<&Filter>, max: usize) -> Vec<(usize, f32)> {
-        self.bm25(text, &self.allowed(filter), FUSION_DEPTH.max(max))
+    /// Allowed chunks by BM25 for `text`, best first, as deep as a fusion of results up to `max`
+    /// reads (it needs no query vector, so it can run while the query is embedded).
+    pub(crate) fn text_ranking(&self, text: &str, allowed: &[bool], max: usize) -> Vec<(usize, f32)> {
+        self.bm25(text, allowed, FUSION_DEPTH.max(max))
     }
 
-    /// The best `max` chunks: the text ranking (from `text_ranking`) fused with the ranking by
-    /// `vector` as `weights` say, or either alone.
-    pub(crate) fn fuse(&self, by_text: Vec<(usize, f32)>, vector: Option<&[f32]>, filter: Option<&Filter>, weights: Weights, max: usize) -> Vec<Hit> {
+    /// The best `max` allowed chunks: the text ranking (from `text_ranking`) fused with the
+    /// ranking by `vector` as `weights` say, or either alone.
+    pub(crate) fn fuse(&self, by_text: Vec<(usize, f32)>, vector: Option<&[f32]>, allowed: &[bool], weights: Weights, max: usize) -> Vec<Hit> {
         // Fusion reads each ranking FUSION_DEPTH deep; a single ranking only `max` deep.
         let depth = if weights.text > 0.0 && weights.embedding > 0.0 { FUSION_DEPTH.max(max) } else { max };
         let by_vector = match vector.filter(|v| weights.embedding > 0.0 && v.len() == self.dims) {
-            Some(query) => self.cosine(query, &self.allowed(filter), depth),
+            Some(query) => self.cosine(query, allowed, depth),
             None => Vec::new(),
         };
         let mut hits: Vec<Hit> = if weights.text > 0.0 && weights.embedding > 0.0 {

@@ -260,11 +260,15 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
     let index = index_of(state, &store).await?;
     let mut weights = search.weights;
     let (queries, filter, max) = (search.queries, search.filter, search.max);
-    // The text rankings run while the queries are embedded.
-    let by_text = {
-        let (index, queries, filter) = (index.clone(), queries.clone(), filter.clone());
+    // The filter is applied and the text rankings run while the queries are embedded.
+    let ranked = {
+        let (index, queries) = (index.clone(), queries.clone());
         let wanted = weights.text > 0.0;
-        inference::prompt::off_async(move || queries.iter().map(|q| if wanted { index.text_ranking(q, filter.as_ref(), max) } else { Vec::new() }).collect::<Vec<_>>())
+        inference::prompt::off_async(move || {
+            let allowed = index.allowed(filter.as_ref());
+            let by_text: Vec<_> = queries.iter().map(|q| if wanted { index.text_ranking(q, &allowed, max) } else { Vec::new() }).collect();
+            (allowed, by_text)
+        })
     };
     let embedded = async {
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; queries.len()];
@@ -282,13 +286,13 @@ pub(crate) async fn search(state: &AppState, principal: &Principal, store_id: &s
         }
         Ok::<_, InferenceError>(vectors)
     };
-    let (by_text, vectors) = tokio::join!(by_text, embedded);
+    let ((allowed, by_text), vectors) = tokio::join!(ranked, embedded);
     let vectors = vectors?;
     let index_for_search = index.clone();
     let hits = inference::prompt::off_async(move || {
         let mut best: HashMap<usize, f32> = HashMap::new();
         for (by_text, vector) in by_text.into_iter().zip(&vectors) {
-            for hit in index_for_search.fuse(by_text, vector.as_deref(), filter.as_ref(), weights, max) {
+            for hit in index_for_search.fuse(by_text, vector.as_deref(), &allowed, weights, max) {
                 let score = best.entry(hit.chunk).or_insert(0.0);
                 *score = score.max(hit.score);
             }
